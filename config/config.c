@@ -1,0 +1,2 @@
+/* config/config.c: being written. */
+typedef int tg_placeholder_config;

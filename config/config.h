@@ -1,0 +1,102 @@
+/*
+ * config: turns the command line and the config file into one immutable
+ * struct tg_config.  Parsing lives here and nowhere else; the runtime only
+ * reads the struct.  A config file is `key value` lines with `#` comments;
+ * every long command-line flag is also a key of the same name.  Flags given on
+ * the command line override the file.  Repeatable keys (listen, tls-listen,
+ * route) given on the command line replace the file's list.
+ *
+ * Return convention: 0 on success, -1 on error with a message in err
+ * ("FILE:LINE: ..." for file errors).
+ */
+#ifndef TG_CONFIG_H
+#define TG_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define CFG_ERRLEN 512
+
+/* A listener address as written: host is "0.0.0.0", "::1", ... (no brackets). */
+struct cfg_addr {
+    char host[64];
+    int port;
+};
+
+/* A static route: --route HOST=BACKEND[,BACKEND...]; tenant "default". */
+struct cfg_route {
+    char *host;      /* normalised: lowercase, no trailing dot */
+    char *backends;  /* "host:port[,host:port...]" as written */
+};
+
+struct tg_config {
+    char *config_path;          /* -c FILE or NULL */
+
+    struct cfg_addr *listen;    /* default one entry 0.0.0.0:8080 */
+    size_t n_listen;
+    struct cfg_addr *tls_listen;
+    size_t n_tls_listen;
+    struct cfg_addr admin_listen;   /* default 127.0.0.1:9180; port 0 = off */
+
+    char *redis_url;            /* NULL = no Redis */
+    char *key_prefix;           /* default "tg:" */
+    struct cfg_route *routes;
+    size_t n_routes;
+
+    int workers;                /* default: number of online cores */
+    char *access_log;           /* NULL = off, "-" = stderr, else a path */
+    int log_level;              /* LOG_ERR..LOG_DEBUG from <syslog.h>; default LOG_INFO */
+    char *error_log;            /* NULL or "-" = stderr */
+
+    /* Timeouts, seconds (fractions allowed). */
+    double client_header_timeout;   /* 10 */
+    double keepalive_timeout;       /* 75 */
+    double upstream_connect_timeout;/* 5 */
+    double upstream_read_timeout;   /* 300 */
+    double drain_timeout;           /* 30 */
+    double client_body_timeout;     /* 60: client silent mid-body while the proxy waits for it */
+
+    size_t max_header_size;         /* 65536 */
+    size_t buffer_size;             /* 262144: per-direction high watermark */
+
+    /* Routing (Redis). */
+    size_t route_cache_size;        /* 100000 entries */
+    double route_cache_ttl;         /* 60 s safety net */
+    double route_negative_ttl;      /* 5 s */
+    double route_stale_max_age;     /* 3600 s served while Redis unreachable */
+    double redis_timeout;           /* 0.2 s per command */
+    double backend_cooldown;        /* 10 s passive-health cool-down */
+
+    /* Metering. */
+    double meter_flush_interval;    /* 1 s */
+    int cap_status;                 /* 509 */
+    char *cap_page;                 /* NULL = built-in page; else a file path */
+    char *instance_id;              /* NULL = hostname:pid */
+
+    int check_only;                 /* -t */
+};
+
+/* Fills cfg with every default.  Never fails. */
+void cfg_defaults(struct tg_config *cfg);
+
+/*
+ * Parses argv (and the file named by -c, if any) into cfg, which must hold
+ * cfg_defaults().  Returns 0, 1 when --help/--version was printed (caller
+ * exits 0), -1 on error with err filled.
+ */
+int cfg_from_args(struct tg_config *cfg, int argc, char **argv, char *err, size_t errlen);
+
+/* Parses config text (the contents of a file) into cfg; name is used in errors. */
+int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, size_t len,
+                   char *err, size_t errlen);
+
+/* Checks cross-field rules (ranges, at least one listener, parseable routes). */
+int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen);
+
+/* Parses "ADDR:PORT" or "[v6]:PORT" into out. 0 / -1. */
+int cfg_parse_addr(const char *s, struct cfg_addr *out);
+
+/* Frees every member of cfg (not cfg itself) and resets it to zeros. */
+void cfg_free(struct tg_config *cfg);
+
+#endif

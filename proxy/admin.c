@@ -1,0 +1,2 @@
+/* proxy/admin.c: being written. */
+typedef int tg_placeholder_admin;

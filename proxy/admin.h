@@ -1,0 +1,1 @@
+/* proxy/admin.h: being written. */

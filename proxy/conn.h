@@ -1,0 +1,1 @@
+/* proxy/conn.h: being written. */

@@ -1,0 +1,2 @@
+/* proxy/h1.c: being written. */
+typedef int tg_placeholder_h1;

@@ -1,0 +1,2 @@
+/* proxy/server.c: being written. */
+typedef int tg_placeholder_server;

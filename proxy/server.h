@@ -1,0 +1,1 @@
+/* proxy/server.h: being written. */

@@ -1,0 +1,2 @@
+/* proxy/upstream.c: being written. */
+typedef int tg_placeholder_upstream;

@@ -1,0 +1,1 @@
+/* routing/balance.h: being written. */

@@ -1,0 +1,1 @@
+/* routing/cache.h: being written. */

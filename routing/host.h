@@ -1,0 +1,1 @@
+/* routing/host.h: being written. */

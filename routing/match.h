@@ -1,0 +1,1 @@
+/* routing/match.h: being written. */

@@ -1,0 +1,64 @@
+/*
+ * meter: per-tenant byte and request counters and cap enforcement.
+ * The hot path (meter_count_*, meter_allow) touches only the worker's own
+ * struct meter_worker: no lock, no Redis call.  A process-wide flusher
+ * (struct meter, its own thread and Redis connection) collects each worker's
+ * deltas once per flush interval, adds them to tg:meter:<tenant>:<YYYYMM>
+ * and :<YYYYMMDD> idempotently, and leases cap budgets from Redis.
+ * What a metered byte is: ../shared/CONTRACT.md "Metered bytes".
+ */
+#ifndef TG_METER_H
+#define TG_METER_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include "routing/route.h"
+
+struct event_base;
+struct tg_config;
+
+struct meter;          /* process-wide */
+struct meter_worker;   /* per worker thread */
+struct meter_tenant;   /* a worker's handle on one tenant; refcounted by that worker */
+
+/* Creates the process meter (no thread yet).  NULL with err on error. */
+struct meter *meter_new(const struct tg_config *cfg, int n_workers, char *err, size_t errlen);
+/* Starts the flusher thread. 0 / -1. */
+int meter_start(struct meter *m);
+/* Final flush (waits up to timeout_s for Redis), stops the thread, frees m. */
+void meter_stop(struct meter *m, double timeout_s);
+
+/* Per-worker side, created before the worker's loop runs. */
+struct meter_worker *meter_worker_new(struct meter *m, struct event_base *base, int worker_id);
+void meter_worker_free(struct meter_worker *mw);
+
+/*
+ * Returns the worker's handle for tenant (a reference the caller must put),
+ * creating it if needed; pol is the policy routing found for it now and
+ * replaces the one the meter knew.
+ */
+struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenant,
+                                      const struct tenant_policy *pol);
+void meter_tenant_put(struct meter_tenant *t);
+
+enum meter_verdict { METER_ALLOW = 0, METER_OVER_CAP, METER_SUSPENDED };
+/* Admission of a new request. */
+enum meter_verdict meter_admit(struct meter_tenant *t);
+
+void meter_count_request(struct meter_tenant *t);
+void meter_count_in(struct meter_tenant *t, size_t n);
+void meter_count_out(struct meter_tenant *t, size_t n);
+
+/*
+ * Enforcement before forwarding want bytes (either direction): returns how
+ * many may go now (<= want) and reserves them against the cap.  block: 0
+ * means the cap is reached: cut the transfer.  throttle: 0 with
+ * *retry_ms > 0 means wait that long and ask again.  No cap: want.
+ */
+size_t meter_allow(struct meter_tenant *t, size_t want, unsigned *retry_ms);
+
+/* Prometheus text for per-tenant counters (registered as a metrics writer). */
+void meter_write_metrics(FILE *f, void *m);
+
+#endif

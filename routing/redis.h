@@ -1,0 +1,78 @@
+/*
+ * redis: the only file that includes hiredis.  An asynchronous connection on
+ * a libevent base with what Debian 12's hiredis 0.14 lacks: a per-command
+ * deadline, reconnection with backoff, AUTH and SELECT from the URL, and a
+ * subscriber mode.  Plus a small synchronous client for tollgate-ctl.
+ *
+ * URLs: redis://[:password@]host:port[/db] and unix:///path/to.sock
+ * Replies are exposed through an opaque struct redis_reply with accessors,
+ * valid only during the callback.
+ */
+#ifndef TG_REDIS_H
+#define TG_REDIS_H
+
+#include <stddef.h>
+
+struct event_base;
+struct redis_conn;
+struct redis_reply;
+struct redis_sync;
+
+enum redis_type {
+    REDIS_T_STRING = 1, REDIS_T_ARRAY, REDIS_T_INTEGER, REDIS_T_NIL, REDIS_T_STATUS, REDIS_T_ERROR
+};
+
+int redis_reply_type(const struct redis_reply *r);
+/* For STRING, STATUS, ERROR; NULL otherwise. */
+const char *redis_reply_str(const struct redis_reply *r, size_t *len);
+long long redis_reply_int(const struct redis_reply *r);
+/* For ARRAY: number of elements and element i (NULL when out of range). */
+size_t redis_reply_len(const struct redis_reply *r);
+const struct redis_reply *redis_reply_elem(const struct redis_reply *r, size_t i);
+
+/*
+ * Command callback: err is NULL on success (r may still be an ERROR reply),
+ * else "timeout", "disconnected" or a hiredis message, with r NULL.
+ * Called exactly once per accepted command, on the connection's loop.
+ */
+typedef void (*redis_cb)(void *arg, const struct redis_reply *r, const char *err);
+/* Connection state changes: up = 1 after connect (+AUTH/SELECT ok), 0 when lost. */
+typedef void (*redis_state_cb)(void *arg, int up);
+
+/*
+ * Creates a connection that connects at once and reconnects with backoff
+ * (100 ms doubling to 5 s) whenever it is lost.  cmd_timeout_s is the
+ * per-command deadline: a command without a reply by then fails with
+ * "timeout" and the connection is dropped and redialled (a stalled Redis
+ * must not hold requests).  NULL with err when the URL does not parse.
+ */
+struct redis_conn *redis_conn_new(struct event_base *base, const char *url, double cmd_timeout_s,
+                                  redis_state_cb state_cb, void *arg, char *err, size_t errlen);
+/* Closes the connection; pending commands get err "disconnected". */
+void redis_conn_free(struct redis_conn *c);
+int redis_conn_is_up(const struct redis_conn *c);
+
+/* Sends a command (binary-safe argv).  Returns 0, or -1 when not connected (cb not called). */
+int redis_cmd(struct redis_conn *c, redis_cb cb, void *arg, int argc, const char **argv, const size_t *lens);
+/* printf-style convenience (hiredis format: %s, %b, %d...). Same return. */
+int redis_cmdf(struct redis_conn *c, redis_cb cb, void *arg, const char *fmt, ...);
+
+/*
+ * Subscriber use: after redis_cmd(c, cb, ...) with SUBSCRIBE/PSUBSCRIBE, cb
+ * is called for every message pushed on it (hiredis keeps it registered);
+ * these commands have no deadline.  Returns the client id of the connection
+ * via CLIENT ID when asked with redis_cmd like any command.
+ */
+
+/* Synchronous client (tollgate-ctl only). */
+struct redis_sync *redis_sync_connect(const char *url, double timeout_s, char *err, size_t errlen);
+void redis_sync_free(struct redis_sync *s);
+/* Runs one command; returns the reply (free with redis_sync_reply_free) or NULL with err. */
+struct redis_reply *redis_sync_cmd(struct redis_sync *s, int argc, const char **argv, const size_t *lens,
+                                   char *err, size_t errlen);
+void redis_sync_reply_free(struct redis_reply *r);
+
+/* Parses a URL without connecting (for config validation). 0 / -1. */
+int redis_url_check(const char *url, char *err, size_t errlen);
+
+#endif

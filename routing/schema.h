@@ -1,0 +1,1 @@
+/* routing/schema.h: being written. */

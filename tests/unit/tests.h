@@ -1,0 +1,9 @@
+/* Unit test suites (Check).  One suite per module; main.c runs them all. */
+#ifndef TG_TESTS_H
+#define TG_TESTS_H
+#include <check.h>
+Suite *h1_suite(void);
+Suite *config_suite(void);
+Suite *routing_suite(void);
+Suite *meter_suite(void);
+#endif
