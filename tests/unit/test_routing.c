@@ -1,6 +1,387 @@
-/* Placeholder until the routing module's tests land; replaced by its owner. */
+/*
+ * Unit tests for routing/: the Host normaliser, static routes through
+ * route.h, backend picking and passive health, and (match.h, cache.h) the
+ * pure parts of the Redis routing: matching order, wildcard one-label rule,
+ * pattern substitution, path rules, LRU eviction, bad data.
+ */
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "routing/balance.h"
+#include "routing/host.h"
+#include "routing/route.h"
 #include "tests/unit/tests.h"
+
+/* ---- host normalisation ---- */
+
+static int norm(const char *in, char *out)
+{
+    return host_normalise(in, strlen(in), out);
+}
+
+START_TEST(host_accepts_and_normalises)
+{
+    static const struct { const char *in, *out; } ok[] = {
+        {"example.com", "example.com"},
+        {"EXAMPLE.Com", "example.com"},
+        {"example.com.", "example.com"},
+        {"example.com:8080", "example.com"},
+        {"Example.COM.:443", "example.com"},
+        {"example.com:", "example.com"},
+        {"  a.b  ", "a.b"},
+        {"localhost", "localhost"},
+        {"127.0.0.1:80", "127.0.0.1"},
+        {"[::1]", "[::1]"},
+        {"[::1]:8080", "[::1]"},
+        {"[2001:DB8::1]:1", "[2001:db8::1]"},
+        {"my_host-1.example", "my_host-1.example"},
+        {"x", "x"},
+    };
+    char out[HOST_MAX + 1];
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        int n = norm(ok[i].in, out);
+        ck_assert_msg(n >= 0, "rejected %s", ok[i].in);
+        ck_assert_str_eq(out, ok[i].out);
+        ck_assert_int_eq(n, (int)strlen(ok[i].out));
+    }
+}
+END_TEST
+
+START_TEST(host_rejects_invalid)
+{
+    static const char *bad[] = {
+        "", " ", ".", "..", ".example.com", "a..b", "example.com..", "exa mple.com", "example.com:abc",
+        "example.com:123456", "example.com:65536", "example.com:80:80", "[::1", "[::1]x", "[::1]:x",
+        "[zz::1]", "[]", "[::1%25eth0]", "a/b", "a@b", "*.example.com", "ex\"ample", "é.com",
+        "user:pass@host",
+    };
+    char out[HOST_MAX + 1];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(norm(bad[i], out) < 0, "accepted '%s'", bad[i]);
+    /* A NUL byte inside the value is not a terminator. */
+    ck_assert_int_lt(host_normalise("a\0b", 3, out), 0);
+}
+END_TEST
+
+START_TEST(host_length_limits)
+{
+    char in[600], out[HOST_MAX + 1];
+    memset(in, 'a', 63);
+    in[63] = '\0';
+    ck_assert_int_eq(norm(in, out), 63);
+    memset(in, 'a', 64);
+    in[64] = '\0';
+    ck_assert_int_lt(norm(in, out), 0);       /* label of 64 bytes */
+    /* 253 bytes in labels of 50: accepted; 254 rejected. */
+    size_t n = 0;
+    while (n < 253) {
+        size_t take = 253 - n < 50 ? 253 - n : 50;
+        memset(in + n, 'b', take);
+        n += take;
+        if (n < 253)
+            in[n++] = '.';
+    }
+    in[n] = '\0';
+    ck_assert_int_eq(norm(in, out), 253);
+    in[n] = '.';                                /* trailing dot does not count */
+    in[n + 1] = '\0';
+    ck_assert_int_eq(norm(in, out), 253);
+    in[n] = 'c';
+    ck_assert_int_lt(norm(in, out), 0);
+}
+END_TEST
+
+START_TEST(host_zone_one_label)
+{
+    size_t zl = 0;
+    const char *z = host_zone("a.b.example.com", 15, &zl);
+    ck_assert_ptr_nonnull(z);
+    ck_assert_int_eq((int)zl, 13);
+    ck_assert(memcmp(z, "b.example.com", zl) == 0);
+    z = host_zone("example.com", 11, &zl);
+    ck_assert_ptr_nonnull(z);
+    ck_assert(memcmp(z, "com", zl) == 0 && zl == 3);
+    ck_assert_ptr_null(host_zone("localhost", 9, &zl));
+    ck_assert_ptr_null(host_zone("10.0.0.1", 8, &zl));
+    ck_assert_ptr_null(host_zone("[::1]", 5, &zl));
+}
+END_TEST
+
+START_TEST(host_parse_backend_addresses)
+{
+    char name[HOST_MAX + 1];
+    int port = 0;
+    ck_assert_int_eq(host_parse_hostport("127.0.0.1:8080", 14, name, sizeof(name), &port), 0);
+    ck_assert_str_eq(name, "127.0.0.1");
+    ck_assert_int_eq(port, 8080);
+    ck_assert_int_eq(host_parse_hostport("[::1]:81", 8, name, sizeof(name), &port), 0);
+    ck_assert_str_eq(name, "::1");
+    ck_assert_int_eq(port, 81);
+    ck_assert_int_eq(host_parse_hostport("App.Internal:9000", 17, name, sizeof(name), &port), 0);
+    ck_assert_str_eq(name, "app.internal");
+    static const char *bad[] = {"127.0.0.1", "127.0.0.1:", ":80", "h:0", "h:65536", "h:8o", "h:80 ",
+                                "[::1]", "[::1]80", "a b:80", "h:123456"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(host_parse_hostport(bad[i], strlen(bad[i]), name, sizeof(name), &port) < 0,
+                      "accepted %s", bad[i]);
+    ck_assert_int_lt(host_parse_hostport("abcdef:80", 9, name, 4, &port), 0);   /* name too long */
+}
+END_TEST
+
+/* ---- static routes through route.h ---- */
+
+struct got {
+    int calls;
+    struct route_result res;
+    char tenant[64];
+};
+
+static void got_cb(void *arg, const struct route_result *res)
+{
+    struct got *g = arg;
+    g->calls++;
+    g->res = *res;
+    g->tenant[0] = '\0';
+    if (res->tenant)
+        snprintf(g->tenant, sizeof(g->tenant), "%s", res->tenant);
+}
+
+static void static_cfg(struct tg_config *cfg, struct cfg_route *routes, size_t n)
+{
+    memset(cfg, 0, sizeof(*cfg));
+    cfg->routes = routes;
+    cfg->n_routes = n;
+    cfg->route_cache_size = 1000;
+    cfg->route_cache_ttl = 60;
+    cfg->route_negative_ttl = 5;
+    cfg->route_stale_max_age = 3600;
+    cfg->redis_timeout = 0.2;
+    cfg->backend_cooldown = 10;
+}
+
+static struct route_ctx *static_ctx(struct tg_config *cfg)
+{
+    static struct cfg_route routes[] = {
+        {(char *)"app.example.com", (char *)"127.0.0.1:9001,127.0.0.1:9002, 127.0.0.1:9003"},
+        {(char *)"v6.example.com", (char *)"[::1]:9004"},
+        {(char *)"named.example.com", (char *)"localhost:9005"},
+    };
+    static_cfg(cfg, routes, 3);
+    char err[256] = "";
+    struct route_ctx *rc = route_ctx_new(NULL, cfg, 0, err, sizeof(err));
+    ck_assert_msg(rc != NULL, "route_ctx_new: %s", err);
+    return rc;
+}
+
+START_TEST(static_lookup_sync)
+{
+    struct tg_config cfg;
+    struct route_ctx *rc = static_ctx(&cfg);
+    struct got g = {0};
+    ck_assert_ptr_null(route_lookup(rc, "APP.example.com.:8080", 21, "/", 1, got_cb, &g));
+    ck_assert_int_eq(g.calls, 1);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    ck_assert_str_eq(g.tenant, "default");
+    ck_assert_int_eq((int)g.res.policy.cap_bytes, -1);
+    ck_assert_int_eq(g.res.policy.suspended, 0);
+    ck_assert_int_eq((int)route_backends_count(g.res.backends), 3);
+
+    memset(&g, 0, sizeof(g));
+    ck_assert_ptr_null(route_lookup(rc, "other.example.com", 17, "/", 1, got_cb, &g));
+    ck_assert_int_eq(g.calls, 1);
+    ck_assert_int_eq(g.res.status, ROUTE_NOT_FOUND);
+
+    memset(&g, 0, sizeof(g));
+    ck_assert_ptr_null(route_lookup(rc, "bad host", 8, "/", 1, got_cb, &g));
+    ck_assert_int_eq(g.calls, 1);
+    ck_assert_int_eq(g.res.status, ROUTE_BAD_HOST);
+
+    memset(&g, 0, sizeof(g));
+    route_lookup(rc, "named.example.com", 17, "/", 1, got_cb, &g);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    struct route_target t;
+    uint64_t tried = 0;
+    ck_assert_int_eq(route_pick(rc, g.res.backends, &tried, &t), 0);
+    ck_assert_str_eq(t.name, "localhost:9005");
+    ck_assert_int_eq(ntohs(((struct sockaddr_in *)&t.addr)->sin_port), 9005);
+    route_report(rc, g.res.backends, &t, ROUTE_OUTCOME_OK);
+
+    ck_assert_int_eq(route_degraded(), 0);
+    route_ctx_free(rc);
+}
+END_TEST
+
+START_TEST(static_entry_outlives_ctx)
+{
+    struct tg_config cfg;
+    struct route_ctx *rc = static_ctx(&cfg);
+    struct got g = {0};
+    route_lookup(rc, "v6.example.com", 14, "/", 1, got_cb, &g);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    route_entry_ref(g.res.entry);
+    route_ctx_free(rc);
+    /* Still valid after the ctx is gone (ASan checks this). */
+    ck_assert_int_eq((int)route_backends_count(g.res.backends), 1);
+    ck_assert_str_eq(g.res.tenant, "default");
+    route_entry_unref(g.res.entry);
+}
+END_TEST
+
+START_TEST(static_bad_config)
+{
+    static struct cfg_route bad1[] = {{(char *)"a.example", (char *)"127.0.0.1"}};
+    static struct cfg_route bad2[] = {{(char *)"a b", (char *)"127.0.0.1:80"}};
+    static struct cfg_route bad3[] = {{(char *)"a.example", (char *)"127.0.0.1:80,,127.0.0.1:81"}};
+    struct cfg_route *all[] = {bad1, bad2, bad3};
+    for (size_t i = 0; i < 3; i++) {
+        struct tg_config cfg;
+        static_cfg(&cfg, all[i], 1);
+        char err[256] = "";
+        struct route_ctx *rc = route_ctx_new(NULL, &cfg, 0, err, sizeof(err));
+        ck_assert_ptr_null(rc);
+        ck_assert(err[0] != '\0');
+    }
+}
+END_TEST
+
+START_TEST(pick_round_robin_and_tried_mask)
+{
+    struct tg_config cfg;
+    struct route_ctx *rc = static_ctx(&cfg);
+    struct got g = {0};
+    route_lookup(rc, "app.example.com", 15, "/", 1, got_cb, &g);
+    const struct route_backends *set = g.res.backends;
+    int seen[3] = {0};
+    for (int i = 0; i < 6; i++) {
+        uint64_t tried = 0;
+        struct route_target t;
+        ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+        ck_assert_uint_eq(tried, 1ULL << t.index);
+        seen[t.index]++;
+        route_report(rc, set, &t, ROUTE_OUTCOME_OK);
+    }
+    ck_assert_int_eq(seen[0], 2);
+    ck_assert_int_eq(seen[1], 2);
+    ck_assert_int_eq(seen[2], 2);
+
+    /* One request walks the set once, then gets -1. */
+    uint64_t tried = 0;
+    struct route_target t;
+    unsigned mask = 0;
+    for (int i = 0; i < 3; i++) {
+        ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+        ck_assert((mask & (1u << t.index)) == 0);
+        mask |= 1u << t.index;
+        route_report(rc, set, &t, ROUTE_OUTCOME_ERROR);
+    }
+    ck_assert_int_eq(route_pick(rc, set, &tried, &t), -1);
+    route_ctx_free(rc);
+}
+END_TEST
+
+START_TEST(pick_passive_health_cooldown)
+{
+    struct tg_config cfg;
+    struct route_ctx *rc = static_ctx(&cfg);
+    struct got g = {0};
+    route_lookup(rc, "app.example.com", 15, "/", 1, got_cb, &g);
+    const struct route_backends *set = g.res.backends;
+    uint64_t tried = 0;
+    struct route_target t;
+    ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+    unsigned dead = t.index;
+    route_report(rc, set, &t, ROUTE_OUTCOME_CONNECT_FAIL);
+    /* The cooling backend is skipped by the next 20 requests. */
+    for (int i = 0; i < 20; i++) {
+        tried = 0;
+        ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+        ck_assert_uint_ne(t.index, dead);
+        route_report(rc, set, &t, ROUTE_OUTCOME_OK);
+    }
+    /* All cooling: one is still tried rather than failing at once. */
+    for (int i = 0; i < 3; i++) {
+        tried = 0;
+        ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+        route_report(rc, set, &t, ROUTE_OUTCOME_CONNECT_TIMEOUT);
+    }
+    tried = 0;
+    ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+    route_report(rc, set, &t, ROUTE_OUTCOME_OK);
+    route_ctx_free(rc);
+}
+END_TEST
+
+static void set_addr(struct bal_backend *b, int port)
+{
+    struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
+    memset(b, 0, sizeof(*b));
+    in->sin_family = AF_INET;
+    in->sin_port = htons((uint16_t)port);
+    in->sin_addr.s_addr = htonl(0x7f000001);
+    b->addrlen = sizeof(*in);
+    snprintf(b->name, sizeof(b->name), "127.0.0.1:%d", port);
+}
+
+START_TEST(least_conn_prefers_idle)
+{
+    struct bal_health *h = bal_health_new();
+    struct route_backends *s = bal_set_new(3, BAL_LEAST_CONN);
+    for (int i = 0; i < 3; i++)
+        set_addr(&s->b[i], 7000 + i);
+    uint64_t tried = 0;
+    int a = bal_pick(h, s, &tried, 1.0);   /* busy: a */
+    tried = 0;
+    int b = bal_pick(h, s, &tried, 1.0);   /* busy: a, b */
+    ck_assert_int_ne(a, b);
+    tried = 0;
+    int c = bal_pick(h, s, &tried, 1.0);
+    ck_assert_int_ne(c, a);
+    ck_assert_int_ne(c, b);
+    bal_report(h, s, (size_t)b, ROUTE_OUTCOME_OK, 1.0, 10);
+    /* b is the only idle one now, whatever the cursor says. */
+    for (int i = 0; i < 3; i++) {
+        tried = 0;
+        int x = bal_pick(h, s, &tried, 1.0);
+        ck_assert_int_eq(x, b);
+        bal_report(h, s, (size_t)x, ROUTE_OUTCOME_OK, 1.0, 10);
+    }
+    ck_assert_int_eq(bal_active(h, (struct sockaddr *)&s->b[a].addr, s->b[a].addrlen), 1);
+    /* Cool-down ends after its time. */
+    bal_report(h, s, (size_t)a, ROUTE_OUTCOME_CONNECT_FAIL, 1.0, 10);
+    ck_assert(bal_cooling(h, (struct sockaddr *)&s->b[a].addr, s->b[a].addrlen, 5.0));
+    ck_assert(!bal_cooling(h, (struct sockaddr *)&s->b[a].addr, s->b[a].addrlen, 11.5));
+    ck_assert_int_eq(bal_lb_parse("least_conn", 10), BAL_LEAST_CONN);
+    ck_assert_int_eq(bal_lb_parse("round_robin", 11), BAL_ROUND_ROBIN);
+    ck_assert_int_eq(bal_lb_parse("random", 6), -1);
+    ck_assert_ptr_null(bal_set_new(0, 0));
+    ck_assert_ptr_null(bal_set_new(BAL_MAX_BACKENDS + 1, 0));
+    bal_set_free(s);
+    bal_health_free(h);
+}
+END_TEST
+
 Suite *routing_suite(void)
 {
-    return suite_create("routing");
+    Suite *s = suite_create("routing");
+    TCase *tc = tcase_create("host");
+    tcase_add_test(tc, host_accepts_and_normalises);
+    tcase_add_test(tc, host_rejects_invalid);
+    tcase_add_test(tc, host_length_limits);
+    tcase_add_test(tc, host_zone_one_label);
+    tcase_add_test(tc, host_parse_backend_addresses);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("static");
+    tcase_add_test(tc, static_lookup_sync);
+    tcase_add_test(tc, static_entry_outlives_ctx);
+    tcase_add_test(tc, static_bad_config);
+    tcase_add_test(tc, pick_round_robin_and_tried_mask);
+    tcase_add_test(tc, pick_passive_health_cooldown);
+    tcase_add_test(tc, least_conn_prefers_idle);
+    suite_add_tcase(s, tc);
+    return s;
 }
