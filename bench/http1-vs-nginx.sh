@@ -1,0 +1,178 @@
+#!/bin/bash
+# bench/http1-vs-nginx.sh — tollgate vs an nginx reverse proxy, HTTP/1.1, one worker each.
+#
+# Debian packages (installed with apt-get when missing): nginx-light (or nginx), wrk, curl, python3
+#
+# Starts on loopback: a backend (nginx, one worker, serving a small body, a
+# 100 KiB body and a 1 MiB body from files), tollgate (--workers 1, static
+# route) and an nginx reverse proxy (one worker, upstream keepalive 64).  Runs
+# wrk against both proxies in one run, interleaved: each round runs every
+# scenario against both, the order of the two alternating from round to round.
+# Prints, per scenario, the medians over rounds and the tollgate/nginx ratios of
+# requests/s, p99 latency, and the proxy process's CPU time per request
+# (utime+stime of the whole process from /proc/PID/stat before and after each
+# run, divided by the requests wrk completed) — the fair figure on a 2-core
+# machine where client, proxy and backend share the cores.
+#
+# Environment:
+#   BUILD=DIR        build tree holding ./tollgate (default: current directory)
+#   ROUNDS=5         rounds per scenario        DURATION=5   seconds per wrk run
+#   WARMUP=1         seconds of warm-up per scenario and proxy (0 = none)
+#   SCENARIOS="small 100k 1m close"             WRK_THREADS=1
+#   CONNS_SMALL=64 CONNS_100K=16 CONNS_1M=8 CONNS_CLOSE=16   wrk connections
+#   NGINX_ONLY=1     measure the nginx side alone (while tollgate cannot proxy)
+#   NGINX_FWD_HEADERS=0  nginx does not add X-Forwarded-*/Forwarded (tollgate always does)
+#   TG_ARGS="..."    extra tollgate arguments   RESULTS=FILE  keep the raw lines
+# Quick smoke run (< 1 min): ROUNDS=2 DURATION=1 WARMUP=0 bench/http1-vs-nginx.sh
+
+source "$(dirname "$0")/lib.sh"
+bench_need nginx:nginx-light wrk:wrk curl:curl
+
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+WARMUP=${WARMUP:-1}
+SCENARIOS=${SCENARIOS:-"small 100k 1m close"}
+WRK_THREADS=${WRK_THREADS:-1}
+NGINX_ONLY=${NGINX_ONLY:-0}
+HOST=bench.local
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+# ---- scenarios: path, connections, extra wrk arguments ----
+scen_path() { case $1 in small|close) echo /small.txt ;; 100k) echo /100k.bin ;; 1m) echo /1m.bin ;; esac; }
+scen_conns() {
+    case $1 in small) echo "${CONNS_SMALL:-64}" ;; 100k) echo "${CONNS_100K:-16}" ;;
+               1m) echo "${CONNS_1M:-8}" ;; close) echo "${CONNS_CLOSE:-16}" ;; esac
+}
+
+# ---- backend: nginx, one worker, static files ----
+mkdir -p "$WORK/www"
+head -c 64 /dev/zero | tr '\0' 'x' > "$WORK/www/small.txt"
+head -c $((100 * 1024)) /dev/urandom > "$WORK/www/100k.bin"
+head -c $((1024 * 1024)) /dev/urandom > "$WORK/www/1m.bin"
+chmod 644 "$WORK"/www/*
+BACKEND_PORT=$(free_port)
+nginx_start backend "
+    server {
+        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        keepalive_requests 10000000;
+        keepalive_timeout 75s;
+        root $WORK/www;
+    }"
+BACKEND_PID=$NGINX_WORKER
+
+# ---- nginx reverse proxy: one worker, upstream keepalive 64 ----
+# The headers tollgate adds (X-Forwarded-*, Forwarded, Host kept) are set here
+# too so that both proxies do the same work.  keepalive_requests is raised on
+# both sides so that neither proxy pays for periodic reconnects (tollgate has
+# no such limit).
+NGINX_PORT=$(free_port)
+PROXY_COMMON='
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";'
+if [ "${NGINX_FWD_HEADERS:-1}" = 1 ]; then
+    PROXY_COMMON+='
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=$host";'
+fi
+nginx_start proxy "
+    upstream be {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        keepalive_requests 10000000;
+        keepalive_timeout 75s;
+        location = /small.txt { $PROXY_COMMON }
+        location / {
+            $PROXY_COMMON
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+        }
+    }"
+NGINX_PID=$NGINX_WORKER
+wait_port "$BACKEND_PORT" && wait_port "$NGINX_PORT" || die "nginx did not listen"
+
+# ---- tollgate ----
+CONTENDERS="tollgate nginx"
+if [ "$NGINX_ONLY" = 1 ]; then
+    CONTENDERS=nginx
+    log "NGINX_ONLY=1: tollgate not measured"
+else
+    tollgate_find
+    TG_PORT=$(free_port)
+    # shellcheck disable=SC2086
+    tollgate_start tollgate --workers 1 --listen "127.0.0.1:$TG_PORT" --admin-listen off \
+        --route "$HOST=127.0.0.1:$BACKEND_PORT" ${TG_ARGS:-}
+    wait_port "$TG_PORT" 10 || { cat "$WORK/tollgate.log" >&2; die "tollgate did not listen on $TG_PORT"; }
+fi
+
+port_of() { case $1 in tollgate) echo "$TG_PORT" ;; nginx) echo "$NGINX_PORT" ;; esac; }
+pid_of() { case $1 in tollgate) echo "$TG_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+
+# ---- correctness first: every body must come back whole through each proxy ----
+for c in $CONTENDERS; do
+    for f in small.txt 100k.bin 1m.bin; do
+        curl -sf -o "$WORK/got" -H "Host: $HOST" "http://127.0.0.1:$(port_of "$c")/$f" ||
+            die "$c: GET /$f failed"
+        cmp -s "$WORK/got" "$WORK/www/$f" || die "$c: GET /$f returned a different body"
+    done
+done
+log "bodies verified through: $CONTENDERS"
+
+# run_wrk CONTENDER SCENARIO SECONDS — one wrk run; prints a result line.
+run_wrk() {
+    local c=$1 s=$2 d=$3 port pid extra=() out stat t0 t1 b0 b1
+    port=$(port_of "$c"); pid=$(pid_of "$c")
+    [ "$s" = close ] && extra=(-H "Connection: close")
+    t0=$(cpu_ticks "$pid"); b0=$(cpu_ticks "$BACKEND_PID")
+    out=$(wrk -t"$WRK_THREADS" -c"$(scen_conns "$s")" -d"${d}s" --latency -s "$(wrk_report_lua)" \
+        -H "Host: $HOST" "${extra[@]}" "http://127.0.0.1:$port$(scen_path "$s")" 2>&1) ||
+        { echo "$out" >&2; die "wrk failed against $c"; }
+    t1=$(cpu_ticks "$pid"); b1=$(cpu_ticks "$BACKEND_PID")
+    kill -0 "$pid" 2>/dev/null || die "$c died during $s"
+    stat=$(grep '^WRKSTAT' <<<"$out") || { echo "$out" >&2; die "no WRKSTAT from wrk"; }
+    $PY - "$stat" "$t0" "$t1" "$b0" "$b1" "$CLK_TCK" <<'EOF'
+import sys
+kv = dict(x.split("=") for x in sys.argv[1].split()[1:])
+t0, t1, b0, b1, hz = (int(x) for x in sys.argv[2:7])
+n = int(kv["requests"]) or 1
+dur = int(kv["duration_us"]) / 1e6
+errs = sum(int(kv[k]) for k in kv if k.startswith("err_"))
+print("rps=%.1f p50_ms=%.3f p99_ms=%.3f cpu_us=%.3f backend_cpu_us=%.3f errors=%d requests=%d"
+      % (n / dur, int(kv["p50_us"]) / 1e3, int(kv["p99_us"]) / 1e3,
+         (t1 - t0) / hz * 1e6 / n, (b1 - b0) / hz * 1e6 / n, errs, n))
+EOF
+}
+
+RESULTS=${RESULTS:-$WORK/results.txt}
+: > "$RESULTS"
+log "$(bench_machine)"
+log "scenarios: $SCENARIOS; $ROUNDS rounds x ${DURATION}s per scenario and proxy"
+
+if [ "$WARMUP" != 0 ]; then
+    for s in $SCENARIOS; do for c in $CONTENDERS; do run_wrk "$c" "$s" "$WARMUP" >/dev/null; done; done
+fi
+for r in $(seq "$ROUNDS"); do
+    order=$CONTENDERS
+    [ $((r % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$CONTENDERS" | tac | tr '\n' ' ')
+    for s in $SCENARIOS; do
+        for c in $order; do
+            line="$s $c $r $(run_wrk "$c" "$s" "$DURATION")"
+            echo "$line" >> "$RESULTS"
+            log "$line"
+        done
+    done
+done
+
+echo
+echo "# tollgate vs nginx reverse proxy, HTTP/1.1, 1 worker each — $(bench_machine)"
+$PY "$BENCH_DIR/report.py" "$RESULTS" --keys rps,p99_ms,cpu_us,backend_cpu_us,errors --base nginx
+if grep -q 'errors=[1-9]' "$RESULTS"; then
+    echo "WARNING: some runs had errors (socket errors or non-2xx/3xx): see the errors row"
+fi

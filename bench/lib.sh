@@ -1,0 +1,156 @@
+# bench/lib.sh — shared helpers for tollgate's benchmark scripts (sourced, not run).
+#
+# Each bench script sources this file for: installing the Debian packages it
+# needs, picking free loopback ports, starting nginx/tollgate in a private
+# scratch directory, reading a process's CPU time and RSS from /proc, and
+# cleaning every process it started on exit.  Only loopback addresses are used.
+
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+SRC_DIR=$(cd "$BENCH_DIR/.." && pwd)
+PY=/usr/bin/python3
+CLK_TCK=$(getconf CLK_TCK)
+
+log() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# bench_need CMD:PACKAGE... — install PACKAGE with apt-get when CMD is missing.
+bench_need() {
+    local missing=() spec
+    for spec in "$@"; do
+        command -v "${spec%%:*}" >/dev/null 2>&1 || missing+=("${spec#*:}")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    log "installing ${missing[*]} with apt-get"
+    if [ "$(id -u)" -ne 0 ]; then die "need root to apt-get install ${missing[*]}"; fi
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null 2>&1 ||
+        { apt-get update -q >/dev/null 2>&1 &&
+          DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" >/dev/null; } ||
+        die "apt-get install ${missing[*]} failed"
+}
+
+# Scratch directory, removed on exit with every process registered by bench_track.
+WORK=$(mktemp -d /tmp/tg-bench.XXXXXX)
+chmod 755 "$WORK"
+BENCH_PIDS=()
+bench_track() { BENCH_PIDS+=("$1"); }
+bench_cleanup() {
+    local p
+    for p in "${BENCH_PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${BENCH_PIDS[@]}"; do
+        for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$p" 2>/dev/null || true
+    done
+    [ -n "${KEEP_WORK:-}" ] && { log "kept $WORK"; return; }
+    rm -rf "$WORK"
+}
+trap bench_cleanup EXIT
+trap 'exit 130' INT TERM
+
+# free_port — a TCP port on 127.0.0.1 that nothing listens on right now
+# (never one handed out earlier by this script).
+BENCH_PORTS_USED=" "
+free_port() {
+    local p
+    while :; do
+        p=$($PY -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+        case "$BENCH_PORTS_USED" in *" $p "*) continue ;; esac
+        BENCH_PORTS_USED+="$p "
+        echo "$p"; return
+    done
+}
+
+# wait_port PORT [SECONDS] — until something accepts on 127.0.0.1:PORT.
+wait_port() {
+    local port=$1 t=${2:-10} i
+    for i in $(seq $((t * 20))); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        sleep 0.05
+    done
+    return 1
+}
+
+# cpu_ticks PID — utime+stime of the whole process (all threads), in clock ticks.
+cpu_ticks() {
+    # Fields after the ")" that ends comm: state is field 3, utime 14, stime 15.
+    local stat rest
+    stat=$(cat "/proc/$1/stat")
+    rest=${stat##*) }
+    set -- $rest
+    echo $(( ${12} + ${13} ))
+}
+
+# rss_kib PID — VmRSS in KiB.
+rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
+
+# nginx_start NAME CONF_BODY — run nginx (master + workers) with the given
+# config body (everything but the prologue) in $WORK/NAME; sets NGINX_MASTER
+# and NGINX_WORKER (pid of the single worker).
+nginx_start() {
+    local name=$1 body=$2 dir=$WORK/$1
+    mkdir -p "$dir/logs" "$dir/tmp"
+    cat > "$dir/nginx.conf" <<EOF
+user root;
+worker_processes 1;
+worker_rlimit_nofile 65536;
+pid $dir/nginx.pid;
+error_log $dir/logs/error.log warn;
+events { worker_connections 20000; multi_accept on; }
+http {
+    access_log off;
+    client_body_temp_path $dir/tmp/body;
+    proxy_temp_path $dir/tmp/proxy;
+    fastcgi_temp_path $dir/tmp/fcgi;
+    uwsgi_temp_path $dir/tmp/uwsgi;
+    scgi_temp_path $dir/tmp/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+$body
+}
+EOF
+    nginx -t -q -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' 2>"$dir/logs/t.err" ||
+        { cat "$dir/logs/t.err" >&2; die "nginx config $name invalid"; }
+    nginx -p "$dir" -c "$dir/nginx.conf" -g 'daemon off;' 2>>"$dir/logs/stderr" &
+    NGINX_MASTER=$!
+    bench_track "$NGINX_MASTER"
+    local i
+    NGINX_WORKER=
+    for i in $(seq 100); do
+        NGINX_WORKER=$(pgrep -P "$NGINX_MASTER" | head -1 || true)
+        [ -n "$NGINX_WORKER" ] && break
+        sleep 0.05
+    done
+    [ -n "$NGINX_WORKER" ] || die "nginx $name did not start (see $dir/logs)"
+}
+
+# tollgate_find — sets TOLLGATE to the binary: $BUILD/tollgate, else ./tollgate.
+tollgate_find() {
+    local b=${BUILD:-.}
+    TOLLGATE=$(cd "$b" 2>/dev/null && pwd)/tollgate
+    [ -x "$TOLLGATE" ] || die "no tollgate binary at $TOLLGATE: set BUILD=/path/to/build-tree"
+}
+
+# tollgate_start NAME ARGS... — run tollgate in the background; sets TG_PID.
+# Its stderr goes to $WORK/NAME.log.
+tollgate_start() {
+    local name=$1; shift
+    "$TOLLGATE" "$@" 2>"$WORK/$name.log" >/dev/null &
+    TG_PID=$!
+    bench_track "$TG_PID"
+}
+
+# median — of numbers on stdin, one per line.
+median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
+
+# wrk_report_lua — path of the Lua file whose done() prints one WRKSTAT line.
+wrk_report_lua() { echo "$BENCH_DIR/wrk-report.lua"; }
+
+# wrk_field LINE KEY — value of KEY=... in a WRKSTAT line.
+wrk_field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1==k {print $2}'; }
+
+# bench_machine — one line describing this machine for reports.
+bench_machine() {
+    echo "$(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
+}

@@ -1,0 +1,100 @@
+#!/usr/bin/python3
+"""bench/report.py — medians and tollgate/nginx ratios from bench result lines.
+
+Input (file argument or stdin): one line per measured run,
+    <scenario> <contender> <round> key=value key=value ...
+Output: for each scenario and each requested key, the median over rounds of
+every contender, and the ratio of the first contender to the second.
+
+Usage: report.py RESULTS --keys rps,p99_ms,cpu_us --base nginx [--title T]
+"""
+import argparse
+import statistics
+import sys
+from collections import OrderedDict, defaultdict
+
+LABELS = {
+    "rps": ("requests/s", "higher is better"),
+    "p99_ms": ("p99 latency ms", "lower is better"),
+    "p50_ms": ("p50 latency ms", "lower is better"),
+    "cpu_us": ("proxy CPU us/request", "lower is better"),
+    "backend_cpu_us": ("backend CPU us/request", "info"),
+    "errors": ("errors (sum)", "must be 0"),
+    "mbps": ("MiB/s", "higher is better"),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("results")
+    ap.add_argument("--keys", default="rps,p99_ms,cpu_us")
+    ap.add_argument("--base", default="nginx", help="contender in the denominator")
+    ap.add_argument("--title", default="")
+    args = ap.parse_args()
+
+    data = defaultdict(lambda: defaultdict(list))   # (scen, cont) -> key -> values
+    scenarios = OrderedDict()
+    contenders = OrderedDict()
+    with open(args.results) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) < 4 or line.startswith("#"):
+                continue
+            scen, cont = parts[0], parts[1]
+            scenarios[scen] = 1
+            contenders[cont] = 1
+            for kv in parts[3:]:
+                k, _, v = kv.partition("=")
+                try:
+                    data[(scen, cont)][k].append(float(v))
+                except ValueError:
+                    pass
+
+    conts = list(contenders)
+    if args.base in conts:          # base last: ratio = other / base
+        conts.remove(args.base)
+        conts.append(args.base)
+    keys = args.keys.split(",")
+    if args.title:
+        print(args.title)
+    hdr = "%-10s %-24s" % ("scenario", "metric") + "".join("%14s" % c for c in conts)
+    if len(conts) >= 2:
+        hdr += "%10s" % ("%s/%s" % (conts[0][:4], conts[-1][:5]))
+    print(hdr)
+    print("-" * len(hdr))
+    for scen in scenarios:
+        for k in keys:
+            meds = []
+            for c in conts:
+                vals = data[(scen, c)].get(k, [])
+                if k == "errors":
+                    meds.append(sum(vals) if vals else None)
+                else:
+                    meds.append(statistics.median(vals) if vals else None)
+            row = "%-10s %-24s" % (scen, LABELS.get(k, (k,))[0])
+            for m in meds:
+                row += "%14s" % ("-" if m is None else fmt(m))
+            if len(conts) >= 2 and k != "errors":
+                a, b = meds[0], meds[-1]
+                row += "%10s" % ("%.2f" % (a / b) if a is not None and b else "-")
+            print(row)
+    n = max((len(v) for d in data.values() for v in d.values()), default=0)
+    note = "medians over %d rounds" % n
+    if len(conts) >= 2:
+        note += "; ratio = %s / %s" % (conts[0], conts[-1])
+    print("(%s)" % note)
+    return 0
+
+
+def fmt(v):
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000:
+        return "%.0f" % v
+    if abs(v) >= 10:
+        return "%.1f" % v
+    return "%.3g" % v
+
+
+if __name__ == "__main__":
+    sys.exit(main())
