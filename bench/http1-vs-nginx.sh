@@ -44,59 +44,10 @@ scen_conns() {
                1m) echo "${CONNS_1M:-8}" ;; close) echo "${CONNS_CLOSE:-16}" ;; esac
 }
 
-# ---- backend: nginx, one worker, static files ----
-mkdir -p "$WORK/www"
-head -c 64 /dev/zero | tr '\0' 'x' > "$WORK/www/small.txt"
-head -c $((100 * 1024)) /dev/urandom > "$WORK/www/100k.bin"
-head -c $((1024 * 1024)) /dev/urandom > "$WORK/www/1m.bin"
-chmod 644 "$WORK"/www/*
-BACKEND_PORT=$(free_port)
-nginx_start backend "
-    server {
-        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
-        keepalive_requests 10000000;
-        keepalive_timeout 75s;
-        root $WORK/www;
-    }"
-BACKEND_PID=$NGINX_WORKER
-
-# ---- nginx reverse proxy: one worker, upstream keepalive 64 ----
-# The headers tollgate adds (X-Forwarded-*, Forwarded, Host kept) are set here
-# too so that both proxies do the same work.  keepalive_requests is raised on
-# both sides so that neither proxy pays for periodic reconnects (tollgate has
-# no such limit).
-NGINX_PORT=$(free_port)
-PROXY_COMMON='
-            proxy_pass http://be;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";'
-if [ "${NGINX_FWD_HEADERS:-1}" = 1 ]; then
-    PROXY_COMMON+='
-            proxy_set_header Host $host;
-            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host $host;
-            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=$host";'
-fi
-nginx_start proxy "
-    upstream be {
-        server 127.0.0.1:$BACKEND_PORT;
-        keepalive 64;
-        keepalive_requests 10000000;
-    }
-    server {
-        listen 127.0.0.1:$NGINX_PORT backlog=4096;
-        keepalive_requests 10000000;
-        keepalive_timeout 75s;
-        location = /small.txt { $PROXY_COMMON }
-        location / {
-            $PROXY_COMMON
-            proxy_buffer_size 64k;
-            proxy_buffers 16 64k;
-        }
-    }"
+# ---- backend (nginx, one worker, static files) and nginx reverse proxy ----
+backend_start
+nginx_proxy_start
 NGINX_PID=$NGINX_WORKER
-wait_port "$BACKEND_PORT" && wait_port "$NGINX_PORT" || die "nginx did not listen"
 
 # ---- tollgate ----
 CONTENDERS="tollgate nginx"

@@ -154,3 +154,67 @@ wrk_field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1==k {print $2}'; }
 bench_machine() {
     echo "$(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo), load $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# backend_start — the benchmark backend: nginx, one worker, serving from
+# $WORK/www a 64-byte /small.txt, /100k.bin (100 KiB) and /1m.bin (1 MiB), plus
+# any file the caller puts there.  Sets BACKEND_PORT and BACKEND_PID (worker).
+backend_start() {
+    mkdir -p "$WORK/www"
+    head -c 64 /dev/zero | tr '\0' 'x' > "$WORK/www/small.txt"
+    head -c $((100 * 1024)) /dev/urandom > "$WORK/www/100k.bin"
+    head -c $((1024 * 1024)) /dev/urandom > "$WORK/www/1m.bin"
+    chmod 644 "$WORK"/www/*
+    BACKEND_PORT=$(free_port)
+    nginx_start backend "
+    server {
+        listen 127.0.0.1:$BACKEND_PORT backlog=4096;
+        keepalive_requests 10000000;
+        keepalive_timeout 75s;
+        root $WORK/www;
+    }"
+    BACKEND_PID=$NGINX_WORKER
+    wait_port "$BACKEND_PORT" || die "backend nginx did not listen"
+}
+
+# nginx_proxy_start — the reference: nginx as a reverse proxy to the backend,
+# one worker, upstream keepalive 64, HTTP/1.1 upstream with Connection "",
+# and for the large bodies (everything but /small.txt) proxy_buffer_size 64k
+# and proxy_buffers 16 64k (with its defaults nginx spends ~3x the CPU on them).
+# The headers tollgate adds (X-Forwarded-*, Forwarded; Host kept) are set too so
+# that both proxies do the same work (NGINX_FWD_HEADERS=0 turns that off).
+# keepalive_requests is raised on both sides so that nginx does not pay for
+# periodic reconnects (tollgate has no such limit).
+# Sets NGINX_PORT and NGINX_WORKER.
+nginx_proxy_start() {
+    NGINX_PORT=$(free_port)
+    local common='
+            proxy_pass http://be;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";'
+    if [ "${NGINX_FWD_HEADERS:-1}" = 1 ]; then
+        common+='
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_set_header X-Forwarded-Host $host;
+            proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=$host";'
+    fi
+    nginx_start proxy "
+    upstream be {
+        server 127.0.0.1:$BACKEND_PORT;
+        keepalive 64;
+        keepalive_requests 10000000;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        keepalive_requests 10000000;
+        keepalive_timeout 75s;
+        location = /small.txt { $common }
+        location / {
+            $common
+            proxy_buffer_size 64k;
+            proxy_buffers 16 64k;
+        }
+    }"
+    wait_port "$NGINX_PORT" || die "nginx proxy did not listen"
+}
