@@ -8,6 +8,7 @@ int main(void)
     srunner_add_suite(sr, config_suite());
     srunner_add_suite(sr, routing_suite());
     srunner_add_suite(sr, meter_suite());
+    srunner_add_suite(sr, redis_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
     srunner_free(sr);

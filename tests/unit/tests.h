@@ -6,4 +6,5 @@ Suite *h1_suite(void);
 Suite *config_suite(void);
 Suite *routing_suite(void);
 Suite *meter_suite(void);
+Suite *redis_suite(void);
 #endif
