@@ -1,6 +1,1002 @@
-/* Placeholder until the config module's tests land; replaced by its owner. */
+/*
+ * Unit tests for config/ (defaults, every key from the file and from the
+ * command line, line-numbered errors, command line over file, repeatable
+ * keys, IPv6, bad values, --help/--version, reload) and for the small
+ * proxy-side services that read it: log (line format, level filter, rate
+ * limit, access log, reopen), metrics (sums and exposition) and admin
+ * (/healthz, /metrics, draining, 404, disabled listener).
+ *
+ * Check runs each test in its own process, so the process-wide state of
+ * log, metrics and admin does not leak between tests.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "proxy/admin.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "tests/unit/tests.h"
+
+/* ---- helpers ---- */
+
+static int parse(struct tg_config *c, const char *text, char *err)
+{
+    cfg_defaults(c);
+    return cfg_parse_text(c, "t.conf", text, strlen(text), err, CFG_ERRLEN);
+}
+
+/* Runs cfg_from_args on a NULL-terminated list of arguments after argv[0]. */
+static int args(struct tg_config *c, char *err, const char *first, ...)
+{
+    char *argv[64];
+    int argc = 0;
+    va_list ap;
+    const char *a;
+
+    argv[argc++] = (char *)"tollgate";
+    va_start(ap, first);
+    for (a = first; a && argc < 63; a = va_arg(ap, const char *))
+        argv[argc++] = (char *)a;
+    va_end(ap);
+    argv[argc] = NULL;
+    cfg_defaults(c);
+    err[0] = '\0';
+    return cfg_from_args(c, argc, argv, err, CFG_ERRLEN);
+}
+
+static char tmpdir[64];
+
+static const char *write_tmp(const char *name, const char *text)
+{
+    static char path[128];
+    FILE *f;
+    if (!tmpdir[0]) {
+        strcpy(tmpdir, "/tmp/tg-unit-XXXXXX");
+        ck_assert_ptr_nonnull(mkdtemp(tmpdir));
+    }
+    snprintf(path, sizeof(path), "%s/%s", tmpdir, name);
+    f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+    return path;
+}
+
+/* Checked teardown: removes the files write_tmp() made (and anything beside them). */
+static void cleanup_tmp(void)
+{
+    DIR *d;
+    struct dirent *e;
+    char p[512];
+    if (!tmpdir[0] || !(d = opendir(tmpdir)))
+        return;
+    while ((e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(p, sizeof(p), "%s/%s", tmpdir, e->d_name);
+        unlink(p);
+    }
+    closedir(d);
+    rmdir(tmpdir);
+    tmpdir[0] = '\0';
+}
+
+static char *slurp(const char *path)
+{
+    static char buf[65536];
+    int fd = open(path, O_RDONLY);
+    ssize_t n;
+    ck_assert_int_ge(fd, 0);
+    n = read(fd, buf, sizeof(buf) - 1);
+    close(fd);
+    ck_assert_int_ge(n, 0);
+    buf[n] = '\0';
+    return buf;
+}
+
+/* ---- config: defaults and every key ---- */
+
+START_TEST(cfg_defaults_are_documented_values)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    cfg_defaults(&c);
+    ck_assert_ptr_null(c.config_path);
+    ck_assert_uint_eq(c.n_listen, 1);
+    ck_assert_str_eq(c.listen[0].host, "0.0.0.0");
+    ck_assert_int_eq(c.listen[0].port, 8080);
+    ck_assert_uint_eq(c.n_tls_listen, 0);
+    ck_assert_str_eq(c.admin_listen.host, "127.0.0.1");
+    ck_assert_int_eq(c.admin_listen.port, 9180);
+    ck_assert_ptr_null(c.redis_url);
+    ck_assert_str_eq(c.key_prefix, "tg:");
+    ck_assert_uint_eq(c.n_routes, 0);
+    ck_assert_int_eq(c.workers, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    ck_assert_ptr_null(c.access_log);
+    ck_assert_int_eq(c.log_level, LOG_INFO);
+    ck_assert_ptr_null(c.error_log);
+    ck_assert(c.client_header_timeout == 10);
+    ck_assert(c.keepalive_timeout == 75);
+    ck_assert(c.upstream_connect_timeout == 5);
+    ck_assert(c.upstream_read_timeout == 300);
+    ck_assert(c.drain_timeout == 30);
+    ck_assert(c.client_body_timeout == 60);
+    ck_assert_uint_eq(c.max_header_size, 65536);
+    ck_assert_uint_eq(c.buffer_size, 262144);
+    ck_assert_uint_eq(c.route_cache_size, 100000);
+    ck_assert(c.route_cache_ttl == 60);
+    ck_assert(c.route_negative_ttl == 5);
+    ck_assert(c.route_stale_max_age == 3600);
+    ck_assert(c.redis_timeout == 0.2);
+    ck_assert(c.backend_cooldown == 10);
+    ck_assert(c.meter_flush_interval == 1);
+    ck_assert_int_eq(c.cap_status, 509);
+    ck_assert_ptr_null(c.cap_page);
+    ck_assert_ptr_null(c.instance_id);
+    ck_assert_int_eq(c.check_only, 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), 0);
+    cfg_free(&c);
+    ck_assert_ptr_null(c.listen);
+    ck_assert_uint_eq(c.n_listen, 0);
+    cfg_free(&c);   /* twice is harmless */
+}
+END_TEST
+
+static const char every_key[] =
+    "# every key once\n"
+    "\n"
+    "listen 127.0.0.1:8081\n"
+    "listen [::1]:8082   # IPv6\n"
+    "tls-listen 0.0.0.0:8443\n"
+    "admin-listen [::1]:9999\n"
+    "redis redis://:s3cret@127.0.0.1:6380/2\n"
+    "key-prefix edge:\n"
+    "route Example.COM.=127.0.0.1:9001,[::1]:9002\n"
+    "route api.example.com=backend.internal:80\n"
+    "workers 3\n"
+    "access-log /var/log/tollgate/access.log\n"
+    "error-log -\n"
+    "log-level debug\n"
+    "client-header-timeout 2.5\n"
+    "keepalive-timeout 30s\n"
+    "upstream-connect-timeout 250ms\n"
+    "upstream-read-timeout 120\n"
+    "drain-timeout 0\n"
+    "client-body-timeout 45\n"
+    "max-header-size 32k\n"
+    "buffer-size 1m\n"
+    "route-cache-size 5000\n"
+    "route-cache-ttl 30\n"
+    "route-negative-ttl 0\n"
+    "route-stale-max-age 7200\n"
+    "redis-timeout 0.5\n"
+    "backend-cooldown 20\n"
+    "meter-flush-interval 2\n"
+    "cap-status 429\n"
+    "cap-page /etc/tollgate/cap.html\n"
+    "instance-id edge-1\n";
+
+static void check_every_key(const struct tg_config *c)
+{
+    ck_assert_uint_eq(c->n_listen, 2);
+    ck_assert_str_eq(c->listen[0].host, "127.0.0.1");
+    ck_assert_int_eq(c->listen[0].port, 8081);
+    ck_assert_str_eq(c->listen[1].host, "::1");
+    ck_assert_int_eq(c->listen[1].port, 8082);
+    ck_assert_uint_eq(c->n_tls_listen, 1);
+    ck_assert_str_eq(c->tls_listen[0].host, "0.0.0.0");
+    ck_assert_int_eq(c->tls_listen[0].port, 8443);
+    ck_assert_str_eq(c->admin_listen.host, "::1");
+    ck_assert_int_eq(c->admin_listen.port, 9999);
+    ck_assert_str_eq(c->redis_url, "redis://:s3cret@127.0.0.1:6380/2");
+    ck_assert_str_eq(c->key_prefix, "edge:");
+    ck_assert_uint_eq(c->n_routes, 2);
+    ck_assert_str_eq(c->routes[0].host, "example.com");
+    ck_assert_str_eq(c->routes[0].backends, "127.0.0.1:9001,[::1]:9002");
+    ck_assert_str_eq(c->routes[1].host, "api.example.com");
+    ck_assert_str_eq(c->routes[1].backends, "backend.internal:80");
+    ck_assert_int_eq(c->workers, 3);
+    ck_assert_str_eq(c->access_log, "/var/log/tollgate/access.log");
+    ck_assert_str_eq(c->error_log, "-");
+    ck_assert_int_eq(c->log_level, LOG_DEBUG);
+    ck_assert(c->client_header_timeout == 2.5);
+    ck_assert(c->keepalive_timeout == 30);
+    ck_assert(c->upstream_connect_timeout == 0.25);
+    ck_assert(c->upstream_read_timeout == 120);
+    ck_assert(c->drain_timeout == 0);
+    ck_assert(c->client_body_timeout == 45);
+    ck_assert_uint_eq(c->max_header_size, 32768);
+    ck_assert_uint_eq(c->buffer_size, 1048576);
+    ck_assert_uint_eq(c->route_cache_size, 5000);
+    ck_assert(c->route_cache_ttl == 30);
+    ck_assert(c->route_negative_ttl == 0);
+    ck_assert(c->route_stale_max_age == 7200);
+    ck_assert(c->redis_timeout == 0.5);
+    ck_assert(c->backend_cooldown == 20);
+    ck_assert(c->meter_flush_interval == 2);
+    ck_assert_int_eq(c->cap_status, 429);
+    ck_assert_str_eq(c->cap_page, "/etc/tollgate/cap.html");
+    ck_assert_str_eq(c->instance_id, "edge-1");
+}
+
+START_TEST(cfg_file_sets_every_key)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN] = "";
+    ck_assert_msg(parse(&c, every_key, err) == 0, "%s", err);
+    check_every_key(&c);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), 0);
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_cli_sets_every_key)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    int rc = args(&c, err,
+        "--listen", "127.0.0.1:8081", "--listen=[::1]:8082", "--tls-listen", "0.0.0.0:8443",
+        "--admin-listen", "[::1]:9999", "--redis", "redis://:s3cret@127.0.0.1:6380/2",
+        "--key-prefix", "edge:", "--route", "Example.COM.=127.0.0.1:9001,[::1]:9002",
+        "--route", "api.example.com=backend.internal:80", "--workers", "3",
+        "--access-log", "/var/log/tollgate/access.log", "--error-log", "-", "--log-level", "debug",
+        "--client-header-timeout", "2.5", "--keepalive-timeout", "30s",
+        "--upstream-connect-timeout", "250ms", "--upstream-read-timeout", "120",
+        "--drain-timeout", "0", "--client-body-timeout", "45", "--max-header-size", "32k",
+        "--buffer-size", "1m", "--route-cache-size", "5000", "--route-cache-ttl", "30",
+        "--route-negative-ttl", "0", "--route-stale-max-age", "7200", "--redis-timeout", "0.5",
+        "--backend-cooldown", "20", "--meter-flush-interval", "2", "--cap-status", "429",
+        "--cap-page", "/etc/tollgate/cap.html", "--instance-id", "edge-1", "-t", NULL);
+    ck_assert_msg(rc == 0, "%s", err);
+    check_every_key(&c);
+    ck_assert_int_eq(c.check_only, 1);
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_file_syntax_comments_crlf_spaces)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    ck_assert_int_eq(parse(&c,
+        "   # indented comment\r\n"
+        "\t\r\n"
+        "workers\t\t7   \r\n"
+        "key-prefix a#b   # '#' inside a value is kept\n"
+        "access-log /tmp/with space.log\n"
+        "instance-id last", err), 0);
+    ck_assert_int_eq(c.workers, 7);
+    ck_assert_str_eq(c.key_prefix, "a#b");
+    ck_assert_str_eq(c.access_log, "/tmp/with space.log");
+    ck_assert_str_eq(c.instance_id, "last");
+    cfg_free(&c);
+
+    /* empty text keeps the defaults */
+    ck_assert_int_eq(parse(&c, "", err), 0);
+    ck_assert_uint_eq(c.n_listen, 1);
+    cfg_free(&c);
+}
+END_TEST
+
+/* ---- config: errors ---- */
+
+START_TEST(cfg_errors_carry_file_and_line)
+{
+    static const struct { const char *text, *want; } cases[] = {
+        { "workers 2\n\nbogus 1\n", "t.conf:3: unknown key 'bogus'" },
+        { "# c\nworkers\n", "t.conf:2: workers: missing value" },
+        { "workers   # only a comment\n", "t.conf:1: workers: missing value" },
+        { "\n\n\n\nworkers two\n", "t.conf:5: workers: expected a whole number" },
+        { "workers 0\n", "t.conf:1: workers: '0' out of range 1..1024" },
+        { "workers 99999999999999\n", "t.conf:1: workers:" },
+        { "workers -1\n", "t.conf:1: workers: expected a whole number" },
+        { "listen 1.2.3.4\n", "t.conf:1: listen: bad address '1.2.3.4'" },
+        { "listen 1.2.3.4:0\n", "t.conf:1: listen: bad address" },
+        { "listen 1.2.3.4:65536\n", "t.conf:1: listen: bad address" },
+        { "listen 1.2.3.4:80x\n", "t.conf:1: listen: bad address" },
+        { "listen 999.2.3.4:80\n", "t.conf:1: listen: bad address" },
+        { "listen localhost:80\n", "t.conf:1: listen: bad address" },
+        { "listen ::1:8080\n", "t.conf:1: listen: bad address" },
+        { "listen [::1]\n", "t.conf:1: listen: bad address" },
+        { "listen [::1]8080\n", "t.conf:1: listen: bad address" },
+        { "listen [zz::1]:80\n", "t.conf:1: listen: bad address" },
+        { "listen 1.2.3.4:80\nlisten 1.2.3.4:80\n", "t.conf:2: listen: '1.2.3.4:80' given twice" },
+        { "admin-listen nowhere\n", "t.conf:1: admin-listen: bad address" },
+        { "log-level loud\n", "t.conf:1: log-level: 'loud': expected err" },
+        { "client-header-timeout 0\n", "t.conf:1: client-header-timeout: '0' out of range" },
+        { "client-header-timeout -1\n", "t.conf:1: client-header-timeout: expected seconds" },
+        { "client-header-timeout 1e3\n", "t.conf:1: client-header-timeout: expected seconds" },
+        { "client-header-timeout nan\n", "t.conf:1: client-header-timeout: expected seconds" },
+        { "client-header-timeout inf\n", "t.conf:1: client-header-timeout: expected seconds" },
+        { "keepalive-timeout 1.2.3\n", "t.conf:1: keepalive-timeout: expected seconds" },
+        { "keepalive-timeout .\n", "t.conf:1: keepalive-timeout: expected seconds" },
+        { "upstream-read-timeout 100000\n", "t.conf:1: upstream-read-timeout: '100000' out of range" },
+        { "redis-timeout 0ms\n", "t.conf:1: redis-timeout: '0ms' out of range" },
+        { "max-header-size 10\n", "t.conf:1: max-header-size: '10' out of range" },
+        { "max-header-size 12g\n", "t.conf:1: max-header-size: expected a number of bytes" },
+        { "buffer-size k\n", "t.conf:1: buffer-size: expected a number of bytes" },
+        { "route-cache-size 0\n", "t.conf:1: route-cache-size: '0' out of range" },
+        { "cap-status 200\n", "t.conf:1: cap-status: '200' out of range 400..599" },
+        { "route example.com\n", "t.conf:1: route: expected HOST=BACKEND" },
+        { "route =1.2.3.4:80\n", "t.conf:1: route: expected HOST=BACKEND" },
+        { "route example.com=\n", "t.conf:1: route: expected HOST=BACKEND" },
+        { "route example.com=1.2.3.4\n", "t.conf:1: route: backend '1.2.3.4': missing :PORT" },
+        { "route example.com=1.2.3.4:0\n", "t.conf:1: route: backend '1.2.3.4:0': port must be 1..65535" },
+        { "route example.com=a:1,,b:2\n", "t.conf:1: route: empty backend in list" },
+        { "route example.com=a:1,\n", "t.conf:1: route: empty backend in list" },
+        { "route example.com=::1:80\n", "t.conf:1: route: backend '::1:80': write IPv6" },
+        { "route example.com=[::1:80\n", "t.conf:1: route: backend '[::1:80': expected [IPv6]:PORT" },
+        { "route example.com=bad host:80\n", "t.conf:1: route: backend 'bad host:80': invalid host" },
+        { "route exa mple.com=a:1\n", "t.conf:1: route: route host 'exa mple.com': invalid host name" },
+        { "route example.com:80=a:1\n", "t.conf:1: route: route host 'example.com:80': must not contain a port" },
+        { "route *.example.com=a:1\n", "t.conf:1: route: route host '*.example.com': static routes match exact" },
+        { "route a..b=a:1\n", "t.conf:1: route: route host 'a..b': invalid host name" },
+        { "route a.com=x:1\nroute A.com.=y:2\n", "t.conf:2: route: duplicate route for 'a.com'" },
+        { "redis localhost:6379\n", "t.conf:1: redis: 'localhost:6379': expected redis://" },
+        { "redis redis://localhost\n", "t.conf:1: redis: 'redis://localhost': missing :port" },
+        { "redis redis://localhost:0\n", "t.conf:1: redis: 'redis://localhost:0': port must be 1..65535" },
+        { "redis redis://:6379\n", "t.conf:1: redis: 'redis://:6379': invalid host" },
+        { "redis redis://user:pw@h:1\n", "t.conf:1: redis: 'redis://user:pw@h:1': user names are not supported" },
+        { "redis redis://:@h:1\n", "t.conf:1: redis: 'redis://:@h:1': empty password" },
+        { "redis redis://h:1/x\n", "t.conf:1: redis: 'redis://h:1/x': database must be a number" },
+        { "redis redis://[::1:6379\n", "t.conf:1: redis: 'redis://[::1:6379': invalid IPv6 host" },
+        { "redis unix://relative.sock\n", "t.conf:1: redis: 'unix://relative.sock': expected unix:///absolute/path" },
+        { "key-prefix a b\n", "t.conf:1: key-prefix: 'a b': up to 64 characters" },
+        { "config other.conf\n", "t.conf:1: config: only valid on the command line" },
+        { "check-config 1\n", "t.conf:1: check-config: only valid on the command line" },
+        { "--workers 2\n", "t.conf:1: unknown key '--workers'" },
+        { "workers 2\nworkers\t3\x01\n", "t.conf:2: workers: expected a whole number, got '3\\x01'" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct tg_config c;
+        char err[CFG_ERRLEN] = "";
+        int rc = parse(&c, cases[i].text, err);
+        ck_assert_msg(rc == -1, "accepted: %s", cases[i].text);
+        ck_assert_msg(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0,
+                      "case %zu: got \"%s\", want prefix \"%s\"", i, err, cases[i].want);
+        cfg_free(&c);
+    }
+}
+END_TEST
+
+START_TEST(cfg_nul_byte_is_an_error)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    static const char text[] = "workers 2\nwork\0ers 3\n";
+    cfg_defaults(&c);
+    ck_assert_int_eq(cfg_parse_text(&c, "n.conf", text, sizeof(text) - 1, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "n.conf:2: NUL byte in line");
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_parse_addr_forms)
+{
+    struct cfg_addr a;
+    ck_assert_int_eq(cfg_parse_addr("0.0.0.0:1", &a), 0);
+    ck_assert_str_eq(a.host, "0.0.0.0");
+    ck_assert_int_eq(a.port, 1);
+    ck_assert_int_eq(cfg_parse_addr("[2001:db8::1]:65535", &a), 0);
+    ck_assert_str_eq(a.host, "2001:db8::1");
+    ck_assert_int_eq(a.port, 65535);
+    ck_assert_int_eq(cfg_parse_addr("[::]:80", &a), 0);
+    ck_assert_str_eq(a.host, "::");
+    ck_assert_int_eq(cfg_parse_addr("[::ffff:127.0.0.1]:80", &a), 0);
+    ck_assert_str_eq(a.host, "::ffff:127.0.0.1");
+    static const char *bad[] = { "", ":80", "1.2.3.4:", "1.2.3.4", "[::1]", "[::1]:", "[]:80",
+        "[::1]:80:", "::1", "1.2.3.4:+80", "1.2.3.4:080000", "[::1%lo]:80", "a:80", " 1.2.3.4:80" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(cfg_parse_addr(bad[i], &a) == -1, "accepted '%s'", bad[i]);
+    ck_assert_int_eq(cfg_parse_addr(NULL, &a), -1);
+}
+END_TEST
+
+START_TEST(cfg_redis_urls)
+{
+    static const char *good[] = { "redis://127.0.0.1:6379", "redis://localhost:6379/0",
+        "redis://:p@ss:w/rd@redis.internal:6379/15", "redis://[::1]:6379", "unix:///run/redis.sock" };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        struct tg_config c;
+        char err[CFG_ERRLEN], line[256];
+        snprintf(line, sizeof(line), "redis %s\n", good[i]);
+        ck_assert_msg(parse(&c, line, err) == 0, "%s: %s", good[i], err);
+        ck_assert_str_eq(c.redis_url, good[i]);
+        cfg_free(&c);
+    }
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    ck_assert_int_eq(parse(&c, "redis redis://h:1\nredis off\n", err), 0);
+    ck_assert_ptr_null(c.redis_url);
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_off_values)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    ck_assert_int_eq(parse(&c, "admin-listen off\naccess-log /x\naccess-log off\n"
+                               "listen off\ntls-listen 127.0.0.1:8443\n", err), 0);
+    ck_assert_int_eq(c.admin_listen.port, 0);
+    ck_assert_ptr_null(c.access_log);
+    ck_assert_uint_eq(c.n_listen, 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), 0);
+    cfg_free(&c);
+
+    ck_assert_int_eq(parse(&c, "listen off\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "no listener: give at least one listen or tls-listen");
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_validate_cross_field)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    ck_assert_int_eq(parse(&c, "listen 127.0.0.1:80\ntls-listen 127.0.0.1:80\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "both a listen and a tls-listen"));
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "listen 127.0.0.1:9180\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "admin-listen 127.0.0.1:9180 is also a proxy listener"));
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "max-header-size 512k\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_ptr_nonnull(strstr(err, "max-header-size"));
+    cfg_free(&c);
+}
+END_TEST
+
+/* ---- config: command line ---- */
+
+START_TEST(cfg_repeatable_keys_replace_then_append)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    /* The file's first listen replaces the default; the rest append. */
+    ck_assert_int_eq(parse(&c, "listen 127.0.0.1:1\nlisten 127.0.0.1:2\nlisten [::1]:3\n", err), 0);
+    ck_assert_uint_eq(c.n_listen, 3);
+    ck_assert_int_eq(c.listen[0].port, 1);
+    ck_assert_int_eq(c.listen[2].port, 3);
+    ck_assert_str_eq(c.listen[2].host, "::1");
+    cfg_free(&c);
+
+    const char *path = write_tmp("rep.conf",
+        "listen 127.0.0.1:1\nlisten 127.0.0.1:2\nroute a.com=x:1\nroute b.com=y:2\n"
+        "tls-listen 127.0.0.1:443\nworkers 3\nkey-prefix file:\n");
+    ck_assert_msg(args(&c, err, "-c", path, "--listen", "127.0.0.1:7", "--listen", "[::1]:8",
+                       "--route", "c.com=z:3", "--workers", "5", NULL) == 0, "%s", err);
+    ck_assert_str_eq(c.config_path, path);
+    ck_assert_uint_eq(c.n_listen, 2);
+    ck_assert_int_eq(c.listen[0].port, 7);
+    ck_assert_int_eq(c.listen[1].port, 8);
+    ck_assert_uint_eq(c.n_routes, 1);
+    ck_assert_str_eq(c.routes[0].host, "c.com");
+    ck_assert_uint_eq(c.n_tls_listen, 1);          /* not on the command line: file's list stays */
+    ck_assert_int_eq(c.workers, 5);                /* command line wins */
+    ck_assert_str_eq(c.key_prefix, "file:");       /* file wins over the default */
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_cli_overrides_file_whatever_the_order)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    const char *path = write_tmp("o.conf", "workers 3\nlog-level err\n");
+    /* flags before -c still override the file */
+    ck_assert_msg(args(&c, err, "--workers=9", "--config", path, NULL) == 0, "%s", err);
+    ck_assert_int_eq(c.workers, 9);
+    ck_assert_int_eq(c.log_level, LOG_ERR);
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_cli_errors)
+{
+    static const struct { const char *a1, *a2, *want; } cases[] = {
+        { "--workers", "abc", "--workers: expected a whole number, got 'abc'" },
+        { "--workers", NULL, "--workers: missing value" },
+        { "-c", NULL, "-c: missing value" },
+        { "--bogus", NULL, "unknown or ambiguous option '--bogus'" },
+        { "-x", NULL, "unknown option -x" },
+        { "--help=1", NULL, "--help: takes no value" },
+        { "stray", NULL, "unexpected argument 'stray'" },
+        { "--listen", "::1:80", "--listen: bad address '::1:80'" },
+        { "--listen", "", "--listen: missing value" },
+        { "--route", "A.com", "--route: expected HOST=BACKEND" },
+        { "--log-level", "trace", "--log-level: 'trace': expected err" },
+        { "--redis", "redis://h", "--redis: 'redis://h': missing :port" },
+        { "-c", "/nonexistent/tollgate.conf", "/nonexistent/tollgate.conf: cannot open:" },
+        { "-c", "/tmp", "/tmp: is a directory" },
+        { "--listen", "127.0.0.1:9180", "admin-listen 127.0.0.1:9180 is also a proxy listener" },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct tg_config c;
+        char err[CFG_ERRLEN];
+        int rc = args(&c, err, cases[i].a1, cases[i].a2, NULL);
+        ck_assert_msg(rc == -1, "case %zu accepted", i);
+        ck_assert_msg(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0,
+                      "case %zu: got \"%s\", want prefix \"%s\"", i, err, cases[i].want);
+        cfg_free(&c);
+    }
+}
+END_TEST
+
+START_TEST(cfg_file_error_through_cli_has_line)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN], want[256];
+    const char *path = write_tmp("bad.conf", "workers 2\n# two\nlisten 1.2.3.4:99999\n");
+    ck_assert_int_eq(args(&c, err, "-t", "-c", path, NULL), -1);
+    snprintf(want, sizeof(want), "%s:3: listen: bad address '1.2.3.4:99999'", path);
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "got %s", err);
+    cfg_free(&c);
+}
+END_TEST
+
+/* Captures stdout of cfg_from_args into buf. */
+static int args_stdout(struct tg_config *c, char *err, char *buf, size_t size, const char *a1)
+{
+    int p[2], saved, rc;
+    ssize_t n;
+    size_t got = 0;
+    ck_assert_int_eq(pipe(p), 0);
+    fflush(stdout);
+    saved = dup(STDOUT_FILENO);
+    dup2(p[1], STDOUT_FILENO);
+    close(p[1]);
+    rc = args(c, err, a1, NULL);
+    fflush(stdout);
+    dup2(saved, STDOUT_FILENO);
+    close(saved);
+    while (got + 1 < size && (n = read(p[0], buf + got, size - 1 - got)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(p[0]);
+    return rc;
+}
+
+START_TEST(cfg_help_and_version)
+{
+    static char out[32768];
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    static const char *flags[] = { "--config", "-c,", "--listen", "--tls-listen", "--admin-listen",
+        "--redis", "--key-prefix", "--route", "--workers", "--access-log", "--log-level",
+        "--client-header-timeout", "--keepalive-timeout", "--upstream-connect-timeout",
+        "--upstream-read-timeout", "--drain-timeout", "--check-config", "-t,", "--version", "--help",
+        "--error-log", "--client-body-timeout", "--max-header-size", "--buffer-size",
+        "--route-cache-size", "--route-cache-ttl", "--route-negative-ttl", "--route-stale-max-age",
+        "--redis-timeout", "--backend-cooldown", "--meter-flush-interval", "--cap-status",
+        "--cap-page", "--instance-id", "[default: 0.0.0.0:8080]", "[default: 127.0.0.1:9180]",
+        "[default: tg:]", "[default: 10]", "[default: 75]", "[default: 300]", "[default: 509]",
+        "[default: number of cores" };
+
+    ck_assert_int_eq(args_stdout(&c, err, out, sizeof(out), "--help"), 1);
+    for (size_t i = 0; i < sizeof(flags) / sizeof(flags[0]); i++)
+        ck_assert_msg(strstr(out, flags[i]) != NULL, "--help lacks %s", flags[i]);
+    cfg_free(&c);
+
+    ck_assert_int_eq(args_stdout(&c, err, out, sizeof(out), "--version"), 1);
+    ck_assert_str_eq(out, "tollgate 0.1.0\n");
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_reentrant_and_argv_untouched)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    char *argv[] = { "tollgate", "stray", "--workers", "2", NULL };
+    char *copy[5];
+    memcpy(copy, argv, sizeof(argv));
+    /* the first call fails midway: getopt state must not leak into the next */
+    cfg_defaults(&c);
+    ck_assert_int_eq(cfg_from_args(&c, 4, argv, err, sizeof(err)), -1);
+    ck_assert(memcmp(copy, argv, sizeof(argv)) == 0);
+    cfg_free(&c);
+    for (int round = 0; round < 3; round++) {
+        cfg_defaults(&c);
+        ck_assert_msg(cfg_from_args(&c, 3, (char *[]){ "tollgate", "--workers", "4", NULL },
+                                    err, sizeof(err)) == 0, "%s", err);
+        ck_assert_int_eq(c.workers, 4);
+        cfg_free(&c);
+    }
+    cfg_defaults(&c);
+    ck_assert_int_eq(cfg_from_args(&c, 1, (char *[]){ "tollgate", NULL }, err, sizeof(err)), 0);
+    ck_assert_int_eq(c.workers, (int)sysconf(_SC_NPROCESSORS_ONLN));
+    cfg_free(&c);
+}
+END_TEST
+
+/* ---- log ---- */
+
+/* Checks "YYYY-MM-DDTHH:MM:SS.mmmZ [level] " at the start of line. */
+static int line_has_prefix(const char *line, const char *level)
+{
+    static const char shape[] = "dddd-dd-ddTdd:dd:dd.dddZ [";
+    size_t i;
+    for (i = 0; shape[i]; i++) {
+        if (shape[i] == 'd' ? !(line[i] >= '0' && line[i] <= '9') : line[i] != shape[i])
+            return 0;
+    }
+    return strncmp(line + i, level, strlen(level)) == 0 && line[i + strlen(level)] == ']';
+}
+
+START_TEST(log_format_level_filter_and_escaping)
+{
+    const char *path = write_tmp("err.log", "");
+    ck_assert_int_eq(log_open(path, LOG_NOTICE), 0);
+    ck_assert(log_level_enabled(LOG_NOTICE));
+    ck_assert(!log_level_enabled(LOG_INFO));
+    log_info("hidden %d", 1);
+    log_debug("hidden too");
+    log_notice("shown %d", 2);
+    log_err("evil\nfake line\x7f");
+    log_warn("w");
+    log_set_level(LOG_DEBUG);
+    log_debug("dbg");
+    char *s = slurp(path);
+    char *l1 = s, *l2 = strchr(l1, '\n') + 1, *l3 = strchr(l2, '\n') + 1, *l4 = strchr(l3, '\n') + 1;
+    ck_assert(line_has_prefix(l1, "notice"));
+    ck_assert(strncmp(strstr(l1, "] ") + 2, "shown 2\n", 8) == 0);
+    ck_assert(line_has_prefix(l2, "err"));
+    ck_assert(strncmp(strstr(l2, "] ") + 2, "evil\\x0afake line\\x7f\n", 22) == 0);
+    ck_assert(line_has_prefix(l3, "warn"));
+    ck_assert(line_has_prefix(l4, "debug"));
+    ck_assert_ptr_null(strstr(s, "hidden"));
+    ck_assert_ptr_null(strchr(l4, '\n') ? strchr(strchr(l4, '\n') + 1, '\n') : NULL);
+}
+END_TEST
+
+START_TEST(log_long_line_is_truncated_in_one_piece)
+{
+    static char big[10000];
+    const char *path = write_tmp("long.log", "");
+    memset(big, 'a', sizeof(big) - 1);
+    ck_assert_int_eq(log_open(path, LOG_INFO), 0);
+    log_info("%s", big);
+    log_info("after");
+    char *s = slurp(path);
+    char *nl = strchr(s, '\n');
+    ck_assert_ptr_nonnull(nl);
+    ck_assert_int_le(nl - s + 1, 4096);
+    ck_assert(strncmp(nl - 3, "...", 3) == 0);
+    ck_assert(line_has_prefix(nl + 1, "info"));
+}
+END_TEST
+
+START_TEST(log_level_names)
+{
+    ck_assert_int_eq(log_level_parse("err"), LOG_ERR);
+    ck_assert_int_eq(log_level_parse("warn"), LOG_WARNING);
+    ck_assert_int_eq(log_level_parse("notice"), LOG_NOTICE);
+    ck_assert_int_eq(log_level_parse("info"), LOG_INFO);
+    ck_assert_int_eq(log_level_parse("debug"), LOG_DEBUG);
+    ck_assert_int_eq(log_level_parse("INFO"), -1);
+    ck_assert_int_eq(log_level_parse(""), -1);
+    ck_assert_int_eq(log_level_parse(NULL), -1);
+}
+END_TEST
+
+START_TEST(log_ratelimit_once_per_key)
+{
+    const char *path = write_tmp("rl.log", "");
+    char key[32];
+    ck_assert_int_eq(log_open(path, LOG_INFO), 0);
+    ck_assert_int_eq(log_err_ratelimited("bad-domain:a", "first a"), 1);
+    ck_assert_int_eq(log_err_ratelimited("bad-domain:a", "second a"), 0);
+    ck_assert_int_eq(log_err_ratelimited("bad-domain:b", "first b"), 1);
+    /* many other keys evict old slots but never crash */
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof(key), "k%d", i);
+        ck_assert_int_eq(log_err_ratelimited(key, "k"), 1);
+        ck_assert_int_eq(log_err_ratelimited(key, "k"), 0);
+    }
+    char *s = slurp(path);
+    ck_assert_ptr_nonnull(strstr(s, "first a"));
+    ck_assert_ptr_null(strstr(s, "second a"));
+    ck_assert_ptr_nonnull(strstr(s, "first b"));
+}
+END_TEST
+
+START_TEST(log_access_and_reopen)
+{
+    char moved[160];
+    const char *p = write_tmp("access.log", "");
+    char path[128];
+    snprintf(path, sizeof(path), "%s", p);
+    ck_assert_int_eq(log_access_enabled(), 0);
+    log_access_line("dropped", 7);   /* off: no crash, nothing written */
+    ck_assert_int_eq(log_access_open(path), 0);
+    ck_assert_int_eq(log_access_enabled(), 1);
+    log_access_line("one", 3);
+    log_access_line("two\n", 4);
+    /* logrotate: move the file away, reopen, new lines go to a new file */
+    snprintf(moved, sizeof(moved), "%s.1", path);
+    ck_assert_int_eq(rename(path, moved), 0);
+    log_access_line("three", 5);
+    log_reopen();
+    log_access_line("four", 4);
+    ck_assert_str_eq(slurp(moved), "one\ntwo\nthree\n");
+    ck_assert_str_eq(slurp(path), "four\n");
+    ck_assert_int_eq(log_access_open(NULL), 0);
+    ck_assert_int_eq(log_access_enabled(), 0);
+    ck_assert_int_eq(log_access_open("/nonexistent/dir/a.log"), -1);
+    ck_assert_int_eq(log_open("/nonexistent/dir/e.log", LOG_INFO), -1);
+}
+END_TEST
+
+/* ---- metrics ---- */
+
+static void extra_writer(FILE *f, void *arg)
+{
+    fprintf(f, "extra_metric %d\n", *(int *)arg);
+}
+
+static char *metrics_text(void)
+{
+    static char *text;
+    size_t len;
+    free(text);
+    text = NULL;
+    FILE *f = open_memstream(&text, &len);
+    ck_assert_ptr_nonnull(f);
+    metrics_write(f);
+    fclose(f);
+    return text;
+}
+
+START_TEST(metrics_sum_workers_and_writers)
+{
+    static struct tg_metrics w1, w2;
+    static int arg = 42;
+    char *t = metrics_text();
+    ck_assert_ptr_nonnull(strstr(t, "\ntollgate_requests_total 0\n"));
+
+    metrics_register_worker(&w1);
+    metrics_register_worker(&w2);
+    metrics_register_writer(extra_writer, &arg);
+    w1.connections_accepted = 3;
+    w2.connections_accepted = 4;
+    w1.connections_active = 1;
+    w2.connections_active = 2;
+    w1.requests_total = 10;
+    w2.requests_total = 5;
+    w1.responses_by_class[2] = 7;
+    w2.responses_by_class[2] = 1;
+    w2.responses_by_class[5] = 2;
+    w1.upstream_connect_errors = 1;
+    w2.upstream_timeouts = 2;
+    w1.upstream_resets = 3;
+    w2.upstream_reused = 6;
+    w1.bytes_in = 100;
+    w2.bytes_in = 23;
+    w1.bytes_out = 1000;
+    w2.bad_requests = 9;
+    w1.websocket_upgrades = 1;
+    t = metrics_text();
+    static const char *want[] = {
+        "# HELP tollgate_connections_accepted_total ",
+        "# TYPE tollgate_connections_accepted_total counter\ntollgate_connections_accepted_total 7\n",
+        "# TYPE tollgate_connections_active gauge\ntollgate_connections_active 3\n",
+        "\ntollgate_requests_total 15\n",
+        "# TYPE tollgate_responses_total counter\n",
+        "\ntollgate_responses_total{class=\"1xx\"} 0\n",
+        "\ntollgate_responses_total{class=\"2xx\"} 8\n",
+        "\ntollgate_responses_total{class=\"5xx\"} 2\n",
+        "\ntollgate_upstream_errors_total{kind=\"connect\"} 1\n",
+        "\ntollgate_upstream_errors_total{kind=\"timeout\"} 2\n",
+        "\ntollgate_upstream_errors_total{kind=\"reset\"} 3\n",
+        "\ntollgate_upstream_reused_total 6\n",
+        "\ntollgate_bytes_total{direction=\"in\"} 123\n",
+        "\ntollgate_bytes_total{direction=\"out\"} 1000\n",
+        "\ntollgate_bad_requests_total 9\n",
+        "\ntollgate_websocket_upgrades_total 1\n",
+        "\nextra_metric 42\n",
+    };
+    for (size_t i = 0; i < sizeof(want) / sizeof(want[0]); i++)
+        ck_assert_msg(strstr(t, want[i]) != NULL, "missing %s in:\n%s", want[i], t);
+    /* every sample line follows its own HELP/TYPE: no sample without a TYPE */
+    ck_assert_ptr_null(strstr(t, "\n\n"));
+    ck_assert(t[strlen(t) - 1] == '\n');
+}
+END_TEST
+
+/* ---- admin ---- */
+
+static int free_port(void)
+{
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t sl = sizeof(sa);
+    int fd = socket(AF_INET, SOCK_STREAM, 0), port;
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&sa, &sl), 0);
+    port = ntohs(sa.sin_port);
+    close(fd);
+    return port;
+}
+
+/* Sends one raw request to 127.0.0.1:port and returns the whole response. */
+static char *http_raw(int port, const char *req)
+{
+    static char buf[65536];
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                              .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    struct timeval tv = { 5, 0 };
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    size_t got = 0;
+    ssize_t n;
+    ck_assert_int_ge(fd, 0);
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    ck_assert_int_eq(connect(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+    ck_assert_int_eq(write(fd, req, strlen(req)), (ssize_t)strlen(req));
+    while (got + 1 < sizeof(buf) && (n = read(fd, buf + got, sizeof(buf) - 1 - got)) > 0)
+        got += (size_t)n;
+    buf[got] = '\0';
+    close(fd);
+    return buf;
+}
+
+static char *http_get(int port, const char *method, const char *path)
+{
+    char req[256];
+    snprintf(req, sizeof(req), "%s %s HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", method, path);
+    return http_raw(port, req);
+}
+
+static const char *body_of(const char *resp)
+{
+    const char *b = strstr(resp, "\r\n\r\n");
+    return b ? b + 4 : "";
+}
+
+START_TEST(admin_serves_healthz_metrics_and_404)
+{
+    struct cfg_addr addr;
+    char err[256];
+    static struct tg_metrics w;
+    struct admin *a;
+    char *r;
+
+    strcpy(addr.host, "127.0.0.1");
+    addr.port = free_port();
+    metrics_register_worker(&w);
+    w.requests_total = 77;
+
+    a = admin_start(&addr, err, sizeof(err));
+    ck_assert_msg(a != NULL, "%s", err);
+
+    r = http_get(addr.port, "GET", "/healthz");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 200 ", 13) == 0, "%s", r);
+    ck_assert_str_eq(body_of(r), "ok\n");
+
+    r = http_get(addr.port, "GET", "/metrics?x=1");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 200 ", 13) == 0, "%s", r);
+    ck_assert_ptr_nonnull(strcasestr(r, "Content-Type: text/plain; version=0.0.4"));
+    ck_assert_ptr_nonnull(strstr(body_of(r), "\ntollgate_requests_total 77\n"));
+
+    r = http_get(addr.port, "HEAD", "/healthz");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 200 ", 13) == 0, "%s", r);
+    ck_assert_str_eq(body_of(r), "");
+    ck_assert_ptr_nonnull(strcasestr(r, "Content-Length: 3\r\n"));
+
+    r = http_get(addr.port, "GET", "/nope");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 404 ", 13) == 0, "%s", r);
+    r = http_get(addr.port, "GET", "/healthz/x");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 404 ", 13) == 0, "%s", r);
+    r = http_get(addr.port, "POST", "/metrics");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 405 ", 13) == 0, "%s", r);
+
+    admin_set_draining(1);
+    r = http_get(addr.port, "GET", "/healthz");
+    ck_assert_msg(strncmp(r, "HTTP/1.1 503 ", 13) == 0, "%s", r);
+    ck_assert_str_eq(body_of(r), "draining\n");
+    admin_set_draining(0);
+    r = http_get(addr.port, "GET", "/healthz");
+    ck_assert_str_eq(body_of(r), "ok\n");
+
+    /* garbage does not hurt the listener */
+    r = http_raw(addr.port, "\x01\x02 garbage\r\n\r\n");
+    r = http_get(addr.port, "GET", "/healthz");
+    ck_assert_str_eq(body_of(r), "ok\n");
+
+    admin_stop(a);
+    /* the port is free again after stop */
+    a = admin_start(&addr, err, sizeof(err));
+    ck_assert_msg(a != NULL, "%s", err);
+    admin_stop(a);
+}
+END_TEST
+
+START_TEST(admin_bind_error_and_disabled)
+{
+    struct cfg_addr addr;
+    char err[256] = "";
+    struct admin *a, *b;
+
+    strcpy(addr.host, "127.0.0.1");
+    addr.port = free_port();
+    a = admin_start(&addr, err, sizeof(err));
+    ck_assert_ptr_nonnull(a);
+    b = admin_start(&addr, err, sizeof(err));
+    ck_assert_ptr_null(b);
+    ck_assert_msg(strstr(err, "Address already in use") != NULL, "%s", err);
+    admin_stop(a);
+
+    addr.port = 0;   /* admin-listen off */
+    a = admin_start(&addr, err, sizeof(err));
+    ck_assert_ptr_nonnull(a);
+    admin_stop(a);
+    admin_stop(NULL);
+
+    strcpy(addr.host, "::1");
+    addr.port = free_port();
+    a = admin_start(&addr, err, sizeof(err));
+    if (a)               /* hosts without IPv6 fail cleanly instead */
+        admin_stop(a);
+    else
+        ck_assert(err[0] != '\0');
+}
+END_TEST
+
 Suite *config_suite(void)
 {
-    return suite_create("config");
+    Suite *s = suite_create("config");
+    TCase *tc = tcase_create("config");
+    tcase_add_checked_fixture(tc, NULL, cleanup_tmp);
+    tcase_add_test(tc, cfg_defaults_are_documented_values);
+    tcase_add_test(tc, cfg_file_sets_every_key);
+    tcase_add_test(tc, cfg_cli_sets_every_key);
+    tcase_add_test(tc, cfg_file_syntax_comments_crlf_spaces);
+    tcase_add_test(tc, cfg_errors_carry_file_and_line);
+    tcase_add_test(tc, cfg_nul_byte_is_an_error);
+    tcase_add_test(tc, cfg_parse_addr_forms);
+    tcase_add_test(tc, cfg_redis_urls);
+    tcase_add_test(tc, cfg_off_values);
+    tcase_add_test(tc, cfg_validate_cross_field);
+    tcase_add_test(tc, cfg_repeatable_keys_replace_then_append);
+    tcase_add_test(tc, cfg_cli_overrides_file_whatever_the_order);
+    tcase_add_test(tc, cfg_cli_errors);
+    tcase_add_test(tc, cfg_file_error_through_cli_has_line);
+    tcase_add_test(tc, cfg_help_and_version);
+    tcase_add_test(tc, cfg_reentrant_and_argv_untouched);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("log");
+    tcase_add_checked_fixture(tc, NULL, cleanup_tmp);
+    tcase_add_test(tc, log_format_level_filter_and_escaping);
+    tcase_add_test(tc, log_long_line_is_truncated_in_one_piece);
+    tcase_add_test(tc, log_level_names);
+    tcase_add_test(tc, log_ratelimit_once_per_key);
+    tcase_add_test(tc, log_access_and_reopen);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("metrics");
+    tcase_add_test(tc, metrics_sum_workers_and_writers);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("admin");
+    tcase_set_timeout(tc, 20);
+    tcase_add_test(tc, admin_serves_healthz_metrics_and_404);
+    tcase_add_test(tc, admin_bind_error_and_disabled);
+    suite_add_tcase(s, tc);
+    return s;
 }
