@@ -88,7 +88,10 @@ transfer() {
     rss0=$(rss_kib "$PID")
     ( while kill -0 "$PID" 2>/dev/null; do rss_kib "$PID"; sleep 0.5; done ) > "$WORK/rss.$name" 2>/dev/null &
     sampler=$!
-    out=$(curl -s -o "$WORK/body" -w '%{http_code} %{size_download} %{size_upload} %{time_total}' "$@") || true
+    local dst=$WORK/body
+    case $name in download*) dst=/dev/null ;; esac   # never write the big body to disk
+    rm -f "$WORK/body"
+    out=$(curl -s -o "$dst" -w '%{http_code} %{size_download} %{size_upload} %{time_total}' "$@") || true
     sleep 0.5
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     kill -0 "$PID" 2>/dev/null || die "$SUBJECT died during $name"
