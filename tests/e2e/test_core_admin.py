@@ -1,0 +1,244 @@
+"""Admin listener, logs and command line (issue 2): /healthz, /metrics in
+Prometheus text, the access-log line's fields, `tollgate -t` with FILE:LINE
+errors, --version/--help, config-file keys equal to the long flags."""
+
+import os
+import re
+import subprocess
+import time
+
+from tglib import *
+
+CONTRACT_FLAGS = ["--config", "--listen", "--tls-listen", "--admin-listen", "--redis", "--key-prefix",
+                  "--route", "--workers", "--access-log", "--log-level", "--client-header-timeout",
+                  "--keepalive-timeout", "--upstream-connect-timeout", "--upstream-read-timeout",
+                  "--drain-timeout", "--check-config", "--version", "--help"]
+
+PROM_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? -?[0-9.eE+-]+(\s+-?[0-9]+)?$|^[a-zA-Z_:][a-zA-Z0-9_:]*(\{[^}]*\})? (NaN|[+-]Inf)$')
+
+
+def run_tollgate(*args, timeout=10):
+    return subprocess.run([TOLLGATE] + list(args), capture_output=True, timeout=timeout, text=True)
+
+
+def metrics(tg):
+    status, headers, body = tg.admin("/metrics")
+    assert status == 200
+    assert headers.get("content-type", "").startswith("text/plain"), headers
+    values = {}
+    for line in body.decode().splitlines():
+        if not line or line.startswith("#"):
+            continue
+        assert PROM_LINE.match(line), "not Prometheus text: %r" % line
+        name, _, value = line.rpartition(" ")
+        values[name] = float(value)
+    return values
+
+
+def total(values, *words):
+    """Sum of the samples whose name (with labels) contains every word."""
+    return sum(v for k, v in values.items() if all(w in k for w in words))
+
+
+def test_healthz():
+    with Tollgate() as tg:
+        status, headers, body = tg.admin("/healthz")
+        assert status == 200, (status, body)
+        assert body.strip(), "empty /healthz body"
+
+
+def test_admin_unknown_path_404():
+    with Tollgate() as tg:
+        assert tg.admin("/nope")[0] == 404
+
+
+def test_metrics_counts_requests_by_class_and_bytes():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        before = metrics(tg)
+        for _ in range(5):
+            assert http(tg.port, "GET", "/bytes/1000", "app.test")[0] == 200
+        for _ in range(3):
+            assert http(tg.port, "GET", "/", "nope.test")[0] == 404
+        assert http(tg.port, "GET", "/status/503", "app.test")[0] == 503
+
+        def grew():
+            after = metrics(tg)
+            return after if total(after, "2xx") - total(before, "2xx") >= 5 else None
+        after = wait_until(grew, 3, "2xx counter +5")
+        assert total(after, "4xx") - total(before, "4xx") >= 3
+        assert total(after, "5xx") - total(before, "5xx") >= 1
+        req = [k for k in after if "request" in k]
+        assert req, "no request counter in /metrics: %s" % sorted(after)
+        conn = [k for k in after if "connection" in k]
+        assert conn, "no connection metric in /metrics: %s" % sorted(after)
+        byt = [k for k in after if "bytes" in k]
+        assert byt, "no byte counter in /metrics: %s" % sorted(after)
+        assert total(after, "bytes") - total(before, "bytes") >= 5000
+        up = [k for k in after if "upstream" in k]
+        assert up, "no upstream metric in /metrics: %s" % sorted(after)
+
+
+def test_metrics_has_help_and_type():
+    with Tollgate() as tg:
+        body = tg.admin("/metrics")[2].decode()
+        assert "# TYPE " in body and "# HELP " in body, body[:500]
+
+
+def test_access_log_line_fields():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        req = b"POST /upload?q=1 HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"
+        resp = raw(tg.port, req)
+        assert resp.startswith(b"HTTP/1.1 200"), resp[:100]
+        line = wait_until(lambda: tg.access_log_lines(), 3, "an access log line")[-1]
+        fields = line.split()
+        for want in ("127.0.0.1", "app.test", "POST", "200", b.addr, "default"):
+            assert any(want in f for f in fields), "%r not in access log line %r" % (want, line)
+        assert "/upload" in line, line
+        # bytes in and out as metered: request and response bytes as on the wire
+        assert str(len(req)) in fields or any(f.endswith("=%d" % len(req)) for f in fields), \
+            "bytes in (%d) not in %r" % (len(req), line)
+        assert str(len(resp)) in fields or any(f.endswith("=%d" % len(resp)) for f in fields), \
+            "bytes out (%d) not in %r" % (len(resp), line)
+        # a time stamp and a duration
+        assert re.search(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d|\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d", line), line
+        assert re.search(r"\d+\.\d+", line.replace(b.addr, "")), "no duration in %r" % line
+
+
+def test_access_log_one_line_per_request():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        with RawConn(tg.port) as c:
+            for i in range(7):
+                c.send(b"GET /bytes/%d HTTP/1.1\r\nHost: app.test\r\n\r\n" % i)
+                c.read_response()
+        http(tg.port, "GET", "/x", "nope.test")
+        wait_until(lambda: len(tg.access_log_lines()) == 8, 3,
+                   "8 access log lines (got %d)" % len(tg.access_log_lines()))
+        assert sum(1 for l in tg.access_log_lines() if " 404 " in l) == 1
+
+
+def test_error_log_levels():
+    with Tollgate(log_level="debug") as tg:
+        pass
+    text = tg.log_text()
+    assert text.strip(), "nothing logged at debug level"
+
+
+def test_check_config_good():
+    d = tmpdir()
+    path = os.path.join(d, "good.conf")
+    with open(path, "w") as f:
+        f.write("# a comment\n\nlisten 127.0.0.1:%d\nroute a.test=127.0.0.1:1\n"
+                "keepalive-timeout 30\nworkers 1\n" % free_port())
+    r = run_tollgate("-t", "-c", path)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+
+
+def test_check_config_bad_reports_file_and_line():
+    d = tmpdir()
+    cases = [
+        "listen 127.0.0.1:8080\nno-such-key 1\n",
+        "listen 127.0.0.1:8080\n# c\nkeepalive-timeout abc\n",
+        "workers 1\nlisten not-an-address\n",
+        "route\n",
+        "workers -3\n",
+        "route a.test=\n",
+        "log-level loud\n",
+    ]
+    for i, text in enumerate(cases):
+        path = os.path.join(d, "bad%d.conf" % i)
+        with open(path, "w") as f:
+            f.write(text)
+        bad_line = len(text.rstrip("\n").split("\n"))
+        r = run_tollgate("-t", "-c", path)
+        out = r.stdout + r.stderr
+        assert r.returncode == 1, (text, r.returncode, out)
+        assert "%s:%d" % (path, bad_line) in out, "no %s:%d in %r" % (path, bad_line, out)
+
+
+def test_check_config_missing_file():
+    r = run_tollgate("-t", "-c", "/nonexistent/tollgate.conf")
+    assert r.returncode == 1
+    assert "/nonexistent/tollgate.conf" in r.stdout + r.stderr
+
+
+def test_bad_flag_exits_nonzero():
+    r = run_tollgate("--no-such-flag")
+    assert r.returncode != 0
+    assert "no-such-flag" in r.stdout + r.stderr
+
+
+def test_version_and_help():
+    r = run_tollgate("--version")
+    assert r.returncode == 0 and re.search(r"\d+\.\d+", r.stdout + r.stderr), r
+    r = run_tollgate("--help")
+    assert r.returncode == 0
+    text = r.stdout + r.stderr
+    missing = [f for f in CONTRACT_FLAGS if f not in text]
+    assert not missing, "--help does not mention %s" % missing
+
+
+def test_config_file_keys_match_flags():
+    with Backend("b1") as b:
+        port = free_port()
+        conf = ("listen 127.0.0.1:%d\nroute app.test=%s\nkeepalive-timeout 1\nclient-header-timeout 5\n"
+                "upstream-connect-timeout 2\nupstream-read-timeout 10\nkey-prefix tg:\n" % (port, b.addr))
+        with Tollgate(config=conf, listen=False) as tg:
+            tg.port = port
+            wait_port(port, scale(5))
+            status, headers, _ = http(port, "GET", "/echo", "app.test")
+            assert status == 200 and headers["x-backend"] == "b1"
+            # keepalive-timeout 1 from the file is in force
+            with RawConn(port) as c:
+                c.send(b"GET /bytes/1 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                c.read_response()
+                assert c.is_closed(scale(3))
+
+
+def test_command_line_overrides_file():
+    with Backend("b1") as b1, Backend("b2") as b2:
+        with Tollgate(config="route app.test=%s\n" % b1.addr, routes=["app.test=" + b2.addr]) as tg:
+            assert http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2"
+
+
+def test_ipv6_listener():
+    import socket
+    try:
+        s = socket.socket(socket.AF_INET6)
+        s.bind(("::1", 0))
+        s.close()
+    except OSError:
+        raise Skip("no IPv6 loopback here")
+    with Backend("b1") as b:
+        port = free_port()
+        with Tollgate(routes=["app.test=" + b.addr], args=["--listen", "[::1]:%d" % port]) as tg:
+            wait_port(port, scale(5), host="::1")
+            conn = socket.create_connection(("::1", port), timeout=5)
+            conn.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                d = conn.recv(65536)
+                if not d:
+                    break
+                data += d
+            conn.close()
+            assert data.startswith(b"HTTP/1.1 200"), data[:100]
+            import json
+            doc = json.loads(data.partition(b"\r\n\r\n")[2])
+            xff = [v for k, v in doc["headers"] if k.lower() == "x-forwarded-for"]
+            assert xff == ["::1"], xff
+
+
+def test_static_route_without_redis_one_command():
+    """A new user proxies a local app with one command and nothing else running."""
+    with Backend("app") as b:
+        port = free_port()
+        p = subprocess.Popen([TOLLGATE, "--listen", "127.0.0.1:%d" % port, "--admin-listen",
+                              "127.0.0.1:%d" % free_port(), "--route", "localhost=" + b.addr],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        try:
+            wait_port(port, scale(5), p)
+            status, headers, _ = http(port, "GET", "/echo", "localhost")
+            assert status == 200 and headers["x-backend"] == "app"
+        finally:
+            p.terminate()
+            p.wait(10)

@@ -1,0 +1,166 @@
+"""Error answers (issue 2 / contract "Status codes"): unknown host 404, backend
+refused or reset before the response 502, backend timeout 504, each a small
+clear page; a backend failing mid-response cuts the client connection."""
+
+import socket
+import threading
+import time
+
+from tglib import *
+
+
+def _closed_port():
+    return free_port()   # nothing listens there
+
+
+def check_page(status, headers, body, code):
+    assert status == code, (status, body[:200])
+    assert 0 < len(body) < 4096, "error page of %d bytes" % len(body)
+    assert str(code).encode() in body, body
+    assert headers.get("content-type", "").startswith("text/"), headers
+    assert int(headers.get("content-length", len(body))) == len(body)
+
+
+def test_unknown_host_404():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        status, headers, body = http(tg.port, "GET", "/", "nope.test")
+        check_page(status, headers, body, 404)
+        # the connection is kept after a 404 (the request was well-formed)
+        with RawConn(tg.port) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: nope.test\r\n\r\n")
+            assert c.read_response().status == 404
+            c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 200 and r.body == pattern(3)
+
+
+def test_unknown_host_404_with_request_body():
+    # the body of a request that goes nowhere is skipped, the next request is in sync
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"POST / HTTP/1.1\r\nHost: nope.test\r\nContent-Length: 20\r\n\r\n"
+                   b"GET /x HTTP/1.1\r\n\r\n\r\n"
+                   b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().status == 404
+            try:
+                r = c.read_response()
+            except EOFError:
+                return   # closing after an unread body is allowed too
+            assert r.status == 200 and r.body == pattern(3), r
+
+
+def test_backend_refused_502():
+    with Tollgate(routes=["app.test=127.0.0.1:%d" % _closed_port()]) as tg:
+        status, headers, body = http(tg.port, "GET", "/", "app.test")
+        check_page(status, headers, body, 502)
+
+
+def test_backend_reset_before_response_502():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        for path in ("/reset", "/reset?rst=1"):
+            status, headers, body = http(tg.port, "POST", path, "app.test", body=b"x" * 10)
+            check_page(status, headers, body, 502)
+        # nothing is stuck: the next request works
+        assert http(tg.port, "GET", "/bytes/5", "app.test")[2] == pattern(5)
+
+
+def test_backend_timeout_504():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr],
+                                      args=["--upstream-read-timeout", "1"]) as tg:
+        t0 = time.monotonic()
+        status, headers, body = http(tg.port, "GET", "/sleep/5", "app.test")
+        took = time.monotonic() - t0
+        check_page(status, headers, body, 504)
+        assert 0.8 < took < scale(3.5), "504 after %.2fs with a 1 s read timeout" % took
+
+
+def test_upstream_connect_timeout_504():
+    """A backend that accepts nothing (listen queue full) times out on connect."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    fillers = []
+    try:
+        # fill the accept queue so that further SYNs are dropped
+        for _ in range(16):
+            s = socket.socket()
+            s.setblocking(False)
+            try:
+                s.connect(("127.0.0.1", port))
+            except BlockingIOError:
+                pass
+            fillers.append(s)
+        time.sleep(0.2)
+        with Tollgate(routes=["app.test=127.0.0.1:%d" % port],
+                      args=["--upstream-connect-timeout", "1"]) as tg:
+            t0 = time.monotonic()
+            status, headers, body = http(tg.port, "GET", "/", "app.test", timeout=15)
+            took = time.monotonic() - t0
+            assert status in (502, 504), status
+            assert took < scale(4), "answered after %.2fs with a 1 s connect timeout" % took
+    finally:
+        for s in fillers:
+            s.close()
+        srv.close()
+
+
+def test_backend_dies_mid_response():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /truncate/100000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_head()
+            assert r.status == 200 and r.header("content-length") == "100000"
+            got = b""
+            while True:
+                d = c.recv_some()
+                if not d:
+                    break
+                got += d
+            # the client must see the truncation (a closed connection), never a hang
+            assert len(got) < 100000
+            assert got == pattern(len(got))
+
+
+def test_backend_dies_mid_chunked_response():
+    # a chunked response cut by the backend must not be completed with a last-chunk
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+
+    def serve():
+        s, _ = srv.accept()
+        s.recv(65536)
+        s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        time.sleep(0.3)
+        s.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with Tollgate(routes=["app.test=" + addr]) as tg:
+            out = raw(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", timeout=5)
+            assert out.startswith(b"HTTP/1.1 200"), out
+            assert not out.endswith(b"0\r\n\r\n"), "truncated response completed: %r" % out
+    finally:
+        srv.close()
+
+
+def test_backend_status_codes_pass_through():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        for code in (201, 204, 301, 304, 400, 404, 418, 500, 503):
+            status, headers, body = http(tg.port, "GET", "/status/%d" % code, "app.test")
+            assert status == code
+            assert headers.get("x-backend") == "b1"
+
+
+def test_errors_in_metrics_and_log():
+    with Tollgate(routes=["app.test=127.0.0.1:%d" % _closed_port()]) as tg:
+        for _ in range(3):
+            assert http(tg.port, "GET", "/", "app.test")[0] == 502
+        wait_until(lambda: sum(1 for l in tg.access_log_lines() if " 502 " in l) >= 3, 3,
+                   "three 502 lines in the access log")
+        status, _, body = tg.admin("/metrics")
+        assert status == 200
+        assert b"5xx" in body, body[:2000]

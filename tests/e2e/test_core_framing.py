@@ -1,0 +1,301 @@
+"""Message framing and bad input (issue 2, RFC 9112): bodies with every framing
+pass through intact; every malformed request gets a 400-class answer and a
+closed connection, never reaches the backend, and never stops the proxy."""
+
+import json
+import os
+import random
+import socket
+import time
+
+from tglib import *
+
+ROUTE = "app.test"
+
+
+def _tg(b, **kw):
+    return Tollgate(routes=[ROUTE + "=" + b.addr], **kw)
+
+
+def rejected(port, data, expect=(400,)):
+    """Sends data; asserts a response with a status in expect, then a close."""
+    with RawConn(port, timeout=5) as c:
+        c.send(data)
+        try:
+            r = c.read_response()
+        except EOFError:
+            raise AssertionError("closed without a response for %r" % data[:120])
+        assert r.status in expect, "got %d for %r (expected %s)" % (r.status, data[:120], expect)
+        assert c.is_closed(3), "connection left open after a %d for %r" % (r.status, data[:120])
+        return r
+
+
+def backend_requests(b):
+    status, _, body = http(b.port, "GET", "/stats", "x")
+    return json.loads(body)["requests"] - 1   # minus this /stats request
+
+
+def still_serving(port):
+    status, _, body = http(port, "GET", "/bytes/10", ROUTE)
+    assert status == 200 and body == pattern(10)
+
+
+def test_chunked_request_body_forwarded():
+    with Backend("b1") as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-Trailer: 1\r\n\r\n")
+            r = c.read_response()
+            doc = json.loads(r.body)
+            assert doc["body_length"] == 11, doc
+            import hashlib
+            assert doc["body_sha256"] == hashlib.sha256(b"hello world").hexdigest()
+            # the connection stays usable after a chunked body with trailers
+            c.send(b"GET /bytes/5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().body == pattern(5)
+
+
+def test_chunked_request_split_everywhere():
+    body = b"".join(b"%x\r\n%s\r\n" % (n, b"z" * n) for n in (1, 15, 16, 255, 4096)) + b"0\r\n\r\n"
+    data = b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n" + body
+    with Backend("b1") as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            pos = 0
+            rnd = random.Random(7)
+            while pos < len(data):
+                n = rnd.randint(1, 9)
+                c.send(data[pos:pos + n])
+                pos += n
+                if rnd.random() < 0.1:
+                    time.sleep(0.01)
+            r = c.read_response()
+            assert json.loads(r.body)["body_length"] == 1 + 15 + 16 + 255 + 4096
+
+
+def test_response_framings_to_http11_client():
+    with Backend("b1") as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /chunked/10000?chunks=10 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.body == pattern(10000)
+            c.send(b"GET /bytes/10000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.framing == "length" and r.body == pattern(10000)
+            # close-delimited from the backend: either re-framed (chunked) on a kept
+            # connection, or delimited by closing the client connection
+            c.send(b"GET /close/20000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.body == pattern(20000), len(r.body)
+            if r.framing != "close":
+                c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                assert c.read_response().body == pattern(3)
+
+
+def test_backend_http10_close_delimited():
+    with Backend("b1") as b, _tg(b) as tg:
+        status, _, body = http(tg.port, "GET", "/close/30000?v=1.0", ROUTE)
+        assert status == 200 and body == pattern(30000)
+
+
+def test_both_content_length_and_transfer_encoding():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n"
+                          b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\n\r\n")
+        assert backend_requests(b) == 0
+        still_serving(tg.port)
+
+
+def test_differing_duplicate_content_length():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n"
+                          b"Content-Length: 6\r\n\r\nhello!")
+        rejected(tg.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5, 6\r\n\r\nhello!")
+        assert backend_requests(b) == 0
+
+
+def test_malformed_content_length():
+    with Backend("b1") as b, _tg(b) as tg:
+        for v in (b"-1", b"+5", b"5x", b"0x10", b"", b"99999999999999999999999"):
+            rejected(tg.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nContent-Length: " + v +
+                              b"\r\n\r\nhello")
+        assert backend_requests(b) == 0
+
+
+def test_invalid_chunk_sizes():
+    with Backend("b1") as b, _tg(b) as tg:
+        for chunk in (b"zz\r\nhello\r\n0\r\n\r\n", b"-5\r\nhello\r\n0\r\n\r\n",
+                      b"ffffffffffffffffffff\r\nhello\r\n0\r\n\r\n", b"5\r\nhelloXX0\r\n\r\n",
+                      b" \r\nhello\r\n0\r\n\r\n"):
+            with RawConn(tg.port, timeout=5) as c:
+                c.send(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n" + chunk)
+                # the head was fine and may already be on its way; the bad
+                # framing must end the exchange: a 400 (or a 502 if the
+                # backend was already answering) and a close, never a hang
+                try:
+                    r = c.read_response()
+                    assert r.status in (400, 502), (chunk, r)
+                except EOFError:
+                    pass
+                assert c.is_closed(3), chunk
+        still_serving(tg.port)
+
+
+def test_bad_transfer_encodings():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                 expect=(400, 501))
+        rejected(tg.port, b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: gzip\r\n\r\n",
+                 expect=(400, 501))
+        assert backend_requests(b) == 0
+
+
+def test_ctl_characters_in_header_value():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: a\x00b\r\n\r\n")
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: a\rb\r\n\r\n")
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: a\x01b\r\n\r\n")
+        assert backend_requests(b) == 0
+
+
+def test_whitespace_before_colon():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A : 1\r\n\r\n")
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost : app.test\r\n\r\n")
+        rejected(tg.port, b"POST / HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding\t: chunked\r\n\r\n0\r\n\r\n")
+        assert backend_requests(b) == 0
+
+
+def test_obs_fold_rejected():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n  continued\r\n\r\n")
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n\tcontinued\r\n\r\n")
+        assert backend_requests(b) == 0
+
+
+def test_header_section_too_large():
+    with Backend("b1") as b, _tg(b) as tg:
+        big = b"X-Big: " + b"a" * 70000 + b"\r\n"
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n" + big + b"\r\n", expect=(431,))
+        many = b"".join(b"X-H%d: %d\r\n" % (i, i) for i in range(4000))   # ~50 KiB, many fields
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n" + many + b"\r\n", expect=(431,))
+        # a head that never ends: 431 as soon as the limit is passed, not a wait
+        with RawConn(tg.port, timeout=5) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\nX-Big: " + b"b" * 80000)
+            r = c.read_response()
+            assert r.status == 431
+        assert backend_requests(b) == 0
+        still_serving(tg.port)
+
+
+def test_header_just_under_limit_passes():
+    with Backend("b1") as b, _tg(b) as tg:
+        big = b"X-Big: " + b"a" * 60000 + b"\r\n"
+        with RawConn(tg.port) as c:
+            c.send(b"GET /echo HTTP/1.1\r\nHost: app.test\r\n" + big + b"\r\n")
+            r = c.read_response()
+            assert r.status == 200
+            doc = json.loads(r.body)
+            assert ["X-Big", "a" * 60000] in doc["headers"]
+
+
+def test_bad_request_lines():
+    with Backend("b1") as b, _tg(b) as tg:
+        for line in (b"GET\r\n", b"GET /\r\n", b"GET / HTTP/1.1 extra\r\n", b"G(T / HTTP/1.1\r\n",
+                     b"GET /a b HTTP/1.1\r\n", b"GET / HTTX/1.1\r\n", b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n",
+                     b"GET /\x7f HTTP/1.1\r\n", b"GET / HTTP/1.1\n"):
+            rejected(tg.port, line + b"Host: app.test\r\n\r\n", expect=(400, 505))
+        assert backend_requests(b) == 0
+        still_serving(tg.port)
+
+
+def test_unsupported_http_version():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/2.0\r\nHost: app.test\r\n\r\n", expect=(505,))
+        rejected(tg.port, b"GET / HTTP/1.2\r\nHost: app.test\r\n\r\n", expect=(505, 400))
+
+
+def test_host_header_rules():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/1.1\r\n\r\n")                                   # missing
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nHost: other.test\r\n\r\n")   # twice
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app test\r\n\r\n")                 # invalid
+        assert backend_requests(b) == 0
+
+
+def test_bare_lf_line_endings_rejected():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/1.1\nHost: app.test\n\n")
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\nX-A: 1\r\n\r\n")
+
+
+def test_garbage_does_not_break_the_proxy():
+    rnd = random.Random(1234)
+    with Backend("b1") as b, _tg(b) as tg:
+        for i in range(150):
+            kind = i % 3
+            if kind == 0:
+                data = os.urandom(rnd.randint(1, 3000))
+            elif kind == 1:   # a valid request with random bytes flipped
+                base = bytearray(b"POST /upload HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n"
+                                 b"Content-Type: a\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+                for _ in range(rnd.randint(1, 4)):
+                    base[rnd.randrange(len(base))] = rnd.randrange(256)
+                data = bytes(base)
+            else:             # valid request truncated anywhere
+                base = b"GET /bytes/10 HTTP/1.1\r\nHost: app.test\r\nX-A: 1\r\n\r\n"
+                data = base[:rnd.randrange(len(base))]
+            with socket.create_connection(("127.0.0.1", tg.port), timeout=5) as s:
+                try:
+                    s.sendall(data)
+                    s.shutdown(socket.SHUT_WR)
+                    s.settimeout(3)
+                    while s.recv(65536):
+                        pass
+                except (ConnectionResetError, BrokenPipeError):
+                    pass
+                except socket.timeout:
+                    raise AssertionError("no answer and no close within 3 s for %r" % data[:100])
+        assert tg.running()
+        still_serving(tg.port)
+
+
+def test_rejection_counted_in_access_log():
+    with Backend("b1") as b, _tg(b) as tg:
+        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A : 1\r\n\r\n")
+        wait_until(lambda: any(" 400 " in l for l in tg.access_log_lines()), 3, "a 400 in the access log")
+
+
+def test_bad_response_from_backend_gives_502():
+    """A backend answering garbage is the backend's fault: 502, not a crash."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+    import threading
+
+    def serve():
+        for answer in (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+                       b"NOT HTTP AT ALL\r\n\r\n",
+                       b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n"):
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            s.settimeout(5)
+            try:
+                s.recv(65536)
+                s.sendall(answer)
+                time.sleep(0.2)
+            except OSError:
+                pass
+            s.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with Tollgate(routes=["bad.test=" + addr]) as tg:
+            for _ in range(3):
+                status, _, _ = http(tg.port, "GET", "/", "bad.test")
+                assert status == 502, status
+    finally:
+        srv.close()

@@ -1,0 +1,123 @@
+"""Header handling (issue 2, RFC 9110 §7.6): hop-by-hop fields are removed in
+both directions, X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) are
+set, Host is kept as the client sent it."""
+
+import json
+
+from tglib import *
+
+ROUTE = "app.test"
+
+
+def _tg(b, **kw):
+    return Tollgate(routes=[ROUTE + "=" + b.addr], **kw)
+
+
+def echo(port, headers, host="app.test"):
+    with RawConn(port) as c:
+        req = "GET /echo HTTP/1.1\r\nHost: %s\r\n" % host
+        req += "".join("%s: %s\r\n" % hv for hv in headers) + "\r\n"
+        c.send(req)
+        r = c.read_response()
+        assert r.status == 200, r
+        doc = json.loads(r.body)
+        return doc, {k.lower(): v for k, v in doc["headers"]}, doc["headers"]
+
+
+def test_request_hop_by_hop_removed():
+    with Backend("b1") as b, _tg(b) as tg:
+        _, h, _ = echo(tg.port, [("Connection", "keep-alive, X-Private"), ("Keep-Alive", "timeout=5"),
+                                 ("X-Private", "secret"), ("Proxy-Connection", "keep-alive"),
+                                 ("TE", "trailers"), ("Trailer", "X-T"),
+                                 ("Proxy-Authorization", "Basic Zm9vOmJhcg=="),
+                                 ("X-End-To-End", "kept")])
+        for name in ("keep-alive", "x-private", "proxy-connection", "te", "trailer",
+                     "proxy-authorization", "upgrade"):
+            assert name not in h, "%s forwarded to the backend: %s" % (name, h)
+        # tollgate may send its own Connection header, but not the client's tokens
+        assert "x-private" not in h.get("connection", "").lower()
+        assert h["x-end-to-end"] == "kept"
+
+
+def test_response_hop_by_hop_removed():
+    with Backend("b1") as b, _tg(b) as tg:
+        q = "h=Connection:X-Secret&h=X-Secret:1&h=Keep-Alive:timeout%3D99&h=Proxy-Connection:keep-alive" \
+            "&h=Trailer:X-T&h=Upgrade:h2c&h=X-End-To-End:kept"
+        with RawConn(tg.port) as c:
+            c.send("GET /bytes/10?%s HTTP/1.1\r\nHost: app.test\r\n\r\n" % q)
+            r = c.read_response()
+            names = {k.lower() for k, _ in r.headers}
+            for name in ("x-secret", "keep-alive", "proxy-connection", "trailer", "upgrade"):
+                assert name not in names, "%s forwarded to the client: %s" % (name, r.headers)
+            assert "x-secret" not in (r.header("connection") or "").lower()
+            assert r.header("x-end-to-end") == "kept"
+            assert r.body == pattern(10)
+
+
+def test_forwarded_headers_set():
+    with Backend("b1") as b, _tg(b) as tg:
+        doc, h, _ = echo(tg.port, [])
+        assert h["x-forwarded-for"] == "127.0.0.1", h
+        assert h["x-forwarded-proto"] == "http", h
+        assert h["x-forwarded-host"] == "app.test", h
+        fwd = h["forwarded"].lower()
+        assert "for=127.0.0.1" in fwd or 'for="127.0.0.1"' in fwd, fwd
+        assert "proto=http" in fwd, fwd
+        assert "host=app.test" in fwd or 'host="app.test"' in fwd, fwd
+
+
+def test_x_forwarded_for_ends_with_client():
+    # appending (nginx's $proxy_add_x_forwarded_for) or replacing are both
+    # fine at the edge; the last element must be the real peer
+    with Backend("b1") as b, _tg(b) as tg:
+        _, h, pairs = echo(tg.port, [("X-Forwarded-For", "203.0.113.7")])
+        xff = ", ".join(v for k, v in pairs if k.lower() == "x-forwarded-for")
+        parts = [p.strip() for p in xff.split(",")]
+        assert parts in (["203.0.113.7", "127.0.0.1"], ["127.0.0.1"]), xff
+
+
+def test_forwarded_ends_with_client():
+    with Backend("b1") as b, _tg(b) as tg:
+        _, h, pairs = echo(tg.port, [("Forwarded", "for=203.0.113.7;proto=https")])
+        fwd = ", ".join(v for k, v in pairs if k.lower() == "forwarded")
+        parts = [p.strip() for p in fwd.split(",")]
+        assert "127.0.0.1" in parts[-1] and "proto=http" in parts[-1].lower(), fwd
+        assert len(parts) <= 2, fwd
+
+
+def test_client_cannot_spoof_proto_and_host():
+    with Backend("b1") as b, _tg(b) as tg:
+        _, h, pairs = echo(tg.port, [("X-Forwarded-Proto", "https"), ("X-Forwarded-Host", "evil.test")])
+        protos = [v for k, v in pairs if k.lower() == "x-forwarded-proto"]
+        hosts = [v for k, v in pairs if k.lower() == "x-forwarded-host"]
+        assert protos == ["http"], protos
+        assert hosts == ["app.test"], hosts
+
+
+def test_host_kept():
+    with Backend("b1") as b, _tg(b) as tg:
+        for host in ("app.test", "APP.Test", "app.test:%d" % tg.port):
+            _, _, pairs = echo(tg.port, [], host=host)
+            hosts = [v for k, v in pairs if k.lower() == "host"]
+            assert hosts == [host], (host, hosts)
+
+
+def test_end_to_end_headers_kept_in_order():
+    with Backend("b1") as b, _tg(b) as tg:
+        sent = [("X-A", "1"), ("X-B", "two words"), ("X-A", "3"), ("Cookie", "a=b; c=d"),
+                ("User-Agent", "tg-test/1.0"), ("Accept", "*/*"), ("X-Empty", "")]
+        _, _, pairs = echo(tg.port, sent)
+        got = [(k, v) for k, v in pairs if k.lower() in ("x-a", "x-b", "cookie", "user-agent", "accept",
+                                                         "x-empty")]
+        assert [(k.lower(), v) for k, v in got] == [(k.lower(), v) for k, v in sent], got
+
+
+def test_response_headers_kept():
+    with Backend("b1") as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /bytes/1?h=Set-Cookie:a%3D1&h=Set-Cookie:b%3D2&h=Cache-Control:no-store"
+                   b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.header_all("set-cookie") == ["a=1", "b=2"], r.headers
+            assert r.header("cache-control") == "no-store"
+            assert r.header("x-backend") == "b1"

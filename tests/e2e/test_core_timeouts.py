@@ -1,0 +1,160 @@
+"""Timeouts (issue 2): a slowloris client is cut after --client-header-timeout,
+an idle keep-alive connection after --keepalive-timeout, and a response (or
+tunnel) that keeps moving bytes lives longer than --upstream-read-timeout."""
+
+import time
+
+from tglib import *
+
+ROUTE = "app.test"
+
+
+def _tg(b, args):
+    return Tollgate(routes=[ROUTE + "=" + b.addr], args=args)
+
+
+def _wait_close_or_408(c, limit):
+    """Waits up to limit seconds; returns (seconds, status or None) when the
+    proxy answers 408 and/or closes."""
+    t0 = time.monotonic()
+    c.sock.settimeout(limit)
+    data = b""
+    while True:
+        try:
+            d = c.sock.recv(65536)
+        except ConnectionResetError:
+            d = b""
+        except OSError:
+            raise AssertionError("still open after %.1fs" % (time.monotonic() - t0))
+        if not d:
+            break
+        data += d
+    took = time.monotonic() - t0
+    status = int(data.split(b" ")[1]) if data.startswith(b"HTTP/1.") else None
+    return took, status, data
+
+
+def test_slowloris_cut_after_header_timeout():
+    with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1"]) as tg:
+        with RawConn(tg.port) as c:
+            t0 = time.monotonic()
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n")
+            # one header line every 0.2 s: activity must not extend the deadline
+            closed = False
+            for i in range(40):
+                try:
+                    c.send(b"X-%d: 1\r\n" % i)
+                except (BrokenPipeError, ConnectionResetError):
+                    closed = True
+                    break
+                if _peek_closed(c, 0.2):
+                    closed = True
+                    break
+            took = time.monotonic() - t0
+            assert closed, "connection still open after %.1fs with a 1 s header timeout" % took
+            assert took < scale(2.5), "closed after %.1fs with a 1 s header timeout" % took
+            status = _status_in(c.buf)
+            assert status in (None, 408), c.buf[:200]
+
+
+def _peek_closed(c, timeout):
+    c.sock.settimeout(timeout)
+    try:
+        d = c.sock.recv(65536)
+    except TimeoutError:
+        return False
+    except ConnectionResetError:
+        return True
+    finally:
+        c.sock.settimeout(c.timeout)
+    if d:
+        c.buf += d
+        # a 408 followed by close; keep reading for the close
+        return _peek_closed(c, 1.0)
+    return True
+
+
+def _status_in(data):
+    if data.startswith(b"HTTP/1."):
+        return int(data.split(b" ")[1])
+    return None
+
+
+def test_silent_client_after_connect():
+    with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1"]) as tg:
+        with RawConn(tg.port) as c:
+            took, status, _ = _wait_close_or_408(c, scale(4))
+            assert took < scale(2.5)
+            assert status in (None, 408)
+
+
+def test_header_timeout_does_not_cut_a_slow_response():
+    # the header timeout covers the request head only, not the wait for the backend
+    with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1"]) as tg:
+        status, _, body = http(tg.port, "GET", "/sleep/2", ROUTE)
+        assert status == 200 and body == b"slept 2\n"
+
+
+def test_idle_keepalive_closed():
+    with Backend("b1") as b, _tg(b, ["--keepalive-timeout", "1"]) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /bytes/5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().status == 200
+            t0 = time.monotonic()
+            assert not c.is_closed(0.5), "closed before the keep-alive timeout"
+            assert c.is_closed(scale(3)), "still open after the keep-alive timeout"
+            took = time.monotonic() - t0
+            assert 0.8 < took < scale(2.5), "idle connection closed after %.1fs" % took
+
+
+def test_keepalive_timer_restarts_per_request():
+    with Backend("b1") as b, _tg(b, ["--keepalive-timeout", "1"]) as tg:
+        with RawConn(tg.port) as c:
+            for _ in range(4):     # 4 x 0.6 s > 1 s in total, each gap < 1 s
+                c.send(b"GET /bytes/5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                assert c.read_response().status == 200
+                time.sleep(0.6)
+
+
+def test_keepalive_timeout_default_is_long():
+    with Backend("b1") as b, _tg(b, []) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /bytes/5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().status == 200
+            assert not c.is_closed(3)
+
+
+def test_stream_longer_than_read_timeout_lives():
+    # 4 s of a paced body (a piece every 0.1 s) with a 1 s upstream read timeout
+    with Backend("b1") as b, _tg(b, ["--upstream-read-timeout", "1"]) as tg:
+        t0 = time.monotonic()
+        status, _, body = http(tg.port, "GET", "/slowbody/4000?rate=1000", ROUTE, timeout=20)
+        assert status == 200
+        assert body == pattern(4000), len(body)
+        assert time.monotonic() - t0 > 3
+
+
+def test_sse_with_gaps_below_read_timeout_lives():
+    with Backend("b1") as b, _tg(b, ["--upstream-read-timeout", "1"]) as tg:
+        status, _, body = http(tg.port, "GET", "/sse?n=8&interval=0.6", ROUTE, timeout=20)
+        assert status == 200
+        assert body.count(b"data: event") == 8, body
+
+
+def test_stream_silent_longer_than_read_timeout_cut():
+    # an SSE stream that goes silent for 3 s with a 1 s read timeout: the
+    # proxy gives up on it (the client sees a close, not a hang)
+    with Backend("b1") as b, _tg(b, ["--upstream-read-timeout", "1"]) as tg:
+        with RawConn(tg.port, timeout=10) as c:
+            c.send(b"GET /sse?n=2&interval=3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_head().status == 200
+            t0 = time.monotonic()
+            got = b""
+            while True:
+                d = c.recv_some()
+                if not d:
+                    break
+                got += d
+            took = time.monotonic() - t0
+            assert b"event 0" in got and b"event 1" not in got, got
+            assert took < scale(2.5), "cut after %.1fs" % took
