@@ -1,2 +1,1513 @@
-/* proxy/conn.c: being written. */
-typedef int tg_placeholder_conn;
+/*
+ * conn: one client connection and its HTTP/1.1 state machine.
+ *
+ *   CS_HEAD ──head──▶ CS_ROUTE ──route──▶ CS_CONNECT ──connected──▶ CS_PROXY
+ *      ▲                 │ (error page)        │ (next backend / 502/504)   │
+ *      │                 ▼                     ▼                            │ 101
+ *      └──keep-alive── CS_LOCAL ◀──────────────┘                    CS_TUNNEL
+ *                        │ close
+ *                        ▼
+ *                    CS_CLOSING ──output flushed──▶ conn_close()
+ *
+ * Bytes live in the bufferevents' evbuffers and are moved between them with
+ * evbuffer_remove_buffer(), never copied into our own buffers.  The request
+ * head stays in the client's input buffer until it has been written to a
+ * backend, so that a failed connect can be retried on another backend and a
+ * route answer that arrives later can re-read it; nothing of the request is
+ * kept in the connection struct itself.  Per-request state (struct req) is
+ * taken from a per-worker free list and exists only while a request is in
+ * flight, so an idle keep-alive connection costs its bufferevent and this
+ * small struct.
+ *
+ * Backpressure: a destination output buffer above the high watermark stops
+ * reading on the source; the destination's write callback (at half the
+ * watermark) resumes it.  At most about buffer_size bytes are held per
+ * connection whatever the speed of either peer.
+ *
+ * Metering: bytes_in are counted as the request's bytes are consumed from the
+ * client input (head when it is sent on, body as it is moved); bytes_out are
+ * counted by a callback on the client output buffer as the kernel accepts
+ * them, so bytes that never left (client gone) are never billed.  The next
+ * pipelined request is only started once the previous response has been
+ * written out, which keeps that attribution exact.
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/util.h>
+
+#include "config/config.h"
+#include "proxy/conn.h"
+#include "proxy/h1.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+#include "routing/meter.h"
+#include "routing/route.h"
+
+enum conn_state {
+    CS_HEAD = 0,   /* waiting for a request head */
+    CS_ROUTE,      /* route lookup pending */
+    CS_CONNECT,    /* connecting to a backend */
+    CS_PROXY,      /* relaying request and response */
+    CS_TUNNEL,     /* upgraded: bytes both ways */
+    CS_LOCAL,      /* a local response is being written; then next request */
+    CS_CLOSING,    /* flushing the last bytes, then close */
+};
+
+static const char *conn_state_name(enum conn_state s)
+{
+    static const char *const names[] = {"head", "route", "connect", "proxy", "tunnel", "local", "closing"};
+    return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
+}
+
+/* Response body framing. */
+enum body_mode { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+
+/* struct req flags */
+enum {
+    RF_HEAD_SENT     = 1 << 0,  /* request head written to the backend */
+    RF_REQ_DONE      = 1 << 1,  /* request body fully moved */
+    RF_RESP_HEAD     = 1 << 2,  /* final response head sent to the client */
+    RF_RESP_DONE     = 1 << 3,  /* response body fully queued */
+    RF_RESP_BYTE     = 1 << 4,  /* any byte received from the backend */
+    RF_METHOD_HEAD   = 1 << 5,
+    RF_IDEMPOTENT    = 1 << 6,
+    RF_UPGRADE       = 1 << 7,  /* client asked for an upgrade */
+    RF_HTTP10        = 1 << 8,  /* client spoke HTTP/1.0 */
+    RF_UP_REUSED     = 1 << 9,  /* upstream connection came from the pool */
+    RF_UP_KEEPALIVE  = 1 << 10, /* backend allows reuse after this response */
+    RF_THROTTLED     = 1 << 11, /* waiting on the throttle timer */
+    RF_CUT           = 1 << 12, /* cut at the tenant's cap */
+    RF_HAS_BODY      = 1 << 13, /* request has a body */
+    RF_HEAD_CONSUMED = 1 << 14, /* head drained from the client input and counted */
+};
+
+/* struct conn flags */
+enum {
+    CF_CLOSE_AFTER   = 1 << 0,  /* close once the current response is out */
+    CF_DRAINING      = 1 << 1,
+    CF_CLIENT_PAUSED = 1 << 2,  /* client reading stopped for backpressure */
+    CF_UP_PAUSED     = 1 << 3,  /* upstream reading stopped for backpressure */
+    CF_V6            = 1 << 4,
+    CF_IN_PROCESS    = 1 << 5,  /* inside conn_process(): no re-entry */
+};
+
+struct req {
+    struct req *next_free;
+    struct route_entry *entry;
+    const struct route_backends *backends;
+    struct meter_tenant *mt;
+    struct bufferevent *up;
+    struct event *timer;            /* throttle pacing; created on first use */
+    struct route_target target;
+    uint64_t tried;
+    size_t head_len;                /* request head bytes at the front of the client input */
+    int64_t req_left;               /* Content-Length bytes left */
+    int64_t resp_left;
+    struct h1_chunked req_chunk;
+    struct h1_chunked resp_chunk;
+    size_t resp_scanned;
+    unsigned flags;
+    unsigned char req_mode;         /* enum body_mode */
+    unsigned char resp_mode;
+    unsigned char attempts;
+    int status;
+    uint64_t bytes_in, bytes_out;
+    struct timeval start;
+    char method[16];
+    char host[96];
+    char path[192];
+    char tenant[64];
+};
+
+struct conn {
+    struct bufferevent *bev;
+    struct worker *w;
+    struct req *req;
+    struct route_lookup *lookup;
+    struct conn *prev, *next;         /* worker's list, for draining */
+    uint64_t id;
+    size_t scanned;                   /* h1_find_head_end() resume point */
+    struct timeval head_start;        /* first byte of the current head */
+    struct timeval last_activity;     /* tunnel idleness */
+    unsigned flags;
+    unsigned char state;
+    union {
+        struct in_addr v4;
+        struct in6_addr v6;
+    } peer;
+};
+
+static __thread struct req *req_free_list;
+static __thread uint64_t conn_next_id;
+static __thread struct conn *conn_list;   /* this worker's connections */
+
+static void conn_close(struct conn *c);
+static void conn_process(struct conn *c);
+static void client_read_cb(struct bufferevent *bev, void *arg);
+static void client_write_cb(struct bufferevent *bev, void *arg);
+static void client_event_cb(struct bufferevent *bev, short what, void *arg);
+static void up_read_cb(struct bufferevent *bev, void *arg);
+static void up_write_cb(struct bufferevent *bev, void *arg);
+static void up_event_cb(struct bufferevent *bev, short what, void *arg);
+static void start_upstream(struct conn *c);
+static void finish_request(struct conn *c);
+
+static void set_state(struct conn *c, enum conn_state s)
+{
+    if (log_level_enabled(LOG_DEBUG))
+        log_debug("%s: conn %llu: %s -> %s", __func__, (unsigned long long)c->id,
+                  conn_state_name((enum conn_state)c->state), conn_state_name(s));
+    c->state = (unsigned char)s;
+}
+
+static const struct tg_config *cfg_of(struct conn *c)
+{
+    return worker_config(c->w);
+}
+
+static struct timeval tv_of(double s)
+{
+    struct timeval tv;
+    tv.tv_sec = (time_t)s;
+    tv.tv_usec = (suseconds_t)((s - (double)tv.tv_sec) * 1e6);
+    return tv;
+}
+
+static size_t hwm_of(struct conn *c)
+{
+    /* Half of the per-connection budget for each direction. */
+    size_t b = cfg_of(c)->buffer_size / 2;
+    return b < 16384 ? 16384 : b;
+}
+
+static void copy_str(char *dst, size_t cap, const char *s, size_t len)
+{
+    if (len >= cap)
+        len = cap - 1;
+    memcpy(dst, s, len);
+    dst[len] = '\0';
+}
+
+/* ---------------------------------------------------------------------- */
+/* Requests                                                               */
+
+static struct req *req_new(void)
+{
+    struct req *r = req_free_list;
+    if (r) {
+        req_free_list = r->next_free;
+        struct event *timer = r->timer;
+        memset(r, 0, sizeof(*r));
+        r->timer = timer;
+    } else {
+        r = calloc(1, sizeof(*r));
+    }
+    return r;
+}
+
+/* Releases everything a request holds (not its upstream connection). */
+static void req_free(struct req *r)
+{
+    if (r->mt)
+        meter_tenant_put(r->mt);
+    if (r->entry)
+        route_entry_unref(r->entry);
+    if (r->timer)
+        event_del(r->timer);
+    r->mt = NULL;
+    r->entry = NULL;
+    r->next_free = req_free_list;
+    req_free_list = r;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Access log and counters                                                */
+
+static void peer_str(const struct conn *c, char *buf, size_t cap)
+{
+    if (!inet_ntop((c->flags & CF_V6) ? AF_INET6 : AF_INET, &c->peer, buf, (socklen_t)cap))
+        copy_str(buf, cap, "-", 1);
+}
+
+static void log_request(struct conn *c, struct req *r)
+{
+    struct tg_metrics *m = worker_metrics(c->w);
+    if (r->status >= 100 && r->status < 600)
+        m->responses_by_class[r->status / 100]++;
+    if (!log_access_enabled())
+        return;
+    struct timeval now, d;
+    event_base_gettimeofday_cached(worker_base(c->w), &now);
+    evutil_timersub(&now, &r->start, &d);
+    char ip[INET6_ADDRSTRLEN], ts[32], line[1024];
+    struct tm tm;
+    time_t t = now.tv_sec;
+    gmtime_r(&t, &tm);
+    strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    peer_str(c, ip, sizeof(ip));
+    int n = snprintf(line, sizeof(line), "%s %s %s \"%s %s\" %d %llu %llu %s %.3f %s%s\n", ts, ip,
+                     r->host[0] ? r->host : "-", r->method[0] ? r->method : "-", r->path[0] ? r->path : "-",
+                     r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
+                     r->target.name[0] ? r->target.name : "-", (double)d.tv_sec + (double)d.tv_usec / 1e6,
+                     r->tenant[0] ? r->tenant : "-", (r->flags & RF_CUT) ? " cut" : "");
+    if (n > 0)
+        log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
+}
+
+static void count_in(struct conn *c, size_t n)
+{
+    struct req *r = c->req;
+    worker_metrics(c->w)->bytes_in += n;
+    if (r) {
+        r->bytes_in += n;
+        if (r->mt)
+            meter_count_in(r->mt, n);
+    }
+}
+
+/* Client output callback: bytes leave the buffer when the kernel takes them. */
+static void client_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct conn *c = arg;
+    if (info->n_deleted == 0)
+        return;
+    worker_metrics(c->w)->bytes_out += info->n_deleted;
+    struct req *r = c->req;
+    if (r) {
+        r->bytes_out += info->n_deleted;
+        if (r->mt)
+            meter_count_out(r->mt, info->n_deleted);
+    }
+}
+
+/*
+ * Drains the request head from the client input and counts it, once.  A
+ * bodiless request keeps its head in the buffer until the backend answers,
+ * so that it can be sent again if a pooled connection turns out closed.
+ */
+static void consume_head(struct conn *c)
+{
+    struct req *r = c->req;
+    if (!r || !r->head_len || (r->flags & RF_HEAD_CONSUMED))
+        return;
+    r->flags |= RF_HEAD_CONSUMED;
+    evbuffer_drain(bufferevent_get_input(c->bev), r->head_len);
+    count_in(c, r->head_len);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Local responses                                                        */
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 200: return "OK";
+    case 301: return "Moved Permanently";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 413: return "Content Too Large";
+    case 431: return "Request Header Fields Too Large";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    case 509: return "Bandwidth Limit Exceeded";
+    default: return status < 500 ? "Client Error" : "Server Error";
+    }
+}
+
+/*
+ * Writes a small HTML error page.  close_after: close the connection once it
+ * is written.  extra: extra header lines (each ending in CRLF) or NULL.
+ * The request (if any) stays attached so that its bytes_out are counted.
+ */
+static void respond_local(struct conn *c, int status, const char *detail, const char *extra, int close_after)
+{
+    struct req *r = c->req;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    char body[512];
+    const char *reason = reason_of(status);
+    int blen = snprintf(body, sizeof(body),
+                        "<!DOCTYPE html>\n<html><head><title>%d %s</title></head>\n"
+                        "<body><h1>%d %s</h1>\n<p>%s</p>\n<hr><p>tollgate</p></body></html>\n",
+                        status, reason, status, reason, detail ? detail : reason);
+    if (blen < 0 || (size_t)blen >= sizeof(body))
+        blen = (int)strlen(body);
+    if (status == 400 || status == 408 || status == 431 || status == 505 || status == 501
+        || worker_draining(c->w) || (c->flags & CF_CLOSE_AFTER))
+        close_after = 1;
+    /* A request body we did not read would be taken for the next request. */
+    if (r && (r->flags & RF_HAS_BODY) && !(r->flags & RF_REQ_DONE))
+        close_after = 1;
+    if (close_after)
+        c->flags |= CF_CLOSE_AFTER;
+    int http10 = r && (r->flags & RF_HTTP10);
+    evbuffer_add_printf(out,
+                        "HTTP/1.%d %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
+                        "Content-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n",
+                        http10 ? 0 : 1, status, reason, blen, extra ? extra : "",
+                        close_after ? "Connection: close\r\n" : (http10 ? "Connection: keep-alive\r\n" : ""));
+    if (!(r && (r->flags & RF_METHOD_HEAD)))
+        evbuffer_add(out, body, (size_t)blen);
+    if (r) {
+        r->status = status;
+        r->flags |= RF_RESP_HEAD | RF_RESP_DONE;
+        consume_head(c);
+        if (!(r->flags & RF_HAS_BODY))
+            r->flags |= RF_REQ_DONE;
+    }
+    set_state(c, close_after ? CS_CLOSING : CS_LOCAL);
+    if (close_after)
+        bufferevent_disable(c->bev, EV_READ);
+    bufferevent_enable(c->bev, EV_WRITE);
+}
+
+/* A parse error before any request state exists: answer and close. */
+static void reject(struct conn *c, int status)
+{
+    worker_metrics(c->w)->bad_requests++;
+    if (!c->req) {
+        c->req = req_new();
+        if (!c->req) {
+            conn_close(c);
+            return;
+        }
+        event_base_gettimeofday_cached(worker_base(c->w), &c->req->start);
+    }
+    respond_local(c, status, NULL, NULL, 1);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Timeouts                                                               */
+
+static void set_client_timeouts(struct conn *c, double read_s, double write_s)
+{
+    struct timeval rt = tv_of(read_s), wt = tv_of(write_s);
+    bufferevent_set_timeouts(c->bev, read_s > 0 ? &rt : NULL, write_s > 0 ? &wt : NULL);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Request head                                                           */
+
+static int method_is(const struct h1_request *rq, const char *m)
+{
+    size_t n = strlen(m);
+    return rq->method.len == n && memcmp(rq->method.p, m, n) == 0;
+}
+
+/* Re-reads the current head from the client input (it is kept there). */
+static int reparse_head(struct conn *c, struct h1_request *rq)
+{
+    struct req *r = c->req;
+    unsigned char *p = evbuffer_pullup(bufferevent_get_input(c->bev), (ev_ssize_t)r->head_len);
+    if (!p || h1_parse_request((const char *)p, r->head_len, rq) != 0)
+        return -1;
+    return 0;
+}
+
+static void route_done(void *arg, const struct route_result *res);
+
+/*
+ * Looks for a complete request head in the client input and starts the
+ * request.  Called on every read in CS_HEAD and after a request finishes
+ * (pipelined requests wait in the input buffer).
+ */
+static void conn_process(struct conn *c)
+{
+    const struct tg_config *cfg = cfg_of(c);
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    size_t avail = evbuffer_get_length(in);
+
+    if (c->state != CS_HEAD || c->req)
+        return;
+    if (avail == 0) {
+        if ((c->flags & CF_DRAINING) || worker_draining(c->w)) {
+            conn_close(c);
+            return;
+        }
+        c->scanned = 0;
+        set_client_timeouts(c, cfg->keepalive_timeout, 0);
+        return;
+    }
+    struct timeval now;
+    event_base_gettimeofday_cached(worker_base(c->w), &now);
+    if (c->scanned == 0 && !evutil_timerisset(&c->head_start))
+        c->head_start = now;
+
+    size_t look = avail < cfg->max_header_size + 4 ? avail : cfg->max_header_size + 4;
+    unsigned char *buf = evbuffer_pullup(in, (ev_ssize_t)look);
+    if (!buf) {
+        conn_close(c);
+        return;
+    }
+    ssize_t hl = h1_find_head_end((const char *)buf, look, &c->scanned, cfg->max_header_size);
+    if (hl == 0) {
+        /* Partial head: the whole head must arrive within client_header_timeout
+         * of its first byte, however slowly it trickles (slowloris). */
+        struct timeval d;
+        evutil_timersub(&now, &c->head_start, &d);
+        double left = cfg->client_header_timeout - ((double)d.tv_sec + (double)d.tv_usec / 1e6);
+        if (left <= 0) {
+            reject(c, 408);
+            return;
+        }
+        set_client_timeouts(c, left, 0);
+        return;
+    }
+    if (hl < 0) {
+        reject(c, (int)-hl);
+        return;
+    }
+    struct h1_request rq;
+    int rc = h1_parse_request((const char *)buf, (size_t)hl, &rq);
+    if (rc < 0) {
+        reject(c, -rc);
+        return;
+    }
+    struct req *r = req_new();
+    if (!r) {
+        conn_close(c);
+        return;
+    }
+    c->req = r;
+    worker_metrics(c->w)->requests_total++;
+    r->start = c->head_start;
+    evutil_timerclear(&c->head_start);
+    c->scanned = 0;
+    r->head_len = (size_t)hl;
+    copy_str(r->method, sizeof(r->method), rq.method.p, rq.method.len);
+    copy_str(r->host, sizeof(r->host), rq.host.p, rq.host.len);
+    copy_str(r->path, sizeof(r->path), rq.target.p, rq.target.len);
+    if (rq.minor == 0)
+        r->flags |= RF_HTTP10;
+    if (method_is(&rq, "HEAD"))
+        r->flags |= RF_METHOD_HEAD;
+    if (method_is(&rq, "GET") || method_is(&rq, "HEAD") || method_is(&rq, "OPTIONS")
+        || method_is(&rq, "PUT") || method_is(&rq, "DELETE") || method_is(&rq, "TRACE"))
+        r->flags |= RF_IDEMPOTENT;
+    if (rq.flags & H1_F_UPGRADE)
+        r->flags |= RF_UPGRADE;
+    if (rq.flags & H1_F_CHUNKED) {
+        r->req_mode = BODY_CHUNKED;
+        h1_chunked_init(&r->req_chunk);
+        r->flags |= RF_HAS_BODY;
+    } else if ((rq.flags & H1_F_HAS_CL) && rq.content_length > 0) {
+        r->req_mode = BODY_LENGTH;
+        r->req_left = rq.content_length;
+        r->flags |= RF_HAS_BODY;
+    }
+    /* RFC 9112 §9.3: HTTP/1.0 persists only with keep-alive; 1.1 unless close. */
+    if ((rq.flags & H1_F_CONN_CLOSE) || (rq.minor == 0 && !(rq.flags & H1_F_CONN_KEEPALIVE)))
+        c->flags |= CF_CLOSE_AFTER;
+
+    /* The client may pause here while we route: no read timeout. */
+    set_client_timeouts(c, 0, 0);
+    set_state(c, CS_ROUTE);
+    struct route_lookup *lk = route_lookup(worker_routes(c->w), rq.host.p, rq.host.len, rq.path.p,
+                                           rq.path.len, route_done, c);
+    /* When the answer was synchronous, route_done ran and c may be gone. */
+    if (lk)
+        c->lookup = lk;
+}
+
+/* ---------------------------------------------------------------------- */
+/* Routing answer                                                         */
+
+static void route_done(void *arg, const struct route_result *res)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    c->lookup = NULL;
+
+    switch (res->status) {
+    case ROUTE_OK:
+        break;
+    case ROUTE_BAD_HOST:
+        worker_metrics(c->w)->bad_requests++;
+        respond_local(c, 400, "The Host header is not a valid host name.", NULL, 1);
+        return;
+    case ROUTE_NOT_FOUND:
+        respond_local(c, 404, "No site is configured for this host name.", NULL, 0);
+        return;
+    case ROUTE_UNAVAILABLE:
+        respond_local(c, 503, "The routing table is unreachable; try again shortly.", "Retry-After: 1\r\n", 0);
+        return;
+    case ROUTE_BAD_DATA:
+    default:
+        respond_local(c, 502, res->detail ? res->detail : "The routing data for this host is invalid.", NULL, 0);
+        return;
+    }
+
+    r->entry = res->entry;
+    route_entry_ref(r->entry);
+    r->backends = res->backends;
+    if (res->tenant)
+        copy_str(r->tenant, sizeof(r->tenant), res->tenant, strlen(res->tenant));
+    struct meter_worker *mw = worker_meter(c->w);
+    if (mw && res->tenant) {
+        r->mt = meter_tenant_get(mw, res->tenant, &res->policy);
+        if (r->mt) {
+            enum meter_verdict v = meter_admit(r->mt);
+            if (v != METER_ALLOW) {
+                /* Refused requests are not billed to the tenant. */
+                meter_tenant_put(r->mt);
+                r->mt = NULL;
+                if (v == METER_SUSPENDED)
+                    respond_local(c, 503, "This site is suspended.", NULL, 0);
+                else
+                    respond_local(c, cfg_of(c)->cap_status,
+                                  "This site has used its bandwidth allowance for the month.", NULL, 0);
+                return;
+            }
+            meter_count_request(r->mt);
+        }
+    }
+    if (res->redirect_https) {
+        /* The https URL has the default port: drop any :port of the Host. */
+        char loc[512];
+        size_t hl = strlen(r->host);
+        const char *colon = strrchr(r->host, ':');
+        if (colon && !strchr(colon, ']'))
+            hl = (size_t)(colon - r->host);
+        snprintf(loc, sizeof(loc), "Location: https://%.*s%s\r\n", (int)hl, r->host, r->path);
+        respond_local(c, 308, "This site is served over HTTPS.", loc, 0);
+        return;
+    }
+    start_upstream(c);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Upstream connection                                                    */
+
+static void up_detach(struct conn *c, int reusable)
+{
+    struct req *r = c->req;
+    if (!r || !r->up)
+        return;
+    struct bufferevent *up = r->up;
+    r->up = NULL;
+    c->flags &= ~(CF_UP_PAUSED | CF_CLIENT_PAUSED);
+    if (reusable && !worker_draining(c->w)) {
+        upstream_pool_put(worker_pool(c->w), &r->target, up);
+        return;
+    }
+    bufferevent_free(up);
+}
+
+static void up_setup(struct conn *c, struct bufferevent *up)
+{
+    struct req *r = c->req;
+    r->up = up;
+    bufferevent_setcb(up, up_read_cb, up_write_cb, up_event_cb, c);
+    bufferevent_setwatermark(up, EV_WRITE, hwm_of(c) / 2, 0);
+    bufferevent_set_max_single_read(up, 65536);
+}
+
+static void send_request(struct conn *c);
+static int relay_request_body(struct conn *c);
+
+/* Picks a backend and connects to it (or takes a pooled connection). */
+static void start_upstream(struct conn *c)
+{
+    struct req *r = c->req;
+    const struct tg_config *cfg = cfg_of(c);
+    for (;;) {
+        if (r->attempts >= 8 || route_pick(worker_routes(c->w), r->backends, &r->tried, &r->target) != 0) {
+            respond_local(c, 502, "No backend of this site is reachable.", NULL, 0);
+            return;
+        }
+        r->attempts++;
+        struct bufferevent *up = upstream_pool_get(worker_pool(c->w), &r->target);
+        if (up) {
+            worker_metrics(c->w)->upstream_reused++;
+            r->flags |= RF_UP_REUSED;
+            up_setup(c, up);
+            set_state(c, CS_PROXY);
+            send_request(c);
+            return;
+        }
+        r->flags &= ~RF_UP_REUSED;
+        up = upstream_connect(worker_base(c->w), &r->target);
+        if (!up) {
+            worker_metrics(c->w)->upstream_connect_errors++;
+            route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_CONNECT_FAIL);
+            continue;
+        }
+        up_setup(c, up);
+        struct timeval ct = tv_of(cfg->upstream_connect_timeout);
+        bufferevent_set_timeouts(up, NULL, &ct);
+        bufferevent_enable(up, EV_READ | EV_WRITE);
+        set_state(c, CS_CONNECT);
+        return;
+    }
+}
+
+/* Header names the proxy sets itself or that must not cross it. */
+static int skip_request_header(const struct h1_header *h, struct h1_str conn_value)
+{
+    if (h1_is_hop_by_hop(h->name, conn_value))
+        return 1;
+    return h1_str_ieq(h->name, "x-forwarded-for") || h1_str_ieq(h->name, "x-forwarded-proto")
+        || h1_str_ieq(h->name, "x-forwarded-host") || h1_str_ieq(h->name, "forwarded");
+}
+
+static void add_str(struct evbuffer *b, struct h1_str s)
+{
+    evbuffer_add(b, s.p, s.len);
+}
+
+/*
+ * Writes the request head to the backend and consumes it from the client
+ * input.  Hop-by-hop fields go (RFC 9110 §7.6.1), X-Forwarded-* and
+ * Forwarded (RFC 7239) are set from what this hop saw, Host is kept.
+ */
+static void send_request(struct conn *c)
+{
+    struct req *r = c->req;
+    struct h1_request rq;
+    if (reparse_head(c, &rq) != 0) {
+        respond_local(c, 400, NULL, NULL, 1);
+        return;
+    }
+    struct evbuffer *out = bufferevent_get_output(r->up);
+    const struct h1_header *ch = h1_find_header(rq.headers, rq.n_headers, "connection");
+    struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
+    char ip[INET6_ADDRSTRLEN];
+    peer_str(c, ip, sizeof(ip));
+
+    add_str(out, rq.method);
+    evbuffer_add(out, " ", 1);
+    add_str(out, rq.target);
+    /* HTTP/1.0 clients get an HTTP/1.0 exchange, so the backend never answers
+     * with chunked framing that they could not read. */
+    if (r->flags & RF_HTTP10)
+        evbuffer_add(out, " HTTP/1.0\r\n", 11);
+    else
+        evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    for (size_t i = 0; i < rq.n_headers; i++) {
+        const struct h1_header *h = &rq.headers[i];
+        if (skip_request_header(h, conn_value)) {
+            /* Upgrade crosses when the client asked for one (WebSocket). */
+            if (!((r->flags & RF_UPGRADE) && h1_str_ieq(h->name, "upgrade")))
+                continue;
+        }
+        add_str(out, h->name);
+        evbuffer_add(out, ": ", 2);
+        add_str(out, h->value);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (r->req_mode == BODY_CHUNKED)
+        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+    if (r->flags & RF_UPGRADE)
+        evbuffer_add(out, "Connection: upgrade\r\n", 21);
+    else if (r->flags & RF_HTTP10)
+        evbuffer_add(out, "Connection: close\r\n", 19);
+    int v6 = (c->flags & CF_V6) != 0;
+    evbuffer_add_printf(out,
+                        "X-Forwarded-For: %s\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: %.*s\r\n"
+                        "Forwarded: for=%s%s%s;host=\"%.*s\";proto=http\r\n\r\n",
+                        ip, (int)rq.host.len, rq.host.p, v6 ? "\"[" : "", ip, v6 ? "]\"" : "",
+                        (int)rq.host.len, rq.host.p);
+
+    r->flags |= RF_HEAD_SENT;
+    if (r->flags & RF_HAS_BODY)
+        consume_head(c);
+    else
+        r->flags |= RF_REQ_DONE;
+    set_state(c, CS_PROXY);
+
+    /* While the request body flows the client must keep sending. */
+    const struct tg_config *cfg = cfg_of(c);
+    struct timeval wt = tv_of(cfg->upstream_read_timeout);
+    bufferevent_set_timeouts(r->up, NULL, &wt);
+    if (r->flags & RF_REQ_DONE) {
+        struct timeval rt = tv_of(cfg->upstream_read_timeout);
+        bufferevent_set_timeouts(r->up, &rt, &wt);
+        set_client_timeouts(c, 0, cfg->client_body_timeout);
+    } else {
+        set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
+    }
+    bufferevent_enable(r->up, EV_READ | EV_WRITE);
+    bufferevent_enable(c->bev, EV_READ);
+    if (r->flags & RF_HAS_BODY)
+        relay_request_body(c);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Relaying                                                               */
+/*
+ * Return convention of the relay functions: 0 = carry on, -1 = the request
+ * finished or the connection was closed: the caller must not touch c again.
+ */
+
+static void throttle_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * Asks the meter how much of want may pass now.  Returns the allowance; on 0
+ * the transfer is cut (RF_CUT, block) or paused with the throttle timer armed
+ * (RF_THROTTLED).
+ */
+static size_t allowance(struct conn *c, size_t want)
+{
+    struct req *r = c->req;
+    if (!r->mt || want == 0)
+        return want;
+    unsigned retry_ms = 0;
+    size_t ok = meter_allow(r->mt, want, &retry_ms);
+    if (ok == 0 && retry_ms > 0) {
+        if (!r->timer)
+            r->timer = event_new(worker_base(c->w), -1, 0, throttle_cb, c);
+        if (r->timer) {
+            struct timeval tv = {retry_ms / 1000, (suseconds_t)(retry_ms % 1000) * 1000};
+            event_del(r->timer);
+            evtimer_assign(r->timer, worker_base(c->w), throttle_cb, c);
+            evtimer_add(r->timer, &tv);
+            r->flags |= RF_THROTTLED;
+        }
+    } else if (ok == 0) {
+        r->flags |= RF_CUT;
+    }
+    return ok;
+}
+
+/*
+ * Counts how many bytes at the front of buf belong to a chunked body, up to
+ * limit; *done when the body ends within them.  -1 on invalid framing.
+ */
+static ssize_t chunked_span(struct evbuffer *buf, struct h1_chunked *ck, size_t limit, int *done)
+{
+    struct evbuffer_iovec v[16];
+    int n = evbuffer_peek(buf, (ev_ssize_t)limit, NULL, v, 16);
+    size_t total = 0;
+    *done = 0;
+    if (n > 16)
+        n = 16;
+    for (int i = 0; i < n && total < limit; i++) {
+        size_t seg = v[i].iov_len;
+        if (seg > limit - total)
+            seg = limit - total;
+        ssize_t k = h1_chunked_feed(ck, v[i].iov_base, seg, done);
+        if (k < 0)
+            return -1;
+        total += (size_t)k;
+        if (*done || (size_t)k < seg)
+            break;
+    }
+    return (ssize_t)total;
+}
+
+/*
+ * How many bytes at the front of in may move now: limited by room, by the
+ * message framing and by the tenant's allowance.  Returns the count (0 =
+ * nothing now), -1 on invalid chunked framing, -2 when the tenant is cut.
+ * *done when the message ends with them.
+ */
+static ssize_t plan_move(struct conn *c, struct evbuffer *in, size_t room, int mode, int64_t left,
+                         struct h1_chunked *ck, int *done)
+{
+    size_t n = evbuffer_get_length(in);
+    *done = 0;
+    if (n > room)
+        n = room;
+    if (mode == BODY_LENGTH && (int64_t)n > left)
+        n = (size_t)left;
+    struct h1_chunked save;
+    if (mode == BODY_CHUNKED) {
+        save = *ck;
+        ssize_t k = chunked_span(in, ck, n, done);
+        if (k < 0)
+            return -1;
+        n = (size_t)k;
+    }
+    size_t ok = allowance(c, n);
+    if (ok < n) {
+        if (ok == 0 && (c->req->flags & RF_CUT))
+            return -2;
+        if (mode == BODY_CHUNKED) {
+            /* Re-scan only what may pass so the tracker stays exact. */
+            *ck = save;
+            chunked_span(in, ck, ok, done);
+        } else {
+            *done = 0;
+        }
+        n = ok;
+    }
+    if (mode == BODY_LENGTH)
+        *done = (int64_t)n == left;
+    return (ssize_t)n;
+}
+
+/* Moves request body bytes client -> backend. */
+static int relay_request_body(struct conn *c)
+{
+    struct req *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    struct evbuffer *out = bufferevent_get_output(r->up);
+    size_t hwm = hwm_of(c);
+
+    while (!(r->flags & (RF_REQ_DONE | RF_THROTTLED)) && evbuffer_get_length(in) > 0) {
+        size_t have = evbuffer_get_length(out);
+        if (have >= hwm)
+            break;
+        int done;
+        ssize_t n = plan_move(c, in, hwm - have, r->req_mode, r->req_left, &r->req_chunk, &done);
+        if (n == -2) {
+            conn_close(c);
+            return -1;
+        }
+        if (n == -1) {
+            worker_metrics(c->w)->bad_requests++;
+            up_detach(c, 0);
+            if (r->flags & RF_RESP_HEAD) {
+                conn_close(c);
+                return -1;
+            }
+            r->flags |= RF_REQ_DONE;   /* nothing more will be read */
+            respond_local(c, 400, "Invalid chunked request body.", NULL, 1);
+            return -1;
+        }
+        if (n == 0)
+            break;
+        evbuffer_remove_buffer(in, out, (size_t)n);
+        count_in(c, (size_t)n);
+        if (r->req_mode == BODY_LENGTH)
+            r->req_left -= n;
+        if (done) {
+            /* Now the backend owes an answer: its read timeout starts. */
+            r->flags |= RF_REQ_DONE;
+            const struct tg_config *cfg = cfg_of(c);
+            struct timeval t = tv_of(cfg->upstream_read_timeout);
+            bufferevent_set_timeouts(r->up, &t, &t);
+            set_client_timeouts(c, 0, cfg->client_body_timeout);
+        }
+    }
+    if (!(r->flags & RF_REQ_DONE) && evbuffer_get_length(out) >= hwm) {
+        bufferevent_disable(c->bev, EV_READ);
+        c->flags |= CF_CLIENT_PAUSED;
+    }
+    return 0;
+}
+
+/* Tunnel: moves whatever src has to dst, within the watermark and allowance. */
+static int relay_tunnel(struct conn *c, struct bufferevent *src, struct bufferevent *dst, int from_client)
+{
+    struct evbuffer *in = bufferevent_get_input(src);
+    struct evbuffer *out = bufferevent_get_output(dst);
+    size_t hwm = hwm_of(c);
+    size_t have = evbuffer_get_length(out);
+    if (evbuffer_get_length(in) > 0 && have < hwm && !(c->req->flags & RF_THROTTLED)) {
+        int done;
+        ssize_t n = plan_move(c, in, hwm - have, BODY_CLOSE, 0, NULL, &done);
+        if (n < 0) {
+            conn_close(c);
+            return -1;
+        }
+        if (n > 0) {
+            evbuffer_remove_buffer(in, out, (size_t)n);
+            if (from_client)
+                count_in(c, (size_t)n);
+            event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
+        }
+    }
+    if (evbuffer_get_length(in) > 0 || evbuffer_get_length(out) >= hwm) {
+        bufferevent_disable(src, EV_READ);
+        c->flags |= from_client ? CF_CLIENT_PAUSED : CF_UP_PAUSED;
+    }
+    return 0;
+}
+
+/* Builds the client's response head from the backend's. */
+static void send_response_head(struct conn *c, const struct h1_response *rs)
+{
+    struct req *r = c->req;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const struct h1_header *ch = h1_find_header(rs->headers, rs->n_headers, "connection");
+    struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
+    int upgrade = rs->status == 101;
+
+    evbuffer_add_printf(out, "HTTP/1.%d %d ", (r->flags & RF_HTTP10) ? 0 : 1, rs->status);
+    add_str(out, rs->reason);
+    evbuffer_add(out, "\r\n", 2);
+    for (size_t i = 0; i < rs->n_headers; i++) {
+        const struct h1_header *h = &rs->headers[i];
+        if (h1_is_hop_by_hop(h->name, conn_value) && !(upgrade && h1_str_ieq(h->name, "upgrade")))
+            continue;
+        add_str(out, h->name);
+        evbuffer_add(out, ": ", 2);
+        add_str(out, h->value);
+        evbuffer_add(out, "\r\n", 2);
+    }
+    if (upgrade) {
+        evbuffer_add(out, "Connection: upgrade\r\n", 21);
+    } else {
+        if (r->resp_mode == BODY_CHUNKED)
+            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        if (r->resp_mode == BODY_CLOSE || worker_draining(c->w))
+            c->flags |= CF_CLOSE_AFTER;
+        if (c->flags & CF_CLOSE_AFTER)
+            evbuffer_add(out, "Connection: close\r\n", 19);
+        else if (r->flags & RF_HTTP10)
+            evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+    }
+    evbuffer_add(out, "\r\n", 2);
+}
+
+/*
+ * Reads response heads from the backend: forwards 1xx interim responses,
+ * then the final head.  Returns 1 when the final head was handled, 0 when
+ * more bytes are needed, -1 when c was closed or answered.
+ */
+static int read_response_head(struct conn *c)
+{
+    struct req *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(r->up);
+    const struct tg_config *cfg = cfg_of(c);
+    for (;;) {
+        size_t avail = evbuffer_get_length(in);
+        if (avail == 0)
+            return 0;
+        size_t look = avail < cfg->max_header_size + 4 ? avail : cfg->max_header_size + 4;
+        unsigned char *buf = evbuffer_pullup(in, (ev_ssize_t)look);
+        ssize_t hl = h1_find_head_end((const char *)buf, look, &r->resp_scanned, cfg->max_header_size);
+        if (hl == 0)
+            return 0;
+        struct h1_response rs;
+        if (hl < 0 || h1_parse_response((const char *)buf, (size_t)hl, &rs) != 0) {
+            log_warn("%s: conn %llu: invalid response head from %s", __func__, (unsigned long long)c->id,
+                     r->target.name);
+            route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+            up_detach(c, 0);
+            respond_local(c, 502, "The backend sent an invalid response.", NULL, 1);
+            return -1;
+        }
+        r->resp_scanned = 0;
+        if (rs.status >= 100 && rs.status < 200 && rs.status != 101) {
+            /* Interim response (100 Continue, 103 Early Hints): pass it on to
+             * HTTP/1.1 clients (RFC 9110 §15.2), drop it for HTTP/1.0 ones. */
+            if (!(r->flags & RF_HTTP10))
+                evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), (size_t)hl);
+            else
+                evbuffer_drain(in, (size_t)hl);
+            continue;
+        }
+        r->status = rs.status;
+        if (rs.status == 101) {
+            if (!(r->flags & RF_UPGRADE)) {
+                up_detach(c, 0);
+                respond_local(c, 502, "The backend switched protocols without being asked.", NULL, 1);
+                return -1;
+            }
+            send_response_head(c, &rs);
+            evbuffer_drain(in, (size_t)hl);
+            r->flags |= RF_RESP_HEAD | RF_REQ_DONE;
+            worker_metrics(c->w)->websocket_upgrades++;
+            set_state(c, CS_TUNNEL);
+            struct timeval it = tv_of(cfg->upstream_read_timeout);
+            bufferevent_set_timeouts(r->up, &it, &it);
+            bufferevent_set_timeouts(c->bev, &it, &it);
+            event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
+            bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
+            bufferevent_enable(c->bev, EV_READ);
+            route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_OK);
+            return 1;
+        }
+        /* RFC 9112 §6.3: the response body length. */
+        if ((r->flags & RF_METHOD_HEAD) || rs.status == 204 || rs.status == 304) {
+            r->resp_mode = BODY_NONE;
+        } else if (rs.flags & H1_F_CHUNKED) {
+            r->resp_mode = BODY_CHUNKED;
+            h1_chunked_init(&r->resp_chunk);
+        } else if (rs.flags & H1_F_HAS_CL) {
+            r->resp_mode = rs.content_length > 0 ? BODY_LENGTH : BODY_NONE;
+            r->resp_left = rs.content_length;
+        } else {
+            r->resp_mode = BODY_CLOSE;
+        }
+        if (!(rs.flags & H1_F_CONN_CLOSE) && (rs.minor == 1 || (rs.flags & H1_F_CONN_KEEPALIVE))
+            && !(r->flags & RF_HTTP10) && r->resp_mode != BODY_CLOSE)
+            r->flags |= RF_UP_KEEPALIVE;
+        send_response_head(c, &rs);
+        evbuffer_drain(in, (size_t)hl);
+        r->flags |= RF_RESP_HEAD;
+        if (r->resp_mode == BODY_NONE)
+            r->flags |= RF_RESP_DONE;
+        route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_OK);
+        return 1;
+    }
+}
+
+/* Moves response body bytes backend -> client. */
+static int relay_response_body(struct conn *c)
+{
+    struct req *r = c->req;
+    struct evbuffer *in = bufferevent_get_input(r->up);
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    size_t hwm = hwm_of(c);
+
+    while (!(r->flags & (RF_RESP_DONE | RF_THROTTLED)) && evbuffer_get_length(in) > 0) {
+        size_t have = evbuffer_get_length(out);
+        if (have >= hwm)
+            break;
+        int done;
+        ssize_t n = plan_move(c, in, hwm - have, r->resp_mode, r->resp_left, &r->resp_chunk, &done);
+        if (n < 0) {
+            if (n == -1)
+                log_warn("%s: conn %llu: invalid chunked body from %s", __func__, (unsigned long long)c->id,
+                         r->target.name);
+            conn_close(c);
+            return -1;
+        }
+        if (n == 0)
+            break;
+        evbuffer_remove_buffer(in, out, (size_t)n);
+        if (r->resp_mode == BODY_LENGTH)
+            r->resp_left -= n;
+        if (done)
+            r->flags |= RF_RESP_DONE;
+    }
+    if (!(r->flags & RF_RESP_DONE) && evbuffer_get_length(out) >= hwm) {
+        bufferevent_disable(r->up, EV_READ);
+        c->flags |= CF_UP_PAUSED;
+    }
+    if ((r->flags & RF_RESP_DONE) && evbuffer_get_length(out) == 0) {
+        finish_request(c);
+        return -1;
+    }
+    return 0;
+}
+
+static void throttle_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    if (!r)
+        return;
+    r->flags &= ~RF_THROTTLED;
+    if (c->state == CS_TUNNEL) {
+        if (relay_tunnel(c, c->bev, r->up, 1) < 0 || relay_tunnel(c, r->up, c->bev, 0) < 0)
+            return;
+        if (!(c->flags & CF_CLIENT_PAUSED))
+            bufferevent_enable(c->bev, EV_READ);
+        if (!(c->flags & CF_UP_PAUSED))
+            bufferevent_enable(r->up, EV_READ);
+        return;
+    }
+    if (r->up && !(r->flags & RF_REQ_DONE) && (r->flags & RF_HEAD_SENT)) {
+        if (relay_request_body(c) < 0)
+            return;
+        if (!(c->flags & CF_CLIENT_PAUSED))
+            bufferevent_enable(c->bev, EV_READ);
+    }
+    if (r->up && (r->flags & RF_RESP_HEAD)) {
+        if (relay_response_body(c) < 0)
+            return;
+        if (!(c->flags & CF_UP_PAUSED) && r->up)
+            bufferevent_enable(r->up, EV_READ);
+    }
+}
+
+/*
+ * The response is fully written: release the backend connection, log, and
+ * go back to reading the next request (or close).  c may be gone after.
+ */
+static void finish_request(struct conn *c)
+{
+    struct req *r = c->req;
+    if (!r)
+        return;
+    int reusable = (r->flags & RF_UP_KEEPALIVE) && (r->flags & RF_REQ_DONE) && (r->flags & RF_RESP_DONE)
+                   && r->up && evbuffer_get_length(bufferevent_get_input(r->up)) == 0;
+    up_detach(c, reusable);
+    consume_head(c);
+    if (!(r->flags & RF_REQ_DONE))
+        c->flags |= CF_CLOSE_AFTER;
+    log_request(c, r);
+    c->req = NULL;
+    req_free(r);
+    if ((c->flags & CF_CLOSE_AFTER) || worker_draining(c->w)) {
+        conn_close(c);
+        return;
+    }
+    set_state(c, CS_HEAD);
+    c->flags &= ~(CF_CLIENT_PAUSED | CF_UP_PAUSED);
+    bufferevent_enable(c->bev, EV_READ);
+    conn_process(c);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Callbacks                                                              */
+
+static void client_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    switch ((enum conn_state)c->state) {
+    case CS_HEAD:
+        conn_process(c);
+        return;
+    case CS_PROXY:
+        if (r && r->up && (r->flags & RF_HEAD_SENT) && !(r->flags & RF_REQ_DONE))
+            relay_request_body(c);
+        return;
+    case CS_TUNNEL:
+        relay_tunnel(c, c->bev, r->up, 1);
+        return;
+    default:
+        /* Pipelined bytes wait in the buffer (bounded by the read watermark). */
+        return;
+    }
+}
+
+static void client_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    size_t left = evbuffer_get_length(bufferevent_get_output(bev));
+    switch ((enum conn_state)c->state) {
+    case CS_CLOSING:
+        if (left == 0)
+            conn_close(c);
+        return;
+    case CS_LOCAL:
+        if (left == 0)
+            finish_request(c);
+        return;
+    case CS_TUNNEL:
+        if (c->flags & CF_UP_PAUSED) {
+            c->flags &= ~CF_UP_PAUSED;
+            if (relay_tunnel(c, r->up, c->bev, 0) < 0)
+                return;
+            if (!(c->flags & CF_UP_PAUSED))
+                bufferevent_enable(r->up, EV_READ);
+        }
+        return;
+    case CS_PROXY:
+        if (r && (c->flags & CF_UP_PAUSED) && r->up) {
+            c->flags &= ~CF_UP_PAUSED;
+            if (relay_response_body(c) < 0)
+                return;
+            if (c->req == r && !(c->flags & CF_UP_PAUSED) && r->up)
+                bufferevent_enable(r->up, EV_READ);
+            return;
+        }
+        if (r && (r->flags & RF_RESP_DONE) && left == 0)
+            finish_request(c);
+        return;
+    default:
+        return;
+    }
+}
+
+static void client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    if (what & BEV_EVENT_TIMEOUT) {
+        if (c->state == CS_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) > 0 && !c->req) {
+            reject(c, 408);     /* slow head */
+            return;
+        }
+        if (c->state == CS_TUNNEL && c->req) {
+            /* Idle only if neither side moved a byte within the timeout. */
+            struct timeval now, d;
+            event_base_gettimeofday_cached(worker_base(c->w), &now);
+            evutil_timersub(&now, &c->last_activity, &d);
+            if ((double)d.tv_sec < cfg_of(c)->upstream_read_timeout) {
+                bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
+                return;
+            }
+        }
+        if (c->state == CS_PROXY && c->req && !(c->req->flags & RF_REQ_DONE) && (what & BEV_EVENT_READING)
+            && !(c->req->flags & RF_RESP_HEAD)) {
+            up_detach(c, 0);
+            c->req->flags |= RF_REQ_DONE;
+            respond_local(c, 408, "The request body did not arrive in time.", NULL, 1);
+            return;
+        }
+        conn_close(c);
+        return;
+    }
+    /* EOF or error from the client: nobody is left to answer. */
+    conn_close(c);
+}
+
+static void up_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    if (!r || r->up != bev)
+        return;
+    if (!(r->flags & RF_RESP_BYTE)) {
+        r->flags |= RF_RESP_BYTE;
+        consume_head(c);
+    }
+    if (c->state == CS_TUNNEL) {
+        relay_tunnel(c, bev, c->bev, 0);
+        return;
+    }
+    if (!(r->flags & RF_RESP_HEAD)) {
+        int rc = read_response_head(c);
+        if (rc <= 0)
+            return;
+        if (c->state == CS_TUNNEL) {
+            /* Bytes already queued on either side belong to the tunnel. */
+            if (relay_tunnel(c, c->bev, r->up, 1) < 0)
+                return;
+            relay_tunnel(c, bev, c->bev, 0);
+            return;
+        }
+    }
+    relay_response_body(c);
+}
+
+static void up_write_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    if (!r || r->up != bev || !(c->flags & CF_CLIENT_PAUSED))
+        return;
+    c->flags &= ~CF_CLIENT_PAUSED;
+    if (c->state == CS_TUNNEL) {
+        if (relay_tunnel(c, c->bev, bev, 1) < 0)
+            return;
+    } else if (relay_request_body(c) < 0) {
+        return;
+    }
+    if (!(c->flags & CF_CLIENT_PAUSED))
+        bufferevent_enable(c->bev, EV_READ);
+}
+
+/* May a failed exchange be tried again on another connection? */
+static int can_retry(const struct req *r)
+{
+    if (r->flags & RF_RESP_BYTE)
+        return 0;
+    if (!(r->flags & RF_HEAD_SENT))
+        return 1;                          /* nothing was sent */
+    /* Sent, nothing back: only an idempotent request without a body. */
+    return (r->flags & RF_IDEMPOTENT) && !(r->flags & RF_HAS_BODY);
+}
+
+static void up_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    struct conn *c = arg;
+    struct req *r = c->req;
+    if (!r || r->up != bev)
+        return;
+    struct tg_metrics *m = worker_metrics(c->w);
+
+    if (what & BEV_EVENT_CONNECTED) {
+        int one = 1;
+        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        send_request(c);
+        return;
+    }
+    if (c->state == CS_CONNECT) {
+        int timeout = (what & BEV_EVENT_TIMEOUT) != 0;
+        if (timeout)
+            m->upstream_timeouts++;
+        else
+            m->upstream_connect_errors++;
+        log_info("%s: conn %llu: connect to %s failed: %s", __func__, (unsigned long long)c->id, r->target.name,
+                 timeout ? "timeout" : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+        route_report(worker_routes(c->w), r->backends, &r->target,
+                     timeout ? ROUTE_OUTCOME_CONNECT_TIMEOUT : ROUTE_OUTCOME_CONNECT_FAIL);
+        up_detach(c, 0);
+        if (timeout && r->attempts >= route_backends_count(r->backends)) {
+            respond_local(c, 504, "The backend did not accept the connection in time.", NULL, 0);
+            return;
+        }
+        start_upstream(c);
+        return;
+    }
+    if (c->state == CS_TUNNEL) {
+        if (what & BEV_EVENT_TIMEOUT) {
+            struct timeval now, d;
+            event_base_gettimeofday_cached(worker_base(c->w), &now);
+            evutil_timersub(&now, &c->last_activity, &d);
+            if ((double)d.tv_sec < cfg_of(c)->upstream_read_timeout) {
+                bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
+                return;
+            }
+        }
+        /* Backend closed the tunnel: flush what it sent, then close. */
+        relay_tunnel(c, bev, c->bev, 0);
+        if (c->req != r)
+            return;
+        up_detach(c, 0);
+        set_state(c, CS_CLOSING);
+        bufferevent_disable(c->bev, EV_READ);
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            conn_close(c);
+        return;
+    }
+
+    if ((what & BEV_EVENT_EOF) && (r->flags & RF_RESP_HEAD) && r->resp_mode == BODY_CLOSE) {
+        /* EOF delimits this body (RFC 9112 §6.3 rule 8). */
+        r->flags &= ~RF_THROTTLED;
+        if (relay_response_body(c) < 0 || c->req != r)
+            return;
+        r->flags |= RF_RESP_DONE;
+        r->flags &= ~RF_UP_KEEPALIVE;
+        up_detach(c, 0);
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            finish_request(c);
+        return;
+    }
+    if (what & BEV_EVENT_TIMEOUT)
+        m->upstream_timeouts++;
+    else
+        m->upstream_resets++;
+    route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+    if (!(r->flags & RF_RESP_HEAD)) {
+        if (!(what & BEV_EVENT_TIMEOUT) && (r->flags & RF_UP_REUSED) && can_retry(r)) {
+            /* A pooled connection the backend had closed: try a fresh one. */
+            log_debug("%s: conn %llu: pooled connection to %s closed, retrying", __func__,
+                      (unsigned long long)c->id, r->target.name);
+            up_detach(c, 0);
+            r->tried &= ~(1ull << (r->target.index & 63));
+            r->flags &= ~RF_HEAD_SENT;
+            start_upstream(c);
+            return;
+        }
+        up_detach(c, 0);
+        if (what & BEV_EVENT_TIMEOUT)
+            respond_local(c, 504, "The backend did not answer in time.", NULL, 0);
+        else
+            respond_local(c, 502, "The backend closed the connection without answering.", NULL, 0);
+        return;
+    }
+    /* Mid-response failure: the client cannot be told any other way. */
+    log_info("%s: conn %llu: backend %s %s mid-response", __func__, (unsigned long long)c->id, r->target.name,
+             (what & BEV_EVENT_TIMEOUT) ? "timed out" : "failed");
+    conn_close(c);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Life cycle                                                             */
+
+void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    if (!c) {
+        evutil_closesocket(fd);
+        return;
+    }
+    c->w = w;
+    c->id = ++conn_next_id;
+    if (sa->sa_family == AF_INET6) {
+        c->flags |= CF_V6;
+        c->peer.v6 = ((const struct sockaddr_in6 *)sa)->sin6_addr;
+    } else {
+        c->peer.v4 = ((const struct sockaddr_in *)sa)->sin_addr;
+    }
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    c->bev = bufferevent_socket_new(worker_base(w), fd, BEV_OPT_CLOSE_ON_FREE);
+    if (!c->bev) {
+        evutil_closesocket(fd);
+        free(c);
+        return;
+    }
+    const struct tg_config *cfg = worker_config(w);
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, cfg->max_header_size + 16384);
+    bufferevent_setwatermark(c->bev, EV_WRITE, hwm_of(c) / 2, 0);
+    bufferevent_set_max_single_read(c->bev, 65536);
+    evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
+    set_client_timeouts(c, cfg->client_header_timeout, 0);
+    bufferevent_enable(c->bev, EV_READ);
+    struct tg_metrics *m = worker_metrics(w);
+    m->connections_accepted++;
+    m->connections_active++;
+    worker_conn_add(w);
+    c->next = conn_list;
+    if (conn_list)
+        conn_list->prev = c;
+    conn_list = c;
+    if (log_level_enabled(LOG_DEBUG))
+        log_debug("%s: conn %llu: accepted (salen %u)", __func__, (unsigned long long)c->id, (unsigned)salen);
+}
+
+/* The one teardown path: frees everything the connection owns. */
+static void conn_close(struct conn *c)
+{
+    if (c->lookup) {
+        route_lookup_cancel(c->lookup);
+        c->lookup = NULL;
+    }
+    struct req *r = c->req;
+    if (r) {
+        if (r->up) {
+            bufferevent_free(r->up);
+            r->up = NULL;
+        }
+        if (r->status == 0)
+            r->status = 499;   /* client closed before an answer (nginx's convention) */
+        consume_head(c);
+        /* Count what the kernel already took before the buffer goes away. */
+        log_request(c, r);
+    }
+    evbuffer_remove_cb(bufferevent_get_output(c->bev), client_out_cb, c);
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    if (r) {
+        c->req = NULL;
+        req_free(r);
+    }
+    struct tg_metrics *m = worker_metrics(c->w);
+    m->connections_active--;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        conn_list = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    struct worker *w = c->w;
+    free(c);
+    worker_conn_remove(w);
+}
+
+void conn_drain_all(void)
+{
+    struct conn *c = conn_list, *next;
+    for (; c; c = next) {
+        next = c->next;
+        c->flags |= CF_DRAINING | CF_CLOSE_AFTER;
+        if (c->state == CS_HEAD && !c->req && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+            conn_close(c);
+    }
+}
+
+void conn_abort_all(void)
+{
+    while (conn_list)
+        conn_close(conn_list);
+}
+
+void conn_thread_cleanup(void)
+{
+    while (req_free_list) {
+        struct req *r = req_free_list;
+        req_free_list = r->next_free;
+        if (r->timer)
+            event_free(r->timer);
+        free(r);
+    }
+}

@@ -1,1 +1,44 @@
-int main(void) { return 0; }
+/*
+ * main: parses the configuration, answers -t/--help/--version, and hands
+ * over to the server.  Fatal errors happen only here, at start-up.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "config/config.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+
+int main(int argc, char **argv)
+{
+    struct tg_config cfg;
+    char err[CFG_ERRLEN];
+
+    cfg_defaults(&cfg);
+    int rc = cfg_from_args(&cfg, argc, argv, err, sizeof(err));
+    if (rc == 1) {
+        cfg_free(&cfg);
+        return 0;
+    }
+    if (rc == 0)
+        rc = cfg_validate(&cfg, err, sizeof(err));
+    if (rc != 0) {
+        fprintf(stderr, "tollgate: %s\n", err);
+        if (cfg.check_only)
+            fprintf(stderr, "tollgate: configuration test failed\n");
+        cfg_free(&cfg);
+        return 1;
+    }
+    if (cfg.check_only) {
+        printf("tollgate: configuration %s%sis ok\n", cfg.config_path ? cfg.config_path : "",
+               cfg.config_path ? " " : "");
+        cfg_free(&cfg);
+        return 0;
+    }
+    if (log_open(cfg.error_log, cfg.log_level) != 0 || log_access_open(cfg.access_log) != 0) {
+        fprintf(stderr, "tollgate: cannot open the log files\n");
+        cfg_free(&cfg);
+        return 1;
+    }
+    return server_run(&cfg, argc, argv);
+}

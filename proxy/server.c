@@ -1,2 +1,492 @@
-/* proxy/server.c: being written. */
-typedef int tg_placeholder_server;
+/*
+ * server: process start-up, worker threads, signals, reload and drain.
+ *
+ * Every worker has its own event_base and its own SO_REUSEPORT listening
+ * socket per address, so the kernel spreads connections over the workers
+ * and a worker never touches another's state.  Sockets are bound by the main
+ * thread before any worker starts, so a bad address is a start-up error.
+ *
+ * The main thread runs a small event loop of its own for signals.  It talks
+ * to a worker only through that worker's `notify` event (event_active() is
+ * thread-safe once evthread_use_pthreads() ran) and a mutex-protected
+ * mailbox; the worker applies the command on its own thread.
+ *
+ * Config generations are refcounted: SIGHUP parses the files again into a
+ * new generation and hands it to every worker, which drops its reference to
+ * the old one; in-flight requests read timeouts from their worker's current
+ * generation.
+ */
+#include <errno.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <event2/thread.h>
+#include <event2/util.h>
+
+#include "config/config.h"
+#include "proxy/admin.h"
+#include "proxy/conn.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "proxy/server.h"
+#include "proxy/upstream.h"
+#include "routing/meter.h"
+#include "routing/route.h"
+
+#define MAX_LISTENERS 32
+
+struct cfg_gen {
+    struct tg_config cfg;
+    int refs;                   /* atomic */
+};
+
+struct worker {
+    int id;
+    pthread_t thread;
+    struct event_base *base;
+    struct evconnlistener *listeners[MAX_LISTENERS];
+    int n_listeners;
+    struct cfg_gen *gen;
+    struct route_ctx *routes;
+    struct meter_worker *meter;
+    struct upstream_pool *pool;
+    struct tg_metrics metrics;
+    size_t n_conns;
+    int draining;
+    struct event *notify;
+    /* mailbox, written by the main thread under lock */
+    pthread_mutex_t lock;
+    struct cfg_gen *new_gen;
+    int want_drain;
+    int want_abort;
+    struct server *srv;
+};
+
+struct server {
+    struct event_base *base;
+    struct worker *workers;
+    int n_workers;
+    int n_done;                 /* workers whose loop ended; atomic */
+    struct event *worker_done;  /* activated by a worker as it ends */
+    struct event *drain_timer;
+    int draining;
+    int argc;
+    char **argv;
+    struct cfg_gen *gen;        /* current generation (main thread's reference) */
+};
+
+static struct cfg_gen *gen_ref(struct cfg_gen *g)
+{
+    __atomic_add_fetch(&g->refs, 1, __ATOMIC_RELAXED);
+    return g;
+}
+
+static void gen_unref(struct cfg_gen *g)
+{
+    if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        cfg_free(&g->cfg);
+        free(g);
+    }
+}
+
+struct event_base *worker_base(struct worker *w) { return w->base; }
+const struct tg_config *worker_config(struct worker *w) { return &w->gen->cfg; }
+struct route_ctx *worker_routes(struct worker *w) { return w->routes; }
+struct meter_worker *worker_meter(struct worker *w) { return w->meter; }
+struct tg_metrics *worker_metrics(struct worker *w) { return &w->metrics; }
+struct upstream_pool *worker_pool(struct worker *w) { return w->pool; }
+int worker_draining(const struct worker *w) { return w->draining; }
+
+void worker_conn_add(struct worker *w)
+{
+    w->n_conns++;
+}
+
+void worker_conn_remove(struct worker *w)
+{
+    w->n_conns--;
+    if (w->draining && w->n_conns == 0)
+        event_base_loopexit(w->base, NULL);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Listening sockets                                                      */
+
+/* Opens a non-blocking SO_REUSEPORT listening socket. -1 with err on failure. */
+static int listen_socket(const struct cfg_addr *a, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    socklen_t len;
+    memset(&ss, 0, sizeof(ss));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
+    if (inet_pton(AF_INET, a->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)a->port);
+        len = sizeof(*s4);
+    } else if (inet_pton(AF_INET6, a->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)a->port);
+        len = sizeof(*s6);
+    } else {
+        snprintf(err, errlen, "listen %s:%d: not a numeric IPv4 or IPv6 address", a->host, a->port);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "socket: %s", strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)   /* [::]:P and 0.0.0.0:P may both be given */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
+        snprintf(err, errlen, "listen %s%s%s:%d: %s", ss.ss_family == AF_INET6 ? "[" : "", a->host,
+                 ss.ss_family == AF_INET6 ? "]" : "", a->port, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+{
+    conn_accept(arg, fd, sa, (socklen_t)salen);
+}
+
+static void accept_error_cb(struct evconnlistener *l, void *arg)
+{
+    /* EMFILE and friends: log; libevent keeps the listener armed. */
+    log_err_ratelimited("accept", "%s: accept: %s", __func__,
+                        evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+}
+
+/* ---------------------------------------------------------------------- */
+/* Workers                                                                */
+
+static void worker_stop_listening(struct worker *w)
+{
+    for (int i = 0; i < w->n_listeners; i++)
+        evconnlistener_free(w->listeners[i]);
+    w->n_listeners = 0;
+}
+
+/* Runs on the worker's thread when the main thread posted a command. */
+static void worker_notify_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    pthread_mutex_lock(&w->lock);
+    struct cfg_gen *g = w->new_gen;
+    int drain = w->want_drain, abort_now = w->want_abort;
+    w->new_gen = NULL;
+    w->want_drain = w->want_abort = 0;
+    pthread_mutex_unlock(&w->lock);
+
+    if (g) {
+        char err[CFG_ERRLEN];
+        if (route_ctx_reload(w->routes, &g->cfg, err, sizeof(err)) != 0) {
+            log_err("%s: worker %d: routing reload failed, keeping the old routes: %s", __func__, w->id, err);
+            gen_unref(g);
+        } else {
+            struct cfg_gen *old = w->gen;
+            w->gen = g;
+            gen_unref(old);
+        }
+    }
+    if (drain && !w->draining) {
+        w->draining = 1;
+        worker_stop_listening(w);
+        upstream_pool_flush(w->pool);
+        conn_drain_all();
+        if (w->n_conns == 0)
+            event_base_loopexit(w->base, NULL);
+    }
+    if (abort_now) {
+        w->draining = 1;
+        worker_stop_listening(w);
+        conn_abort_all();
+        event_base_loopexit(w->base, NULL);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    event_base_dispatch(w->base);
+    /* Whatever is left (drain timeout) closes now. */
+    conn_abort_all();
+    worker_stop_listening(w);
+    __atomic_add_fetch(&w->srv->n_done, 1, __ATOMIC_ACQ_REL);
+    event_active(w->srv->worker_done, EV_READ, 0);
+    return NULL;
+}
+
+static void worker_post(struct worker *w, struct cfg_gen *g, int drain, int abort_now)
+{
+    pthread_mutex_lock(&w->lock);
+    if (g) {
+        if (w->new_gen)
+            gen_unref(w->new_gen);
+        w->new_gen = gen_ref(g);
+    }
+    w->want_drain |= drain;
+    w->want_abort |= abort_now;
+    pthread_mutex_unlock(&w->lock);
+    event_active(w->notify, EV_READ, 0);
+}
+
+/* Creates worker i: base, listeners, routing, meter and pool. 0 / -1. */
+static int worker_init(struct server *s, struct worker *w, int id, struct meter *m, char *err, size_t errlen)
+{
+    const struct tg_config *cfg = &s->gen->cfg;
+    w->id = id;
+    w->srv = s;
+    w->gen = gen_ref(s->gen);
+    pthread_mutex_init(&w->lock, NULL);
+    w->base = event_base_new();
+    if (!w->base) {
+        snprintf(err, errlen, "event_base_new failed");
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->n_listen && i < MAX_LISTENERS; i++) {
+        int fd = listen_socket(&cfg->listen[i], err, errlen);
+        if (fd < 0)
+            return -1;
+        struct evconnlistener *l = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        if (!l) {
+            close(fd);
+            snprintf(err, errlen, "evconnlistener_new failed");
+            return -1;
+        }
+        evconnlistener_set_error_cb(l, accept_error_cb);
+        w->listeners[w->n_listeners++] = l;
+    }
+    w->routes = route_ctx_new(w->base, cfg, id, err, errlen);
+    if (!w->routes)
+        return -1;
+    if (m && !(w->meter = meter_worker_new(m, w->base, id))) {
+        snprintf(err, errlen, "meter_worker_new failed");
+        return -1;
+    }
+    w->pool = upstream_pool_new(w->base, 30.0);
+    w->notify = event_new(w->base, -1, 0, worker_notify_cb, w);
+    if (!w->pool || !w->notify) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    metrics_register_worker(&w->metrics);
+    return 0;
+}
+
+static void worker_free(struct worker *w)
+{
+    worker_stop_listening(w);
+    if (w->pool)
+        upstream_pool_free(w->pool);
+    if (w->routes)
+        route_ctx_free(w->routes);
+    if (w->meter)
+        meter_worker_free(w->meter);
+    if (w->notify)
+        event_free(w->notify);
+    if (w->base)
+        event_base_free(w->base);
+    if (w->new_gen)
+        gen_unref(w->new_gen);
+    if (w->gen)
+        gen_unref(w->gen);
+    pthread_mutex_destroy(&w->lock);
+}
+
+/* ---------------------------------------------------------------------- */
+/* Signals (main thread)                                                  */
+
+static void start_drain(struct server *s)
+{
+    if (s->draining)
+        return;
+    s->draining = 1;
+    log_notice("%s: stopping: finishing in-flight requests (up to %.0f s)", __func__, s->gen->cfg.drain_timeout);
+    admin_set_draining(1);
+    for (int i = 0; i < s->n_workers; i++)
+        worker_post(&s->workers[i], NULL, 1, 0);
+    struct timeval tv = {(time_t)s->gen->cfg.drain_timeout,
+                         (suseconds_t)((s->gen->cfg.drain_timeout - (double)(time_t)s->gen->cfg.drain_timeout) * 1e6)};
+    evtimer_add(s->drain_timer, &tv);
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    log_warn("%s: drain timeout: closing the connections still open", __func__);
+    for (int i = 0; i < s->n_workers; i++)
+        worker_post(&s->workers[i], NULL, 0, 1);
+}
+
+static void reload(struct server *s)
+{
+    struct cfg_gen *g = calloc(1, sizeof(*g));
+    char err[CFG_ERRLEN];
+    if (!g)
+        return;
+    cfg_defaults(&g->cfg);
+    int rc = cfg_from_args(&g->cfg, s->argc, s->argv, err, sizeof(err));
+    if (rc == 0)
+        rc = cfg_validate(&g->cfg, err, sizeof(err));
+    if (rc != 0) {
+        log_err("%s: reload failed, keeping the running configuration: %s", __func__, err);
+        cfg_free(&g->cfg);
+        free(g);
+        return;
+    }
+    g->refs = 1;
+    log_set_level(g->cfg.log_level);
+    log_reopen();
+    log_notice("%s: configuration reloaded", __func__);
+    for (int i = 0; i < s->n_workers; i++)
+        worker_post(&s->workers[i], g, 0, 0);
+    gen_unref(s->gen);
+    s->gen = g;
+}
+
+static void signal_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct server *s = arg;
+    if (sig == SIGHUP)
+        reload(s);
+    else
+        start_drain(s);
+}
+
+static void worker_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *s = arg;
+    if (__atomic_load_n(&s->n_done, __ATOMIC_ACQUIRE) == s->n_workers)
+        event_base_loopexit(s->base, NULL);
+}
+
+/* ---------------------------------------------------------------------- */
+
+int server_run(struct tg_config *cfg, int argc, char **argv)
+{
+    char err[CFG_ERRLEN];
+    struct server s;
+    memset(&s, 0, sizeof(s));
+    s.argc = argc;
+    s.argv = argv;
+    s.gen = calloc(1, sizeof(*s.gen));
+    if (!s.gen)
+        return 1;
+    s.gen->cfg = *cfg;          /* takes over the members */
+    memset(cfg, 0, sizeof(*cfg));
+    s.gen->refs = 1;
+    struct cfg_gen *first = gen_ref(s.gen);   /* the meter's, for its lifetime */
+    cfg = &first->cfg;
+
+    signal(SIGPIPE, SIG_IGN);
+    evthread_use_pthreads();
+    /* Workers never take signals; the main loop does. */
+    sigset_t all, old;
+    sigfillset(&all);
+
+    struct meter *m = meter_new(cfg, cfg->workers, err, sizeof(err));
+    if (!m) {
+        log_err("tollgate: %s", err);
+        gen_unref(first);
+        gen_unref(s.gen);
+        return 1;
+    }
+    s.n_workers = cfg->workers;
+    s.workers = calloc((size_t)s.n_workers, sizeof(*s.workers));
+    s.base = event_base_new();
+    if (!s.workers || !s.base)
+        return 1;
+    int rc = 0;
+    struct admin *adm = NULL;
+    struct event *sigs[3] = {NULL, NULL, NULL};
+    int started = 0;
+    for (int i = 0; i < s.n_workers; i++) {
+        if (worker_init(&s, &s.workers[i], i, m, err, sizeof(err)) != 0) {
+            log_err("tollgate: %s", err);
+            rc = 1;
+            s.n_workers = i + 1;
+            goto out;
+        }
+    }
+    adm = admin_start(&cfg->admin_listen, err, sizeof(err));
+    if (!adm && cfg->admin_listen.port != 0) {
+        log_err("tollgate: admin listener: %s", err);
+        rc = 1;
+        goto out;
+    }
+    if (meter_start(m) != 0) {
+        log_err("tollgate: cannot start the meter thread");
+        rc = 1;
+        goto out_admin;
+    }
+
+    s.worker_done = event_new(s.base, -1, EV_PERSIST, worker_done_cb, &s);
+    s.drain_timer = evtimer_new(s.base, drain_timeout_cb, &s);
+    int signos[3] = {SIGTERM, SIGINT, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        sigs[i] = evsignal_new(s.base, signos[i], signal_cb, &s);
+        event_add(sigs[i], NULL);
+    }
+
+    pthread_sigmask(SIG_BLOCK, &all, &old);
+    for (int i = 0; i < s.n_workers; i++) {
+        if (pthread_create(&s.workers[i].thread, NULL, worker_main, &s.workers[i]) != 0) {
+            log_err("tollgate: cannot start worker thread %d", i);
+            break;
+        }
+        started++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (started == s.n_workers) {
+        char addrs[256] = "";
+        for (size_t i = 0; i < cfg->n_listen; i++) {
+            size_t used = strlen(addrs);
+            snprintf(addrs + used, sizeof(addrs) - used, "%s%s:%d", i ? " " : "", cfg->listen[i].host,
+                     cfg->listen[i].port);
+        }
+        log_notice("tollgate %s: %d workers, listening on %s", PACKAGE_VERSION, s.n_workers, addrs);
+        event_base_dispatch(s.base);
+    } else {
+        rc = 1;
+        for (int i = 0; i < started; i++)
+            worker_post(&s.workers[i], NULL, 0, 1);
+    }
+    for (int i = 0; i < started; i++)
+        pthread_join(s.workers[i].thread, NULL);
+    for (int i = 0; i < 3; i++)
+        event_free(sigs[i]);
+    event_free(s.worker_done);
+    event_free(s.drain_timer);
+out_admin:
+    if (adm)
+        admin_stop(adm);
+out:
+    /* meter_worker_free() hands each worker's last counts to the meter;
+     * meter_stop() then sends them to Redis before we exit. */
+    for (int i = 0; i < s.n_workers; i++)
+        worker_free(&s.workers[i]);
+    meter_stop(m, rc == 0 ? 5.0 : 0);
+    if (rc == 0)
+        log_notice("tollgate: stopped");
+    conn_thread_cleanup();
+    free(s.workers);
+    event_base_free(s.base);
+    gen_unref(first);
+    gen_unref(s.gen);
+    return rc;
+}

@@ -1,2 +1,188 @@
-/* proxy/upstream.c: being written. */
-typedef int tg_placeholder_upstream;
+/*
+ * upstream: dialling backends and the per-worker idle-connection pool.
+ *
+ * The pool is a small open hash of backend addresses, each with a LIFO list
+ * of idle connections (the most recently used one is the most likely to be
+ * still open on the backend's side).  An idle connection keeps EV_READ
+ * enabled: any byte or EOF from the backend means it is no longer clean, and
+ * it is closed at once, so a half-read connection is never handed out.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <event2/event.h>
+#include <event2/bufferevent.h>
+#include <event2/buffer.h>
+#include <event2/util.h>
+
+#include "proxy/upstream.h"
+#include "proxy/log.h"
+#include "routing/route.h"
+
+#define POOL_MAX_IDLE_PER_KEY 64
+#define POOL_MAX_KEYS 1024
+
+struct idle_conn {
+    struct bufferevent *bev;
+    struct upstream_key *key;
+    struct idle_conn *next, *prev;
+    struct upstream_pool *pool;
+};
+
+struct upstream_key {
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    struct idle_conn *head;   /* most recently returned first */
+    unsigned n_idle;
+};
+
+struct upstream_pool {
+    struct event_base *base;
+    struct timeval idle_tv;
+    struct upstream_key keys[POOL_MAX_KEYS]; /* open addressing by address hash */
+    unsigned n_keys;
+};
+
+static uint32_t addr_hash(const struct sockaddr_storage *a, socklen_t len)
+{
+    const unsigned char *p = (const unsigned char *)a;
+    uint32_t h = 2166136261u;
+    for (socklen_t i = 0; i < len; i++)
+        h = (h ^ p[i]) * 16777619u;
+    return h;
+}
+
+/* Finds (create = 1: or creates) the key for t; NULL when the table is full. */
+static struct upstream_key *key_find(struct upstream_pool *p, const struct route_target *t, int create)
+{
+    uint32_t h = addr_hash(&t->addr, t->addrlen) % POOL_MAX_KEYS;
+    for (unsigned i = 0; i < POOL_MAX_KEYS; i++) {
+        struct upstream_key *k = &p->keys[(h + i) % POOL_MAX_KEYS];
+        if (k->addrlen == 0) {
+            if (!create)
+                return NULL;
+            memcpy(&k->addr, &t->addr, t->addrlen);
+            k->addrlen = t->addrlen;
+            p->n_keys++;
+            return k;
+        }
+        if (k->addrlen == t->addrlen && memcmp(&k->addr, &t->addr, t->addrlen) == 0)
+            return k;
+    }
+    return NULL;
+}
+
+struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s)
+{
+    struct upstream_pool *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->base = base;
+    p->idle_tv.tv_sec = (time_t)idle_s;
+    p->idle_tv.tv_usec = (suseconds_t)((idle_s - (double)(time_t)idle_s) * 1e6);
+    return p;
+}
+
+static void idle_unlink(struct idle_conn *ic)
+{
+    struct upstream_key *k = ic->key;
+    if (ic->prev)
+        ic->prev->next = ic->next;
+    else
+        k->head = ic->next;
+    if (ic->next)
+        ic->next->prev = ic->prev;
+    k->n_idle--;
+}
+
+static void idle_close(struct idle_conn *ic)
+{
+    idle_unlink(ic);
+    bufferevent_free(ic->bev);
+    free(ic);
+}
+
+/* Bytes, EOF, an error or the idle timeout on an idle connection: drop it. */
+static void idle_read_cb(struct bufferevent *bev, void *arg)
+{
+    idle_close(arg);
+}
+
+static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    idle_close(arg);
+}
+
+void upstream_pool_flush(struct upstream_pool *p)
+{
+    for (unsigned i = 0; i < POOL_MAX_KEYS; i++)
+        while (p->keys[i].head)
+            idle_close(p->keys[i].head);
+}
+
+void upstream_pool_free(struct upstream_pool *p)
+{
+    if (!p)
+        return;
+    upstream_pool_flush(p);
+    free(p);
+}
+
+struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct route_target *t)
+{
+    struct upstream_key *k = key_find(p, t, 0);
+    if (!k || !k->head)
+        return NULL;
+    struct idle_conn *ic = k->head;
+    struct bufferevent *bev = ic->bev;
+    idle_unlink(ic);
+    free(ic);
+    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+    bufferevent_set_timeouts(bev, NULL, NULL);
+    return bev;
+}
+
+void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, struct bufferevent *bev)
+{
+    struct upstream_key *k = key_find(p, t, 1);
+    struct idle_conn *ic = NULL;
+    if (!k || k->n_idle >= POOL_MAX_IDLE_PER_KEY
+        || evbuffer_get_length(bufferevent_get_input(bev)) != 0
+        || evbuffer_get_length(bufferevent_get_output(bev)) != 0
+        || !(ic = malloc(sizeof(*ic)))) {
+        bufferevent_free(bev);
+        return;
+    }
+    ic->bev = bev;
+    ic->key = k;
+    ic->pool = p;
+    ic->prev = NULL;
+    ic->next = k->head;
+    if (k->head)
+        k->head->prev = ic;
+    k->head = ic;
+    k->n_idle++;
+    bufferevent_setwatermark(bev, EV_READ, 0, 0);
+    bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
+    bufferevent_setcb(bev, idle_read_cb, NULL, idle_event_cb, ic);
+    bufferevent_set_timeouts(bev, &p->idle_tv, NULL);
+    bufferevent_enable(bev, EV_READ);
+}
+
+struct bufferevent *upstream_connect(struct event_base *base, const struct route_target *t)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    if (!bev)
+        return NULL;
+    if (bufferevent_socket_connect(bev, (const struct sockaddr *)&t->addr, (int)t->addrlen) < 0) {
+        /* An immediate failure (e.g. EADDRNOTAVAIL) is reported as a connect error
+         * by returning the bufferevent anyway would lose it; report NULL. */
+        bufferevent_free(bev);
+        return NULL;
+    }
+    evutil_socket_t fd = bufferevent_getfd(bev);
+    int one = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    return bev;
+}

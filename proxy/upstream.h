@@ -1,1 +1,39 @@
-/* proxy/upstream.h: being written. */
+/*
+ * upstream: connections to backends.  Dials a route_target and keeps a
+ * per-worker pool of idle keep-alive connections per backend address.  A
+ * pooled connection is only ever one that finished a response cleanly with
+ * nothing left unread; an idle one that receives bytes or EOF is dropped.
+ */
+#ifndef TG_UPSTREAM_H
+#define TG_UPSTREAM_H
+
+#include <stddef.h>
+
+struct event_base;
+struct bufferevent;
+struct route_target;
+struct upstream_pool;
+
+/* Creates an empty pool on base; idle connections live idle_s seconds. */
+struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s);
+/* Closes every idle connection and frees the pool. */
+void upstream_pool_free(struct upstream_pool *p);
+/* Closes idle connections (graceful stop). */
+void upstream_pool_flush(struct upstream_pool *p);
+
+/*
+ * Takes an idle connection to t out of the pool: the caller owns it and must
+ * set its callbacks.  NULL when none is idle.
+ */
+struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct route_target *t);
+/* Gives a clean connection back (the pool owns it then). */
+void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, struct bufferevent *bev);
+
+/*
+ * Starts a non-blocking connect to t; the caller owns the returned
+ * bufferevent and learns the result from its event callback
+ * (BEV_EVENT_CONNECTED or BEV_EVENT_ERROR/TIMEOUT).  NULL on a local error.
+ */
+struct bufferevent *upstream_connect(struct event_base *base, const struct route_target *t);
+
+#endif
