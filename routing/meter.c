@@ -1,2 +1,1737 @@
-/* routing/meter.c: being written. */
-typedef int tg_placeholder_meter;
+/*
+ * meter: per-tenant byte and request counters, their idempotent flush to
+ * Redis, and cap enforcement by budget leases.  The design and its
+ * guarantees are written up in docs/metering.md; in short:
+ *
+ *  - Hot path.  Each worker owns a hash table of struct meter_tenant with
+ *    pending deltas; meter_count_* are plain adds.  A timer on the worker's
+ *    event_base hands the deltas to the flusher once per flush interval
+ *    (one mutex per worker per interval, never per request), and also at
+ *    each UTC midnight so that a handoff never spans two days.
+ *  - Process-wide tenant state (struct meter_gt, one per tenant name, never
+ *    freed before the meter) holds what the workers share: the policy, the
+ *    instance's lease (an atomic int64 the workers fetch from with CAS), the
+ *    throttle bucket (atomics) and the totals shown in /metrics.
+ *  - The flusher (own thread, event_base and Redis connection) merges the
+ *    handoffs per (tenant, day), cuts batches with a sequence number and
+ *    sends them one at a time with EVALSHA; the flush script applies a batch
+ *    only if its seq is above the last one applied for this run id, so a
+ *    batch whose reply was lost is retried with the same seq and contents
+ *    and counted once.  Deltas made meanwhile merge into the next batch.
+ *  - Leases.  For every capped tenant active here the flusher asks the lease
+ *    script for a slice of what remains of the month's cap after the usage
+ *    and the budget the other instances hold; workers reserve from it with
+ *    meter_allow.  When the script says nothing remains and the lease is
+ *    used up the tenant is over cap.
+ *
+ * Threads: workers touch only their own struct meter_worker and the atomics
+ * of struct meter_gt; the global tenant table and the policy "dirty" list
+ * are under m->gmu (taken when a worker sees a tenant for the first time or
+ * a policy change, and by /metrics); each handoff has its own mutex; every
+ * other field is the flusher's.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "config/config.h"
+#include "proxy/log.h"
+#include "proxy/metrics.h"
+#include "routing/meter.h"
+#include "routing/redis.h"
+
+#define MAX_BATCH          1000      /* (tenant, day) records per flush script call */
+#define LEASE_TTL_MS       30000     /* a lease field not refreshed for this long is ignored */
+#define LEASE_IDLE_S       5.0       /* release a lease unused for this long */
+#define STARVED_RETRY_MS   5         /* retry hint while a lease request is on its way */
+#define DEFAULT_THROTTLE   65536     /* bytes/s when cap_action throttle has no throttle_bps */
+#define RELAXED            memory_order_relaxed
+
+/* ------------------------------------------------------------ structures -- */
+
+/* Process-wide state of one tenant.  Atomics are shared; the rest is the flusher's. */
+struct meter_gt {
+    struct meter *m;
+    char *name;
+    uint32_t hash;
+    struct meter_gt *next;        /* hash chain (m->gmu) */
+    struct meter_gt *all_next;    /* creation list (m->gmu) */
+    struct meter_gt *dirty_next;  /* policy-changed list (m->gmu) */
+    int on_dirty;                 /* (m->gmu) */
+
+    /* Policy, written by workers under m->gmu, read anywhere. */
+    _Atomic int64_t cap;
+    _Atomic int action;
+    _Atomic int64_t tbps;
+    _Atomic int suspended;
+
+    /* Lease and enforcement. */
+    _Atomic int64_t avail;        /* budget this instance may still reserve */
+    _Atomic int over;             /* Redis (or the local budget) says nothing remains */
+    _Atomic int known;            /* a lease reply or a local budget exists for this month */
+    _Atomic int renew;            /* a worker wants the lease renewed (set once, cleared by flusher) */
+    _Atomic int64_t low_water;    /* renew when avail drops below this */
+    _Atomic int64_t tb_tokens;    /* throttle bucket */
+    _Atomic int64_t tb_last_ns;
+
+    /* Totals for /metrics (flusher writes, anyone reads). */
+    _Atomic uint64_t tot_in, tot_out, tot_req;
+
+    /* Flusher only. */
+    ssize_t pend_idx;             /* index of its latest record in m->pending, -1 */
+    int in_capped;
+    struct meter_gt *capped_next;
+    int64_t lease_cap;            /* cap the lease state was computed for */
+    int lease_month;              /* YYYYMM of the lease state */
+    int64_t granted;              /* granted to this instance this month */
+    int64_t acked_rsv;            /* reserved bytes whose counts Redis acknowledged this month */
+    int64_t local_remaining;      /* what remained after our last grant (local enforcement) */
+    int64_t usage_seen;           /* month usage in the last lease reply */
+    int lease_inflight;
+    double last_active;           /* monotonic seconds */
+    double last_lease;
+    int64_t rate_prev_consumed;
+    double rate;                  /* reserved bytes/s, smoothed */
+};
+
+/* A worker's handle on a tenant. */
+struct meter_tenant {
+    struct meter_worker *mw;
+    struct meter_gt *g;
+    uint32_t hash;
+    int refs;
+    int on_active;
+    int idle_ticks;
+    struct tenant_policy pol;     /* last policy this worker passed on */
+    uint64_t d_in, d_out, d_req, d_rsv;
+    struct meter_tenant *next;    /* hash chain */
+    struct meter_tenant *anext;   /* active list */
+};
+
+struct meter_rec {
+    struct meter_gt *g;
+    int day;                      /* YYYYMMDD */
+    uint64_t in, out, req, rsv;
+};
+
+struct meter_vec {
+    struct meter_rec *v;
+    size_t n, cap;
+};
+
+struct meter_handoff {
+    pthread_mutex_t mu;
+    struct meter_vec vec;
+    int taken;                    /* a worker registered under this id */
+};
+
+struct meter_worker {
+    struct meter *m;
+    struct event_base *base;
+    struct event *tick_ev;
+    int id;
+    struct meter_tenant **tab;
+    size_t tab_cap, count;
+    struct meter_tenant *active;
+    int period_day;
+    unsigned ticks;
+};
+
+/* A batch of records with its seq and its argv, kept identical across retries. */
+struct meter_batch {
+    struct meter_batch *next;
+    uint64_t seq;
+    struct meter_rec *recs;
+    size_t n;
+    int argc;
+    char **argv;                  /* argv[0] and argv[1] are rewritten: EVALSHA sha / EVAL script */
+    size_t *lens;
+    int inflight;
+    int tries;
+};
+
+struct meter {
+    const struct tg_config *cfg;
+    char prefix[128];
+    char run_id[256];
+    double interval;
+    int n_workers;
+    struct meter_handoff *ho;
+
+    pthread_mutex_t gmu;
+    struct meter_gt **gtab;
+    size_t gcap, gcount;
+    struct meter_gt *gall;
+    struct meter_gt *dirty;
+
+    /* Flusher. */
+    struct event_base *base;
+    struct event *tick_ev, *poke_ev, *stop_ev;
+    int poke_fd;
+    struct redis_conn *rc;
+    int has_redis;
+    _Atomic int redis_up;
+    pthread_t th;
+    int started;
+    _Atomic int stopping;
+    double stop_deadline;
+    int final_phase;              /* 0 running, 1 flushing, 2 releasing, 3 done */
+    int final_pending;
+    char sha_flush[48], sha_lease[48];
+    struct meter_vec pending;
+    struct meter_vec spare;
+    struct meter_batch *queue, *queue_tail;
+    uint64_t next_seq;
+    struct meter_gt *capped;
+
+    /* Stats for /metrics. */
+    _Atomic uint64_t st_flush_ok, st_flush_err, st_flush_dup, st_lease_req, st_lease_err,
+        st_lease_granted_bytes, st_lease_denied, st_pending_recs, st_queued_batches;
+};
+
+/* ---------------------------------------------------------- Lua scripts -- */
+
+/*
+ * Flush script.  KEYS[1] = <prefix>meter:applied (HASH run id -> last seq),
+ * then per record KEYS[2i], KEYS[2i+1] = month key, day key.
+ * ARGV[1] = run id, ARGV[2] = seq, then per record bytes_in, bytes_out,
+ * requests.  Returns 1 when applied, 0 when this seq was already applied.
+ */
+static const char flush_lua[] =
+    "local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0\n"
+    "local seq = tonumber(ARGV[2])\n"
+    "if seq <= last then return 0 end\n"
+    "local n = (#KEYS - 1) / 2\n"
+    "for i = 0, n - 1 do\n"
+    "  local bi, bo, rq = ARGV[3 + 3*i], ARGV[4 + 3*i], ARGV[5 + 3*i]\n"
+    "  for j = 2, 3 do\n"
+    "    local k = KEYS[j + 2*i]\n"
+    "    if bi ~= '0' then redis.call('HINCRBY', k, 'bytes_in', bi) end\n"
+    "    if bo ~= '0' then redis.call('HINCRBY', k, 'bytes_out', bo) end\n"
+    "    if rq ~= '0' then redis.call('HINCRBY', k, 'requests', rq) end\n"
+    "  end\n"
+    "end\n"
+    "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
+    "return 1\n";
+
+/*
+ * Lease script.  KEYS[1] = month usage key, KEYS[2] = <prefix>lease:<tenant>:<YYYYMM>
+ * (HASH run id -> "<held>:<expiry ms>").  ARGV: run id, cap, held (budget
+ * this instance still holds: unreserved lease + reserved bytes not yet in
+ * the usage), min_slice, k, want, ttl_ms, release (0/1).
+ * remaining = cap - usage - held(others, unexpired) - held(self);
+ * slice = min(max(min_slice, remaining / (k * active)), want, remaining).
+ * Returns {slice, remaining - slice, active instances, usage}.
+ */
+static const char lease_lua[] =
+    "local cap = tonumber(ARGV[2])\n"
+    "local held = tonumber(ARGV[3])\n"
+    "local minsl = tonumber(ARGV[4])\n"
+    "local k = tonumber(ARGV[5])\n"
+    "local want = tonumber(ARGV[6])\n"
+    "local ttl = tonumber(ARGV[7])\n"
+    "local rel = ARGV[8] == '1'\n"
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
+    "local u = (tonumber(redis.call('HGET', KEYS[1], 'bytes_in') or '0') or 0)\n"
+    "        + (tonumber(redis.call('HGET', KEYS[1], 'bytes_out') or '0') or 0)\n"
+    "local others, active = 0, 1\n"
+    "local all = redis.call('HGETALL', KEYS[2])\n"
+    "for i = 1, #all, 2 do\n"
+    "  if all[i] ~= ARGV[1] then\n"
+    "    local b, e = string.match(all[i + 1], '^(%d+):(%d+)$')\n"
+    "    if b and tonumber(e) > now then\n"
+    "      others = others + tonumber(b)\n"
+    "      active = active + 1\n"
+    "    else\n"
+    "      redis.call('HDEL', KEYS[2], all[i])\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "local remaining = cap - u - others - held\n"
+    "local slice = 0\n"
+    "if (not rel) and remaining > 0 then\n"
+    "  slice = math.floor(remaining / (k * active))\n"
+    "  if slice < minsl then slice = minsl end\n"
+    "  if slice > want then slice = want end\n"
+    "  if slice > remaining then slice = remaining end\n"
+    "end\n"
+    "if rel and held <= 0 then\n"
+    "  redis.call('HDEL', KEYS[2], ARGV[1])\n"
+    "else\n"
+    "  redis.call('HSET', KEYS[2], ARGV[1], string.format('%d:%d', held + slice, now + ttl))\n"
+    "  redis.call('PEXPIRE', KEYS[2], ttl * 4)\n"
+    "end\n"
+    "return {slice, remaining - slice, active, u}\n";
+
+const char *meter_flush_lua(void) { return flush_lua; }
+const char *meter_lease_lua(void) { return lease_lua; }
+
+/* --------------------------------------------------------- pure helpers -- */
+
+int64_t meter_lease_slice(int64_t remaining, int64_t active, int64_t k, int64_t min_slice, int64_t want)
+{
+    if (remaining <= 0)
+        return 0;
+    if (active < 1)
+        active = 1;
+    if (k < 1)
+        k = 1;
+    int64_t s = remaining / (k * active);
+    if (s < min_slice)
+        s = min_slice;
+    if (s > want)
+        s = want;
+    if (s > remaining)
+        s = remaining;
+    return s < 0 ? 0 : s;
+}
+
+int64_t meter_tb_refill(int64_t tokens, int64_t elapsed_ns, int64_t rate, int64_t burst)
+{
+    if (elapsed_ns <= 0 || rate <= 0)
+        return tokens > burst ? burst : tokens;
+    /* elapsed * rate may overflow int64 for long idle periods: clamp first. */
+    int64_t need = burst - tokens;
+    if (need <= 0)
+        return burst;
+    if (elapsed_ns >= (int64_t)1000000000 * 3600)
+        return burst;
+    __int128 add = (__int128)elapsed_ns * rate / 1000000000;
+    if (add >= need)
+        return burst;
+    return tokens + (int64_t)add;
+}
+
+unsigned meter_tb_retry_ms(int64_t deficit, int64_t rate)
+{
+    if (rate <= 0)
+        return 1000;
+    if (deficit <= 0)
+        return 1;
+    int64_t ms = (deficit * 1000 + rate - 1) / rate;
+    if (ms < 1)
+        ms = 1;
+    if (ms > 1000)
+        ms = 1000;
+    return (unsigned)ms;
+}
+
+int64_t meter_tb_burst(int64_t rate)
+{
+    int64_t b = rate / 20;
+    return b < 4096 ? 4096 : b;
+}
+
+int meter_utc_day(int64_t t)
+{
+    time_t tt = (time_t)t;
+    struct tm tm;
+    gmtime_r(&tt, &tm);
+    return (tm.tm_year + 1900) * 10000 + (tm.tm_mon + 1) * 100 + tm.tm_mday;
+}
+
+int64_t meter_next_utc_day(int64_t t)
+{
+    int64_t d = t / 86400;
+    if (t < 0 && t % 86400)
+        d--;
+    return (d + 1) * 86400;
+}
+
+char *meter_escape_label(const char *s, char *out, size_t outlen)
+{
+    size_t o = 0;
+    if (outlen == 0)
+        return out;
+    for (; *s; s++) {
+        const char *rep = NULL;
+        char one[2] = { *s, 0 };
+        if (*s == '\\')
+            rep = "\\\\";
+        else if (*s == '"')
+            rep = "\\\"";
+        else if (*s == '\n')
+            rep = "\\n";
+        else
+            rep = one;
+        size_t rl = strlen(rep);
+        if (o + rl >= outlen)
+            break;
+        memcpy(out + o, rep, rl);
+        o += rl;
+    }
+    out[o] = 0;
+    return out;
+}
+
+static uint32_t hash_str(const char *s)
+{
+    uint32_t h = 2166136261u;   /* FNV-1a */
+    for (; *s; s++) {
+        h ^= (unsigned char)*s;
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static double mono_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+static int64_t mono_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+static int vec_push(struct meter_vec *v, const struct meter_rec *r)
+{
+    if (v->n == v->cap) {
+        size_t nc = v->cap ? v->cap * 2 : 64;
+        struct meter_rec *nv = realloc(v->v, nc * sizeof(*nv));
+        if (!nv)
+            return -1;
+        v->v = nv;
+        v->cap = nc;
+    }
+    v->v[v->n++] = *r;
+    return 0;
+}
+
+/* Writes "<prefix>meter:<tenant>:<suffix>" (or another kind) into a new string. */
+static char *key_build(const struct meter *m, const char *kind, const char *tenant, int date)
+{
+    char *k = NULL;
+    if (tenant) {
+        if (asprintf(&k, "%s%s:%s:%d", m->prefix, kind, tenant, date) < 0)
+            return NULL;
+    } else if (asprintf(&k, "%s%s", m->prefix, kind) < 0) {
+        return NULL;
+    }
+    return k;
+}
+
+static void poke(struct meter *m)
+{
+    if (m->poke_fd >= 0) {
+        uint64_t one = 1;
+        ssize_t r = write(m->poke_fd, &one, sizeof(one));
+        (void)r;   /* EAGAIN: the counter is already non-zero, the flusher will wake */
+    }
+}
+
+/* ------------------------------------------------------ global tenants -- */
+
+static void gt_store_policy(struct meter_gt *g, const struct tenant_policy *p)
+{
+    atomic_store_explicit(&g->cap, p->cap_bytes, RELAXED);
+    atomic_store_explicit(&g->action, p->cap_action, RELAXED);
+    atomic_store_explicit(&g->tbps, p->throttle_bps, RELAXED);
+    atomic_store_explicit(&g->suspended, p->suspended, RELAXED);
+}
+
+static int gt_policy_differs(struct meter_gt *g, const struct tenant_policy *p)
+{
+    return atomic_load_explicit(&g->cap, RELAXED) != p->cap_bytes ||
+           atomic_load_explicit(&g->action, RELAXED) != p->cap_action ||
+           atomic_load_explicit(&g->tbps, RELAXED) != p->throttle_bps ||
+           atomic_load_explicit(&g->suspended, RELAXED) != p->suspended;
+}
+
+/* Under m->gmu. */
+static void gt_mark_dirty(struct meter *m, struct meter_gt *g)
+{
+    if (!g->on_dirty) {
+        g->on_dirty = 1;
+        g->dirty_next = m->dirty;
+        m->dirty = g;
+    }
+}
+
+static struct meter_gt *gt_find_locked(struct meter *m, const char *name, uint32_t h)
+{
+    for (struct meter_gt *g = m->gtab[h & (m->gcap - 1)]; g; g = g->next)
+        if (g->hash == h && strcmp(g->name, name) == 0)
+            return g;
+    return NULL;
+}
+
+static void gt_grow_locked(struct meter *m)
+{
+    size_t nc = m->gcap * 2;
+    struct meter_gt **nt = calloc(nc, sizeof(*nt));
+    if (!nt)
+        return;   /* keep the longer chains */
+    for (size_t i = 0; i < m->gcap; i++) {
+        struct meter_gt *g = m->gtab[i];
+        while (g) {
+            struct meter_gt *nx = g->next;
+            g->next = nt[g->hash & (nc - 1)];
+            nt[g->hash & (nc - 1)] = g;
+            g = nx;
+        }
+    }
+    free(m->gtab);
+    m->gtab = nt;
+    m->gcap = nc;
+}
+
+/* Finds or creates the tenant; updates its policy.  NULL on allocation failure. */
+static struct meter_gt *gt_get(struct meter *m, const char *name, uint32_t h, const struct tenant_policy *p)
+{
+    int wake = 0;
+    pthread_mutex_lock(&m->gmu);
+    struct meter_gt *g = gt_find_locked(m, name, h);
+    if (!g) {
+        g = calloc(1, sizeof(*g));
+        if (g)
+            g->name = strdup(name);
+        if (!g || !g->name) {
+            free(g);
+            pthread_mutex_unlock(&m->gmu);
+            return NULL;
+        }
+        g->m = m;
+        g->hash = h;
+        g->pend_idx = -1;
+        g->lease_cap = -1;
+        g->lease_month = 0;
+        gt_store_policy(g, p);
+        if (m->gcount + 1 > m->gcap)
+            gt_grow_locked(m);
+        g->next = m->gtab[h & (m->gcap - 1)];
+        m->gtab[h & (m->gcap - 1)] = g;
+        g->all_next = m->gall;
+        m->gall = g;
+        m->gcount++;
+        if (p->cap_bytes >= 0) {
+            gt_mark_dirty(m, g);
+            wake = 1;
+        }
+    } else if (gt_policy_differs(g, p)) {
+        gt_store_policy(g, p);
+        gt_mark_dirty(m, g);
+        wake = 1;
+    }
+    pthread_mutex_unlock(&m->gmu);
+    if (wake)
+        poke(m);
+    return g;
+}
+
+/* ------------------------------------------------------------ creation -- */
+
+static void *flusher_main(void *arg);
+static void flusher_tick_cb(evutil_socket_t fd, short what, void *arg);
+static void flusher_poke_cb(evutil_socket_t fd, short what, void *arg);
+static void redis_state(void *arg, int up);
+
+struct meter *meter_new(const struct tg_config *cfg, int n_workers, char *err, size_t errlen)
+{
+    if (n_workers < 1)
+        n_workers = 1;
+    struct meter *m = calloc(1, sizeof(*m));
+    if (!m) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    m->cfg = cfg;
+    m->poke_fd = -1;
+    snprintf(m->prefix, sizeof(m->prefix), "%s", cfg->key_prefix ? cfg->key_prefix : "tg:");
+    m->interval = cfg->meter_flush_interval > 0 ? cfg->meter_flush_interval : 1.0;
+    m->n_workers = n_workers;
+    m->has_redis = cfg->redis_url != NULL && cfg->redis_url[0] != 0;
+
+    /* Run id: instance id (or hostname:pid) plus the start time, so that a
+     * restarted instance with a configured id never reuses old sequence numbers. */
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    long long start_ms = (long long)rt.tv_sec * 1000 + rt.tv_nsec / 1000000;
+    if (cfg->instance_id && cfg->instance_id[0]) {
+        snprintf(m->run_id, sizeof(m->run_id), "%s:%lld", cfg->instance_id, start_ms);
+    } else {
+        char host[128] = "localhost";
+        gethostname(host, sizeof(host) - 1);
+        host[sizeof(host) - 1] = 0;
+        snprintf(m->run_id, sizeof(m->run_id), "%s:%ld:%lld", host, (long)getpid(), start_ms);
+    }
+
+    m->ho = calloc((size_t)n_workers, sizeof(*m->ho));
+    m->gcap = 1024;
+    m->gtab = calloc(m->gcap, sizeof(*m->gtab));
+    if (!m->ho || !m->gtab) {
+        free(m->ho);
+        free(m->gtab);
+        free(m);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < n_workers; i++)
+        pthread_mutex_init(&m->ho[i].mu, NULL);
+    pthread_mutex_init(&m->gmu, NULL);
+
+    m->poke_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    m->base = event_base_new();
+    if (m->poke_fd < 0 || !m->base) {
+        snprintf(err, errlen, "meter: cannot create the flusher loop: %s", strerror(errno));
+        meter_stop(m, 0);
+        return NULL;
+    }
+    m->tick_ev = event_new(m->base, -1, EV_PERSIST, flusher_tick_cb, m);
+    m->poke_ev = event_new(m->base, m->poke_fd, EV_READ | EV_PERSIST, flusher_poke_cb, m);
+    if (!m->tick_ev || !m->poke_ev) {
+        snprintf(err, errlen, "meter: out of memory");
+        meter_stop(m, 0);
+        return NULL;
+    }
+    metrics_register_writer(meter_write_metrics, m);
+    return m;
+}
+
+const char *meter_run_id(const struct meter *m)
+{
+    return m->run_id;
+}
+
+int meter_start(struct meter *m)
+{
+    if (m->started)
+        return 0;
+    if (m->has_redis) {
+        char err[256];
+        m->rc = redis_conn_new(m->base, m->cfg->redis_url,
+                               m->cfg->redis_timeout > 0 ? m->cfg->redis_timeout : 0.2,
+                               redis_state, m, err, sizeof(err));
+        if (!m->rc) {
+            log_err("%s: redis: %s", __func__, err);
+            return -1;
+        }
+    }
+    struct timeval tv = { (time_t)m->interval, (suseconds_t)((m->interval - (time_t)m->interval) * 1e6) };
+    event_add(m->tick_ev, &tv);
+    event_add(m->poke_ev, NULL);
+    if (pthread_create(&m->th, NULL, flusher_main, m) != 0) {
+        log_err("%s: cannot start the flusher thread", __func__);
+        return -1;
+    }
+    m->started = 1;
+    return 0;
+}
+
+/* --------------------------------------------------------- worker side -- */
+
+static void worker_tick_cb(evutil_socket_t fd, short what, void *arg);
+
+static void worker_arm(struct meter_worker *mw)
+{
+    struct timespec rt;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    double now = rt.tv_sec + rt.tv_nsec / 1e9;
+    double midnight = (double)meter_next_utc_day(rt.tv_sec);
+    double d = mw->m->interval;
+    /* Cut the handoff at UTC midnight (1 ms after it) so that it never spans two days. */
+    if (midnight + 0.001 - now < d)
+        d = midnight + 0.001 - now;
+    if (d < 0.001)
+        d = 0.001;
+    struct timeval tv = { (time_t)d, (suseconds_t)((d - (time_t)d) * 1e6) };
+    evtimer_add(mw->tick_ev, &tv);
+}
+
+struct meter_worker *meter_worker_new(struct meter *m, struct event_base *base, int worker_id)
+{
+    if (worker_id < 0 || worker_id >= m->n_workers) {
+        log_err("%s: worker id %d out of range (%d workers)", __func__, worker_id, m->n_workers);
+        return NULL;
+    }
+    struct meter_worker *mw = calloc(1, sizeof(*mw));
+    if (!mw)
+        return NULL;
+    mw->m = m;
+    mw->base = base;
+    mw->id = worker_id;
+    mw->tab_cap = 256;
+    mw->tab = calloc(mw->tab_cap, sizeof(*mw->tab));
+    mw->period_day = meter_utc_day(time(NULL));
+    if (base)
+        mw->tick_ev = evtimer_new(base, worker_tick_cb, mw);
+    if (!mw->tab || (base && !mw->tick_ev)) {
+        free(mw->tab);
+        if (mw->tick_ev)
+            event_free(mw->tick_ev);
+        free(mw);
+        return NULL;
+    }
+    if (mw->tick_ev)
+        worker_arm(mw);
+    return mw;
+}
+
+static void worker_sweep(struct meter_worker *mw)
+{
+    /* Frees handles nobody holds that have been idle a minute (bounded memory
+     * when tenants come and go). */
+    for (size_t i = 0; i < mw->tab_cap; i++) {
+        struct meter_tenant **pp = &mw->tab[i];
+        while (*pp) {
+            struct meter_tenant *t = *pp;
+            if (t->refs == 0 && !t->on_active && ++t->idle_ticks >= 60) {
+                *pp = t->next;
+                free(t);
+                mw->count--;
+                continue;
+            }
+            pp = &t->next;
+        }
+    }
+}
+
+void meter_worker_tick(struct meter_worker *mw)
+{
+    struct meter *m = mw->m;
+    struct meter_handoff *ho = &m->ho[mw->id];
+    int day = mw->period_day;
+    if (mw->active) {
+        pthread_mutex_lock(&ho->mu);
+        for (struct meter_tenant *t = mw->active; t; t = t->anext) {
+            struct meter_rec r = { t->g, day, t->d_in, t->d_out, t->d_req, t->d_rsv };
+            if (vec_push(&ho->vec, &r) == 0)
+                t->d_in = t->d_out = t->d_req = t->d_rsv = 0;
+            /* on allocation failure the deltas stay for the next tick */
+        }
+        pthread_mutex_unlock(&ho->mu);
+        struct meter_tenant *t = mw->active;
+        mw->active = NULL;
+        while (t) {
+            struct meter_tenant *nx = t->anext;
+            t->anext = NULL;
+            t->on_active = 0;
+            t->idle_ticks = 0;
+            if (t->d_in || t->d_out || t->d_req || t->d_rsv) {
+                t->on_active = 1;
+                t->anext = mw->active;
+                mw->active = t;
+            }
+            t = nx;
+        }
+    }
+    mw->period_day = meter_utc_day(time(NULL));
+    if (++mw->ticks % 60 == 0)
+        worker_sweep(mw);
+}
+
+static void worker_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct meter_worker *mw = arg;
+    meter_worker_tick(mw);
+    worker_arm(mw);
+}
+
+void meter_worker_free(struct meter_worker *mw)
+{
+    if (!mw)
+        return;
+    meter_worker_tick(mw);   /* the last deltas go to the flusher */
+    if (mw->tick_ev)
+        event_free(mw->tick_ev);
+    for (size_t i = 0; i < mw->tab_cap; i++) {
+        struct meter_tenant *t = mw->tab[i];
+        while (t) {
+            struct meter_tenant *nx = t->next;
+            if (t->refs)
+                log_warn("%s: tenant %s still has %d references", __func__, t->g->name, t->refs);
+            free(t);
+            t = nx;
+        }
+    }
+    free(mw->tab);
+    poke(mw->m);
+    free(mw);
+}
+
+static void worker_grow(struct meter_worker *mw)
+{
+    size_t nc = mw->tab_cap * 2;
+    struct meter_tenant **nt = calloc(nc, sizeof(*nt));
+    if (!nt)
+        return;
+    for (size_t i = 0; i < mw->tab_cap; i++) {
+        struct meter_tenant *t = mw->tab[i];
+        while (t) {
+            struct meter_tenant *nx = t->next;
+            t->next = nt[t->hash & (nc - 1)];
+            nt[t->hash & (nc - 1)] = t;
+            t = nx;
+        }
+    }
+    free(mw->tab);
+    mw->tab = nt;
+    mw->tab_cap = nc;
+}
+
+static const struct tenant_policy no_policy = { -1, CAP_BLOCK, 0, 0 };
+
+struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenant,
+                                      const struct tenant_policy *pol)
+{
+    if (!mw || !tenant)
+        return NULL;
+    if (!pol)
+        pol = &no_policy;
+    uint32_t h = hash_str(tenant);
+    for (struct meter_tenant *t = mw->tab[h & (mw->tab_cap - 1)]; t; t = t->next) {
+        if (t->hash == h && strcmp(t->g->name, tenant) == 0) {
+            if (memcmp(&t->pol, pol, sizeof(*pol)) != 0) {
+                t->pol = *pol;
+                gt_get(mw->m, tenant, h, pol);   /* publishes the change */
+            }
+            t->refs++;
+            return t;
+        }
+    }
+    struct meter_gt *g = gt_get(mw->m, tenant, h, pol);
+    if (!g)
+        return NULL;
+    struct meter_tenant *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->mw = mw;
+    t->g = g;
+    t->hash = h;
+    t->refs = 1;
+    t->pol = *pol;
+    if (mw->count + 1 > mw->tab_cap)
+        worker_grow(mw);
+    t->next = mw->tab[h & (mw->tab_cap - 1)];
+    mw->tab[h & (mw->tab_cap - 1)] = t;
+    mw->count++;
+    return t;
+}
+
+void meter_tenant_put(struct meter_tenant *t)
+{
+    if (t && t->refs > 0)
+        t->refs--;
+}
+
+static inline void mark_active(struct meter_tenant *t)
+{
+    if (!t->on_active) {
+        t->on_active = 1;
+        t->anext = t->mw->active;
+        t->mw->active = t;
+    }
+}
+
+void meter_count_request(struct meter_tenant *t)
+{
+    if (!t)
+        return;
+    t->d_req++;
+    mark_active(t);
+}
+
+void meter_count_in(struct meter_tenant *t, size_t n)
+{
+    if (!t || !n)
+        return;
+    t->d_in += n;
+    mark_active(t);
+}
+
+void meter_count_out(struct meter_tenant *t, size_t n)
+{
+    if (!t || !n)
+        return;
+    t->d_out += n;
+    mark_active(t);
+}
+
+enum meter_verdict meter_admit(struct meter_tenant *t)
+{
+    if (!t)
+        return METER_ALLOW;
+    struct meter_gt *g = t->g;
+    if (atomic_load_explicit(&g->suspended, RELAXED))
+        return METER_SUSPENDED;
+    if (atomic_load_explicit(&g->cap, RELAXED) < 0)
+        return METER_ALLOW;
+    if (atomic_load_explicit(&g->over, RELAXED) && atomic_load_explicit(&g->avail, RELAXED) <= 0 &&
+        atomic_load_explicit(&g->action, RELAXED) != CAP_THROTTLE) {
+        /* Ask the flusher to look again at its next tick (budget given back
+         * by another instance); no poke: refusals must stay cheap. */
+        if (!atomic_load_explicit(&g->renew, RELAXED))
+            atomic_store_explicit(&g->renew, 1, RELAXED);
+        return METER_OVER_CAP;
+    }
+    return METER_ALLOW;
+}
+
+/* Takes up to want tokens from the throttle bucket shared by the workers. */
+static size_t throttle_take(struct meter_gt *g, size_t want, unsigned *retry_ms)
+{
+    int64_t rate = atomic_load_explicit(&g->tbps, RELAXED);
+    if (rate <= 0)
+        rate = DEFAULT_THROTTLE;
+    int64_t burst = meter_tb_burst(rate);
+    int64_t now = mono_ns();
+    int64_t last = atomic_load_explicit(&g->tb_last_ns, RELAXED);
+    if (last == 0) {
+        /* First use: start with an empty bucket so the pace holds from the first byte. */
+        if (atomic_compare_exchange_strong(&g->tb_last_ns, &last, now))
+            last = now;
+    }
+    /* Whoever moves tb_last_ns forward adds the tokens for that time. */
+    while (now > last) {
+        if (atomic_compare_exchange_weak(&g->tb_last_ns, &last, now)) {
+            int64_t tok = atomic_load_explicit(&g->tb_tokens, RELAXED);
+            int64_t nt;
+            do {
+                nt = meter_tb_refill(tok, now - last, rate, burst);
+            } while (!atomic_compare_exchange_weak(&g->tb_tokens, &tok, nt));
+            break;
+        }
+    }
+    int64_t tok = atomic_load_explicit(&g->tb_tokens, RELAXED);
+    for (;;) {
+        if (tok <= 0) {
+            /* wait until at least a useful amount (1/4 of the bucket or want) is there */
+            int64_t need = (int64_t)want < burst / 4 ? (int64_t)want : burst / 4;
+            if (retry_ms)
+                *retry_ms = meter_tb_retry_ms(need - tok, rate);
+            return 0;
+        }
+        int64_t n = tok < (int64_t)want ? tok : (int64_t)want;
+        if (atomic_compare_exchange_weak(&g->tb_tokens, &tok, tok - n))
+            return (size_t)n;
+    }
+}
+
+size_t meter_allow(struct meter_tenant *t, size_t want, unsigned *retry_ms)
+{
+    if (retry_ms)
+        *retry_ms = 0;
+    if (!t || want == 0)
+        return want;
+    struct meter_gt *g = t->g;
+    if (atomic_load_explicit(&g->suspended, RELAXED))
+        return 0;
+    if (atomic_load_explicit(&g->cap, RELAXED) < 0)
+        return want;
+    int64_t a = atomic_load_explicit(&g->avail, RELAXED);
+    while (a > 0) {
+        int64_t n = a < (int64_t)want ? a : (int64_t)want;
+        if (atomic_compare_exchange_weak(&g->avail, &a, a - n)) {
+            t->d_rsv += (uint64_t)n;
+            mark_active(t);
+            if (a - n < atomic_load_explicit(&g->low_water, RELAXED) &&
+                !atomic_exchange(&g->renew, 1))
+                poke(t->mw->m);
+            return (size_t)n;
+        }
+    }
+    /* The lease is used up. */
+    if (atomic_load_explicit(&g->over, RELAXED)) {
+        if (atomic_load_explicit(&g->action, RELAXED) == CAP_THROTTLE)
+            return throttle_take(g, want, retry_ms);
+        return 0;   /* block: cut */
+    }
+    struct meter *m = t->mw->m;
+    if (!atomic_load_explicit(&g->known, RELAXED) &&
+        (!m->started || !atomic_load_explicit(&m->redis_up, RELAXED)))
+        return want;   /* never seen and Redis unreachable: serve (docs/metering.md) */
+    mark_active(t);
+    if (!atomic_exchange(&g->renew, 1))
+        poke(m);
+    if (retry_ms)
+        *retry_ms = STARVED_RETRY_MS;
+    return 0;
+}
+
+/* --------------------------------------------------------- flusher side -- */
+
+/* Moves every worker's handoff into m->pending, merged per (tenant, day). */
+static void flusher_drain(struct meter *m)
+{
+    double now = mono_now();
+    for (int i = 0; i < m->n_workers; i++) {
+        struct meter_handoff *ho = &m->ho[i];
+        pthread_mutex_lock(&ho->mu);
+        struct meter_vec tmp = ho->vec;
+        ho->vec = m->spare;
+        pthread_mutex_unlock(&ho->mu);
+        for (size_t j = 0; j < tmp.n; j++) {
+            struct meter_rec *r = &tmp.v[j];
+            struct meter_gt *g = r->g;
+            atomic_fetch_add_explicit(&g->tot_in, r->in, RELAXED);
+            atomic_fetch_add_explicit(&g->tot_out, r->out, RELAXED);
+            atomic_fetch_add_explicit(&g->tot_req, r->req, RELAXED);
+            g->last_active = now;
+            if (!m->has_redis) {
+                /* counters in memory only: the reserved part still feeds local enforcement */
+                if (r->day / 100 == g->lease_month)
+                    g->acked_rsv += (int64_t)r->rsv;
+                continue;
+            }
+            if (g->pend_idx >= 0 && m->pending.v[g->pend_idx].day == r->day) {
+                struct meter_rec *p = &m->pending.v[g->pend_idx];
+                p->in += r->in;
+                p->out += r->out;
+                p->req += r->req;
+                p->rsv += r->rsv;
+            } else if (vec_push(&m->pending, r) == 0) {
+                g->pend_idx = (ssize_t)m->pending.n - 1;
+            } else {
+                log_err_ratelimited("meter-oom", "%s: out of memory: counts of %s lost", __func__, g->name);
+            }
+        }
+        tmp.n = 0;
+        m->spare = tmp;
+    }
+    atomic_store_explicit(&m->st_pending_recs, m->pending.n, RELAXED);
+}
+
+static void batch_free(struct meter_batch *b)
+{
+    if (!b)
+        return;
+    if (b->argv)
+        for (int i = 2; i < b->argc; i++)
+            free(b->argv[i]);
+    free(b->argv);
+    free(b->lens);
+    free(b->recs);
+    free(b);
+}
+
+static char *str_of_u64(uint64_t v)
+{
+    char *s = NULL;
+    if (asprintf(&s, "%" PRIu64, v) < 0)
+        return NULL;
+    return s;
+}
+
+/* Builds a batch (argv included) from n records. */
+static struct meter_batch *batch_build(struct meter *m, const struct meter_rec *recs, size_t n)
+{
+    struct meter_batch *b = calloc(1, sizeof(*b));
+    if (!b)
+        return NULL;
+    b->seq = ++m->next_seq;
+    b->n = n;
+    b->recs = malloc(n * sizeof(*recs));
+    b->argc = 3 + 1 + 2 * (int)n + 2 + 3 * (int)n;
+    b->argv = calloc((size_t)b->argc, sizeof(char *));
+    b->lens = calloc((size_t)b->argc, sizeof(size_t));
+    if (!b->recs || !b->argv || !b->lens)
+        goto fail;
+    memcpy(b->recs, recs, n * sizeof(*recs));
+    int a = 2;
+    if (asprintf(&b->argv[a++], "%zu", 1 + 2 * n) < 0)
+        goto fail;
+    if (!(b->argv[a++] = key_build(m, "meter:applied", NULL, 0)))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (!(b->argv[a++] = key_build(m, "meter", recs[i].g->name, recs[i].day / 100)))
+            goto fail;
+        if (!(b->argv[a++] = key_build(m, "meter", recs[i].g->name, recs[i].day)))
+            goto fail;
+    }
+    if (!(b->argv[a++] = strdup(m->run_id)))
+        goto fail;
+    if (!(b->argv[a++] = str_of_u64(b->seq)))
+        goto fail;
+    for (size_t i = 0; i < n; i++) {
+        if (!(b->argv[a++] = str_of_u64(recs[i].in)) || !(b->argv[a++] = str_of_u64(recs[i].out)) ||
+            !(b->argv[a++] = str_of_u64(recs[i].req)))
+            goto fail;
+    }
+    for (int i = 2; i < b->argc; i++)
+        b->lens[i] = strlen(b->argv[i]);
+    return b;
+fail:
+    batch_free(b);
+    return NULL;
+}
+
+/* Cuts m->pending into batches when nothing is queued. */
+static void flusher_cut(struct meter *m)
+{
+    if (m->queue || m->pending.n == 0)
+        return;
+    for (size_t i = 0; i < m->pending.n; i++)
+        m->pending.v[i].g->pend_idx = -1;
+    size_t off = 0;
+    while (off < m->pending.n) {
+        size_t n = m->pending.n - off;
+        if (n > MAX_BATCH)
+            n = MAX_BATCH;
+        struct meter_batch *b = batch_build(m, m->pending.v + off, n);
+        if (!b) {
+            /* keep what was not cut for the next tick (indices rebuilt below) */
+            log_err_ratelimited("meter-oom-batch", "%s: out of memory building a batch", __func__);
+            break;
+        }
+        if (m->queue_tail)
+            m->queue_tail->next = b;
+        else
+            m->queue = b;
+        m->queue_tail = b;
+        off += n;
+    }
+    memmove(m->pending.v, m->pending.v + off, (m->pending.n - off) * sizeof(*m->pending.v));
+    m->pending.n -= off;
+    for (size_t i = 0; i < m->pending.n; i++)
+        m->pending.v[i].g->pend_idx = (ssize_t)i;
+    size_t q = 0;
+    for (struct meter_batch *b = m->queue; b; b = b->next)
+        q++;
+    atomic_store_explicit(&m->st_queued_batches, q, RELAXED);
+    atomic_store_explicit(&m->st_pending_recs, m->pending.n, RELAXED);
+}
+
+static void flusher_send(struct meter *m);
+static void flusher_check_final(struct meter *m);
+
+static void script_loaded_cb(void *arg, const struct redis_reply *r, const char *err)
+{
+    char *dst = arg;
+    size_t len = 0;
+    const char *s = (!err && r && redis_reply_type(r) == REDIS_T_STRING) ? redis_reply_str(r, &len) : NULL;
+    if (s && len == 40) {
+        memcpy(dst, s, 40);
+        dst[40] = 0;
+    }
+}
+
+static void scripts_load(struct meter *m)
+{
+    redis_cmdf(m->rc, script_loaded_cb, m->sha_flush, "SCRIPT LOAD %s", flush_lua);
+    redis_cmdf(m->rc, script_loaded_cb, m->sha_lease, "SCRIPT LOAD %s", lease_lua);
+}
+
+static int reply_is_noscript(const struct redis_reply *r)
+{
+    size_t len;
+    const char *s;
+    return r && redis_reply_type(r) == REDIS_T_ERROR && (s = redis_reply_str(r, &len)) &&
+           len >= 8 && strncmp(s, "NOSCRIPT", 8) == 0;
+}
+
+static void batch_reply(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct meter *m = arg;
+    struct meter_batch *b = m->queue;
+    if (!b)
+        return;
+    b->inflight = 0;
+    if (err || !r || redis_reply_type(r) != REDIS_T_INTEGER) {
+        if (reply_is_noscript(r)) {
+            m->sha_flush[0] = 0;   /* resend at once with EVAL, same seq */
+            if (m->rc)
+                scripts_load(m);
+            flusher_send(m);
+            return;
+        }
+        size_t len = 0;
+        const char *s = r ? redis_reply_str(r, &len) : NULL;
+        atomic_fetch_add_explicit(&m->st_flush_err, 1, RELAXED);
+        log_err_ratelimited("meter-flush", "%s: flush seq %" PRIu64 " failed (will retry): %s", __func__,
+                            b->seq, err ? err : s ? s : "unexpected reply");
+        flusher_check_final(m);
+        return;
+    }
+    if (redis_reply_int(r) == 0)
+        atomic_fetch_add_explicit(&m->st_flush_dup, 1, RELAXED);
+    atomic_fetch_add_explicit(&m->st_flush_ok, 1, RELAXED);
+    for (size_t i = 0; i < b->n; i++) {
+        struct meter_gt *g = b->recs[i].g;
+        if (b->recs[i].day / 100 == g->lease_month)
+            g->acked_rsv += (int64_t)b->recs[i].rsv;
+    }
+    m->queue = b->next;
+    if (!m->queue)
+        m->queue_tail = NULL;
+    batch_free(b);
+    size_t q = 0;
+    for (struct meter_batch *x = m->queue; x; x = x->next)
+        q++;
+    atomic_store_explicit(&m->st_queued_batches, q, RELAXED);
+    if (!m->queue && atomic_load_explicit(&m->stopping, RELAXED))
+        flusher_cut(m);   /* during the final flush, send what is left at once */
+    flusher_send(m);
+    flusher_check_final(m);
+}
+
+/* Sends the head of the queue unless it is already on its way. */
+static void flusher_send(struct meter *m)
+{
+    struct meter_batch *b = m->queue;
+    if (!b || b->inflight || !m->rc || !redis_conn_is_up(m->rc))
+        return;
+    if (m->sha_flush[0]) {
+        b->argv[0] = "EVALSHA";
+        b->argv[1] = m->sha_flush;
+    } else {
+        b->argv[0] = "EVAL";
+        b->argv[1] = (char *)flush_lua;
+    }
+    b->lens[0] = strlen(b->argv[0]);
+    b->lens[1] = strlen(b->argv[1]);
+    if (redis_cmd(m->rc, batch_reply, m, b->argc, (const char **)b->argv, b->lens) == 0) {
+        b->inflight = 1;
+        b->tries++;
+    }
+}
+
+/* ---------------------------------------------------------------- leases -- */
+
+static int current_month(void)
+{
+    return meter_utc_day(time(NULL)) / 100;
+}
+
+/* What this instance holds against the cap: unreserved lease + reserved bytes Redis has not counted yet. */
+static int64_t gt_held(struct meter_gt *g)
+{
+    int64_t avail = atomic_load_explicit(&g->avail, RELAXED);
+    if (avail < 0)
+        avail = 0;
+    int64_t unflushed = g->granted - avail - g->acked_rsv;
+    return avail + (unflushed > 0 ? unflushed : 0);
+}
+
+static int64_t gt_want(struct meter *m, struct meter_gt *g)
+{
+    /* About two flush intervals of traffic at the recent rate, at least 4 minimal slices. */
+    double w = g->rate * m->interval * 2;
+    int64_t want = w > 1e15 ? (int64_t)1e15 : (int64_t)w;
+    if (want < 4 * METER_MIN_SLICE)
+        want = 4 * METER_MIN_SLICE;
+    return want;
+}
+
+static void gt_set_low_water(struct meter *m, struct meter_gt *g)
+{
+    double lw = g->rate * m->interval / 2;
+    int64_t low = lw > 1e15 ? (int64_t)1e15 : (int64_t)lw;
+    if (low < METER_MIN_SLICE)
+        low = METER_MIN_SLICE;
+    atomic_store_explicit(&g->low_water, low, RELAXED);
+}
+
+/* Gives this month's lease state a fresh start (new month, or first sight). */
+static void gt_lease_reset(struct meter *m, struct meter_gt *g, int month)
+{
+    int64_t cap = atomic_load_explicit(&g->cap, RELAXED);
+    atomic_store_explicit(&g->avail, 0, RELAXED);
+    atomic_store_explicit(&g->over, 0, RELAXED);
+    g->granted = 0;
+    g->acked_rsv = 0;
+    g->lease_month = month;
+    g->lease_cap = cap;
+    g->usage_seen = 0;
+    /* A new month starts with the whole cap; with no history we know nothing. */
+    g->local_remaining = cap;
+    atomic_store_explicit(&g->known, !m->has_redis || g->last_lease > 0, RELAXED);
+}
+
+/* Local grant from the last known remaining budget (Redis absent or unreachable). */
+static void gt_local_grant(struct meter *m, struct meter_gt *g)
+{
+    if (!atomic_load_explicit(&g->known, RELAXED))
+        return;   /* never seen: meter_allow serves it */
+    int64_t slice = meter_lease_slice(g->local_remaining, 1, 1, METER_MIN_SLICE, gt_want(m, g));
+    if (slice > 0) {
+        g->local_remaining -= slice;
+        g->granted += slice;
+        atomic_fetch_add_explicit(&g->avail, slice, RELAXED);
+        atomic_store_explicit(&g->over, 0, RELAXED);
+    } else if (atomic_load_explicit(&g->avail, RELAXED) <= 0) {
+        atomic_store_explicit(&g->over, 1, RELAXED);
+    }
+}
+
+static void lease_reply(void *arg, const struct redis_reply *r, const char *err);
+
+struct lease_req {
+    struct meter_gt *g;
+    int month;
+    int release;
+    int64_t cap;
+};
+
+/* Sends a lease (or release) request for g.  0 sent, -1 not. */
+static int lease_send(struct meter *m, struct meter_gt *g, int release)
+{
+    if (!m->rc || !redis_conn_is_up(m->rc) || g->lease_inflight)
+        return -1;
+    struct lease_req *lr = malloc(sizeof(*lr));
+    if (!lr)
+        return -1;
+    lr->g = g;
+    lr->month = g->lease_month;
+    lr->release = release;
+    lr->cap = atomic_load_explicit(&g->cap, RELAXED);
+    int64_t held = gt_held(g);
+    char *k1 = key_build(m, "meter", g->name, g->lease_month);
+    char *k2 = key_build(m, "lease", g->name, g->lease_month);
+    char cap[32], helds[32], minsl[32], kk[16], want[32], ttl[32];
+    snprintf(cap, sizeof(cap), "%" PRId64, lr->cap);
+    snprintf(helds, sizeof(helds), "%" PRId64, held);
+    snprintf(minsl, sizeof(minsl), "%d", METER_MIN_SLICE);
+    snprintf(kk, sizeof(kk), "%d", METER_LEASE_K);
+    /* Ask for what tops the lease up to about two intervals of traffic: a
+     * periodic refresh of a well-stocked lease asks for 0 and only updates
+     * what we hold (and its expiry). */
+    int64_t w = gt_want(m, g) - atomic_load_explicit(&g->avail, RELAXED);
+    snprintf(want, sizeof(want), "%" PRId64, w > 0 ? w : 0);
+    snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
+    const char *argv[13] = { m->sha_lease[0] ? "EVALSHA" : "EVAL", m->sha_lease[0] ? m->sha_lease : lease_lua,
+                             "2", k1, k2, m->run_id, cap, helds, minsl, kk, want, ttl, release ? "1" : "0" };
+    size_t lens[13];
+    for (int i = 0; i < 13; i++)
+        lens[i] = argv[i] ? strlen(argv[i]) : 0;
+    int rc = -1;
+    if (k1 && k2 && redis_cmd(m->rc, lease_reply, lr, 13, argv, lens) == 0) {
+        rc = 0;
+        g->lease_inflight = 1;
+        g->last_lease = mono_now();
+        atomic_fetch_add_explicit(&m->st_lease_req, 1, RELAXED);
+        if (release)
+            m->final_pending += atomic_load_explicit(&m->stopping, RELAXED) ? 1 : 0;
+    } else {
+        free(lr);
+    }
+    free(k1);
+    free(k2);
+    return rc;
+}
+
+static void lease_reply(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct lease_req *lr = arg;
+    struct meter_gt *g = lr->g;
+    struct meter *m = g->m;
+    g->lease_inflight = 0;
+    int stopping = atomic_load_explicit(&m->stopping, RELAXED);
+    if (lr->release && stopping && m->final_pending > 0)
+        m->final_pending--;
+    if (err || !r || redis_reply_type(r) != REDIS_T_ARRAY || redis_reply_len(r) < 4) {
+        if (reply_is_noscript(r)) {
+            m->sha_lease[0] = 0;
+            if (m->rc)
+                scripts_load(m);
+        }
+        size_t len = 0;
+        const char *s = r ? redis_reply_str(r, &len) : NULL;
+        atomic_fetch_add_explicit(&m->st_lease_err, 1, RELAXED);
+        log_err_ratelimited("meter-lease", "%s: lease for %s failed: %s", __func__, g->name,
+                            err ? err : s ? s : "unexpected reply");
+        atomic_store_explicit(&g->renew, 1, RELAXED);   /* try again at the next chance */
+        free(lr);
+        flusher_check_final(m);
+        return;
+    }
+    int64_t slice = redis_reply_int(redis_reply_elem(r, 0));
+    int64_t rest = redis_reply_int(redis_reply_elem(r, 1));
+    int64_t usage = redis_reply_int(redis_reply_elem(r, 3));
+    if (lr->month != g->lease_month || lr->cap != g->lease_cap) {
+        /* The month or the cap changed while the request was on its way: the
+         * grant (if any) is still recorded in Redis as held by us; take it
+         * into account and ask again with the new state. */
+        if (slice > 0 && lr->month == g->lease_month) {
+            g->granted += slice;
+            atomic_fetch_add_explicit(&g->avail, slice, RELAXED);
+        }
+        atomic_store_explicit(&g->renew, 1, RELAXED);
+        free(lr);
+        poke(m);
+        return;
+    }
+    g->usage_seen = usage;
+    g->local_remaining = rest > 0 ? rest : 0;
+    atomic_store_explicit(&g->known, 1, RELAXED);
+    if (!lr->release) {
+        if (slice > 0) {
+            g->granted += slice;
+            atomic_fetch_add_explicit(&g->avail, slice, RELAXED);
+            atomic_fetch_add_explicit(&m->st_lease_granted_bytes, (uint64_t)slice, RELAXED);
+            atomic_store_explicit(&g->over, 0, RELAXED);
+        } else if (rest <= 0) {
+            atomic_fetch_add_explicit(&m->st_lease_denied, 1, RELAXED);
+            atomic_store_explicit(&g->over, 1, RELAXED);
+        }
+    }
+    free(lr);
+    /* A worker may have asked again while this request was on its way. */
+    if (atomic_load_explicit(&g->renew, RELAXED) && !stopping &&
+        atomic_load_explicit(&g->avail, RELAXED) < atomic_load_explicit(&g->low_water, RELAXED) &&
+        !atomic_load_explicit(&g->over, RELAXED)) {
+        atomic_store_explicit(&g->renew, 0, RELAXED);
+        lease_send(m, g, 0);
+    } else {
+        atomic_store_explicit(&g->renew, 0, RELAXED);
+    }
+    flusher_check_final(m);
+}
+
+/* Takes policy changes from the workers: capped list membership, cap changes. */
+static void flusher_policies(struct meter *m)
+{
+    pthread_mutex_lock(&m->gmu);
+    struct meter_gt *d = m->dirty;
+    m->dirty = NULL;
+    for (struct meter_gt *g = d; g; g = g->dirty_next)
+        g->on_dirty = 0;
+    pthread_mutex_unlock(&m->gmu);
+    int month = current_month();
+    while (d) {
+        struct meter_gt *g = d;
+        d = d->dirty_next;
+        int64_t cap = atomic_load_explicit(&g->cap, RELAXED);
+        if (cap >= 0 && !g->in_capped) {
+            g->in_capped = 1;
+            g->capped_next = m->capped;
+            m->capped = g;
+            gt_lease_reset(m, g, month);
+            g->last_active = mono_now();
+            atomic_store_explicit(&g->renew, 1, RELAXED);
+        } else if (cap >= 0 && cap != g->lease_cap) {
+            /* Cap changed: drop the local lease (what was not reserved goes
+             * back) and lease again against the new cap. */
+            int64_t back = atomic_exchange(&g->avail, 0);
+            if (back > 0)
+                g->granted -= back;
+            if (g->lease_cap >= 0)
+                g->local_remaining += cap - g->lease_cap + (back > 0 ? back : 0);
+            g->lease_cap = cap;
+            atomic_store_explicit(&g->renew, 1, RELAXED);
+            if (!m->has_redis || !atomic_load_explicit(&m->redis_up, RELAXED))
+                atomic_store_explicit(&g->over, g->local_remaining <= 0, RELAXED);
+        } else if (cap < 0 && g->in_capped) {
+            int64_t back = atomic_exchange(&g->avail, 0);
+            if (back > 0)
+                g->granted -= back;
+            atomic_store_explicit(&g->over, 0, RELAXED);
+            lease_send(m, g, 1);
+            g->lease_cap = -1;
+            /* stays on the capped list (cheap) until the sweep in flusher_leases drops it */
+        }
+    }
+}
+
+/*
+ * The lease pass, run at every tick and poke: month change, rate estimate,
+ * renewals, releases of idle leases, local grants when Redis is away.
+ */
+static void flusher_leases(struct meter *m, int tick)
+{
+    int month = current_month();
+    double now = mono_now();
+    int up = m->has_redis && m->rc && redis_conn_is_up(m->rc);
+    struct meter_gt **pp = &m->capped;
+    while (*pp) {
+        struct meter_gt *g = *pp;
+        int64_t cap = atomic_load_explicit(&g->cap, RELAXED);
+        if (cap < 0) {
+            if (!g->lease_inflight) {
+                *pp = g->capped_next;
+                g->in_capped = 0;
+                g->lease_cap = -1;
+                continue;
+            }
+            pp = &g->capped_next;
+            continue;
+        }
+        pp = &g->capped_next;
+        if (g->lease_month != month) {
+            int64_t back = atomic_exchange(&g->avail, 0);
+            (void)back;
+            gt_lease_reset(m, g, month);
+            atomic_store_explicit(&g->known, 1, RELAXED);   /* a new month: the whole cap remains */
+            atomic_store_explicit(&g->renew, 1, RELAXED);
+        }
+        if (tick) {
+            int64_t consumed = g->granted - atomic_load_explicit(&g->avail, RELAXED);
+            double inst = (double)(consumed - g->rate_prev_consumed) / m->interval;
+            if (inst < 0)
+                inst = 0;
+            g->rate = g->rate * 0.5 + inst * 0.5;
+            g->rate_prev_consumed = consumed;
+            gt_set_low_water(m, g);
+        }
+        int renew = atomic_load_explicit(&g->renew, RELAXED);
+        int64_t avail = atomic_load_explicit(&g->avail, RELAXED);
+        if (renew)
+            g->last_active = now;
+        int idle = now - g->last_active > LEASE_IDLE_S;
+        if (!up) {
+            if (renew || avail < atomic_load_explicit(&g->low_water, RELAXED)) {
+                atomic_store_explicit(&g->renew, 0, RELAXED);
+                gt_local_grant(m, g);
+            }
+            continue;
+        }
+        if (g->lease_inflight)
+            continue;
+        if (idle && avail > 0 && !renew) {
+            /* Give an idle lease back so that other instances can use it. */
+            int64_t back = atomic_exchange(&g->avail, 0);
+            if (back > 0)
+                g->granted -= back;
+            lease_send(m, g, 1);
+        } else if (renew || (tick && !idle) ||
+                   (avail < atomic_load_explicit(&g->low_water, RELAXED) && !atomic_load_explicit(&g->over, RELAXED))) {
+            atomic_store_explicit(&g->renew, 0, RELAXED);
+            if (lease_send(m, g, 0) != 0)
+                atomic_store_explicit(&g->renew, 1, RELAXED);
+        }
+    }
+}
+
+/* --------------------------------------------------------- flusher loop -- */
+
+static void redis_state(void *arg, int up)
+{
+    struct meter *m = arg;
+    atomic_store_explicit(&m->redis_up, up, RELAXED);
+    if (up) {
+        scripts_load(m);
+        /* anything that failed while Redis was away goes now (a command's
+         * in-flight flag is cleared only by its callback, which redis.c calls
+         * exactly once, so nothing is ever sent twice at the same time) */
+        flusher_cut(m);
+        flusher_send(m);
+        flusher_leases(m, 0);
+    } else {
+        log_warn("%s: redis unreachable: counts kept in memory, caps enforced with local counts", __func__);
+    }
+}
+
+static void flusher_run(struct meter *m, int tick)
+{
+    flusher_drain(m);
+    flusher_policies(m);
+    if (tick || atomic_load_explicit(&m->stopping, RELAXED)) {
+        flusher_cut(m);
+        flusher_send(m);
+    }
+    flusher_leases(m, tick);
+}
+
+static void flusher_tick_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct meter *m = arg;
+    if (!atomic_load_explicit(&m->stopping, RELAXED)) {
+        flusher_run(m, 1);
+        return;
+    }
+    flusher_check_final(m);
+}
+
+static void flusher_poke_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct meter *m = arg;
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof(v));
+    (void)r;
+    if (atomic_load_explicit(&m->stopping, RELAXED)) {
+        if (m->final_phase == 0) {
+            /* Final flush: everything the workers handed off goes now. */
+            m->final_phase = 1;
+            flusher_drain(m);
+            flusher_policies(m);
+            flusher_cut(m);
+            flusher_send(m);
+            struct timeval tv = { 0, 50000 };
+            event_del(m->tick_ev);
+            event_add(m->tick_ev, &tv);
+        }
+        flusher_check_final(m);
+        return;
+    }
+    flusher_run(m, 0);
+}
+
+/*
+ * Progress of the graceful stop: 1 = sending the last batches, 2 = giving
+ * leases back and forgetting our applied seq, 3 = done.  Gives up at the
+ * deadline (what is not acknowledged is logged as lost).
+ */
+static void flusher_check_final(struct meter *m)
+{
+    if (!atomic_load_explicit(&m->stopping, RELAXED) || m->final_phase == 0 || m->final_phase == 3)
+        return;
+    int up = m->rc && redis_conn_is_up(m->rc);
+    if (m->final_phase == 1) {
+        if (m->queue && up)
+            flusher_send(m);
+        if (!m->queue && m->pending.n == 0) {
+            m->final_phase = 2;
+            if (up) {
+                for (struct meter_gt *g = m->capped; g; g = g->capped_next) {
+                    int64_t back = atomic_exchange(&g->avail, 0);
+                    if (back > 0)
+                        g->granted -= back;
+                    g->lease_inflight = 0;
+                    lease_send(m, g, 1);
+                }
+                char *k = key_build(m, "meter:applied", NULL, 0);
+                /* no batch of this run can arrive any more: forget its seq */
+                if (k)
+                    redis_cmdf(m->rc, NULL, NULL, "HDEL %s %s", k, m->run_id);
+                free(k);
+            }
+        }
+    }
+    if (m->final_phase == 2 && (m->final_pending <= 0 || !up))
+        m->final_phase = 3;
+    if (m->final_phase == 3 || mono_now() > m->stop_deadline || !m->has_redis) {
+        if (m->final_phase != 3 && (m->queue || m->pending.n)) {
+            uint64_t lost_recs = m->pending.n;
+            for (struct meter_batch *b = m->queue; b; b = b->next)
+                lost_recs += b->n;
+            log_err("%s: stop deadline passed: %" PRIu64 " unflushed meter records lost", __func__, lost_recs);
+        }
+        m->final_phase = 3;
+        event_base_loopbreak(m->base);
+    }
+}
+
+static void *flusher_main(void *arg)
+{
+    struct meter *m = arg;
+    event_base_dispatch(m->base);
+    return NULL;
+}
+
+void meter_stop(struct meter *m, double timeout_s)
+{
+    if (!m)
+        return;
+    if (m->started) {
+        m->stop_deadline = mono_now() + (timeout_s > 0 ? timeout_s : 0);
+        atomic_store_explicit(&m->stopping, 1, RELAXED);
+        poke(m);
+        pthread_join(m->th, NULL);
+    }
+    if (m->rc)
+        redis_conn_free(m->rc);
+    if (m->tick_ev)
+        event_free(m->tick_ev);
+    if (m->poke_ev)
+        event_free(m->poke_ev);
+    if (m->base)
+        event_base_free(m->base);
+    if (m->poke_fd >= 0)
+        close(m->poke_fd);
+    while (m->queue) {
+        struct meter_batch *b = m->queue;
+        m->queue = b->next;
+        batch_free(b);
+    }
+    free(m->pending.v);
+    free(m->spare.v);
+    for (int i = 0; i < m->n_workers; i++) {
+        free(m->ho[i].vec.v);
+        pthread_mutex_destroy(&m->ho[i].mu);
+    }
+    free(m->ho);
+    struct meter_gt *g = m->gall;
+    while (g) {
+        struct meter_gt *nx = g->all_next;
+        free(g->name);
+        free(g);
+        g = nx;
+    }
+    free(m->gtab);
+    pthread_mutex_destroy(&m->gmu);
+    free(m);
+}
+
+/* ---------------------------------------------------------------- /metrics -- */
+
+int meter_tenant_totals(struct meter *m, const char *tenant, uint64_t *bytes_in, uint64_t *bytes_out,
+                        uint64_t *requests)
+{
+    pthread_mutex_lock(&m->gmu);
+    struct meter_gt *g = gt_find_locked(m, tenant, hash_str(tenant));
+    if (g) {
+        *bytes_in = atomic_load_explicit(&g->tot_in, RELAXED);
+        *bytes_out = atomic_load_explicit(&g->tot_out, RELAXED);
+        *requests = atomic_load_explicit(&g->tot_req, RELAXED);
+    }
+    pthread_mutex_unlock(&m->gmu);
+    return g ? 0 : -1;
+}
+
+void meter_write_metrics(FILE *f, void *arg)
+{
+    struct meter *m = arg;
+    char esc[1024];
+    pthread_mutex_lock(&m->gmu);
+    fprintf(f, "# HELP tollgate_tenant_bytes_total Bytes metered per tenant (handed to the flusher).\n"
+               "# TYPE tollgate_tenant_bytes_total counter\n");
+    for (struct meter_gt *g = m->gall; g; g = g->all_next) {
+        meter_escape_label(g->name, esc, sizeof(esc));
+        fprintf(f, "tollgate_tenant_bytes_total{tenant=\"%s\",direction=\"in\"} %" PRIu64 "\n", esc,
+                atomic_load_explicit(&g->tot_in, RELAXED));
+        fprintf(f, "tollgate_tenant_bytes_total{tenant=\"%s\",direction=\"out\"} %" PRIu64 "\n", esc,
+                atomic_load_explicit(&g->tot_out, RELAXED));
+    }
+    fprintf(f, "# HELP tollgate_tenant_requests_total Requests metered per tenant.\n"
+               "# TYPE tollgate_tenant_requests_total counter\n");
+    for (struct meter_gt *g = m->gall; g; g = g->all_next) {
+        meter_escape_label(g->name, esc, sizeof(esc));
+        fprintf(f, "tollgate_tenant_requests_total{tenant=\"%s\"} %" PRIu64 "\n", esc,
+                atomic_load_explicit(&g->tot_req, RELAXED));
+    }
+    fprintf(f, "# HELP tollgate_tenant_over_cap 1 while the tenant is over its cap on this instance.\n"
+               "# TYPE tollgate_tenant_over_cap gauge\n");
+    for (struct meter_gt *g = m->gall; g; g = g->all_next) {
+        if (atomic_load_explicit(&g->cap, RELAXED) < 0)
+            continue;
+        meter_escape_label(g->name, esc, sizeof(esc));
+        fprintf(f, "tollgate_tenant_over_cap{tenant=\"%s\"} %d\n", esc,
+                atomic_load_explicit(&g->over, RELAXED) && atomic_load_explicit(&g->avail, RELAXED) <= 0);
+    }
+    pthread_mutex_unlock(&m->gmu);
+    fprintf(f, "# TYPE tollgate_meter_flushes_total counter\ntollgate_meter_flushes_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_flush_ok, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_flush_duplicates_total counter\n"
+               "tollgate_meter_flush_duplicates_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_flush_dup, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_flush_errors_total counter\ntollgate_meter_flush_errors_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_flush_err, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_pending_records gauge\ntollgate_meter_pending_records %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_pending_recs, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_queued_batches gauge\ntollgate_meter_queued_batches %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_queued_batches, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_lease_requests_total counter\n"
+               "tollgate_meter_lease_requests_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_lease_req, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_lease_errors_total counter\ntollgate_meter_lease_errors_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_lease_err, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_lease_denied_total counter\ntollgate_meter_lease_denied_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_lease_denied, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_lease_granted_bytes_total counter\n"
+               "tollgate_meter_lease_granted_bytes_total %" PRIu64 "\n",
+            atomic_load_explicit(&m->st_lease_granted_bytes, RELAXED));
+    fprintf(f, "# TYPE tollgate_meter_redis_up gauge\ntollgate_meter_redis_up %d\n",
+            atomic_load_explicit(&m->redis_up, RELAXED));
+}

@@ -61,4 +61,50 @@ size_t meter_allow(struct meter_tenant *t, size_t want, unsigned *retry_ms);
 /* Prometheus text for per-tenant counters (registered as a metrics writer). */
 void meter_write_metrics(FILE *f, void *m);
 
+/* ---- Additions (not used by the engine): introspection and pure helpers,
+ * exposed so that unit tests and tollgate-ctl can reach them. ---- */
+
+/* Default lease tuning: smallest slice, and k in remaining / (k * instances). */
+#define METER_MIN_SLICE   (64 * 1024)
+#define METER_LEASE_K     4
+
+/*
+ * Size of a lease slice: max(min_slice, remaining / (k * active)), then no
+ * more than want and never more than remaining (0 when remaining <= 0).
+ * The same arithmetic runs inside the lease Lua script.
+ */
+int64_t meter_lease_slice(int64_t remaining, int64_t active, int64_t k, int64_t min_slice, int64_t want);
+
+/* Token bucket: tokens after elapsed_ns at rate bytes/s, capped at burst. */
+int64_t meter_tb_refill(int64_t tokens, int64_t elapsed_ns, int64_t rate, int64_t burst);
+/* Milliseconds until deficit bytes are refilled at rate (1..1000). */
+unsigned meter_tb_retry_ms(int64_t deficit, int64_t rate);
+/* Bucket depth used for a rate: rate / 20 (50 ms of traffic), at least 4 KiB. */
+int64_t meter_tb_burst(int64_t rate);
+
+/* UTC calendar day of t as YYYYMMDD, and the start of the next UTC day. */
+int meter_utc_day(int64_t t);
+int64_t meter_next_utc_day(int64_t t);
+
+/* Escapes a Prometheus label value (\ \" \n) into out; returns out. */
+char *meter_escape_label(const char *s, char *out, size_t outlen);
+
+/* Hands the worker's pending deltas to the flusher now (the timer does it every flush interval). */
+void meter_worker_tick(struct meter_worker *mw);
+
+/*
+ * Totals the process has counted for tenant since start (what /metrics shows;
+ * they include deltas handed off but not yet in Redis).  0, or -1 if unknown.
+ * Thread-safe.
+ */
+int meter_tenant_totals(struct meter *m, const char *tenant, uint64_t *bytes_in, uint64_t *bytes_out,
+                        uint64_t *requests);
+
+/* The run id that keys this process's flushes and leases in Redis. */
+const char *meter_run_id(const struct meter *m);
+
+/* The Lua sources of the flush and lease scripts (documentation, tests). */
+const char *meter_flush_lua(void);
+const char *meter_lease_lua(void);
+
 #endif
