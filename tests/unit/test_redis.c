@@ -31,6 +31,7 @@
 #include <event2/event.h>
 
 #include "routing/redis.h"
+#include "routing/schema.h"
 #include "tests/unit/tests.h"
 
 /* ---- redis-server processes ---- */
@@ -757,6 +758,147 @@ START_TEST(redis_sync_client_down)
 }
 END_TEST
 
+/* ---- schema (key layout, value checks) ---- */
+
+START_TEST(schema_keys)
+{
+    char k[SCHEMA_KEY_MAX];
+    ck_assert_int_eq(schema_key_domain(k, sizeof(k), "tg:", "example.com", 11), 21);
+    ck_assert_str_eq(k, "tg:domain:example.com");
+    ck_assert_int_gt(schema_key_wildcard(k, sizeof(k), "tg:", "example.com", 11), 0);
+    ck_assert_str_eq(k, "tg:domain:*.example.com");
+    ck_assert_int_gt(schema_key_paths(k, sizeof(k), "x/", "*.example.com", 13), 0);
+    ck_assert_str_eq(k, "x/paths:*.example.com");
+    ck_assert_int_gt(schema_key_patterns(k, sizeof(k), "tg:"), 0);
+    ck_assert_str_eq(k, "tg:patterns");
+    ck_assert_int_gt(schema_key_tenant(k, sizeof(k), "tg:", "acme", 4), 0);
+    ck_assert_str_eq(k, "tg:tenant:acme");
+    ck_assert_int_gt(schema_key_meter(k, sizeof(k), "tg:", "acme", 4, "202402"), 0);
+    ck_assert_str_eq(k, "tg:meter:acme:202402");
+    /* 2024-02-29 23:59:59 UTC */
+    ck_assert_int_gt(schema_key_meter_month(k, sizeof(k), "tg:", "acme", 4, (time_t)1709251199), 0);
+    ck_assert_str_eq(k, "tg:meter:acme:202402");
+    ck_assert_int_gt(schema_key_meter_day(k, sizeof(k), "tg:", "acme", 4, (time_t)1709251199), 0);
+    ck_assert_str_eq(k, "tg:meter:acme:20240229");
+    ck_assert_int_gt(schema_key_meter_day(k, sizeof(k), "tg:", "acme", 4, (time_t)1709251200), 0);
+    ck_assert_str_eq(k, "tg:meter:acme:20240301");
+    ck_assert_int_gt(schema_key_cert(k, sizeof(k), "tg:", "*.a.b", 5), 0);
+    ck_assert_str_eq(k, "tg:cert:*.a.b");
+    ck_assert_int_gt(schema_key_acme(k, sizeof(k), "tg:", "abc-_XYZ09", 10), 0);
+    ck_assert_str_eq(k, "tg:acme:abc-_XYZ09");
+    ck_assert_int_eq(schema_key_acme(k, sizeof(k), "tg:", "a/b", 3), -1);
+    ck_assert_int_gt(schema_channel_events(k, sizeof(k), "tg:"), 0);
+    ck_assert_str_eq(k, "tg:events");
+    ck_assert_int_gt(schema_key_domain(k, sizeof(k), "", "h", 1), 0);
+    ck_assert_str_eq(k, "domain:h");
+
+    /* Does not fit / bad input. */
+    ck_assert_int_eq(schema_key_domain(k, 10, "tg:", "example.com", 11), -1);
+    ck_assert_int_eq(schema_key_domain(k, sizeof(k), "tg:", "", 0), -1);
+    ck_assert_int_eq(schema_key_domain(k, sizeof(k), "tg:", "a b", 3), -1);
+    ck_assert_int_eq(schema_key_domain(k, sizeof(k), "t g", "a", 1), -1);
+    ck_assert_int_eq(schema_key_tenant(k, sizeof(k), "tg:", "", 0), -1);
+    ck_assert_int_eq(schema_key_meter(k, sizeof(k), "tg:", "a", 1, "202413"), -1);
+    ck_assert_int_eq(schema_key_meter(k, sizeof(k), "tg:", "a", 1, "20230229"), -1);
+    ck_assert(schema_period_valid("20240229"));
+    ck_assert(!schema_period_valid("2024022"));
+
+    /* Families: tracking prefixes and SCAN globs (prefix glob characters escaped). */
+    ck_assert_int_gt(schema_key_family(k, sizeof(k), "tg:", SCHEMA_K_DOMAIN, 0), 0);
+    ck_assert_str_eq(k, "tg:domain:");
+    ck_assert_int_gt(schema_key_family(k, sizeof(k), "t*g[", SCHEMA_K_DOMAIN, 1), 0);
+    ck_assert_str_eq(k, "t\\*g\\[domain:*");
+    const char *rest;
+    size_t rl;
+    ck_assert_str_eq(schema_key_split("tg:", "tg:domain:x.y", 13, &rest, &rl), SCHEMA_K_DOMAIN);
+    ck_assert_uint_eq(rl, 3);
+    ck_assert_int_eq(memcmp(rest, "x.y", 3), 0);
+    ck_assert_str_eq(schema_key_split("tg:", "tg:patterns", 11, &rest, &rl), SCHEMA_K_PATTERNS);
+    ck_assert_ptr_null(schema_key_split("tg:", "tg:patternsx", 12, &rest, &rl));
+    ck_assert_ptr_null(schema_key_split("tg:", "xx:domain:a", 11, &rest, &rl));
+
+    /* Events. */
+    ck_assert_int_gt(schema_event_format(k, sizeof(k), SCHEMA_EV_DOMAIN, "a.com", 5), 0);
+    ck_assert_str_eq(k, "domain a.com");
+    ck_assert_int_eq(schema_event_parse(k, strlen(k), &rest, &rl), SCHEMA_EV_DOMAIN);
+    ck_assert_uint_eq(rl, 5);
+    ck_assert_int_gt(schema_event_format(k, sizeof(k), SCHEMA_EV_PATTERNS, NULL, 0), 0);
+    ck_assert_str_eq(k, "patterns");
+    ck_assert_int_eq(schema_event_parse("patterns", 8, &rest, &rl), SCHEMA_EV_PATTERNS);
+    ck_assert_int_eq(schema_event_parse("tenant acme", 11, &rest, &rl), SCHEMA_EV_TENANT);
+    ck_assert_int_eq(schema_event_parse("domain", 6, &rest, &rl), -1);
+    ck_assert_int_eq(schema_event_parse("bogus x", 7, &rest, &rl), -1);
+}
+END_TEST
+
+START_TEST(schema_values)
+{
+    char err[256];
+    static const char *good[] = { "10.0.0.1:80", "a:1", "[::1]:8080", "app.internal:65535", "a:1, b:2",
+                                  "x:1,y:2,z:3" };
+    static const int goodn[] = { 1, 1, 1, 1, 2, 3 };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++)
+        ck_assert_msg(schema_backends_check(good[i], strlen(good[i]), err, sizeof(err)) == goodn[i], "%s: %s",
+                      good[i], err);
+    static const char *bad[] = { "", "a", "a:", ":80", "a:0", "a:65536", "a:1,", ",a:1", "a:1,,b:2", "a b:1",
+                                 "[::1]", "a:1x" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        err[0] = '\0';
+        ck_assert_msg(schema_backends_check(bad[i], strlen(bad[i]), err, sizeof(err)) == -1, "accepted %s", bad[i]);
+        ck_assert(err[0]);
+    }
+    char many[1024] = "";
+    for (int i = 0; i < 65; i++)
+        snprintf(many + strlen(many), sizeof(many) - strlen(many), "%sh:%d", i ? "," : "", i + 1);
+    ck_assert_int_eq(schema_backends_check(many, strlen(many), err, sizeof(err)), -1);
+
+    ck_assert_int_eq(schema_lb_parse("round_robin", 11), 0);
+    ck_assert_int_eq(schema_lb_parse("least_conn", 10), 1);
+    ck_assert_int_eq(schema_lb_parse("random", 6), -1);
+    ck_assert_str_eq(schema_lb_name(1), "least_conn");
+    ck_assert_int_eq(schema_cap_action_parse("block", 5), 0);
+    ck_assert_int_eq(schema_cap_action_parse("throttle", 8), 1);
+    ck_assert_int_eq(schema_cap_action_parse("Block", 5), -1);
+    ck_assert_int_eq(schema_flag_parse("1", 1), 1);
+    ck_assert_int_eq(schema_flag_parse("0", 1), 0);
+    ck_assert_int_eq(schema_flag_parse("yes", 3), -1);
+    int64_t v;
+    ck_assert_int_eq(schema_u64_parse("9223372036854775807", 19, &v), 0);
+    ck_assert(v == INT64_MAX);
+    ck_assert_int_eq(schema_u64_parse("9223372036854775808", 19, &v), -1);
+    ck_assert_int_eq(schema_u64_parse("-1", 2, &v), -1);
+    ck_assert_int_eq(schema_u64_parse("", 0, &v), -1);
+    ck_assert_int_eq(schema_u64_parse("1 ", 2, &v), -1);
+    ck_assert(schema_tenant_valid("acme-1", 6));
+    ck_assert(!schema_tenant_valid("a b", 3));
+
+    struct schema_pattern_line pl;
+    const char *line = "^pr-(\\d+)\\.preview\\.example\\.com$  acme   pr-$1.internal:8080";
+    ck_assert_int_eq(schema_pattern_split(line, strlen(line), &pl, err, sizeof(err)), 0);
+    ck_assert_uint_eq(pl.tenant_len, 4);
+    ck_assert_int_eq(memcmp(pl.tmpl, "pr-$1.internal:8080", pl.tmpl_len), 0);
+    ck_assert_int_eq(schema_pattern_split("^x$ acme", 8, &pl, err, sizeof(err)), -1);
+    ck_assert_int_eq(schema_pattern_split("^x$ acme ${a:1", 14, &pl, err, sizeof(err)), -1);
+    char buf[256];
+    ck_assert_int_gt(schema_pattern_format(buf, sizeof(buf), "^(.+)\\.x$", "t", "${1}.b:80"), 0);
+    ck_assert_str_eq(buf, "^(.+)\\.x$ t ${1}.b:80");
+    ck_assert_int_eq(schema_pattern_format(buf, sizeof(buf), "^a b$", "t", "b:80"), -1);
+
+    struct schema_path_line ph;
+    ck_assert_int_eq(schema_path_split("/api 10.0.0.1:80,10.0.0.2:80", 28, &ph, err, sizeof(err)), 0);
+    ck_assert(!ph.is_regex);
+    ck_assert_uint_eq(ph.match_len, 4);
+    ck_assert_uint_eq(ph.backends_len, 23);
+    ck_assert_int_eq(schema_path_split("~^/v[0-9]+/ b:1", 15, &ph, err, sizeof(err)), 0);
+    ck_assert(ph.is_regex);
+    ck_assert_int_eq(memcmp(ph.match, "^/v[0-9]+/", ph.match_len), 0);
+    ck_assert_int_eq(schema_path_split("api b:1", 7, &ph, err, sizeof(err)), -1);
+    ck_assert_int_eq(schema_path_split("/api", 4, &ph, err, sizeof(err)), -1);
+    ck_assert_int_eq(schema_path_split("/api bad", 8, &ph, err, sizeof(err)), -1);
+    ck_assert_int_eq(schema_path_split("~ b:1", 5, &ph, err, sizeof(err)), -1);
+}
+END_TEST
+
 Suite *redis_suite(void)
 {
     Suite *s = suite_create("redis");
@@ -772,5 +914,9 @@ Suite *redis_suite(void)
     tcase_add_test(tc, redis_free_inside_callbacks);
     tcase_add_test(tc, redis_subscribe);
     suite_add_tcase(s, tc);
+    TCase *ts = tcase_create("schema");
+    tcase_add_test(ts, schema_keys);
+    tcase_add_test(ts, schema_values);
+    suite_add_tcase(s, ts);
     return s;
 }
