@@ -244,6 +244,8 @@ static size_t format_time(char *buf, size_t size)
  * (newline included).  Too long messages end in "...".
  */
 static size_t format_line(char *line, int level, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
+static size_t format_line(char *line, int level, const char *fmt, va_list ap)
 {
     char msg[LOG_LINE_MAX];
     size_t o, i, len;
@@ -280,6 +282,7 @@ static size_t format_line(char *line, int level, const char *fmt, va_list ap)
     return o;
 }
 
+static void log_vmsg(int level, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void log_vmsg(int level, const char *fmt, va_list ap)
 {
     char line[LOG_LINE_MAX + 8];
