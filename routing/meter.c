@@ -510,6 +510,7 @@ static struct meter_gt *gt_get(struct meter *m, const char *name, uint32_t h, co
         g->lease_cap = -1;
         g->lease_month = 0;
         gt_store_policy(g, p);
+        atomic_store_explicit(&g->known, !m->has_redis, RELAXED);
         if (m->gcount + 1 > m->gcap)
             gt_grow_locked(m);
         g->next = m->gtab[h & (m->gcap - 1)];
@@ -560,13 +561,18 @@ struct meter *meter_new(const struct tg_config *cfg, int n_workers, char *err, s
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
     long long start_ms = (long long)rt.tv_sec * 1000 + rt.tv_nsec / 1000000;
+    static _Atomic int meters_made;
+    int nth = atomic_fetch_add(&meters_made, 1);
+    char suffix[16] = "";
+    if (nth > 0)
+        snprintf(suffix, sizeof(suffix), ".%d", nth);   /* several meters in one process (tests) */
     if (cfg->instance_id && cfg->instance_id[0]) {
-        snprintf(m->run_id, sizeof(m->run_id), "%s:%lld", cfg->instance_id, start_ms);
+        snprintf(m->run_id, sizeof(m->run_id), "%s:%lld%s", cfg->instance_id, start_ms, suffix);
     } else {
         char host[128] = "localhost";
         gethostname(host, sizeof(host) - 1);
         host[sizeof(host) - 1] = 0;
-        snprintf(m->run_id, sizeof(m->run_id), "%s:%ld:%lld", host, (long)getpid(), start_ms);
+        snprintf(m->run_id, sizeof(m->run_id), "%s:%ld:%lld%s", host, (long)getpid(), start_ms, suffix);
     }
 
     m->ho = calloc((size_t)n_workers, sizeof(*m->ho));
@@ -950,8 +956,10 @@ size_t meter_allow(struct meter_tenant *t, size_t want, unsigned *retry_ms)
         return 0;   /* block: cut */
     }
     struct meter *m = t->mw->m;
-    if (!atomic_load_explicit(&g->known, RELAXED) &&
-        (!m->started || !atomic_load_explicit(&m->redis_up, RELAXED)))
+    if (!m->started)
+        return want;   /* no flusher (tests, start-up): nothing can lease */
+    if (m->has_redis && !atomic_load_explicit(&g->known, RELAXED) &&
+        !atomic_load_explicit(&m->redis_up, RELAXED))
         return want;   /* never seen and Redis unreachable: serve (docs/metering.md) */
     mark_active(t);
     if (!atomic_exchange(&g->renew, 1))
