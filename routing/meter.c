@@ -47,6 +47,7 @@
 #include "proxy/metrics.h"
 #include "routing/meter.h"
 #include "routing/redis.h"
+#include "routing/schema.h"
 
 #define MAX_BATCH          1000      /* (tenant, day) records per flush script call */
 #define LEASE_TTL_MS       30000     /* a lease field not refreshed for this long is ignored */
@@ -87,6 +88,7 @@ struct meter_gt {
 
     /* Flusher only. */
     ssize_t pend_idx;             /* index of its latest record in m->pending, -1 */
+    int bad_name;                 /* not a valid tenant id for a Redis key: counted in memory only */
     int in_capped;
     struct meter_gt *capped_next;
     int64_t lease_cap;            /* cap the lease state was computed for */
@@ -411,16 +413,38 @@ static int vec_push(struct meter_vec *v, const struct meter_rec *r)
     return 0;
 }
 
-/* Writes "<prefix>meter:<tenant>:<suffix>" (or another kind) into a new string. */
-static char *key_build(const struct meter *m, const char *kind, const char *tenant, int date)
+/*
+ * Key names, as new strings (NULL when they do not fit).  The usage keys come
+ * from routing/schema.h.  The two keys the meter adds to the contract's
+ * schema (docs/metering.md, CONTRACT.md) are built here:
+ *   <p>meter:applied           HASH  run id -> last applied flush seq
+ *   <p>lease:<tenant>:<YYYYMM> HASH  run id -> "<held bytes>:<expiry ms>"
+ */
+#define METER_K_APPLIED "meter:applied"
+#define METER_K_LEASE   "lease:"
+
+static char *key_usage(const struct meter *m, const char *tenant, int date)
+{
+    char buf[SCHEMA_KEY_MAX], period[16];
+    snprintf(period, sizeof(period), "%d", date);
+    if (schema_key_meter(buf, sizeof(buf), m->prefix, tenant, strlen(tenant), period) < 0)
+        return NULL;
+    return strdup(buf);
+}
+
+static char *key_lease(const struct meter *m, const char *tenant, int month)
 {
     char *k = NULL;
-    if (tenant) {
-        if (asprintf(&k, "%s%s:%s:%d", m->prefix, kind, tenant, date) < 0)
-            return NULL;
-    } else if (asprintf(&k, "%s%s", m->prefix, kind) < 0) {
+    if (asprintf(&k, "%s" METER_K_LEASE "%s:%d", m->prefix, tenant, month) < 0)
         return NULL;
-    }
+    return k;
+}
+
+static char *key_applied(const struct meter *m)
+{
+    char *k = NULL;
+    if (asprintf(&k, "%s" METER_K_APPLIED, m->prefix) < 0)
+        return NULL;
     return k;
 }
 
@@ -506,6 +530,7 @@ static struct meter_gt *gt_get(struct meter *m, const char *name, uint32_t h, co
         }
         g->m = m;
         g->hash = h;
+        g->bad_name = !schema_tenant_valid(name, strlen(name));
         g->pend_idx = -1;
         g->lease_cap = -1;
         g->lease_month = 0;
@@ -988,7 +1013,10 @@ static void flusher_drain(struct meter *m)
             atomic_fetch_add_explicit(&g->tot_out, r->out, RELAXED);
             atomic_fetch_add_explicit(&g->tot_req, r->req, RELAXED);
             g->last_active = now;
-            if (!m->has_redis) {
+            if (!m->has_redis || g->bad_name) {
+                if (g->bad_name)
+                    log_err_ratelimited("meter-bad-tenant", "%s: tenant id \"%.64s\" cannot be a Redis key: "
+                                        "counted in /metrics only", __func__, g->name);
                 /* counters in memory only: the reserved part still feeds local enforcement */
                 if (r->day / 100 == g->lease_month)
                     g->acked_rsv += (int64_t)r->rsv;
@@ -1051,12 +1079,12 @@ static struct meter_batch *batch_build(struct meter *m, const struct meter_rec *
     int a = 2;
     if (asprintf(&b->argv[a++], "%zu", 1 + 2 * n) < 0)
         goto fail;
-    if (!(b->argv[a++] = key_build(m, "meter:applied", NULL, 0)))
+    if (!(b->argv[a++] = key_applied(m)))
         goto fail;
     for (size_t i = 0; i < n; i++) {
-        if (!(b->argv[a++] = key_build(m, "meter", recs[i].g->name, recs[i].day / 100)))
+        if (!(b->argv[a++] = key_usage(m, recs[i].g->name, recs[i].day / 100)))
             goto fail;
-        if (!(b->argv[a++] = key_build(m, "meter", recs[i].g->name, recs[i].day)))
+        if (!(b->argv[a++] = key_usage(m, recs[i].g->name, recs[i].day)))
             goto fail;
     }
     if (!(b->argv[a++] = strdup(m->run_id)))
@@ -1296,8 +1324,8 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     lr->release = release;
     lr->cap = atomic_load_explicit(&g->cap, RELAXED);
     int64_t held = gt_held(g);
-    char *k1 = key_build(m, "meter", g->name, g->lease_month);
-    char *k2 = key_build(m, "lease", g->name, g->lease_month);
+    char *k1 = key_usage(m, g->name, g->lease_month);
+    char *k2 = key_lease(m, g->name, g->lease_month);
     char cap[32], helds[32], minsl[32], kk[16], want[32], ttl[32];
     snprintf(cap, sizeof(cap), "%" PRId64, lr->cap);
     snprintf(helds, sizeof(helds), "%" PRId64, held);
@@ -1599,7 +1627,7 @@ static void flusher_check_final(struct meter *m)
                     g->lease_inflight = 0;
                     lease_send(m, g, 1);
                 }
-                char *k = key_build(m, "meter:applied", NULL, 0);
+                char *k = key_applied(m);
                 /* no batch of this run can arrive any more: forget its seq */
                 if (k)
                     redis_cmdf(m->rc, NULL, NULL, "HDEL %s %s", k, m->run_id);
