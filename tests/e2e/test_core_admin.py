@@ -117,10 +117,15 @@ def test_access_log_one_line_per_request():
 
 
 def test_error_log_levels():
-    with Tollgate(log_level="debug") as tg:
-        pass
-    text = tg.log_text()
-    assert text.strip(), "nothing logged at debug level"
+    with Backend("b1") as b:
+        with Tollgate(routes=["app.test=" + b.addr], log_level="debug") as tg:
+            assert http(tg.port, "GET", "/echo", "app.test")[0] == 200
+            wait_until(lambda: "[debug]" in tg.log_text(), 3, "a debug line")
+        with Tollgate(routes=["app.test=" + b.addr], log_level="err") as tg:
+            assert http(tg.port, "GET", "/echo", "app.test")[0] == 200
+            time.sleep(0.3)
+            for level in ("[debug]", "[info]"):
+                assert level not in tg.log_text(), tg.log_text()
 
 
 def test_check_config_good():

@@ -161,8 +161,7 @@ def test_websocket_client_echo():
     import websockets
 
     async def run(port):
-        async with websockets.connect("ws://127.0.0.1:%d/ws" % port, extra_headers={"Host": "app.test"},
-                                      max_size=None) as ws:
+        async with websockets.connect("ws://app.test:%d/ws" % port, host="127.0.0.1", max_size=None) as ws:
             for msg in ("hello", "x" * 70000, "ünïcödé"):
                 await ws.send(msg)
                 assert await ws.recv() == msg
@@ -181,8 +180,7 @@ def test_websocket_lives_past_read_timeout_while_idle_pings_flow():
     import websockets
 
     async def run(port):
-        async with websockets.connect("ws://127.0.0.1:%d/ws" % port, extra_headers={"Host": "app.test"},
-                                      ping_interval=None) as ws:
+        async with websockets.connect("ws://app.test:%d/ws" % port, host="127.0.0.1", ping_interval=None) as ws:
             t0 = time.monotonic()
             i = 0
             while time.monotonic() - t0 < 3.5:
@@ -199,7 +197,7 @@ def test_websocket_many_parallel():
     import websockets
 
     async def one(port, k):
-        async with websockets.connect("ws://127.0.0.1:%d/ws" % port, extra_headers={"Host": "app.test"}) as ws:
+        async with websockets.connect("ws://app.test:%d/ws" % port, host="127.0.0.1") as ws:
             for i in range(20):
                 await ws.send("%d-%d" % (k, i))
                 assert await ws.recv() == "%d-%d" % (k, i)
