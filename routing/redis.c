@@ -868,7 +868,22 @@ int redis_cmdf(struct redis_conn *c, redis_cb cb, void *arg, const char *fmt, ..
 
 struct redis_sync {
     redisContext *ctx;
+    double timeout;
 };
+
+/* A clearer message than hiredis' "Resource temporarily unavailable" for a read timeout. */
+static void sync_err(const struct redis_sync *s, char *err, size_t errlen)
+{
+    if (!err || !errlen)
+        return;
+    const char *e = s->ctx->errstr;
+    if (s->ctx->err == REDIS_ERR_IO && (strstr(e, "temporarily unavailable") || strstr(e, "timed out")))
+        snprintf(err, errlen, "Redis did not answer within %.1f s (timeout)", s->timeout);
+    else if (s->ctx->err == REDIS_ERR_EOF)
+        snprintf(err, errlen, "Redis closed the connection");
+    else
+        snprintf(err, errlen, "Redis error: %s", e[0] ? e : "no reply");
+}
 
 static struct timeval sync_tv(double s)
 {
@@ -885,8 +900,8 @@ struct redis_sync *redis_sync_connect(const char *url, double timeout_s, char *e
                                   : redisConnectWithTimeout(u.host, u.port, tv);
     if (!ctx || ctx->err) {
         if (err && errlen)
-            snprintf(err, errlen, "cannot connect to Redis at %s: %s", u.is_unix ? u.path : u.host,
-                     ctx ? ctx->errstr : "out of memory");
+            snprintf(err, errlen, "cannot connect to Redis at %s%s%.0d: %s", u.is_unix ? u.path : u.host,
+                     u.is_unix ? "" : ":", u.is_unix ? 0 : u.port, ctx ? ctx->errstr : "out of memory");
         if (ctx)
             redisFree(ctx);
         return NULL;
@@ -898,6 +913,7 @@ struct redis_sync *redis_sync_connect(const char *url, double timeout_s, char *e
         return NULL;
     }
     s->ctx = ctx;
+    s->timeout = timeout_s > 0 ? timeout_s : 2.0;
     redisReply *r = NULL;
     if (u.has_pass) {
         r = u.user[0] ? redisCommand(ctx, "AUTH %s %s", u.user, u.pass) : redisCommand(ctx, "AUTH %s", u.pass);
@@ -913,8 +929,10 @@ struct redis_sync *redis_sync_connect(const char *url, double timeout_s, char *e
     }
     return s;
 fail:
-    if (err && errlen)
-        snprintf(err, errlen, "Redis handshake failed: %s", r ? r->str : ctx->errstr);
+    if (r && err && errlen)
+        snprintf(err, errlen, "Redis handshake failed: %s", r->str);
+    else
+        sync_err(s, err, errlen);
     if (r)
         freeReplyObject(r);
     redis_sync_free(s);
@@ -945,11 +963,43 @@ struct redis_reply *redis_sync_cmd(struct redis_sync *s, int argc, const char **
     }
     redisReply *r = redisCommandArgv(s->ctx, argc, argv, lens);
     if (!r) {
-        if (err && errlen)
-            snprintf(err, errlen, "Redis error: %s", s->ctx->errstr[0] ? s->ctx->errstr : "no reply");
+        sync_err(s, err, errlen);
         return NULL;
     }
     return (struct redis_reply *)r;
+}
+
+int redis_sync_append(struct redis_sync *s, int argc, const char **argv, const size_t *lens,
+                      char *err, size_t errlen)
+{
+    if (!s || !s->ctx || s->ctx->err || argc <= 0) {
+        if (err && errlen)
+            snprintf(err, errlen, "Redis connection broken: %s", s && s->ctx ? s->ctx->errstr : "not connected");
+        return -1;
+    }
+    if (redisAppendCommandArgv(s->ctx, argc, argv, lens) != REDIS_OK) {
+        if (err && errlen)
+            snprintf(err, errlen, "Redis error: %s", s->ctx->errstr);
+        return -1;
+    }
+    return 0;
+}
+
+struct redis_reply *redis_sync_read(struct redis_sync *s, char *err, size_t errlen)
+{
+    void *r = NULL;
+    if (!s || !s->ctx) {
+        if (err && errlen)
+            snprintf(err, errlen, "not connected");
+        return NULL;
+    }
+    if (s->ctx->err || redisGetReply(s->ctx, &r) != REDIS_OK || !r) {
+        sync_err(s, err, errlen);
+        if (r)
+            freeReplyObject(r);
+        return NULL;
+    }
+    return r;
 }
 
 void redis_sync_reply_free(struct redis_reply *r)

@@ -71,6 +71,14 @@ void redis_sync_free(struct redis_sync *s);
 struct redis_reply *redis_sync_cmd(struct redis_sync *s, int argc, const char **argv, const size_t *lens,
                                    char *err, size_t errlen);
 void redis_sync_reply_free(struct redis_reply *r);
+/*
+ * Pipelining for bulk reads (domain list): queues a command without waiting
+ * (0 / -1 with err), then redis_sync_read() returns the replies in order
+ * (free each with redis_sync_reply_free), NULL with err when the link broke.
+ */
+int redis_sync_append(struct redis_sync *s, int argc, const char **argv, const size_t *lens,
+                      char *err, size_t errlen);
+struct redis_reply *redis_sync_read(struct redis_sync *s, char *err, size_t errlen);
 
 /* Parses a URL without connecting (for config validation). 0 / -1. */
 int redis_url_check(const char *url, char *err, size_t errlen);
