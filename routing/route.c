@@ -1,16 +1,47 @@
 /*
  * route: the routing engine behind route.h.  One struct route_ctx per
- * worker: static routes from the config, and (Redis part) a cache, the
- * Redis connections and a health table, all private to the worker's loop.
+ * worker: static routes from the config and, with --redis, a cache, two
+ * Redis connections, an evdns resolver and a backend health table, all
+ * private to the worker's event loop (no locks on the request path).
  *
  * Static routes are resolved once at route_ctx_new()/route_ctx_reload()
  * (getaddrinfo is allowed at start-up only) and answered synchronously.
+ *
+ * Redis lookups (schema in ../shared/CONTRACT.md):
+ *   - A miss starts one "fetch" per host; concurrent lookups of the same
+ *     host wait on it (coalescing).  A fetch pipelines, back to back on the
+ *     main connection: HGETALL <p>domain:<host>, HGETALL <p>domain:*.<zone>,
+ *     LRANGE <p>paths:<host>, LRANGE <p>paths:*.<zone> and, when the cached
+ *     pattern list is not fresh, LRANGE <p>patterns.  When the replies are
+ *     in, the match is decided (exact, wildcard, patterns), then backend
+ *     names are resolved (evdns) and the tenant policy fetched (HGETALL
+ *     <p>tenant:<t>) if not cached, in parallel.  Replies are parsed by
+ *     match.c; nothing from Redis is trusted.
+ *   - Results (positive, negative and bad data) go into a bounded LRU
+ *     (cache.c) as refcounted records stamped with their fetch time, the
+ *     cache generation and the invalidation counters of the keys they were
+ *     built from.
+ *   - Invalidation: a second connection subscribes to __redis__:invalidate
+ *     and <p>events; the main connection turns on CLIENT TRACKING with
+ *     REDIRECT to it and BCAST on our key prefixes (never the meter keys).
+ *     An invalidated key bumps a counter in a fixed array indexed by the
+ *     key's hash (rc->depgen): a record whose stamp no longer matches is
+ *     stale.  A collision only costs an extra revalidation.  Any
+ *     (re)connection bumps the generation (invalidations may have been lost);
+ *     while tracking is not confirmed, records count as fresh for 1 s only.
+ *   - Redis down or slow (redis.c's per-command deadline): records are
+ *     served stale up to cfg->route_stale_max_age; without a record the
+ *     answer is ROUTE_UNAVAILABLE.
  */
 #include "routing/route.h"
 
 #include <arpa/inet.h>
+#include <event2/dns.h>
+#include <event2/event.h>
+#include <event2/util.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,8 +50,19 @@
 
 #include "config/config.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "routing/balance.h"
+#include "routing/cache.h"
 #include "routing/host.h"
+#include "routing/match.h"
+#include "routing/redis.h"
+
+#define ROUTE_DEP_SLOTS   65536          /* invalidation counters per worker (power of two) */
+#define ROUTE_KEY_MAX     512            /* any Redis key we build */
+#define ROUTE_PREFIX_MAX  64
+#define ROUTE_DNS_CACHE   4096           /* resolved backend names per worker */
+#define ROUTE_NOTRACK_TTL 1.0            /* freshness while invalidations are not flowing */
+#define ROUTE_PENDING_BUCKETS 256
 
 /* Workers whose Redis is configured but down; route_degraded() reads it from any thread. */
 static atomic_int route_degraded_workers;
@@ -30,6 +72,9 @@ struct route_entry {
     char *tenant;                  /* owned */
     int redirect_https;
     struct route_backends *set;    /* owned; the set when no path rule matches */
+    struct match_paths *paths;     /* owned, may be NULL (Redis path rules) */
+    struct route_backends **path_sets; /* owned, one per path rule */
+    size_t n_paths;
 };
 
 /* One static route: host -> entry (the entry is shared by every lookup). */
@@ -37,6 +82,117 @@ struct route_static {
     char host[HOST_MAX + 1];
     size_t host_len;
     struct route_entry *entry;     /* one reference owned by the table */
+};
+
+enum { REC_DOMAIN = 1, REC_TENANT = 2 };
+
+/*
+ * A cached answer (refcounted: the cache holds one reference, a fetch in
+ * flight may hold another).  Domain records are keyed "d:<host>", tenant
+ * records "t:<tenant>".
+ */
+struct route_rec {
+    int refs;
+    int kind;
+    enum route_status status;      /* domain: OK, NOT_FOUND or BAD_DATA */
+    const char *detail;            /* static string */
+    struct route_entry *entry;     /* domain OK: one reference */
+    struct tenant_policy policy;   /* tenant */
+    double fetched;                /* when the fetch was sent (monotonic s) */
+    double expires;
+    uint32_t gen;
+    uint8_t ndeps;
+    uint32_t dep_slot[3];
+    uint32_t dep_val[3];
+};
+
+/* The compiled tg:patterns list (one per worker, replaced as a whole). */
+struct route_pats {
+    struct match_pattern **p;
+    size_t n;
+    int broken;                    /* wrong key type: pattern-stage hosts get BAD_DATA */
+    double fetched, expires;
+    uint32_t gen, dep_val;
+};
+
+/* Parsed tg:domain:<...> reply, copied out of the hiredis reply. */
+struct route_draft {
+    int present, bad;
+    char *tenant;                  /* owned */
+    char *backends;                /* owned */
+    int lb, redirect_https;
+    char err[160];
+};
+
+enum { CMD_EXACT, CMD_WILD, CMD_PEXACT, CMD_PWILD, CMD_PAT, CMD_TENANT, CMD_N };
+enum { PH_DOMAIN, PH_RESOLVE, PH_DONE };
+
+struct route_fetch;
+
+struct route_cmd {
+    struct route_fetch *f;
+    int which;
+};
+
+/* A pending backend-name resolution (one per name per fetch). */
+struct route_dns {
+    struct route_dns *next, *prev; /* rc->dns_reqs */
+    struct route_fetch *f;
+    struct route_ctx *rc;
+    char name[HOST_MAX + 1];
+    int stage;                     /* 0 getaddrinfo (hosts file), 1 A, 2 AAAA */
+    int sync_done;
+    struct evdns_request *req;
+};
+
+/* A resolved name (port 0), cached in rc->dns for its DNS TTL. */
+struct route_dns_rec {
+    int ok;
+    struct sockaddr_storage ss;
+    socklen_t len;
+    double expires;
+};
+
+/* One lookup waiting on a fetch (route.h's struct route_lookup). */
+struct route_lookup {
+    struct route_lookup *next, *prev;
+    struct route_fetch *f;
+    route_cb cb;
+    void *arg;
+    size_t path_len;
+    char path[];
+};
+
+struct route_fetch {
+    struct route_ctx *rc;
+    struct route_fetch *hnext;     /* pending map chain */
+    struct route_lookup *waiters;
+    char host[HOST_MAX + 1];
+    size_t hl;
+    const char *zone;              /* into host, NULL when none */
+    size_t zl;
+    int phase;
+    int outstanding;               /* Redis commands + DNS requests in flight */
+    int in_advance;
+    int failed;                    /* a domain-phase command failed (Redis error) */
+    int tenant_failed;
+    int need_domain;
+    double started;
+    uint32_t gen;
+    uint32_t slot[CMD_N], val[CMD_N];
+    struct route_cmd cmds[CMD_N];
+    struct route_draft exact, wild;
+    struct match_paths *paths_exact, *paths_wild;
+    char paths_err_exact[160], paths_err_wild[160];
+    struct route_rec *drec;        /* result (reference) */
+    struct route_rec *trec;        /* fetched tenant policy (reference) */
+    char tenant[MATCH_MAX_TENANT + 1];
+};
+
+/* Per-worker counters: written by the worker only, read by the admin thread. */
+struct route_counters {
+    uint64_t hits, misses, redis_errors, bad_data, stale_served, coalesced, invalidations;
+    uint64_t entries, evictions;
 };
 
 struct route_ctx {
@@ -47,6 +203,27 @@ struct route_ctx {
     size_t n_slots;
     struct bal_health *health;
     double cooldown;
+    char prefix[ROUTE_PREFIX_MAX + 1];
+
+    /* Redis part (all NULL / 0 without --redis). */
+    struct redis_conn *main, *sub;
+    int redis_up;                  /* main connection up (degraded accounting) */
+    int degraded_counted;
+    long long sub_id;
+    int sub_ready;                 /* subscribed to the invalidation channel */
+    int tracking;                  /* CLIENT TRACKING confirmed on the main connection */
+    unsigned tracking_seq;
+    struct cache *cache;
+    struct cache *dns;
+    struct evdns_base *dnsb;
+    struct route_dns *dns_reqs;
+    struct route_pats *pats;
+    struct route_fetch *pending[ROUTE_PENDING_BUCKETS];
+    uint32_t gen;
+    uint32_t *depgen;              /* ROUTE_DEP_SLOTS counters */
+    int closing;
+    struct route_counters m;
+    struct route_ctx *reg_next;    /* metrics registry */
 };
 
 /* ---- time ---- */
@@ -64,6 +241,10 @@ static void route_entry_destroy(struct route_entry *e)
 {
     free(e->tenant);
     bal_set_free(e->set);
+    for (size_t i = 0; i < e->n_paths; i++)
+        bal_set_free(e->path_sets[i]);
+    free(e->path_sets);
+    match_paths_free(e->paths);
     free(e);
 }
 
@@ -289,11 +470,1497 @@ static int route_statics_build(const struct tg_config *cfg, struct route_static 
     return 0;
 }
 
+/* ---- metrics ---- */
+
+static pthread_mutex_t route_reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct route_ctx *route_reg_head;
+static pthread_once_t route_writer_once = PTHREAD_ONCE_INIT;
+
+static uint64_t route_load(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
+
+/* Sums every worker's counters (admin thread, at each scrape). */
+static void route_metrics_write(FILE *f, void *arg)
+{
+    (void)arg;
+    struct route_counters t;
+    memset(&t, 0, sizeof(t));
+    pthread_mutex_lock(&route_reg_lock);
+    for (struct route_ctx *rc = route_reg_head; rc; rc = rc->reg_next) {
+        t.hits += route_load(&rc->m.hits);
+        t.misses += route_load(&rc->m.misses);
+        t.redis_errors += route_load(&rc->m.redis_errors);
+        t.bad_data += route_load(&rc->m.bad_data);
+        t.stale_served += route_load(&rc->m.stale_served);
+        t.coalesced += route_load(&rc->m.coalesced);
+        t.invalidations += route_load(&rc->m.invalidations);
+        t.entries += route_load(&rc->m.entries);
+        t.evictions += route_load(&rc->m.evictions);
+    }
+    pthread_mutex_unlock(&route_reg_lock);
+    fprintf(f,
+            "# HELP tollgate_route_cache_hits_total Route lookups answered from the cache.\n"
+            "# TYPE tollgate_route_cache_hits_total counter\n"
+            "tollgate_route_cache_hits_total %llu\n"
+            "# HELP tollgate_route_cache_misses_total Route lookups that needed Redis.\n"
+            "# TYPE tollgate_route_cache_misses_total counter\n"
+            "tollgate_route_cache_misses_total %llu\n"
+            "# HELP tollgate_route_coalesced_total Lookups that joined another lookup's Redis round trip.\n"
+            "# TYPE tollgate_route_coalesced_total counter\n"
+            "tollgate_route_coalesced_total %llu\n"
+            "# HELP tollgate_route_stale_served_total Lookups answered from a stale entry while Redis failed.\n"
+            "# TYPE tollgate_route_stale_served_total counter\n"
+            "tollgate_route_stale_served_total %llu\n"
+            "# HELP tollgate_route_redis_errors_total Redis commands for routing that failed or timed out.\n"
+            "# TYPE tollgate_route_redis_errors_total counter\n"
+            "tollgate_route_redis_errors_total %llu\n"
+            "# HELP tollgate_route_bad_data_total Invalid routing data found in Redis.\n"
+            "# TYPE tollgate_route_bad_data_total counter\n"
+            "tollgate_route_bad_data_total %llu\n"
+            "# HELP tollgate_route_invalidations_total Key invalidations received.\n"
+            "# TYPE tollgate_route_invalidations_total counter\n"
+            "tollgate_route_invalidations_total %llu\n"
+            "# HELP tollgate_route_cache_entries Entries in the route caches.\n"
+            "# TYPE tollgate_route_cache_entries gauge\n"
+            "tollgate_route_cache_entries %llu\n"
+            "# HELP tollgate_route_cache_evictions_total Entries evicted from the route caches (LRU).\n"
+            "# TYPE tollgate_route_cache_evictions_total counter\n"
+            "tollgate_route_cache_evictions_total %llu\n",
+            (unsigned long long)t.hits, (unsigned long long)t.misses, (unsigned long long)t.coalesced,
+            (unsigned long long)t.stale_served, (unsigned long long)t.redis_errors,
+            (unsigned long long)t.bad_data, (unsigned long long)t.invalidations,
+            (unsigned long long)t.entries, (unsigned long long)t.evictions);
+}
+
+static void route_writer_register(void)
+{
+    metrics_register_writer(route_metrics_write, NULL);
+}
+
+static void route_reg_add(struct route_ctx *rc)
+{
+    pthread_once(&route_writer_once, route_writer_register);
+    pthread_mutex_lock(&route_reg_lock);
+    rc->reg_next = route_reg_head;
+    route_reg_head = rc;
+    pthread_mutex_unlock(&route_reg_lock);
+}
+
+static void route_reg_del(struct route_ctx *rc)
+{
+    pthread_mutex_lock(&route_reg_lock);
+    for (struct route_ctx **pp = &route_reg_head; *pp; pp = &(*pp)->reg_next)
+        if (*pp == rc) {
+            *pp = rc->reg_next;
+            break;
+        }
+    pthread_mutex_unlock(&route_reg_lock);
+}
+
+static void route_count_cache(struct route_ctx *rc)
+{
+    size_t n = rc->cache ? cache_count(rc->cache) : 0;
+    uint64_t ev = rc->cache ? cache_evictions(rc->cache) : 0;
+    __atomic_store_n(&rc->m.entries, (uint64_t)n + (rc->pats ? 1 : 0), __ATOMIC_RELAXED);
+    __atomic_store_n(&rc->m.evictions, ev, __ATOMIC_RELAXED);
+}
+
+/*
+ * Reports bad routing data once per key per minute and counts it.
+ * what names the Redis key (or "key#index" for a list element).
+ */
+static void route_bad(struct route_ctx *rc, const char *what, const char *err)
+{
+    char key[200];
+    snprintf(key, sizeof(key), "route-bad:%.180s", what);
+    rc->m.bad_data++;
+    log_err_ratelimited(key, "route: bad routing data in Redis at %.300s: %.200s", what, err);
+}
+
+/* ---- keys ---- */
+
+/*
+ * Builds "<prefix><family><name>" (family e.g. "domain:") into buf.  The only
+ * place that spells key names in this file; to switch to schema.h's builders.
+ * Returns the length, or 0 when it does not fit.
+ */
+static size_t route_key(const struct route_ctx *rc, char *buf, size_t cap, const char *family,
+                        const char *name, size_t nlen)
+{
+    int n = snprintf(buf, cap, "%s%s%.*s", rc->prefix, family, (int)nlen, name ? name : "");
+    return (n < 0 || (size_t)n >= cap) ? 0 : (size_t)n;
+}
+
+static uint32_t route_slot(const char *key, size_t len)
+{
+    return (uint32_t)(cache_hash(key, len) & (ROUTE_DEP_SLOTS - 1));
+}
+
+/* Bumps the invalidation counter of one Redis key. */
+static void route_invalidate_key(struct route_ctx *rc, const char *key, size_t len)
+{
+    rc->depgen[route_slot(key, len)]++;
+    rc->m.invalidations++;
+}
+
+/* Every record becomes stale (revalidated on next use, still servable while Redis is down). */
+static void route_flush_freshness(struct route_ctx *rc)
+{
+    rc->gen++;
+}
+
+/* ---- records ---- */
+
+static struct route_rec *route_rec_new(int kind)
+{
+    struct route_rec *r = calloc(1, sizeof(*r));
+    if (r) {
+        r->refs = 1;
+        r->kind = kind;
+        r->policy.cap_bytes = -1;
+    }
+    return r;
+}
+
+static void route_rec_unref(struct route_rec *r)
+{
+    if (r && --r->refs == 0) {
+        route_entry_unref(r->entry);
+        free(r);
+    }
+}
+
+static void route_rec_free_cb(void *v)
+{
+    route_rec_unref(v);
+}
+
+static void route_rec_dep(struct route_rec *r, const struct route_fetch *f, int which)
+{
+    if (r->ndeps < 3) {
+        r->dep_slot[r->ndeps] = f->slot[which];
+        r->dep_val[r->ndeps] = f->val[which];
+        r->ndeps++;
+    }
+}
+
+static double route_ttl_cap(const struct route_ctx *rc, double ttl)
+{
+    return (!rc->tracking && ttl > ROUTE_NOTRACK_TTL) ? ROUTE_NOTRACK_TTL : ttl;
+}
+
+/* 1 when r may be used without asking Redis. */
+static int route_rec_fresh(const struct route_ctx *rc, const struct route_rec *r, double now)
+{
+    if (r->gen != rc->gen || now >= r->expires)
+        return 0;
+    if (!rc->tracking && now - r->fetched > ROUTE_NOTRACK_TTL)
+        return 0;
+    for (unsigned i = 0; i < r->ndeps; i++)
+        if (rc->depgen[r->dep_slot[i]] != r->dep_val[i])
+            return 0;
+    return 1;
+}
+
+/* 1 when r may be served while Redis cannot answer. */
+static int route_rec_servable_stale(const struct route_ctx *rc, const struct route_rec *r, double now)
+{
+    return r && now - r->fetched <= rc->cfg->route_stale_max_age;
+}
+
+static size_t route_rkey(char *buf, char kind, const char *name, size_t n)
+{
+    buf[0] = kind;
+    buf[1] = ':';
+    memcpy(buf + 2, name, n);
+    return n + 2;
+}
+
+static struct route_rec *route_cached_domain(struct route_ctx *rc, const char *host, size_t hl)
+{
+    char k[HOST_MAX + 3];
+    return cache_get(rc->cache, k, route_rkey(k, 'd', host, hl));
+}
+
+static struct route_rec *route_cached_tenant(struct route_ctx *rc, const char *tenant)
+{
+    char k[MATCH_MAX_TENANT + 3];
+    size_t n = strlen(tenant);
+    if (n > MATCH_MAX_TENANT)
+        return NULL;
+    return cache_get(rc->cache, k, route_rkey(k, 't', tenant, n));
+}
+
+static void route_cache_store(struct route_ctx *rc, char kind, const char *name, size_t n, struct route_rec *r)
+{
+    char k[HOST_MAX + MATCH_MAX_TENANT + 3];
+    if (n > HOST_MAX + MATCH_MAX_TENANT)
+        return;
+    r->refs++;
+    if (cache_put(rc->cache, k, route_rkey(k, kind, name, n), r) < 0)
+        r->refs--;
+    route_count_cache(rc);
+}
+
+/* ---- answering ---- */
+
+static void route_answer(route_cb cb, void *arg, enum route_status st, struct route_entry *e,
+                         const struct route_backends *set, const struct tenant_policy *pol, const char *detail)
+{
+    struct route_result res;
+    memset(&res, 0, sizeof(res));
+    res.status = st;
+    res.policy.cap_bytes = -1;
+    if (pol)
+        res.policy = *pol;
+    res.detail = detail;
+    if (e) {
+        res.entry = e;
+        res.tenant = e->tenant;
+        res.backends = set ? set : e->set;
+        res.redirect_https = e->redirect_https;
+    }
+    cb(arg, &res);
+}
+
+/* Answers from a domain record (and the tenant record when OK), choosing the set by path. */
+static void route_answer_recs(struct route_ctx *rc, const struct route_rec *d, const struct route_rec *t,
+                              const char *path, size_t plen, route_cb cb, void *arg)
+{
+    if (d->status != ROUTE_OK || d->entry == NULL) {
+        route_answer(cb, arg, d->status, NULL, NULL, NULL, d->detail);
+        return;
+    }
+    struct route_entry *e = d->entry;
+    const struct route_backends *set = e->set;
+    if (e->paths) {
+        int i = match_paths_find(e->paths, path, plen);
+        if (i >= 0 && (size_t)i < e->n_paths) {
+            set = e->path_sets[i];
+        } else if (i == -2) {
+            route_bad(rc, e->tenant, "path regex hit its match limit");
+            route_answer(cb, arg, ROUTE_BAD_DATA, NULL, NULL, NULL, "path rule failed");
+            return;
+        }
+    }
+    route_answer(cb, arg, ROUTE_OK, e, set, t ? &t->policy : NULL, NULL);
+}
+
+/* Serves stale records when Redis cannot answer; else ROUTE_UNAVAILABLE. */
+static void route_answer_stale(struct route_ctx *rc, const char *host, size_t hl, const char *path, size_t plen,
+                               route_cb cb, void *arg, double now)
+{
+    struct route_rec *d = route_cached_domain(rc, host, hl);
+    if (route_rec_servable_stale(rc, d, now)) {
+        if (d->status != ROUTE_OK) {
+            rc->m.stale_served++;
+            route_answer_recs(rc, d, NULL, path, plen, cb, arg);
+            return;
+        }
+        struct route_rec *t = route_cached_tenant(rc, d->entry->tenant);
+        if (route_rec_servable_stale(rc, t, now)) {
+            rc->m.stale_served++;
+            route_answer_recs(rc, d, t, path, plen, cb, arg);
+            return;
+        }
+    }
+    route_answer(cb, arg, ROUTE_UNAVAILABLE, NULL, NULL, NULL, "routing data unavailable (Redis)");
+}
+
+/* ---- pending fetches ---- */
+
+static size_t route_pbucket(const char *host, size_t hl)
+{
+    return (size_t)(cache_hash(host, hl) % ROUTE_PENDING_BUCKETS);
+}
+
+static struct route_fetch *route_pending_find(struct route_ctx *rc, const char *host, size_t hl)
+{
+    for (struct route_fetch *f = rc->pending[route_pbucket(host, hl)]; f; f = f->hnext)
+        if (f->hl == hl && memcmp(f->host, host, hl) == 0)
+            return f;
+    return NULL;
+}
+
+static void route_pending_del(struct route_ctx *rc, struct route_fetch *f)
+{
+    for (struct route_fetch **pp = &rc->pending[route_pbucket(f->host, f->hl)]; *pp; pp = &(*pp)->hnext)
+        if (*pp == f) {
+            *pp = f->hnext;
+            return;
+        }
+}
+
+static void route_draft_fini(struct route_draft *d)
+{
+    free(d->tenant);
+    free(d->backends);
+    memset(d, 0, sizeof(*d));
+}
+
+static void route_fetch_free(struct route_fetch *f)
+{
+    route_pending_del(f->rc, f);
+    while (f->waiters) {
+        struct route_lookup *w = f->waiters;
+        f->waiters = w->next;
+        free(w);
+    }
+    route_draft_fini(&f->exact);
+    route_draft_fini(&f->wild);
+    match_paths_free(f->paths_exact);
+    match_paths_free(f->paths_wild);
+    route_rec_unref(f->drec);
+    route_rec_unref(f->trec);
+    free(f);
+}
+
+/* ---- building entries from Redis data ---- */
+
+static char *route_strndup(const char *s, size_t n)
+{
+    char *d = malloc(n + 1);
+    if (d) {
+        memcpy(d, s, n);
+        d[n] = '\0';
+    }
+    return d;
+}
+
+/* Builds an unresolved backend set from a list; NULL with err. */
+static struct route_backends *route_set_from(const char *list, size_t len, int lb, char *err, size_t errlen)
+{
+    struct match_addr addrs[MATCH_MAX_BACKENDS];
+    int n = match_backends_split(list, len, addrs, MATCH_MAX_BACKENDS, err, errlen);
+    if (n < 0)
+        return NULL;
+    struct route_backends *set = bal_set_new((size_t)n, lb);
+    if (set == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (int i = 0; i < n; i++)
+        snprintf(set->b[i].name, sizeof(set->b[i].name), "%s", addrs[i].text);
+    return set;
+}
+
+/*
+ * Builds an entry (addresses not yet resolved).  paths (may be NULL) is
+ * taken over.  NULL with err when the data is bad.
+ */
+static struct route_entry *route_entry_from(const char *tenant, size_t tl, int lb, int redirect,
+                                            const char *backends, size_t bl, struct match_paths *paths,
+                                            char *err, size_t errlen)
+{
+    struct route_entry *e = calloc(1, sizeof(*e));
+    if (e == NULL) {
+        match_paths_free(paths);
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    e->refs = 1;
+    e->redirect_https = redirect;
+    e->paths = paths;
+    e->tenant = route_strndup(tenant, tl);
+    e->set = route_set_from(backends, bl, lb, err, errlen);
+    if (e->tenant == NULL || e->set == NULL)
+        goto fail;
+    size_t np = match_paths_count(paths);
+    if (np > 0) {
+        e->path_sets = calloc(np, sizeof(*e->path_sets));
+        if (e->path_sets == NULL)
+            goto fail;
+        for (size_t i = 0; i < np; i++) {
+            size_t len;
+            const char *b = match_paths_backends(paths, i, &len);
+            char perr[160];
+            e->path_sets[i] = route_set_from(b, len, lb, perr, sizeof(perr));
+            if (e->path_sets[i] == NULL) {
+                snprintf(err, errlen, "path rule %zu: %s", i + 1, perr);
+                goto fail;
+            }
+            e->n_paths = i + 1;
+        }
+    }
+    return e;
+fail:
+    if (err[0] == '\0')
+        snprintf(err, errlen, "out of memory");
+    route_entry_destroy(e);
+    return NULL;
+}
+
+/*
+ * Fills the address of backend b from its "host:port" name: IP literals
+ * and localhost directly, names from the DNS cache.  Returns 1 when filled,
+ * 0 when the name must be resolved first (*name set), -1 when it cannot be
+ * (a cached DNS failure).
+ */
+static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, double now, char *name, size_t namecap)
+{
+    int port;
+    if (host_parse_hostport(b->name, strlen(b->name), name, namecap, &port) < 0)
+        return -1;
+    memset(&b->addr, 0, sizeof(b->addr));
+    struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
+    if (inet_pton(AF_INET, name, &in->sin_addr) == 1) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        b->addrlen = sizeof(*in);
+        return 1;
+    }
+    if (inet_pton(AF_INET6, name, &in6->sin6_addr) == 1) {
+        in6->sin6_family = AF_INET6;
+        in6->sin6_port = htons((uint16_t)port);
+        b->addrlen = sizeof(*in6);
+        return 1;
+    }
+    size_t nl = strlen(name);
+    /* RFC 6761 §6.3: localhost names are loopback without asking DNS. */
+    if ((nl == 9 && memcmp(name, "localhost", 9) == 0) ||
+        (nl > 10 && memcmp(name + nl - 10, ".localhost", 10) == 0)) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        b->addrlen = sizeof(*in);
+        return 1;
+    }
+    const struct route_dns_rec *d = cache_get(rc->dns, name, nl);
+    if (d == NULL || now >= d->expires)
+        return 0;
+    if (!d->ok)
+        return -1;
+    memcpy(&b->addr, &d->ss, d->len);
+    b->addrlen = d->len;
+    if (b->addr.ss_family == AF_INET)
+        in->sin_port = htons((uint16_t)port);
+    else
+        in6->sin6_port = htons((uint16_t)port);
+    return 1;
+}
+
+static void route_dns_start(struct route_fetch *f, const char *name);
+
+/*
+ * Fills every backend of the fetch's entry.  With start = 1, names that
+ * need DNS get a resolution started (counted in f->outstanding).  Returns
+ * 0 when all are filled or pending, -1 with err when one cannot be resolved
+ * (or, with start = 0, is still unresolved).
+ */
+static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int start, char *err, size_t errlen)
+{
+    struct route_ctx *rc = f->rc;
+    double now = route_now();
+    for (size_t s = 0; s <= e->n_paths; s++) {
+        struct route_backends *set = s == 0 ? e->set : e->path_sets[s - 1];
+        for (size_t i = 0; i < set->n; i++) {
+            char name[HOST_MAX + 1];
+            int r = route_fill_backend(rc, &set->b[i], now, name, sizeof(name));
+            if (r == 1)
+                continue;
+            if (r == 0 && start) {
+                /* One resolution per name per fetch. */
+                int dup = 0;
+                for (struct route_dns *d = rc->dns_reqs; d; d = d->next)
+                    if (d->f == f && strcmp(d->name, name) == 0)
+                        dup = 1;
+                if (!dup)
+                    route_dns_start(f, name);
+                continue;
+            }
+            snprintf(err, errlen, "cannot resolve backend '%s'", set->b[i].name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* ---- DNS ---- */
+
+static void route_dns_store(struct route_ctx *rc, const char *name, const struct sockaddr *sa, socklen_t len,
+                            int ttl)
+{
+    struct route_dns_rec *r = calloc(1, sizeof(*r));
+    if (r == NULL)
+        return;
+    double now = route_now();
+    if (sa && len <= sizeof(r->ss)) {
+        r->ok = 1;
+        memcpy(&r->ss, sa, len);
+        r->len = len;
+        if (ttl < 1)
+            ttl = 1;
+        if (ttl > 86400)
+            ttl = 86400;
+        r->expires = now + ttl;
+    } else {
+        r->expires = now + rc->cfg->route_negative_ttl;
+    }
+    if (cache_put(rc->dns, name, strlen(name), r) < 0)
+        free(r);
+}
+
+static void route_fetch_advance(struct route_fetch *f);
+
+/* One DNS request is over: unlink it and let the fetch go on. */
+static void route_dns_done(struct route_dns *d)
+{
+    struct route_ctx *rc = d->rc;
+    struct route_fetch *f = d->f;
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        rc->dns_reqs = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    free(d);
+    f->outstanding--;
+    if (!f->in_advance)
+        route_fetch_advance(f);
+}
+
+static void route_dns_next_stage(struct route_dns *d);
+
+/*
+ * The getaddrinfo step has its own small context: a cancelled request still
+ * calls back later (libevent defers it), when d may be gone.
+ */
+struct route_gai {
+    struct route_dns *d;           /* NULL once cancelled */
+};
+
+static void route_dns_gai_cb(int result, struct evutil_addrinfo *res, void *arg)
+{
+    struct route_gai *g = arg;
+    struct route_dns *d = g->d;
+    free(g);
+    if (d == NULL) {
+        if (res)
+            evutil_freeaddrinfo(res);
+        return;
+    }
+    d->sync_done = 1;
+    if (result == 0 && res) {
+        const struct evutil_addrinfo *pick = res;
+        for (const struct evutil_addrinfo *a = res; a; a = a->ai_next)
+            if (a->ai_family == AF_INET) {
+                pick = a;
+                break;
+            }
+        /* From the hosts file: no TTL there, keep it as long as a route. */
+        route_dns_store(d->rc, d->name, pick->ai_addr, (socklen_t)pick->ai_addrlen,
+                        (int)d->rc->cfg->route_cache_ttl);
+    } else {
+        route_dns_store(d->rc, d->name, NULL, 0, 0);
+    }
+    if (res)
+        evutil_freeaddrinfo(res);
+}
+
+static void route_dns_cb(int result, char type, int count, int ttl, void *addresses, void *arg)
+{
+    struct route_dns *d = arg;
+    d->req = NULL;
+    if (result == DNS_ERR_NONE && count > 0 && type == DNS_IPv4_A) {
+        struct sockaddr_in in;
+        memset(&in, 0, sizeof(in));
+        in.sin_family = AF_INET;
+        memcpy(&in.sin_addr, addresses, 4);
+        route_dns_store(d->rc, d->name, (struct sockaddr *)&in, sizeof(in), ttl);
+        route_dns_done(d);
+        return;
+    }
+    if (result == DNS_ERR_NONE && count > 0 && type == DNS_IPv6_AAAA) {
+        struct sockaddr_in6 in6;
+        memset(&in6, 0, sizeof(in6));
+        in6.sin6_family = AF_INET6;
+        memcpy(&in6.sin6_addr, addresses, 16);
+        route_dns_store(d->rc, d->name, (struct sockaddr *)&in6, sizeof(in6), ttl);
+        route_dns_done(d);
+        return;
+    }
+    if (d->stage == 1 && result != DNS_ERR_SHUTDOWN && result != DNS_ERR_CANCEL) {
+        route_dns_next_stage(d);
+        return;
+    }
+    route_dns_store(d->rc, d->name, NULL, 0, 0);
+    route_dns_done(d);
+}
+
+/* Stage 1: A record (with its TTL); stage 2: AAAA. */
+static void route_dns_next_stage(struct route_dns *d)
+{
+    d->stage++;
+    if (d->stage == 1)
+        d->req = evdns_base_resolve_ipv4(d->rc->dnsb, d->name, 0, route_dns_cb, d);
+    else
+        d->req = evdns_base_resolve_ipv6(d->rc->dnsb, d->name, 0, route_dns_cb, d);
+    if (d->req == NULL) {
+        route_dns_store(d->rc, d->name, NULL, 0, 0);
+        route_dns_done(d);
+    }
+}
+
+/*
+ * Resolves a backend name for f.  evdns_getaddrinfo() answers at once for
+ * names in /etc/hosts (the only evdns call that reads it); otherwise it is
+ * cancelled and the name asked with evdns_base_resolve_ipv4/6, which give
+ * the record's TTL.
+ */
+static void route_dns_start(struct route_fetch *f, const char *name)
+{
+    struct route_ctx *rc = f->rc;
+    if (rc->dnsb == NULL) {
+        rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (rc->dnsb) {
+            evdns_base_set_option(rc->dnsb, "timeout:", "2");
+            evdns_base_set_option(rc->dnsb, "attempts:", "2");
+        }
+    }
+    struct route_dns *d = calloc(1, sizeof(*d));
+    if (d == NULL || rc->dnsb == NULL) {
+        free(d);
+        route_dns_store(rc, name, NULL, 0, 0);
+        return;
+    }
+    d->rc = rc;
+    d->f = f;
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    d->next = rc->dns_reqs;
+    if (rc->dns_reqs)
+        rc->dns_reqs->prev = d;
+    rc->dns_reqs = d;
+    f->outstanding++;
+
+    struct evutil_addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    struct route_gai *gc = malloc(sizeof(*gc));
+    if (gc == NULL) {
+        route_dns_next_stage(d);
+        return;
+    }
+    gc->d = d;
+    struct evdns_getaddrinfo_request *g = evdns_getaddrinfo(rc->dnsb, d->name, NULL, &hints, route_dns_gai_cb, gc);
+    if (d->sync_done) {                /* answered at once (gc is freed) */
+        route_dns_done(d);
+        return;
+    }
+    if (g) {
+        gc->d = NULL;                  /* its callback comes later and only frees gc */
+        evdns_getaddrinfo_cancel(g);
+    }
+    route_dns_next_stage(d);
+}
+
+/* ---- Redis replies ---- */
+
+/* 1 when r is a WRONGTYPE error (bad data), as opposed to a server problem. */
+static int route_is_wrongtype(const struct redis_reply *r)
+{
+    size_t n;
+    const char *s = redis_reply_str(r, &n);
+    return s && n >= 9 && memcmp(s, "WRONGTYPE", 9) == 0;
+}
+
+/* Parses an HGETALL reply of a domain key into d.  Returns 0, or -1 for a server error. */
+static int route_parse_domain(const struct redis_reply *r, struct route_draft *d)
+{
+    int t = redis_reply_type(r);
+    if (t == REDIS_T_ERROR) {
+        if (!route_is_wrongtype(r))
+            return -1;
+        d->present = d->bad = 1;
+        snprintf(d->err, sizeof(d->err), "key is not a hash");
+        return 0;
+    }
+    if (t != REDIS_T_ARRAY) {
+        d->present = d->bad = 1;
+        snprintf(d->err, sizeof(d->err), "unexpected reply type %d", t);
+        return 0;
+    }
+    size_t n = redis_reply_len(r);
+    if (n == 0)
+        return 0;                        /* no such key */
+    d->present = 1;
+    struct match_domain md;
+    match_domain_init(&md);
+    for (size_t i = 0; i + 1 < n; i += 2) {
+        size_t fl, vl;
+        const char *fs = redis_reply_str(redis_reply_elem(r, i), &fl);
+        const char *vs = redis_reply_str(redis_reply_elem(r, i + 1), &vl);
+        if (fs == NULL || vs == NULL)
+            continue;
+        if (match_domain_field(&md, fs, fl, vs, vl, d->err, sizeof(d->err)) < 0) {
+            d->bad = 1;
+            return 0;
+        }
+    }
+    if (match_domain_check(&md, d->err, sizeof(d->err)) < 0) {
+        d->bad = 1;
+        return 0;
+    }
+    d->tenant = route_strndup(md.tenant, md.tenant_len);
+    d->backends = route_strndup(md.backends, md.backends_len);
+    if (d->tenant == NULL || d->backends == NULL) {
+        d->bad = 1;
+        snprintf(d->err, sizeof(d->err), "out of memory");
+        return 0;
+    }
+    d->lb = md.lb;
+    d->redirect_https = md.redirect_https;
+    if (md.bad_optional)
+        snprintf(d->err, sizeof(d->err), "%s%s", (md.bad_optional & 1) ? "bad 'lb' (using round_robin) " : "",
+                 (md.bad_optional & 2) ? "bad 'redirect_https' (using 0)" : "");
+    return 0;
+}
+
+/*
+ * Parses an LRANGE reply of a paths key.  *out gets the rules (NULL when
+ * the list is empty).  Returns 0, 1 for bad data (err set), -1 for a server error.
+ */
+static int route_parse_paths(const struct redis_reply *r, struct match_paths **out, char *err, size_t errlen)
+{
+    *out = NULL;
+    int t = redis_reply_type(r);
+    if (t == REDIS_T_ERROR) {
+        if (!route_is_wrongtype(r))
+            return -1;
+        snprintf(err, errlen, "key is not a list");
+        return 1;
+    }
+    if (t != REDIS_T_ARRAY) {
+        snprintf(err, errlen, "unexpected reply type %d", t);
+        return 1;
+    }
+    size_t n = redis_reply_len(r);
+    if (n == 0)
+        return 0;
+    struct match_paths *ps = match_paths_new();
+    if (ps == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return 1;
+    }
+    for (size_t i = 0; i < n && i < MATCH_MAX_RULES; i++) {
+        size_t len;
+        const char *s = redis_reply_str(redis_reply_elem(r, i), &len);
+        char e2[160];
+        if (s == NULL || match_paths_add(ps, s, len, e2, sizeof(e2)) < 0) {
+            snprintf(err, errlen, "rule %zu: %.120s", i + 1, s ? e2 : "not a string");
+            match_paths_free(ps);
+            return 1;
+        }
+    }
+    *out = ps;
+    return 0;
+}
+
+static void route_pats_free(struct route_pats *p)
+{
+    if (p == NULL)
+        return;
+    for (size_t i = 0; i < p->n; i++)
+        match_pattern_free(p->p[i]);
+    free(p->p);
+    free(p);
+}
+
+/* Installs a new pattern list from an LRANGE reply.  Returns -1 for a server error. */
+static int route_parse_patterns(struct route_fetch *f, const struct redis_reply *r)
+{
+    struct route_ctx *rc = f->rc;
+    char what[ROUTE_KEY_MAX + 16];
+    size_t kl = route_key(rc, what, sizeof(what), "patterns", "", 0);
+    int t = redis_reply_type(r);
+    if (t == REDIS_T_ERROR && !route_is_wrongtype(r))
+        return -1;
+    struct route_pats *p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        return -1;
+    p->fetched = f->started;
+    p->expires = f->started + route_ttl_cap(rc, rc->cfg->route_cache_ttl);
+    p->gen = f->gen;
+    p->dep_val = f->val[CMD_PAT];
+    if (t != REDIS_T_ARRAY) {
+        p->broken = 1;
+        route_bad(rc, kl ? what : "patterns", "key is not a list");
+    } else {
+        size_t n = redis_reply_len(r);
+        if (n > MATCH_MAX_RULES)
+            n = MATCH_MAX_RULES;
+        p->p = calloc(n ? n : 1, sizeof(*p->p));
+        if (p->p == NULL) {
+            free(p);
+            return -1;
+        }
+        for (size_t i = 0; i < n; i++) {
+            size_t len;
+            const char *s = redis_reply_str(redis_reply_elem(r, i), &len);
+            char err[200];
+            struct match_pattern *mp = s ? match_pattern_new(s, len, err, sizeof(err)) : NULL;
+            if (mp == NULL) {
+                char w2[ROUTE_KEY_MAX + 32];
+                snprintf(w2, sizeof(w2), "%s#%zu", kl ? what : "patterns", i + 1);
+                route_bad(rc, w2, s ? err : "not a string");      /* skipped; the others still apply */
+                continue;
+            }
+            p->p[p->n++] = mp;
+        }
+    }
+    route_pats_free(rc->pats);
+    rc->pats = p;
+    route_count_cache(rc);
+    return 0;
+}
+
+static int route_pats_fresh(const struct route_ctx *rc, const struct route_pats *p, double now, uint32_t val)
+{
+    if (p == NULL || p->gen != rc->gen || now >= p->expires || p->dep_val != val)
+        return 0;
+    return rc->tracking || now - p->fetched <= ROUTE_NOTRACK_TTL;
+}
+
+static void route_parse_tenant(struct route_fetch *f, const struct redis_reply *r)
+{
+    struct route_ctx *rc = f->rc;
+    struct route_rec *t = route_rec_new(REC_TENANT);
+    if (t == NULL) {
+        f->tenant_failed = 1;
+        return;
+    }
+    t->fetched = f->started;
+    t->expires = f->started + route_ttl_cap(rc, rc->cfg->route_cache_ttl);
+    t->gen = f->gen;
+    route_rec_dep(t, f, CMD_TENANT);
+    char what[ROUTE_KEY_MAX];
+    if (route_key(rc, what, sizeof(what), "tenant:", f->tenant, strlen(f->tenant)) == 0)
+        snprintf(what, sizeof(what), "tenant");
+    int ty = redis_reply_type(r);
+    if (ty == REDIS_T_ARRAY) {
+        size_t n = redis_reply_len(r);
+        for (size_t i = 0; i + 1 < n; i += 2) {
+            size_t fl, vl;
+            const char *fs = redis_reply_str(redis_reply_elem(r, i), &fl);
+            const char *vs = redis_reply_str(redis_reply_elem(r, i + 1), &vl);
+            char err[120];
+            if (fs && vs && match_tenant_field(&t->policy, fs, fl, vs, vl, err, sizeof(err)) < 0) {
+                char w2[ROUTE_KEY_MAX + 64];
+                snprintf(w2, sizeof(w2), "%s/%.*s", what, (int)(fl > 40 ? 40 : fl), fs);
+                route_bad(rc, w2, err);          /* treated as absent */
+            }
+        }
+    } else {
+        route_bad(rc, what, "key is not a hash (no policy applied)");
+    }
+    f->trec = t;
+}
+
+static void route_cmd_cb(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct route_cmd *cmd = arg;
+    struct route_fetch *f = cmd->f;
+    struct route_ctx *rc = f->rc;
+    f->outstanding--;
+    if (rc->closing) {
+        if (f->outstanding == 0)
+            route_fetch_free(f);
+        return;
+    }
+    if (err != NULL || r == NULL) {
+        rc->m.redis_errors++;
+        if (cmd->which == CMD_TENANT)
+            f->tenant_failed = 1;
+        else
+            f->failed = 1;
+    } else if (!f->failed || cmd->which == CMD_TENANT) {
+        char e2[160] = "";
+        int rv = 0;
+        switch (cmd->which) {
+        case CMD_EXACT:
+            rv = route_parse_domain(r, &f->exact);
+            break;
+        case CMD_WILD:
+            rv = route_parse_domain(r, &f->wild);
+            break;
+        case CMD_PEXACT:
+            /* Only the rules of the key that matched are needed (replies come in order). */
+            if (f->exact.present && !f->exact.bad) {
+                rv = route_parse_paths(r, &f->paths_exact, e2, sizeof(e2));
+                if (rv == 1)
+                    snprintf(f->paths_err_exact, sizeof(f->paths_err_exact), "%s", e2);
+            }
+            break;
+        case CMD_PWILD:
+            if (!f->exact.present && f->wild.present && !f->wild.bad) {
+                rv = route_parse_paths(r, &f->paths_wild, e2, sizeof(e2));
+                if (rv == 1)
+                    snprintf(f->paths_err_wild, sizeof(f->paths_err_wild), "%s", e2);
+            }
+            break;
+        case CMD_PAT:
+            rv = route_parse_patterns(f, r);
+            break;
+        case CMD_TENANT:
+            if (redis_reply_type(r) == REDIS_T_ERROR && !route_is_wrongtype(r))
+                rv = -1;
+            else
+                route_parse_tenant(f, r);
+            break;
+        }
+        if (rv < 0) {
+            size_t n;
+            const char *s = redis_reply_str(r, &n);
+            rc->m.redis_errors++;
+            log_err_ratelimited("route-redis-error", "%s: Redis error: %.*s", __func__,
+                                (int)(s ? (n > 200 ? 200 : n) : 7), s ? s : "unknown");
+            if (cmd->which == CMD_TENANT)
+                f->tenant_failed = 1;
+            else
+                f->failed = 1;
+        }
+    }
+    if (f->outstanding == 0 && !f->in_advance)
+        route_fetch_advance(f);
+}
+
+/* Sends one command for f; counts it outstanding.  0 / -1. */
+static int route_send(struct route_fetch *f, int which, const char *cmd, const char *key, size_t klen, int range)
+{
+    struct route_ctx *rc = f->rc;
+    const char *argv[4] = {cmd, key, "0", "1023"};   /* MATCH_MAX_RULES elements at most */
+    size_t lens[4] = {strlen(cmd), klen, 1, 4};
+    f->cmds[which].f = f;
+    f->cmds[which].which = which;
+    if (redis_cmd(rc->main, route_cmd_cb, &f->cmds[which], range ? 4 : 2, argv, lens) < 0)
+        return -1;
+    f->outstanding++;
+    return 0;
+}
+
+/* Records the invalidation stamp of a key for f, and returns its key length (0 if it does not fit). */
+static size_t route_stamp(struct route_fetch *f, int which, char *key, size_t cap, const char *family,
+                          const char *name, size_t nlen)
+{
+    size_t kl = route_key(f->rc, key, cap, family, name, nlen);
+    if (kl) {
+        f->slot[which] = route_slot(key, kl);
+        f->val[which] = f->rc->depgen[f->slot[which]];
+    }
+    return kl;
+}
+
+static int route_send_tenant(struct route_fetch *f)
+{
+    char key[ROUTE_KEY_MAX];
+    size_t kl = route_stamp(f, CMD_TENANT, key, sizeof(key), "tenant:", f->tenant, strlen(f->tenant));
+    if (kl == 0 || route_send(f, CMD_TENANT, "HGETALL", key, kl, 0) < 0) {
+        f->tenant_failed = 1;
+        return -1;
+    }
+    return 0;
+}
+
+/* Sends the domain-phase commands, pipelined.  0, or -1 when Redis took none. */
+static int route_send_domain(struct route_fetch *f)
+{
+    struct route_ctx *rc = f->rc;
+    char key[ROUTE_KEY_MAX], wkey[ROUTE_KEY_MAX], wname[HOST_MAX + 3];
+    size_t wnl = 0;
+    if (f->zone) {
+        wname[0] = '*';
+        wname[1] = '.';
+        memcpy(wname + 2, f->zone, f->zl);
+        wnl = f->zl + 2;
+    }
+    int fail = 0;
+    size_t kl = route_stamp(f, CMD_EXACT, key, sizeof(key), "domain:", f->host, f->hl);
+    fail |= kl == 0 || route_send(f, CMD_EXACT, "HGETALL", key, kl, 0) < 0;
+    if (f->zone && !fail) {
+        kl = route_stamp(f, CMD_WILD, wkey, sizeof(wkey), "domain:", wname, wnl);
+        fail |= kl == 0 || route_send(f, CMD_WILD, "HGETALL", wkey, kl, 0) < 0;
+    }
+    if (!fail) {
+        kl = route_stamp(f, CMD_PEXACT, key, sizeof(key), "paths:", f->host, f->hl);
+        fail |= kl == 0 || route_send(f, CMD_PEXACT, "LRANGE", key, kl, 1) < 0;
+    }
+    if (f->zone && !fail) {
+        kl = route_stamp(f, CMD_PWILD, key, sizeof(key), "paths:", wname, wnl);
+        fail |= kl == 0 || route_send(f, CMD_PWILD, "LRANGE", key, kl, 1) < 0;
+    }
+    if (!fail) {
+        kl = route_stamp(f, CMD_PAT, key, sizeof(key), "patterns", "", 0);
+        if (!route_pats_fresh(rc, rc->pats, f->started, f->val[CMD_PAT]))
+            fail |= kl == 0 || route_send(f, CMD_PAT, "LRANGE", key, kl, 1) < 0;
+    }
+    if (fail)
+        f->failed = 1;
+    return f->outstanding > 0 ? 0 : -1;
+}
+
+/* ---- deciding ---- */
+
+/* Makes f->drec a BAD_DATA record and reports why. */
+static void route_decide_bad(struct route_fetch *f, const char *what, const char *err)
+{
+    route_bad(f->rc, what, err);
+    f->drec->status = ROUTE_BAD_DATA;
+    f->drec->detail = "invalid routing data";
+    route_entry_unref(f->drec->entry);
+    f->drec->entry = NULL;
+}
+
+/*
+ * Decides the match from the domain-phase replies (exact, wildcard,
+ * patterns, in that order: ../shared/CONTRACT.md) into f->drec.
+ */
+static void route_decide(struct route_fetch *f)
+{
+    struct route_ctx *rc = f->rc;
+    struct route_rec *d = route_rec_new(REC_DOMAIN);
+    if (d == NULL) {
+        f->failed = 1;
+        return;
+    }
+    f->drec = d;
+    d->fetched = f->started;
+    d->gen = f->gen;
+    d->status = ROUTE_NOT_FOUND;
+    d->detail = "unknown host";
+    route_rec_dep(d, f, CMD_EXACT);
+    char what[ROUTE_KEY_MAX], err[200] = "";
+    char wname[HOST_MAX + 3];
+    if (f->zone) {
+        wname[0] = '*';
+        wname[1] = '.';
+        memcpy(wname + 2, f->zone, f->zl);
+        wname[f->zl + 2] = '\0';
+    }
+    const struct route_draft *dr = NULL;
+    struct match_paths **paths = NULL;
+    const char *perr = NULL;
+    const char *keyname = NULL;
+    size_t keylen = 0;
+    if (f->exact.present) {
+        dr = &f->exact;
+        paths = &f->paths_exact;
+        perr = f->paths_err_exact;
+        keyname = f->host;
+        keylen = f->hl;
+        route_rec_dep(d, f, CMD_PEXACT);
+    } else if (f->zone) {
+        route_rec_dep(d, f, CMD_WILD);
+        if (f->wild.present) {
+            dr = &f->wild;
+            paths = &f->paths_wild;
+            perr = f->paths_err_wild;
+            keyname = wname;
+            keylen = f->zl + 2;
+            route_rec_dep(d, f, CMD_PWILD);
+        }
+    }
+    if (dr) {
+        if (route_key(rc, what, sizeof(what), "domain:", keyname, keylen) == 0)
+            snprintf(what, sizeof(what), "domain");
+        if (dr->bad) {
+            route_decide_bad(f, what, dr->err);
+        } else if (perr && perr[0]) {
+            char pw[ROUTE_KEY_MAX];
+            if (route_key(rc, pw, sizeof(pw), "paths:", keyname, keylen) == 0)
+                snprintf(pw, sizeof(pw), "paths");
+            route_decide_bad(f, pw, perr);
+        } else {
+            if (dr->err[0])
+                route_bad(rc, what, dr->err);        /* optional field defaulted */
+            d->entry = route_entry_from(dr->tenant, strlen(dr->tenant), dr->lb, dr->redirect_https,
+                                        dr->backends, strlen(dr->backends), *paths, err, sizeof(err));
+            *paths = NULL;
+            if (d->entry == NULL)
+                route_decide_bad(f, what, err);
+            else
+                d->status = ROUTE_OK;
+        }
+    } else {
+        /* Host patterns: first match wins; no path rules. */
+        route_rec_dep(d, f, CMD_PAT);
+        struct route_pats *p = rc->pats;
+        if (route_key(rc, what, sizeof(what), "patterns", "", 0) == 0)
+            snprintf(what, sizeof(what), "patterns");
+        if (p == NULL) {
+            f->failed = 1;                           /* no list: the command failed */
+        } else if (p->broken) {
+            route_decide_bad(f, what, "key is not a list");
+        } else {
+            for (size_t i = 0; i < p->n; i++) {
+                char out[MATCH_MAX_VALUE / 4];
+                int m = match_pattern_exec(p->p[i], f->host, f->hl, out, sizeof(out), err, sizeof(err));
+                if (m == 0)
+                    continue;
+                char w2[ROUTE_KEY_MAX + 64];
+                snprintf(w2, sizeof(w2), "%.100s (%.100s) for %.253s", what, match_pattern_regex(p->p[i]), f->host);
+                if (m < 0) {
+                    route_decide_bad(f, w2, err);
+                    break;
+                }
+                const char *ten = match_pattern_tenant(p->p[i]);
+                d->entry = route_entry_from(ten, strlen(ten), BAL_ROUND_ROBIN, 0, out, strlen(out), NULL,
+                                            err, sizeof(err));
+                if (d->entry == NULL)
+                    route_decide_bad(f, w2, err);
+                else
+                    d->status = ROUTE_OK;
+                break;
+            }
+        }
+    }
+    double ttl = d->status == ROUTE_OK ? rc->cfg->route_cache_ttl : rc->cfg->route_negative_ttl;
+    d->expires = f->started + route_ttl_cap(rc, ttl);
+}
+
+/* ---- fetch life cycle ---- */
+
+/* Delivers the fetch's outcome to every waiter, caches it and frees the fetch. */
+static void route_fetch_finish(struct route_fetch *f)
+{
+    struct route_ctx *rc = f->rc;
+    double now = route_now();
+    route_pending_del(rc, f);            /* lookups from callbacks start afresh */
+    if (!f->failed && f->drec) {
+        if (f->need_domain)
+            route_cache_store(rc, 'd', f->host, f->hl, f->drec);
+        if (f->trec)
+            route_cache_store(rc, 't', f->tenant, strlen(f->tenant), f->trec);
+    }
+    while (f->waiters) {
+        struct route_lookup *w = f->waiters;
+        f->waiters = w->next;
+        if (f->waiters)
+            f->waiters->prev = NULL;
+        w->f = NULL;
+        if (f->failed || f->drec == NULL) {
+            route_answer_stale(rc, f->host, f->hl, w->path, w->path_len, w->cb, w->arg, now);
+        } else if (f->drec->status != ROUTE_OK) {
+            route_answer_recs(rc, f->drec, NULL, w->path, w->path_len, w->cb, w->arg);
+        } else {
+            const struct route_rec *t = f->trec;
+            if (t == NULL) {
+                t = route_cached_tenant(rc, f->drec->entry->tenant);
+                if (t && !route_rec_fresh(rc, t, now)) {
+                    if (route_rec_servable_stale(rc, t, now))
+                        rc->m.stale_served++;
+                    else
+                        t = NULL;
+                }
+            }
+            if (t)
+                route_answer_recs(rc, f->drec, t, w->path, w->path_len, w->cb, w->arg);
+            else
+                route_answer(w->cb, w->arg, ROUTE_UNAVAILABLE, NULL, NULL, NULL,
+                             "tenant policy unavailable (Redis)");
+        }
+        free(w);
+    }
+    route_fetch_free(f);
+}
+
+/*
+ * Moves a fetch on when nothing is in flight: decide after the domain
+ * replies, then resolve names and fetch the tenant, then finish.
+ */
+static void route_fetch_advance(struct route_fetch *f)
+{
+    struct route_ctx *rc = f->rc;
+    f->in_advance = 1;
+    while (f->outstanding == 0) {
+        if (f->phase == PH_DOMAIN) {
+            f->phase = PH_RESOLVE;
+            if (f->need_domain && !f->failed)
+                route_decide(f);
+            if (f->failed || f->drec == NULL || f->drec->status != ROUTE_OK)
+                continue;
+            char err[200] = "";
+            if (route_entry_fill(f, f->drec->entry, 1, err, sizeof(err)) < 0) {
+                char what[ROUTE_KEY_MAX];
+                snprintf(what, sizeof(what), "backends of %s", f->host);
+                route_decide_bad(f, what, err);
+                continue;
+            }
+            snprintf(f->tenant, sizeof(f->tenant), "%s", f->drec->entry->tenant);
+            struct route_rec *t = route_cached_tenant(rc, f->tenant);
+            if (t == NULL || !route_rec_fresh(rc, t, f->started))
+                route_send_tenant(f);
+        } else if (f->phase == PH_RESOLVE) {
+            f->phase = PH_DONE;
+            if (!f->failed && f->drec && f->drec->status == ROUTE_OK && f->need_domain) {
+                char err[200] = "";
+                if (route_entry_fill(f, f->drec->entry, 0, err, sizeof(err)) < 0) {
+                    char what[ROUTE_KEY_MAX];
+                    snprintf(what, sizeof(what), "backends of %s", f->host);
+                    route_decide_bad(f, what, err);
+                }
+            }
+            route_fetch_finish(f);
+            return;
+        } else {
+            break;
+        }
+    }
+    f->in_advance = 0;
+}
+
+/*
+ * Starts a fetch for host: the full domain phase, or (drec given: a fresh
+ * domain record whose tenant policy is stale) the tenant only.  Returns the
+ * fetch, registered as pending, or NULL when Redis took no command.
+ */
+static struct route_fetch *route_fetch_start(struct route_ctx *rc, const char *host, size_t hl,
+                                             struct route_rec *drec, double now)
+{
+    struct route_fetch *f = calloc(1, sizeof(*f));
+    if (f == NULL)
+        return NULL;
+    f->rc = rc;
+    memcpy(f->host, host, hl);
+    f->host[hl] = '\0';
+    f->hl = hl;
+    f->zone = host_zone(f->host, hl, &f->zl);
+    f->started = now;
+    f->gen = rc->gen;
+    if (drec) {
+        f->drec = drec;
+        drec->refs++;
+        f->phase = PH_RESOLVE;
+        snprintf(f->tenant, sizeof(f->tenant), "%s", drec->entry->tenant);
+        route_send_tenant(f);
+    } else {
+        f->need_domain = 1;
+        f->phase = PH_DOMAIN;
+        route_send_domain(f);
+    }
+    if (f->outstanding == 0) {
+        f->waiters = NULL;
+        route_fetch_free(f);
+        return NULL;
+    }
+    size_t b = route_pbucket(host, hl);
+    f->hnext = rc->pending[b];
+    rc->pending[b] = f;
+    return f;
+}
+
+/* ---- Redis connections and invalidation ---- */
+
+static void route_set_up(struct route_ctx *rc, int up)
+{
+    rc->redis_up = up;
+    if (up && rc->degraded_counted) {
+        rc->degraded_counted = 0;
+        atomic_fetch_sub(&route_degraded_workers, 1);
+    } else if (!up && !rc->degraded_counted) {
+        rc->degraded_counted = 1;
+        atomic_fetch_add(&route_degraded_workers, 1);
+    }
+}
+
+static void route_tracking_cb(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct route_ctx *rc = arg;
+    if (rc->closing)
+        return;
+    if (err || r == NULL || redis_reply_type(r) != REDIS_T_STATUS) {
+        size_t n = 0;
+        const char *s = r ? redis_reply_str(r, &n) : NULL;
+        log_err_ratelimited("route-tracking", "%s: CLIENT TRACKING failed: %.*s (changes apply within 1 s by polling)",
+                            __func__, (int)(s ? (n > 200 ? 200 : n) : (err ? strlen(err) : 0)), s ? s : (err ? err : ""));
+        return;
+    }
+    if (rc->sub_ready && rc->redis_up) {
+        rc->tracking = 1;
+        /* Changes made before tracking started were not announced. */
+        route_flush_freshness(rc);
+        log_debug("%s: worker %d: client-side caching on", __func__, rc->worker_id);
+    }
+}
+
+static void route_ignore_cb(void *arg, const struct redis_reply *r, const char *err)
+{
+    (void)arg;
+    (void)r;
+    (void)err;
+}
+
+/*
+ * Asks the main connection to send invalidations for our key families to
+ * the subscriber connection (RESP2 needs REDIRECT).  Tracking is switched
+ * off first: the subscriber's client id changes when it reconnects.
+ */
+static void route_tracking_enable(struct route_ctx *rc)
+{
+    rc->tracking = 0;
+    if (!rc->redis_up || !rc->sub_ready || rc->sub_id <= 0)
+        return;
+    char id[32], pd[ROUTE_KEY_MAX], pp[ROUTE_KEY_MAX], pt[ROUTE_KEY_MAX], pa[ROUTE_KEY_MAX];
+    snprintf(id, sizeof(id), "%lld", rc->sub_id);
+    size_t ld = route_key(rc, pd, sizeof(pd), "domain:", "", 0);
+    size_t lp = route_key(rc, pp, sizeof(pp), "paths:", "", 0);
+    size_t lt = route_key(rc, pt, sizeof(pt), "tenant:", "", 0);
+    size_t la = route_key(rc, pa, sizeof(pa), "patterns", "", 0);
+    const char *off[3] = {"CLIENT", "TRACKING", "off"};
+    size_t offl[3] = {6, 8, 3};
+    redis_cmd(rc->main, route_ignore_cb, rc, 3, off, offl);
+    const char *argv[14] = {"CLIENT", "TRACKING", "on", "REDIRECT", id, "BCAST", "PREFIX", pd, "PREFIX", pp,
+                            "PREFIX", pt, "PREFIX", pa};
+    size_t lens[14] = {6, 8, 2, 8, strlen(id), 5, 6, ld, 6, lp, 6, lt, 6, la};
+    redis_cmd(rc->main, route_tracking_cb, rc, 14, argv, lens);
+}
+
+static void route_main_state(void *arg, int up)
+{
+    struct route_ctx *rc = arg;
+    if (rc->closing)
+        return;
+    route_set_up(rc, up);
+    rc->tracking = 0;
+    /* Whatever changed while we were away was not announced to us. */
+    route_flush_freshness(rc);
+    if (up)
+        route_tracking_enable(rc);
+}
+
+/* Handles one event hint: "domain <host>", "tenant <id>", "patterns" (others ignored). */
+static void route_event(struct route_ctx *rc, const char *s, size_t n)
+{
+    char key[ROUTE_KEY_MAX];
+    size_t kl;
+    if (n >= 7 && memcmp(s, "domain ", 7) == 0) {
+        char h[HOST_MAX + 3];
+        size_t hl = 0;
+        const char *name = s + 7;
+        size_t nl = n - 7;
+        if (nl > 2 && name[0] == '*' && name[1] == '.') {
+            int zl = host_normalise(name + 2, nl - 2, h + 2);
+            if (zl < 0)
+                return;
+            h[0] = '*';
+            h[1] = '.';
+            hl = (size_t)zl + 2;
+        } else {
+            int l = host_normalise(name, nl, h);
+            if (l < 0)
+                return;
+            hl = (size_t)l;
+        }
+        if ((kl = route_key(rc, key, sizeof(key), "domain:", h, hl)))
+            route_invalidate_key(rc, key, kl);
+        if ((kl = route_key(rc, key, sizeof(key), "paths:", h, hl)))
+            route_invalidate_key(rc, key, kl);
+    } else if (n > 7 && memcmp(s, "tenant ", 7) == 0) {
+        if ((kl = route_key(rc, key, sizeof(key), "tenant:", s + 7, n - 7)))
+            route_invalidate_key(rc, key, kl);
+    } else if (n == 8 && memcmp(s, "patterns", 8) == 0) {
+        if ((kl = route_key(rc, key, sizeof(key), "patterns", "", 0)))
+            route_invalidate_key(rc, key, kl);
+    }
+}
+
+/* Subscriber messages: ["subscribe", ch, n] / ["message", ch, payload]. */
+static void route_sub_msg(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct route_ctx *rc = arg;
+    if (rc->closing)
+        return;
+    if (err || r == NULL) {
+        rc->sub_ready = 0;
+        rc->tracking = 0;
+        return;
+    }
+    if (redis_reply_type(r) != REDIS_T_ARRAY || redis_reply_len(r) < 3)
+        return;
+    size_t tl, cl;
+    const char *type = redis_reply_str(redis_reply_elem(r, 0), &tl);
+    const char *ch = redis_reply_str(redis_reply_elem(r, 1), &cl);
+    if (type == NULL || ch == NULL)
+        return;
+    int inval = cl == 20 && memcmp(ch, "__redis__:invalidate", 20) == 0;
+    if (tl == 9 && memcmp(type, "subscribe", 9) == 0) {
+        if (inval) {
+            rc->sub_ready = 1;
+            route_tracking_enable(rc);
+        }
+        return;
+    }
+    if (!(tl == 7 && memcmp(type, "message", 7) == 0))
+        return;
+    const struct redis_reply *p = redis_reply_elem(r, 2);
+    if (inval) {
+        int pt = redis_reply_type(p);
+        if (pt == REDIS_T_NIL) {
+            route_flush_freshness(rc);           /* FLUSHALL / FLUSHDB */
+            rc->m.invalidations++;
+        } else if (pt == REDIS_T_ARRAY) {
+            for (size_t i = 0; i < redis_reply_len(p); i++) {
+                size_t kl;
+                const char *k = redis_reply_str(redis_reply_elem(p, i), &kl);
+                if (k)
+                    route_invalidate_key(rc, k, kl);
+            }
+        } else {
+            size_t kl;
+            const char *k = redis_reply_str(p, &kl);
+            if (k)
+                route_invalidate_key(rc, k, kl);
+        }
+        return;
+    }
+    size_t n;
+    const char *s = redis_reply_str(p, &n);
+    if (s && n <= 600)
+        route_event(rc, s, n);
+}
+
+static void route_sub_id(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct route_ctx *rc = arg;
+    if (rc->closing || err || r == NULL || redis_reply_type(r) != REDIS_T_INTEGER)
+        return;
+    rc->sub_id = redis_reply_int(r);
+    route_tracking_enable(rc);
+}
+
+static void route_sub_state(void *arg, int up)
+{
+    struct route_ctx *rc = arg;
+    if (rc->closing)
+        return;
+    rc->sub_ready = 0;
+    rc->sub_id = 0;
+    rc->tracking = 0;
+    route_flush_freshness(rc);
+    if (!up)
+        return;
+    char ev[ROUTE_KEY_MAX];
+    size_t el = route_key(rc, ev, sizeof(ev), "events", "", 0);
+    const char *idv[2] = {"CLIENT", "ID"};
+    size_t idl[2] = {6, 2};
+    redis_cmd(rc->sub, route_sub_id, rc, 2, idv, idl);
+    const char *sv[3] = {"SUBSCRIBE", "__redis__:invalidate", ev};
+    size_t sl[3] = {9, 20, el};
+    redis_cmd(rc->sub, route_sub_msg, rc, el ? 3 : 2, sv, sl);
+}
+
 /* ---- context ---- */
 
 struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config *cfg,
                                 int worker_id, char *err, size_t errlen)
 {
+    const char *prefix = cfg->key_prefix ? cfg->key_prefix : "tg:";
+    if (strlen(prefix) > ROUTE_PREFIX_MAX) {
+        snprintf(err, errlen, "key prefix longer than %d bytes", ROUTE_PREFIX_MAX);
+        return NULL;
+    }
     struct route_ctx *rc = calloc(1, sizeof(*rc));
     if (rc == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -303,18 +1970,50 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
     rc->cfg = cfg;
     rc->worker_id = worker_id;
     rc->cooldown = cfg->backend_cooldown;
+    snprintf(rc->prefix, sizeof(rc->prefix), "%s", prefix);
     rc->health = bal_health_new();
     if (rc->health == NULL) {
         snprintf(err, errlen, "out of memory");
-        free(rc);
-        return NULL;
+        goto fail;
     }
-    if (route_statics_build(cfg, &rc->statics, &rc->n_slots, err, errlen) < 0) {
-        bal_health_free(rc->health);
-        free(rc);
-        return NULL;
+    if (route_statics_build(cfg, &rc->statics, &rc->n_slots, err, errlen) < 0)
+        goto fail;
+    if (cfg->redis_url) {
+        if (base == NULL) {
+            snprintf(err, errlen, "Redis routing needs an event base");
+            goto fail;
+        }
+        rc->cache = cache_new(cfg->route_cache_size ? cfg->route_cache_size : 100000, route_rec_free_cb);
+        rc->dns = cache_new(ROUTE_DNS_CACHE, free);
+        rc->depgen = calloc(ROUTE_DEP_SLOTS, sizeof(*rc->depgen));
+        if (rc->cache == NULL || rc->dns == NULL || rc->depgen == NULL) {
+            snprintf(err, errlen, "out of memory");
+            goto fail;
+        }
+        route_set_up(rc, 0);
+        double to = cfg->redis_timeout > 0 ? cfg->redis_timeout : 0.2;
+        rc->main = redis_conn_new(base, cfg->redis_url, to, route_main_state, rc, err, errlen);
+        if (rc->main == NULL)
+            goto fail;
+        rc->sub = redis_conn_new(base, cfg->redis_url, to, route_sub_state, rc, err, errlen);
+        if (rc->sub == NULL)
+            goto fail;
     }
+    route_reg_add(rc);
     return rc;
+fail:
+    rc->closing = 1;
+    redis_conn_free(rc->main);
+    redis_conn_free(rc->sub);
+    if (rc->degraded_counted)
+        atomic_fetch_sub(&route_degraded_workers, 1);
+    cache_free(rc->cache);
+    cache_free(rc->dns);
+    free(rc->depgen);
+    route_statics_free(rc->statics, rc->n_slots);
+    bal_health_free(rc->health);
+    free(rc);
+    return NULL;
 }
 
 int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, char *err, size_t errlen)
@@ -328,6 +2027,8 @@ int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, char *er
     rc->n_slots = slots;
     rc->cfg = cfg;
     rc->cooldown = cfg->backend_cooldown;
+    if (rc->cache)
+        route_flush_freshness(rc);       /* TTLs may have changed */
     return 0;
 }
 
@@ -335,6 +2036,36 @@ void route_ctx_free(struct route_ctx *rc)
 {
     if (rc == NULL)
         return;
+    route_reg_del(rc);
+    rc->closing = 1;
+    /* Pending lookups are cancelled without callbacks. */
+    for (size_t b = 0; b < ROUTE_PENDING_BUCKETS; b++)
+        for (struct route_fetch *f = rc->pending[b]; f; f = f->hnext)
+            while (f->waiters) {
+                struct route_lookup *w = f->waiters;
+                f->waiters = w->next;
+                w->f = NULL;
+                free(w);
+            }
+    /* Failing the pending commands frees the fetches that have no DNS request left. */
+    redis_conn_free(rc->main);
+    redis_conn_free(rc->sub);
+    if (rc->dnsb)
+        evdns_base_free(rc->dnsb, 0);     /* no callbacks */
+    while (rc->dns_reqs) {
+        struct route_dns *d = rc->dns_reqs;
+        rc->dns_reqs = d->next;
+        free(d);
+    }
+    for (size_t b = 0; b < ROUTE_PENDING_BUCKETS; b++)
+        while (rc->pending[b])
+            route_fetch_free(rc->pending[b]);
+    if (rc->degraded_counted)
+        atomic_fetch_sub(&route_degraded_workers, 1);
+    route_pats_free(rc->pats);
+    cache_free(rc->cache);
+    cache_free(rc->dns);
+    free(rc->depgen);
     route_statics_free(rc->statics, rc->n_slots);
     bal_health_free(rc->health);
     free(rc);
@@ -342,46 +2073,92 @@ void route_ctx_free(struct route_ctx *rc)
 
 /* ---- lookup ---- */
 
-static void route_answer(route_cb cb, void *arg, enum route_status st, struct route_entry *e,
-                         const struct route_backends *set, const char *detail)
-{
-    struct route_result res;
-    memset(&res, 0, sizeof(res));
-    res.status = st;
-    res.policy.cap_bytes = -1;
-    res.detail = detail;
-    if (e) {
-        res.entry = e;
-        res.tenant = e->tenant;
-        res.backends = set ? set : e->set;
-        res.redirect_https = e->redirect_https;
-    }
-    cb(arg, &res);
-}
-
 struct route_lookup *route_lookup(struct route_ctx *rc, const char *host, size_t host_len,
                                   const char *path, size_t path_len, route_cb cb, void *arg)
 {
-    (void)path;
-    (void)path_len;
     char h[HOST_MAX + 1];
     int hl = host_normalise(host, host_len, h);
     if (hl < 0) {
-        route_answer(cb, arg, ROUTE_BAD_HOST, NULL, NULL, "invalid Host");
+        route_answer(cb, arg, ROUTE_BAD_HOST, NULL, NULL, NULL, "invalid Host");
         return NULL;
     }
     const struct route_static *s = route_static_find(rc, h, (size_t)hl);
     if (s) {
-        route_answer(cb, arg, ROUTE_OK, s->entry, NULL, NULL);
+        route_answer(cb, arg, ROUTE_OK, s->entry, NULL, NULL, NULL);
         return NULL;
     }
-    route_answer(cb, arg, ROUTE_NOT_FOUND, NULL, NULL, "unknown host");
-    return NULL;
+    if (rc->cache == NULL) {
+        route_answer(cb, arg, ROUTE_NOT_FOUND, NULL, NULL, NULL, "unknown host");
+        return NULL;
+    }
+    if (path == NULL)
+        path_len = 0;
+    double now = route_now();
+    struct route_rec *d = route_cached_domain(rc, h, (size_t)hl);
+    struct route_rec *tenant_only = NULL;
+    if (d && route_rec_fresh(rc, d, now)) {
+        if (d->status != ROUTE_OK) {
+            rc->m.hits++;
+            route_answer_recs(rc, d, NULL, path, path_len, cb, arg);
+            return NULL;
+        }
+        struct route_rec *t = route_cached_tenant(rc, d->entry->tenant);
+        if (t && route_rec_fresh(rc, t, now)) {
+            rc->m.hits++;
+            route_answer_recs(rc, d, t, path, path_len, cb, arg);
+            return NULL;
+        }
+        tenant_only = d;
+    }
+    rc->m.misses++;
+    struct route_fetch *f = route_pending_find(rc, h, (size_t)hl);
+    if (f) {
+        rc->m.coalesced++;
+    } else {
+        if (!redis_conn_is_up(rc->main)) {
+            route_answer_stale(rc, h, (size_t)hl, path, path_len, cb, arg, now);
+            return NULL;
+        }
+        f = route_fetch_start(rc, h, (size_t)hl, tenant_only, now);
+        if (f == NULL) {
+            route_answer_stale(rc, h, (size_t)hl, path, path_len, cb, arg, now);
+            return NULL;
+        }
+    }
+    struct route_lookup *w = malloc(sizeof(*w) + path_len + 1);
+    if (w == NULL) {
+        route_answer(cb, arg, ROUTE_UNAVAILABLE, NULL, NULL, NULL, "out of memory");
+        return NULL;
+    }
+    w->f = f;
+    w->cb = cb;
+    w->arg = arg;
+    w->path_len = path_len;
+    if (path_len)
+        memcpy(w->path, path, path_len);
+    w->path[path_len] = '\0';
+    w->prev = NULL;
+    w->next = f->waiters;
+    if (f->waiters)
+        f->waiters->prev = w;
+    f->waiters = w;
+    return w;
 }
 
 void route_lookup_cancel(struct route_lookup *lk)
 {
-    (void)lk;
+    if (lk == NULL)
+        return;
+    struct route_fetch *f = lk->f;
+    if (f) {
+        if (lk->prev)
+            lk->prev->next = lk->next;
+        else
+            f->waiters = lk->next;
+        if (lk->next)
+            lk->next->prev = lk->prev;
+    }
+    free(lk);
 }
 
 /* ---- balancing ---- */
