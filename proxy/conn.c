@@ -71,7 +71,13 @@ static const char *conn_state_name(enum conn_state s)
 }
 
 /* Response body framing. */
-enum body_mode { BODY_NONE = 0, BODY_LENGTH, BODY_CHUNKED, BODY_CLOSE };
+enum body_mode {
+    BODY_NONE = 0,
+    BODY_LENGTH,
+    BODY_CHUNKED,
+    BODY_CLOSE,
+    BODY_DECHUNK,   /* chunked from the backend, close-delimited to an HTTP/1.0 client */
+};
 
 /* struct req flags */
 enum {
@@ -959,7 +965,7 @@ static void send_response_head(struct conn *c, const struct h1_response *rs)
     } else {
         if (r->resp_mode == BODY_CHUNKED)
             evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
-        if (r->resp_mode == BODY_CLOSE || worker_draining(c->w))
+        if (r->resp_mode == BODY_CLOSE || r->resp_mode == BODY_DECHUNK || worker_draining(c->w))
             c->flags |= CF_CLOSE_AFTER;
         if (c->flags & CF_CLOSE_AFTER)
             evbuffer_add(out, "Connection: close\r\n", 19);
@@ -1032,7 +1038,8 @@ static int read_response_head(struct conn *c)
         if ((r->flags & RF_METHOD_HEAD) || rs.status == 204 || rs.status == 304) {
             r->resp_mode = BODY_NONE;
         } else if (rs.flags & H1_F_CHUNKED) {
-            r->resp_mode = BODY_CHUNKED;
+            /* RFC 9112 §7: an HTTP/1.0 recipient cannot read chunked. */
+            r->resp_mode = (r->flags & RF_HTTP10) ? BODY_DECHUNK : BODY_CHUNKED;
             h1_chunked_init(&r->resp_chunk);
         } else if (rs.flags & H1_F_HAS_CL) {
             r->resp_mode = rs.content_length > 0 ? BODY_LENGTH : BODY_NONE;
@@ -1053,6 +1060,34 @@ static int read_response_head(struct conn *c)
     }
 }
 
+/*
+ * BODY_DECHUNK: how many bytes at the front of in to handle next and whether
+ * they are data (*is_data) or framing (consumed here, one byte at a time;
+ * framing is a few bytes per chunk).  -1 on invalid framing.
+ */
+static ssize_t dechunk_step(struct req *r, struct evbuffer *in, size_t room, int *is_data, int *done)
+{
+    size_t left = h1_chunked_data_left(&r->resp_chunk);
+    *done = 0;
+    if (left > 0) {
+        size_t n = evbuffer_get_length(in);
+        if (n > left)
+            n = left;
+        if (n > room)
+            n = room;
+        *is_data = 1;
+        return (ssize_t)n;
+    }
+    *is_data = 0;
+    char ch;
+    if (evbuffer_copyout(in, &ch, 1) != 1)
+        return 0;
+    if (h1_chunked_feed(&r->resp_chunk, &ch, 1, done) != 1)
+        return -1;
+    evbuffer_drain(in, 1);
+    return 1;
+}
+
 /* Moves response body bytes backend -> client. */
 static int relay_response_body(struct conn *c)
 {
@@ -1066,7 +1101,39 @@ static int relay_response_body(struct conn *c)
         if (have >= hwm)
             break;
         int done;
-        ssize_t n = plan_move(c, in, hwm - have, r->resp_mode, r->resp_left, &r->resp_chunk, &done);
+        ssize_t n;
+        if (r->resp_mode == BODY_DECHUNK) {
+            int is_data;
+            n = dechunk_step(r, in, hwm - have, &is_data, &done);
+            if (n > 0 && !is_data) {
+                if (done)
+                    r->flags |= RF_RESP_DONE;
+                continue;
+            }
+            if (n > 0) {
+                size_t ok = allowance(c, (size_t)n);
+                if (ok == 0 && (r->flags & RF_CUT))
+                    n = -2;
+                else if (ok == 0)
+                    break;
+                else {
+                    int d2;
+                    n = (ssize_t)ok;
+                    struct evbuffer_iovec v[16];
+                    int k = evbuffer_peek(in, n, NULL, v, 16);
+                    size_t fed = 0;
+                    for (int i = 0; i < k && i < 16 && fed < (size_t)n; i++) {
+                        size_t seg = v[i].iov_len < (size_t)n - fed ? v[i].iov_len : (size_t)n - fed;
+                        h1_chunked_feed(&r->resp_chunk, v[i].iov_base, seg, &d2);
+                        fed += seg;
+                    }
+                    evbuffer_remove_buffer(in, out, (size_t)n);
+                    continue;
+                }
+            }
+        } else {
+            n = plan_move(c, in, hwm - have, r->resp_mode, r->resp_left, &r->resp_chunk, &done);
+        }
         if (n < 0) {
             if (n == -1)
                 log_warn("%s: conn %llu: invalid chunked body from %s", __func__, (unsigned long long)c->id,
@@ -1358,6 +1425,14 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
 
+    if (r->flags & RF_RESP_DONE) {
+        /* The backend closed after a complete response: nothing is lost,
+         * the connection just cannot go back to the pool. */
+        up_detach(c, 0);
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
+            finish_request(c);
+        return;
+    }
     if ((what & BEV_EVENT_EOF) && (r->flags & RF_RESP_HEAD) && r->resp_mode == BODY_CLOSE) {
         /* EOF delimits this body (RFC 9112 §6.3 rule 8). */
         r->flags &= ~RF_THROTTLED;

@@ -753,3 +753,8 @@ ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *
     }
     return (ssize_t)i;
 }
+
+size_t h1_chunked_data_left(const struct h1_chunked *c)
+{
+    return c->state == CS_DATA ? (size_t)c->remaining : 0;
+}

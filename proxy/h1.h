@@ -131,6 +131,14 @@ void h1_chunked_init(struct h1_chunked *c);
  */
 ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *done);
 
+/*
+ * Data bytes left in the current chunk when the tracker stands inside
+ * chunk-data, else 0.  Lets a caller strip the framing (an HTTP/1.0 client
+ * gets a chunked response as a close-delimited body): feed the framing a
+ * byte at a time and move the data spans in bulk.
+ */
+size_t h1_chunked_data_left(const struct h1_chunked *c);
+
 /* Parses a decimal Content-Length value; -1 if invalid or > 2^62. */
 int64_t h1_parse_content_length(struct h1_str v);
 

@@ -6,6 +6,7 @@
 #ifndef TG_LOG_H
 #define TG_LOG_H
 
+#include <stddef.h>
 #include <syslog.h>   /* LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG */
 
 /* Opens the error log ("-" or NULL = stderr) at the given level. 0 / -1. */
