@@ -56,10 +56,11 @@
 #include "routing/host.h"
 #include "routing/match.h"
 #include "routing/redis.h"
+#include "routing/schema.h"
 
 #define ROUTE_DEP_SLOTS   65536          /* invalidation counters per worker (power of two) */
-#define ROUTE_KEY_MAX     512            /* any Redis key we build */
-#define ROUTE_PREFIX_MAX  64
+#define ROUTE_KEY_MAX     SCHEMA_KEY_MAX /* any Redis key we build */
+#define ROUTE_PREFIX_MAX  SCHEMA_PREFIX_MAX
 #define ROUTE_DNS_CACHE   4096           /* resolved backend names per worker */
 #define ROUTE_NOTRACK_TTL 1.0            /* freshness while invalidations are not flowing */
 #define ROUTE_PENDING_BUCKETS 256
@@ -582,15 +583,30 @@ static void route_bad(struct route_ctx *rc, const char *what, const char *err)
 /* ---- keys ---- */
 
 /*
- * Builds "<prefix><family><name>" (family e.g. "domain:") into buf.  The only
- * place that spells key names in this file; to switch to schema.h's builders.
- * Returns the length, or 0 when it does not fit.
+ * Builds the Redis key of a family (RK_DOMAIN, ...: SCHEMA_K_DOMAIN ...) and name with
+ * schema.h, the project's only copy of the key layout; an empty name gives
+ * the family prefix itself ("tg:domain:", "tg:patterns", "tg:events").
+ * Returns the length, or 0 when the key cannot be built.
  */
-static size_t route_key(const struct route_ctx *rc, char *buf, size_t cap, const char *family,
+enum { RK_DOMAIN, RK_PATHS, RK_TENANT, RK_PATTERNS, RK_EVENTS };
+
+static size_t route_key(const struct route_ctx *rc, char *buf, size_t cap, int family,
                         const char *name, size_t nlen)
 {
-    int n = snprintf(buf, cap, "%s%s%.*s", rc->prefix, family, (int)nlen, name ? name : "");
-    return (n < 0 || (size_t)n >= cap) ? 0 : (size_t)n;
+    static const char *const fam[] = {SCHEMA_K_DOMAIN, SCHEMA_K_PATHS, SCHEMA_K_TENANT, SCHEMA_K_PATTERNS,
+                                       SCHEMA_K_EVENTS};
+    int n;
+    if (nlen == 0)
+        n = schema_key_family(buf, cap, rc->prefix, fam[family], 0);
+    else if (family == RK_DOMAIN)
+        n = schema_key_domain(buf, cap, rc->prefix, name, nlen);
+    else if (family == RK_PATHS)
+        n = schema_key_paths(buf, cap, rc->prefix, name, nlen);
+    else if (family == RK_TENANT)
+        n = schema_key_tenant(buf, cap, rc->prefix, name, nlen);
+    else
+        n = -1;
+    return n > 0 ? (size_t)n : 0;
 }
 
 static uint32_t route_slot(const char *key, size_t len)
@@ -1274,7 +1290,7 @@ static int route_parse_patterns(struct route_fetch *f, const struct redis_reply 
 {
     struct route_ctx *rc = f->rc;
     char what[ROUTE_KEY_MAX + 16];
-    size_t kl = route_key(rc, what, sizeof(what), "patterns", "", 0);
+    size_t kl = route_key(rc, what, sizeof(what), RK_PATTERNS, "", 0);
     int t = redis_reply_type(r);
     if (t == REDIS_T_ERROR && !route_is_wrongtype(r))
         return -1;
@@ -1337,7 +1353,7 @@ static void route_parse_tenant(struct route_fetch *f, const struct redis_reply *
     t->gen = f->gen;
     route_rec_dep(t, f, CMD_TENANT);
     char what[ROUTE_KEY_MAX];
-    if (route_key(rc, what, sizeof(what), "tenant:", f->tenant, strlen(f->tenant)) == 0)
+    if (route_key(rc, what, sizeof(what), RK_TENANT, f->tenant, strlen(f->tenant)) == 0)
         snprintf(what, sizeof(what), "tenant");
     int ty = redis_reply_type(r);
     if (ty == REDIS_T_ARRAY) {
@@ -1442,7 +1458,7 @@ static int route_send(struct route_fetch *f, int which, const char *cmd, const c
 }
 
 /* Records the invalidation stamp of a key for f, and returns its key length (0 if it does not fit). */
-static size_t route_stamp(struct route_fetch *f, int which, char *key, size_t cap, const char *family,
+static size_t route_stamp(struct route_fetch *f, int which, char *key, size_t cap, int family,
                           const char *name, size_t nlen)
 {
     size_t kl = route_key(f->rc, key, cap, family, name, nlen);
@@ -1456,7 +1472,7 @@ static size_t route_stamp(struct route_fetch *f, int which, char *key, size_t ca
 static int route_send_tenant(struct route_fetch *f)
 {
     char key[ROUTE_KEY_MAX];
-    size_t kl = route_stamp(f, CMD_TENANT, key, sizeof(key), "tenant:", f->tenant, strlen(f->tenant));
+    size_t kl = route_stamp(f, CMD_TENANT, key, sizeof(key), RK_TENANT, f->tenant, strlen(f->tenant));
     if (kl == 0 || route_send(f, CMD_TENANT, "HGETALL", key, kl, 0) < 0) {
         f->tenant_failed = 1;
         return -1;
@@ -1477,22 +1493,22 @@ static int route_send_domain(struct route_fetch *f)
         wnl = f->zl + 2;
     }
     int fail = 0;
-    size_t kl = route_stamp(f, CMD_EXACT, key, sizeof(key), "domain:", f->host, f->hl);
+    size_t kl = route_stamp(f, CMD_EXACT, key, sizeof(key), RK_DOMAIN, f->host, f->hl);
     fail |= kl == 0 || route_send(f, CMD_EXACT, "HGETALL", key, kl, 0) < 0;
     if (f->zone && !fail) {
-        kl = route_stamp(f, CMD_WILD, wkey, sizeof(wkey), "domain:", wname, wnl);
+        kl = route_stamp(f, CMD_WILD, wkey, sizeof(wkey), RK_DOMAIN, wname, wnl);
         fail |= kl == 0 || route_send(f, CMD_WILD, "HGETALL", wkey, kl, 0) < 0;
     }
     if (!fail) {
-        kl = route_stamp(f, CMD_PEXACT, key, sizeof(key), "paths:", f->host, f->hl);
+        kl = route_stamp(f, CMD_PEXACT, key, sizeof(key), RK_PATHS, f->host, f->hl);
         fail |= kl == 0 || route_send(f, CMD_PEXACT, "LRANGE", key, kl, 1) < 0;
     }
     if (f->zone && !fail) {
-        kl = route_stamp(f, CMD_PWILD, key, sizeof(key), "paths:", wname, wnl);
+        kl = route_stamp(f, CMD_PWILD, key, sizeof(key), RK_PATHS, wname, wnl);
         fail |= kl == 0 || route_send(f, CMD_PWILD, "LRANGE", key, kl, 1) < 0;
     }
     if (!fail) {
-        kl = route_stamp(f, CMD_PAT, key, sizeof(key), "patterns", "", 0);
+        kl = route_stamp(f, CMD_PAT, key, sizeof(key), RK_PATTERNS, "", 0);
         if (!route_pats_fresh(rc, rc->pats, f->started, f->val[CMD_PAT]))
             fail |= kl == 0 || route_send(f, CMD_PAT, "LRANGE", key, kl, 1) < 0;
     }
@@ -1563,13 +1579,13 @@ static void route_decide(struct route_fetch *f)
         }
     }
     if (dr) {
-        if (route_key(rc, what, sizeof(what), "domain:", keyname, keylen) == 0)
+        if (route_key(rc, what, sizeof(what), RK_DOMAIN, keyname, keylen) == 0)
             snprintf(what, sizeof(what), "domain");
         if (dr->bad) {
             route_decide_bad(f, what, dr->err);
         } else if (perr && perr[0]) {
             char pw[ROUTE_KEY_MAX];
-            if (route_key(rc, pw, sizeof(pw), "paths:", keyname, keylen) == 0)
+            if (route_key(rc, pw, sizeof(pw), RK_PATHS, keyname, keylen) == 0)
                 snprintf(pw, sizeof(pw), "paths");
             route_decide_bad(f, pw, perr);
         } else {
@@ -1587,7 +1603,7 @@ static void route_decide(struct route_fetch *f)
         /* Host patterns: first match wins; no path rules. */
         route_rec_dep(d, f, CMD_PAT);
         struct route_pats *p = rc->pats;
-        if (route_key(rc, what, sizeof(what), "patterns", "", 0) == 0)
+        if (route_key(rc, what, sizeof(what), RK_PATTERNS, "", 0) == 0)
             snprintf(what, sizeof(what), "patterns");
         if (p == NULL) {
             f->failed = 1;                           /* no list: the command failed */
@@ -1804,10 +1820,10 @@ static void route_tracking_enable(struct route_ctx *rc)
         return;
     char id[32], pd[ROUTE_KEY_MAX], pp[ROUTE_KEY_MAX], pt[ROUTE_KEY_MAX], pa[ROUTE_KEY_MAX];
     snprintf(id, sizeof(id), "%lld", rc->sub_id);
-    size_t ld = route_key(rc, pd, sizeof(pd), "domain:", "", 0);
-    size_t lp = route_key(rc, pp, sizeof(pp), "paths:", "", 0);
-    size_t lt = route_key(rc, pt, sizeof(pt), "tenant:", "", 0);
-    size_t la = route_key(rc, pa, sizeof(pa), "patterns", "", 0);
+    size_t ld = route_key(rc, pd, sizeof(pd), RK_DOMAIN, "", 0);
+    size_t lp = route_key(rc, pp, sizeof(pp), RK_PATHS, "", 0);
+    size_t lt = route_key(rc, pt, sizeof(pt), RK_TENANT, "", 0);
+    size_t la = route_key(rc, pa, sizeof(pa), RK_PATTERNS, "", 0);
     const char *off[3] = {"CLIENT", "TRACKING", "off"};
     size_t offl[3] = {6, 8, 3};
     redis_cmd(rc->main, route_ignore_cb, rc, 3, off, offl);
@@ -1835,11 +1851,12 @@ static void route_event(struct route_ctx *rc, const char *s, size_t n)
 {
     char key[ROUTE_KEY_MAX];
     size_t kl;
-    if (n >= 7 && memcmp(s, "domain ", 7) == 0) {
+    const char *name;
+    size_t nl;
+    int ev = schema_event_parse(s, n, &name, &nl);
+    if (ev == SCHEMA_EV_DOMAIN) {
         char h[HOST_MAX + 3];
-        size_t hl = 0;
-        const char *name = s + 7;
-        size_t nl = n - 7;
+        size_t hl;
         if (nl > 2 && name[0] == '*' && name[1] == '.') {
             int zl = host_normalise(name + 2, nl - 2, h + 2);
             if (zl < 0)
@@ -1853,15 +1870,15 @@ static void route_event(struct route_ctx *rc, const char *s, size_t n)
                 return;
             hl = (size_t)l;
         }
-        if ((kl = route_key(rc, key, sizeof(key), "domain:", h, hl)))
+        if ((kl = route_key(rc, key, sizeof(key), RK_DOMAIN, h, hl)))
             route_invalidate_key(rc, key, kl);
-        if ((kl = route_key(rc, key, sizeof(key), "paths:", h, hl)))
+        if ((kl = route_key(rc, key, sizeof(key), RK_PATHS, h, hl)))
             route_invalidate_key(rc, key, kl);
-    } else if (n > 7 && memcmp(s, "tenant ", 7) == 0) {
-        if ((kl = route_key(rc, key, sizeof(key), "tenant:", s + 7, n - 7)))
+    } else if (ev == SCHEMA_EV_TENANT) {
+        if ((kl = route_key(rc, key, sizeof(key), RK_TENANT, name, nl)))
             route_invalidate_key(rc, key, kl);
-    } else if (n == 8 && memcmp(s, "patterns", 8) == 0) {
-        if ((kl = route_key(rc, key, sizeof(key), "patterns", "", 0)))
+    } else if (ev == SCHEMA_EV_PATTERNS) {
+        if ((kl = route_key(rc, key, sizeof(key), RK_PATTERNS, "", 0)))
             route_invalidate_key(rc, key, kl);
     }
 }
@@ -1942,7 +1959,7 @@ static void route_sub_state(void *arg, int up)
     if (!up)
         return;
     char ev[ROUTE_KEY_MAX];
-    size_t el = route_key(rc, ev, sizeof(ev), "events", "", 0);
+    size_t el = route_key(rc, ev, sizeof(ev), RK_EVENTS, "", 0);
     const char *idv[2] = {"CLIENT", "ID"};
     size_t idl[2] = {6, 2};
     redis_cmd(rc->sub, route_sub_id, rc, 2, idv, idl);
@@ -1957,8 +1974,8 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
                                 int worker_id, char *err, size_t errlen)
 {
     const char *prefix = cfg->key_prefix ? cfg->key_prefix : "tg:";
-    if (strlen(prefix) > ROUTE_PREFIX_MAX) {
-        snprintf(err, errlen, "key prefix longer than %d bytes", ROUTE_PREFIX_MAX);
+    if (!schema_prefix_valid(prefix)) {
+        snprintf(err, errlen, "bad key prefix (at most %d printable bytes, no spaces)", ROUTE_PREFIX_MAX);
         return NULL;
     }
     struct route_ctx *rc = calloc(1, sizeof(*rc));
