@@ -12,7 +12,9 @@
 
 #include "config/config.h"
 #include "routing/balance.h"
+#include "routing/cache.h"
 #include "routing/host.h"
+#include "routing/match.h"
 #include "routing/route.h"
 #include "tests/unit/tests.h"
 
@@ -364,6 +366,285 @@ START_TEST(least_conn_prefers_idle)
 }
 END_TEST
 
+
+/* ---- match.h: backend lists ---- */
+
+START_TEST(backends_split_lists)
+{
+    struct match_addr a[MATCH_MAX_BACKENDS];
+    char err[160];
+    const char *l = "127.0.0.1:80, app.internal:8080 ,[::1]:81";
+    ck_assert_int_eq(match_backends_split(l, strlen(l), a, MATCH_MAX_BACKENDS, err, sizeof(err)), 3);
+    ck_assert_str_eq(a[0].text, "127.0.0.1:80");
+    ck_assert_str_eq(a[1].name, "app.internal");
+    ck_assert_int_eq(a[1].port, 8080);
+    ck_assert_str_eq(a[2].name, "::1");
+    static const char *bad[] = {"", ",", "127.0.0.1:80,", ",127.0.0.1:80", "127.0.0.1", "h:99999", "a b:80",
+                                "127.0.0.1:80,,127.0.0.1:81"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(match_backends_split(bad[i], strlen(bad[i]), a, MATCH_MAX_BACKENDS, err, sizeof(err)) < 0,
+                      "accepted '%s'", bad[i]);
+    /* 65 backends: more than a tried-mask holds. */
+    char big[65 * 20] = "";
+    for (int i = 0; i < 65; i++)
+        snprintf(big + strlen(big), sizeof(big) - strlen(big), "%s127.0.0.1:%d", i ? "," : "", 1000 + i);
+    ck_assert_int_lt(match_backends_split(big, strlen(big), a, MATCH_MAX_BACKENDS, err, sizeof(err)), 0);
+}
+END_TEST
+
+/* ---- match.h: host patterns ---- */
+
+static struct match_pattern *pat(const char *line)
+{
+    char err[200] = "";
+    struct match_pattern *p = match_pattern_new(line, strlen(line), err, sizeof(err));
+    ck_assert_msg(p != NULL, "pattern '%s': %s", line, err);
+    return p;
+}
+
+static int run(struct match_pattern *p, const char *host, char *out, size_t cap)
+{
+    char err[200];
+    return match_pattern_exec(p, host, strlen(host), out, cap, err, sizeof(err));
+}
+
+START_TEST(pattern_substitution)
+{
+    char out[256];
+    struct match_pattern *p = pat("pr-(\\d+)\\.preview\\.example\\.com  t-preview   pr-$1.svc:8080");
+    ck_assert_str_eq(match_pattern_tenant(p), "t-preview");
+    ck_assert_int_eq(run(p, "pr-42.preview.example.com", out, sizeof(out)), 1);
+    ck_assert_str_eq(out, "pr-42.svc:8080");
+    /* Anchored at both ends: no match inside a longer host. */
+    ck_assert_int_eq(run(p, "xpr-42.preview.example.com", out, sizeof(out)), 0);
+    ck_assert_int_eq(run(p, "pr-42.preview.example.com.evil.net", out, sizeof(out)), 0);
+    ck_assert_int_eq(run(p, "pr-x.preview.example.com", out, sizeof(out)), 0);
+    match_pattern_free(p);
+
+    p = pat("(?<app>[a-z]+)-(?<env>dev|prod)\\.apps\\.test shared ${app}.${env}.internal:80,${2}-b.internal:81");
+    ck_assert_int_eq(run(p, "shop-prod.apps.test", out, sizeof(out)), 1);
+    ck_assert_str_eq(out, "shop.prod.internal:80,prod-b.internal:81");
+    match_pattern_free(p);
+
+    /* $$ is a dollar; an optional group that did not take part is empty; $0 the whole host. */
+    p = pat("(a)?(b)\\.t t x$$-$1$2-$0:1");
+    ck_assert_int_eq(run(p, "b.t", out, sizeof(out)), 1);
+    ck_assert_str_eq(out, "x$-b-b.t:1");
+    /* Output too small: an error, never an overflow. */
+    ck_assert_int_eq(run(p, "ab.t", out, 5), -1);
+    match_pattern_free(p);
+}
+END_TEST
+
+START_TEST(pattern_bad_data)
+{
+    char err[200], out[256];
+    /* Does not compile, or not three fields: rejected. */
+    static const char *bad[] = {"(unclosed t b:1", "only-regex", "re tenant", "", "   ", "x t\x01 b:1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(match_pattern_new(bad[i], strlen(bad[i]), err, sizeof(err)) == NULL, "accepted '%s'", bad[i]);
+    /* Template naming a missing capture: the pattern loads, a matching host fails, others do not match. */
+    static const char *tmpl[] = {"(a)\\.t t b$2:1", "(a)\\.t t ${nope}:1", "(a)\\.t t b${1:1", "(a)\\.t t b$x:1",
+                                 "(a)\\.t t ${}:1"};
+    for (size_t i = 0; i < sizeof(tmpl) / sizeof(tmpl[0]); i++) {
+        struct match_pattern *p = pat(tmpl[i]);
+        ck_assert_msg(run(p, "a.t", out, sizeof(out)) == -1, "template of '%s' accepted", tmpl[i]);
+        ck_assert_int_eq(run(p, "b.t", out, sizeof(out)), 0);
+        match_pattern_free(p);
+    }
+    /* Catastrophic backtracking hits the match limit instead of hanging. */
+    struct match_pattern *p = pat("(a|aa)+c t x:1");
+    char host[64];
+    memset(host, 'a', 40);
+    strcpy(host + 40, "cx");
+    ck_assert_int_eq(run(p, host, out, sizeof(out)), -1);
+    match_pattern_free(p);
+    /* A regex longer than the limit is refused. */
+    char *huge = malloc(MATCH_MAX_REGEX + 32);
+    memset(huge, 'a', MATCH_MAX_REGEX + 1);
+    strcpy(huge + MATCH_MAX_REGEX + 1, " t x:1");
+    ck_assert_ptr_null(match_pattern_new(huge, strlen(huge), err, sizeof(err)));
+    free(huge);
+}
+END_TEST
+
+/* ---- match.h: path rules ---- */
+
+START_TEST(path_rules_first_match)
+{
+    char err[160];
+    struct match_paths *ps = match_paths_new();
+    static const char *rules[] = {"/api/v2 127.0.0.1:2", "/api 127.0.0.1:1", "~^/img/.*\\.(png|jpg)$ 127.0.0.1:3",
+                                  "~^/(?i)DOCS 127.0.0.1:4, 127.0.0.1:5"};
+    for (size_t i = 0; i < 4; i++)
+        ck_assert_int_eq(match_paths_add(ps, rules[i], strlen(rules[i]), err, sizeof(err)), (int)i);
+    ck_assert_int_eq((int)match_paths_count(ps), 4);
+    struct { const char *path; int want; } cases[] = {
+        {"/api/v2/x", 0}, {"/api/v1", 1}, {"/api", 1}, {"/apix", 1}, {"/img/a.png", 2}, {"/img/a.png?x=1", 2},
+        {"/img/a.gif", -1}, {"/docs/x", 3}, {"/", -1}, {"", -1}, {"/ap?i", -1},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ck_assert_msg(match_paths_find(ps, cases[i].path, strlen(cases[i].path)) == cases[i].want,
+                      "path %s", cases[i].path);
+    size_t bl;
+    const char *b = match_paths_backends(ps, 3, &bl);
+    ck_assert(bl == strlen("127.0.0.1:4, 127.0.0.1:5") && memcmp(b, "127.0.0.1:4, 127.0.0.1:5", bl) == 0);
+    static const char *bad[] = {"api 127.0.0.1:1", "/api", "~(x 127.0.0.1:1", "~ 127.0.0.1:1", ""};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(match_paths_add(ps, bad[i], strlen(bad[i]), err, sizeof(err)) < 0, "accepted '%s'", bad[i]);
+    ck_assert_int_eq((int)match_paths_count(ps), 4);
+    match_paths_free(ps);
+
+    /* A backtracking path regex reports -2 (the host answers bad data), not a hang. */
+    ps = match_paths_new();
+    const char *evil = "~^(a|aa)+$ 127.0.0.1:1";
+    ck_assert_int_eq(match_paths_add(ps, evil, strlen(evil), err, sizeof(err)), 0);
+    char path[200];
+    memset(path, 'a', 150);
+    path[150] = 'b';
+    path[151] = '\0';
+    ck_assert_int_eq(match_paths_find(ps, path, strlen(path)), -2);
+    match_paths_free(ps);
+}
+END_TEST
+
+/* ---- match.h: hash fields ---- */
+
+START_TEST(domain_fields)
+{
+    char err[160];
+    struct match_domain d;
+    match_domain_init(&d);
+    ck_assert_int_eq(match_domain_check(&d, err, sizeof(err)), -1);          /* no tenant */
+    match_domain_field(&d, "tenant", 6, "acme", 4, err, sizeof(err));
+    ck_assert_int_eq(match_domain_check(&d, err, sizeof(err)), -1);          /* no backends */
+    match_domain_field(&d, "backends", 8, "127.0.0.1:1", 11, err, sizeof(err));
+    match_domain_field(&d, "lb", 2, "least_conn", 10, err, sizeof(err));
+    match_domain_field(&d, "redirect_https", 14, "1", 1, err, sizeof(err));
+    match_domain_field(&d, "other", 5, "x", 1, err, sizeof(err));
+    ck_assert_int_eq(match_domain_check(&d, err, sizeof(err)), 0);
+    ck_assert_int_eq(d.lb, BAL_LEAST_CONN);
+    ck_assert_int_eq(d.redirect_https, 1);
+    ck_assert_int_eq((int)d.bad_optional, 0);
+    match_domain_field(&d, "lb", 2, "random", 6, err, sizeof(err));
+    match_domain_field(&d, "redirect_https", 14, "yes", 3, err, sizeof(err));
+    ck_assert_int_eq((int)d.bad_optional, 3);
+    ck_assert_int_eq(d.lb, BAL_LEAST_CONN);                                   /* bad value ignored */
+    /* A 1 MB value is refused; so is a tenant with a space. */
+    size_t big = 1 << 20;
+    char *v = malloc(big);
+    memset(v, 'a', big);
+    ck_assert_int_eq(match_domain_field(&d, "backends", 8, v, big, err, sizeof(err)), -1);
+    free(v);
+    match_domain_field(&d, "tenant", 6, "a b", 3, err, sizeof(err));
+    ck_assert_int_eq(match_domain_check(&d, err, sizeof(err)), -1);
+}
+END_TEST
+
+START_TEST(tenant_fields)
+{
+    char err[160];
+    struct tenant_policy p = {-1, CAP_BLOCK, 0, 0};
+    ck_assert_int_eq(match_tenant_field(&p, "cap_bytes", 9, "1000", 4, err, sizeof(err)), 0);
+    ck_assert_int_eq(match_tenant_field(&p, "cap_action", 10, "throttle", 8, err, sizeof(err)), 0);
+    ck_assert_int_eq(match_tenant_field(&p, "throttle_bps", 12, "512", 3, err, sizeof(err)), 0);
+    ck_assert_int_eq(match_tenant_field(&p, "suspended", 9, "1", 1, err, sizeof(err)), 0);
+    ck_assert_int_eq(match_tenant_field(&p, "note", 4, "whatever", 8, err, sizeof(err)), 0);
+    ck_assert(p.cap_bytes == 1000 && p.cap_action == CAP_THROTTLE && p.throttle_bps == 512 && p.suspended == 1);
+    /* Malformed: refused and left as it was. */
+    ck_assert_int_eq(match_tenant_field(&p, "cap_bytes", 9, "-5", 2, err, sizeof(err)), -1);
+    ck_assert_int_eq(match_tenant_field(&p, "cap_bytes", 9, "99999999999999999999", 20, err, sizeof(err)), -1);
+    ck_assert_int_eq(match_tenant_field(&p, "cap_action", 10, "drop", 4, err, sizeof(err)), -1);
+    ck_assert_int_eq(match_tenant_field(&p, "suspended", 9, "true", 4, err, sizeof(err)), -1);
+    ck_assert(p.cap_bytes == 1000 && p.cap_action == CAP_THROTTLE && p.suspended == 1);
+}
+END_TEST
+
+/* ---- cache.h ---- */
+
+static int freed;
+static void count_free(void *v)
+{
+    freed++;
+    free(v);
+}
+
+static void put(struct cache *c, const char *k, int v)
+{
+    int *p = malloc(sizeof(int));
+    *p = v;
+    ck_assert_int_eq(cache_put(c, k, strlen(k), p), 0);
+}
+
+static int get(struct cache *c, const char *k)
+{
+    int *p = cache_get(c, k, strlen(k));
+    return p ? *p : -1;
+}
+
+START_TEST(lru_eviction)
+{
+    freed = 0;
+    struct cache *c = cache_new(3, count_free);
+    put(c, "a", 1);
+    put(c, "b", 2);
+    put(c, "c", 3);
+    ck_assert_int_eq(get(c, "a"), 1);        /* a is now the most recent: b is the oldest */
+    put(c, "d", 4);
+    ck_assert_int_eq((int)cache_count(c), 3);
+    ck_assert_int_eq(get(c, "b"), -1);
+    ck_assert_int_eq(freed, 1);
+    ck_assert_int_eq((int)cache_evictions(c), 1);
+    ck_assert_int_eq(get(c, "a"), 1);
+    ck_assert_int_eq(get(c, "c"), 3);
+    ck_assert_int_eq(get(c, "d"), 4);
+    /* Replacing frees the old value and does not grow the cache. */
+    put(c, "c", 30);
+    ck_assert_int_eq(freed, 2);
+    ck_assert_int_eq(get(c, "c"), 30);
+    ck_assert_int_eq((int)cache_count(c), 3);
+    /* peek does not refresh: a stays oldest after peeking it. */
+    get(c, "d");
+    get(c, "c");
+    ck_assert_ptr_nonnull(cache_peek(c, "a", 1));
+    put(c, "e", 5);
+    ck_assert_ptr_null(cache_peek(c, "a", 1));
+    ck_assert_int_eq(cache_del(c, "e", 1), 1);
+    ck_assert_int_eq(cache_del(c, "e", 1), 0);
+    ck_assert_int_eq((int)cache_count(c), 2);
+    /* Keys are bytes: an embedded NUL and a prefix are different keys. */
+    put(c, "x", 7);
+    int *p = malloc(sizeof(int));
+    *p = 8;
+    ck_assert_int_eq(cache_put(c, "x\0y", 3, p), 0);
+    ck_assert_int_eq(get(c, "x"), 7);
+    ck_assert_int_eq(*(int *)cache_get(c, "x\0y", 3), 8);
+    cache_free(c);
+    ck_assert_int_eq(freed, 4 + 4);      /* b, old c, a, e; then d, c, x, x\0y */
+}
+END_TEST
+
+START_TEST(lru_many)
+{
+    freed = 0;
+    struct cache *c = cache_new(1000, count_free);
+    char k[32];
+    for (int i = 0; i < 5000; i++) {
+        snprintf(k, sizeof(k), "host-%d.example", i);
+        put(c, k, i);
+        if (i % 2 == 0) {                   /* keep host-0 hot */
+            ck_assert_int_eq(get(c, "host-0.example"), 0);
+        }
+    }
+    ck_assert_int_eq((int)cache_count(c), 1000);
+    ck_assert_int_eq(get(c, "host-0.example"), 0);
+    ck_assert_int_eq(get(c, "host-4999.example"), 4999);
+    ck_assert_int_eq(get(c, "host-3999.example"), -1);
+    ck_assert_int_eq(freed, 4000);
+    cache_free(c);
+}
+END_TEST
+
 Suite *routing_suite(void)
 {
     Suite *s = suite_create("routing");
@@ -382,6 +663,20 @@ Suite *routing_suite(void)
     tcase_add_test(tc, pick_round_robin_and_tried_mask);
     tcase_add_test(tc, pick_passive_health_cooldown);
     tcase_add_test(tc, least_conn_prefers_idle);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("match");
+    tcase_add_test(tc, backends_split_lists);
+    tcase_add_test(tc, pattern_substitution);
+    tcase_add_test(tc, pattern_bad_data);
+    tcase_add_test(tc, path_rules_first_match);
+    tcase_add_test(tc, domain_fields);
+    tcase_add_test(tc, tenant_fields);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("cache");
+    tcase_add_test(tc, lru_eviction);
+    tcase_add_test(tc, lru_many);
     suite_add_tcase(s, tc);
     return s;
 }
