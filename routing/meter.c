@@ -1604,6 +1604,14 @@ static void flusher_poke_cb(evutil_socket_t fd, short what, void *arg)
     flusher_run(m, 0);
 }
 
+static void final_cmd_done(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct meter *m = arg;
+    if (m->final_pending > 0)
+        m->final_pending--;
+    flusher_check_final(m);
+}
+
 /*
  * Progress of the graceful stop: 1 = sending the last batches, 2 = giving
  * leases back and forgetting our applied seq, 3 = done.  Gives up at the
@@ -1629,8 +1637,8 @@ static void flusher_check_final(struct meter *m)
                 }
                 char *k = key_applied(m);
                 /* no batch of this run can arrive any more: forget its seq */
-                if (k)
-                    redis_cmdf(m->rc, NULL, NULL, "HDEL %s %s", k, m->run_id);
+                if (k && redis_cmdf(m->rc, final_cmd_done, m, "HDEL %s %s", k, m->run_id) == 0)
+                    m->final_pending++;
                 free(k);
             }
         }
