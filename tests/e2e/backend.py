@@ -12,7 +12,9 @@ Every response carries:
     X-Conn-Id: I            a per-process counter of accepted connections
     X-Conn-Req: K           1 for the first request on that connection, 2 ...
 and any header asked for with the query parameter h=Name:Value (repeatable),
-e.g. /status/200?h=Keep-Alive:timeout=5&h=X-Hop:1.
+e.g. /status/200?h=Keep-Alive:timeout=5&h=X-Hop:1.  The query parameter
+close=1 makes any route answer with "Connection: close" and close the
+connection right after its response (a complete, length-delimited one).
 
 Request bodies (Content-Length or chunked) are always read to the end (counted
 and hashed) before the response starts, except for /ws.  When the request has
@@ -261,6 +263,8 @@ class Conn:
 
     @staticmethod
     def keepalive(req):
+        if req.q("close") == "1":
+            return False
         tokens = req.header_tokens("connection")
         if "close" in tokens:
             return False

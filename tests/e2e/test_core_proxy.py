@@ -124,6 +124,29 @@ def test_http10_without_host_uses_no_route():
         assert rs and rs[0].status in (400, 404), out[:200]
 
 
+def test_backend_closing_after_complete_response():
+    """Regression: a backend that sends a whole Content-Length response and
+    closes at once (HTTP/1.0 style) raced with the EOF handling: the client
+    sometimes lost the body ("failed mid-response" in the log)."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        bad = 0
+        for i in range(40):
+            out = raw(tg.port, b"GET /bytes/%d HTTP/1.0\r\nHost: app.test\r\n\r\n" % (500 + i), timeout=3)
+            rs = parse_responses(out)
+            bad += not (len(rs) == 1 and rs[0].status == 200 and rs[0].body == pattern(500 + i))
+        with RawConn(tg.port) as c:
+            for i in range(40):
+                c.send(b"GET /bytes/%d?close=1 HTTP/1.1\r\nHost: app.test\r\n\r\n" % (500 + i))
+                try:
+                    r = c.read_response()
+                    bad += not (r.status == 200 and r.body == pattern(500 + i))
+                except EOFError:
+                    bad += 1
+                    c.close()
+                    c = RawConn(tg.port)
+        assert bad == 0, "%d of 80 complete responses lost when the backend closed right after" % bad
+
+
 def test_connection_close_honoured():
     with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
         with RawConn(tg.port) as c:
