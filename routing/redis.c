@@ -600,6 +600,8 @@ static void conn_connect(struct redis_conn *c)
         conn_schedule_retry(c);
         return;
     }
+    if (!c->url.is_unix)
+        redisEnableKeepAlive(&ac->c);   /* a silently dead peer is found even on an idle subscriber */
     struct link *l = calloc(1, sizeof(*l));
     if (!l || redisLibeventAttach(ac, c->base) != REDIS_OK) {
         free(l);

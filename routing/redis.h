@@ -62,6 +62,12 @@ int redis_cmdf(struct redis_conn *c, redis_cb cb, void *arg, const char *fmt, ..
  * is called for every message pushed on it (hiredis keeps it registered);
  * these commands have no deadline.  Returns the client id of the connection
  * via CLIENT ID when asked with redis_cmd like any command.
+ * Details (RESP2): once a connection sent (P)SUBSCRIBE it accepts only
+ * (P)SUBSCRIBE and (P)UNSUBSCRIBE (others return -1; ask CLIENT ID before);
+ * (P)UNSUBSCRIBE replies arrive on the subscription's callback.  When the
+ * link is lost, each subscription callback gets err "disconnected" once;
+ * subscriptions are not restored by the reconnect: resubscribe from
+ * state_cb(up = 1).  MONITOR is refused.
  */
 
 /* Synchronous client (tollgate-ctl only). */
