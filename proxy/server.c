@@ -395,9 +395,16 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
 
     signal(SIGPIPE, SIG_IGN);
     evthread_use_pthreads();
-    /* Workers never take signals; the main loop does. */
-    sigset_t all, old;
+    /* Stop signals stay pending until the main loop can take them, so a
+     * SIGTERM during start-up still drains instead of killing.  Workers
+     * inherit a mask with every signal blocked. */
+    sigset_t all, stops, old;
     sigfillset(&all);
+    sigemptyset(&stops);
+    sigaddset(&stops, SIGTERM);
+    sigaddset(&stops, SIGINT);
+    sigaddset(&stops, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &stops, &old);
 
     struct meter *m = meter_new(cfg, cfg->workers, err, sizeof(err));
     if (!m) {
@@ -443,7 +450,7 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
         event_add(sigs[i], NULL);
     }
 
-    pthread_sigmask(SIG_BLOCK, &all, &old);
+    pthread_sigmask(SIG_BLOCK, &all, NULL);
     for (int i = 0; i < s.n_workers; i++) {
         if (pthread_create(&s.workers[i].thread, NULL, worker_main, &s.workers[i]) != 0) {
             log_err("tollgate: cannot start worker thread %d", i);
