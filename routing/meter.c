@@ -825,7 +825,9 @@ struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenan
     uint32_t h = hash_str(tenant);
     for (struct meter_tenant *t = mw->tab[h & (mw->tab_cap - 1)]; t; t = t->next) {
         if (t->hash == h && strcmp(t->g->name, tenant) == 0) {
-            if (memcmp(&t->pol, pol, sizeof(*pol)) != 0) {
+            /* field by field: the struct has padding that routing may not zero */
+            if (t->pol.cap_bytes != pol->cap_bytes || t->pol.cap_action != pol->cap_action ||
+                t->pol.throttle_bps != pol->throttle_bps || t->pol.suspended != pol->suspended) {
                 t->pol = *pol;
                 gt_get(mw->m, tenant, h, pol);   /* publishes the change */
             }
@@ -850,6 +852,20 @@ struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenan
     mw->tab[h & (mw->tab_cap - 1)] = t;
     mw->count++;
     return t;
+}
+
+int meter_state_known(struct meter_tenant *t)
+{
+    if (!t)
+        return 1;
+    struct meter_gt *g = t->g;
+    struct meter *m = t->mw->m;
+    if (atomic_load_explicit(&g->cap, RELAXED) < 0 || atomic_load_explicit(&g->suspended, RELAXED) ||
+        atomic_load_explicit(&g->known, RELAXED) || !m->started || !atomic_load_explicit(&m->redis_up, RELAXED))
+        return 1;
+    if (!atomic_exchange(&g->renew, 1))
+        poke(m);
+    return 0;
 }
 
 void meter_tenant_put(struct meter_tenant *t)

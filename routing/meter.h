@@ -89,6 +89,16 @@ int64_t meter_next_utc_day(int64_t t);
 /* Escapes a Prometheus label value (\ \" \n) into out; returns out. */
 char *meter_escape_label(const char *s, char *out, size_t outlen);
 
+/*
+ * 0 while the meter does not yet know whether a capped tenant is over its cap
+ * (the first lease request of a tenant this instance has not seen is on its
+ * way: one Redis round trip); 1 otherwise.  An engine that wants the very
+ * first request of such a tenant to get 509 rather than a response cut before
+ * its first body byte can wait (a 1 ms timer, a few times) before
+ * meter_admit().  Worker thread; no lock.
+ */
+int meter_state_known(struct meter_tenant *t);
+
 /* Hands the worker's pending deltas to the flusher now (the timer does it every flush interval). */
 void meter_worker_tick(struct meter_worker *mw);
 

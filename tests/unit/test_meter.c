@@ -549,6 +549,20 @@ START_TEST(lease_single_instance)
         sleep_ms(retry ? retry : 5);
     ck_assert_uint_eq(n, 1000);
     meter_tenant_put(t);
+    /* First sight of a tenant already over its cap: its state is known after
+     * one lease round trip, and then the first request can be refused. */
+    set_usage("u3:", "t2", 20000000);
+    t = meter_tenant_get(w, "t2", &p);
+    ck_assert_int_eq(meter_state_known(t), 0);
+    t0 = now_s();
+    while (!meter_state_known(t) && now_s() - t0 < 1)
+        sleep_ms(1);
+    ck_assert(meter_state_known(t));
+    ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
+    meter_tenant_put(t);
+    t = meter_tenant_get(w, "free", &NOCAP);
+    ck_assert_int_eq(meter_state_known(t), 1);   /* no cap: nothing to wait for */
+    meter_tenant_put(t);
     meter_worker_free(w);
     meter_stop(m, 2);
     redis_sync_free(s);
