@@ -1297,6 +1297,7 @@ static void gt_lease_reset(struct meter *m, struct meter_gt *g, int month)
     g->lease_month = month;
     g->lease_cap = cap;
     g->usage_seen = 0;
+    g->rate_prev_consumed = 0;
     /* A new month starts with the whole cap; with no history we know nothing. */
     g->local_remaining = cap;
     atomic_store_explicit(&g->known, !m->has_redis || g->last_lease > 0, RELAXED);
@@ -1403,13 +1404,10 @@ static void lease_reply(void *arg, const struct redis_reply *r, const char *err)
     int64_t rest = redis_reply_int(redis_reply_elem(r, 1));
     int64_t usage = redis_reply_int(redis_reply_elem(r, 3));
     if (lr->month != g->lease_month || lr->cap != g->lease_cap) {
-        /* The month or the cap changed while the request was on its way: the
-         * grant (if any) is still recorded in Redis as held by us; take it
-         * into account and ask again with the new state. */
-        if (slice > 0 && lr->month == g->lease_month) {
-            g->granted += slice;
-            atomic_fetch_add_explicit(&g->avail, slice, RELAXED);
-        }
+        /* The month or the cap changed while the request was on its way:
+         * the grant was computed for the old state, so it is not used; Redis
+         * counts it as ours until the next request, which reports what we
+         * really hold and so gives it back. */
         atomic_store_explicit(&g->renew, 1, RELAXED);
         free(lr);
         poke(m);
