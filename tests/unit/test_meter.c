@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -372,7 +373,7 @@ static void redis_setup(void)
             dup2(dn, 2);
         }
         execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+               "--appendonly", "no", "--dir", "/tmp", "--enable-debug-command", "local", (char *)NULL);
         _exit(127);
     }
     snprintf(redis_url, sizeof(redis_url), "redis://127.0.0.1:%d", redis_port);
@@ -504,6 +505,72 @@ START_TEST(flush_end_to_end)
     meter_stop(m, 2);
     ck_assert_int_eq(hget_int(s, mk, "bytes_out"), 22225);
     ck_assert_int_eq(hget_int(s, dk, "bytes_out"), 22225);
+    redis_sync_free(s);
+    cfg_free(&cfg);
+}
+END_TEST
+
+static void *debug_sleep(void *arg)
+{
+    char err[128];
+    struct redis_sync *s = redis_sync_connect(redis_url, 3, err, sizeof(err));
+    if (s) {
+        const char *argv[] = { "DEBUG", "SLEEP", (const char *)arg };
+        struct redis_reply *r = redis_sync_cmd(s, 3, argv, NULL, err, sizeof(err));
+        if (r)
+            redis_sync_reply_free(r);
+        redis_sync_free(s);
+    }
+    return NULL;
+}
+
+static int metrics_has(struct meter *m, const char *needle)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    meter_write_metrics(f, m);
+    fclose(f);
+    int found = strstr(buf, needle) != NULL;
+    free(buf);
+    return found;
+}
+
+/* Redis applies a batch but the reply is lost (the command timed out while
+ * Redis slept): the retry carries the same seq and is ignored. */
+START_TEST(flush_lost_reply_counted_once)
+{
+    NEED_REDIS();
+    struct tg_config cfg;
+    cfg_for(&cfg, redis_url, "u6:");
+    cfg.redis_timeout = 0.2;
+    char err[256];
+    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
+    struct meter_worker *w = meter_worker_new(m, NULL, 0);
+    ck_assert_int_eq(meter_start(m), 0);
+    sleep_ms(300);
+    struct meter_tenant *t = meter_tenant_get(w, "lost", &NOCAP);
+    meter_count_in(t, 4242);
+    meter_count_request(t);
+    pthread_t th;
+    pthread_create(&th, NULL, debug_sleep, "0.8");
+    sleep_ms(50);            /* Redis is asleep now */
+    meter_worker_tick(w);    /* the flush goes out within 0.1 s and times out */
+    pthread_join(th, NULL);
+    double end = now_s() + 5;
+    while (now_s() < end && !metrics_has(m, "tollgate_meter_flush_duplicates_total 1\n"))
+        sleep_ms(20);
+    ck_assert_msg(metrics_has(m, "tollgate_meter_flush_duplicates_total 1\n"), "no duplicate was detected");
+    ck_assert(!metrics_has(m, "tollgate_meter_flush_errors_total 0\n"));   /* the timeout was seen */
+    struct redis_sync *s = rconn();
+    char k[64];
+    snprintf(k, sizeof(k), "u6:meter:lost:%d", meter_utc_day(time(NULL)) / 100);
+    ck_assert_int_eq(hget_int(s, k, "bytes_in"), 4242);
+    ck_assert_int_eq(hget_int(s, k, "requests"), 1);
+    meter_tenant_put(t);
+    meter_worker_free(w);
+    meter_stop(m, 2);
+    ck_assert_int_eq(hget_int(s, k, "bytes_in"), 4242);
     redis_sync_free(s);
     cfg_free(&cfg);
 }
@@ -706,6 +773,7 @@ Suite *meter_suite(void)
     tcase_add_unchecked_fixture(tc, redis_setup, redis_teardown);
     tcase_add_test(tc, flush_script_is_idempotent);
     tcase_add_test(tc, flush_end_to_end);
+    tcase_add_test(tc, flush_lost_reply_counted_once);
     tcase_add_test(tc, lease_script_accounts_other_instances);
     tcase_add_test(tc, lease_single_instance);
     tcase_add_test(tc, lease_two_instances_share_a_cap);
