@@ -569,11 +569,23 @@ class Tollgate:
         return http(self.admin_port, "GET", path, "127.0.0.1:%d" % self.admin_port, timeout=timeout)
 
     def sanitizer_report(self):
+        """None, or the sanitizer/valgrind report in the log, its first line a
+        one-line summary (the error and the first frame in tollgate's code)."""
         text = self.log_text()
         for mark in SANITIZER_MARKS:
             i = text.find(mark)
             if i >= 0:
-                return text[max(0, i - 200):i + 3000]
+                report = text[i:i + 4000]
+                first = report.splitlines()[0].strip()
+                line_start = text.rfind("\n", 0, i) + 1
+                if mark == "runtime error:":
+                    first = text[line_start:text.find("\n", i)].strip()
+                frame = ""
+                for line in report.splitlines()[1:]:
+                    if " in " in line and (SRCDIR in line or "/proxy/" in line or "/routing/" in line):
+                        frame = " at " + line.split(" in ", 1)[1].strip()
+                        break
+                return "%s%s\n%s" % (first, frame, text[line_start:i + 4000])
         return None
 
     def __enter__(self):
@@ -582,14 +594,20 @@ class Tollgate:
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
             # keep the original failure; show the log to explain it
+            died = self.proc.poll()
             self.kill()
             sys.stderr.write("---- tollgate log (%s) ----\n%s\n" % (self.log_path, self.log_text()[-4000:]))
+            if died is not None and self.check_exit and exc_type is not KeyboardInterrupt:
+                # the proxy crashed under the test: that is the reason to report
+                report = self.sanitizer_report()
+                why = report.splitlines()[0] if report else (self.log_text().strip().splitlines() or [""])[-1]
+                raise AssertionError("tollgate died during the test (exit %s): %s" % (died, why)) from exc
             return False
         code = self.stop() if self.proc.poll() is None else self.proc.returncode
         if self.check_exit:
             report = self.sanitizer_report()
             if report:
-                raise AssertionError("tollgate log has an error report:\n" + report)
+                raise AssertionError("tollgate: " + report)
             if code != 0:
                 raise AssertionError("tollgate exited with %s (expected 0)\nlog:\n%s"
                                      % (code, self.log_text()[-3000:]))
