@@ -1,0 +1,439 @@
+"""Redis routing end to end (issue 3; schema in ../shared/CONTRACT.md).
+
+Each test starts a real redis-server, scripted backends and tollgate with
+--redis, writes routing data with plain Redis commands (as another team's tool
+would) and checks which backend answers, through the proxy:
+
+  matching order (exact, wildcard with exactly one label, patterns with
+  numbered and named captures), path rules (prefix and regex, first match
+  wins), live updates within 1 s without any PUBLISH, the events channel,
+  a hot lookup costing no Redis command, coalescing of concurrent misses,
+  Redis killed and restarted mid-traffic, Redis unreachable at start, a
+  SIGSTOP'd Redis (503 within 1 s for uncached hosts), 1,000 domains written
+  while traffic flows, round_robin, least_conn, passive health failover,
+  all backends down (502) and bad data (wrong types, missing fields, bad
+  addresses, bad patterns and templates, 1 MB values) affecting only the
+  hosts concerned.
+"""
+
+import socket
+import threading
+import time
+
+from tglib import *
+
+TIMEOUT = 120
+
+
+# ---------------------------------------------------------------- helpers
+
+def domain(r, host, tenant, backends, **fields):
+    args = ["tenant", tenant, "backends", backends]
+    for k, v in fields.items():
+        args += [k, str(v)]
+    r.cmd("HSET", "tg:domain:" + host, *args)
+
+
+def who(tg, host, path="/echo", timeout=5):
+    """(status, X-Backend or None, headers) of one request through the proxy."""
+    status, headers, _ = http(tg.port, "GET", path, host, timeout=timeout)
+    return status, headers.get("x-backend"), headers
+
+
+def calls(r, *cmds):
+    """Total calls of the given commands (lowercase) from INFO commandstats."""
+    info = r.cmd("INFO", "commandstats")
+    if isinstance(info, bytes):
+        info = info.decode()
+    total = 0
+    for line in info.splitlines():
+        for c in cmds:
+            if line.startswith("cmdstat_%s:" % c):
+                total += int(line.split("calls=")[1].split(",")[0])
+    return total
+
+
+def lookups(r):
+    return calls(r, "hgetall", "lrange")
+
+
+def metric(tg, name):
+    _, _, body = tg.admin("/metrics")
+    for line in body.decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+def wait_backend(tg, host, want, timeout, path="/echo"):
+    """Waits until host is served by backend `want` (a name, or a status int); returns the seconds it took."""
+    t0 = time.monotonic()
+
+    def ok():
+        status, name, _ = who(tg, host, path)
+        return name == want if isinstance(want, str) else status == want
+    wait_until(ok, timeout, "%s -> %s" % (host, want), interval=0.02)
+    return time.monotonic() - t0
+
+
+def tracking_ready(tg, r, host):
+    """Waits until client-side caching works: a cached host costs no lookup."""
+    def ready():
+        who(tg, host)
+        before = lookups(r)
+        for _ in range(3):
+            who(tg, host)
+        return lookups(r) == before
+    wait_until(ready, scale(10), "cache hits without Redis round trips")
+
+
+# ---------------------------------------------------------------- matching
+
+def test_exact_host_normalised_unknown_invalid():
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        domain(r, "app.example.test", "t1", b1.addr)
+        for h in ("app.example.test", "APP.Example.TEST", "app.example.test.", "app.example.test:8080",
+                  "App.Example.Test.:80"):
+            status, name, _ = who(tg, h)
+            assert (status, name) == (200, "b1"), (h, status, name)
+        status, _, _ = who(tg, "nope.example.test")
+        assert status == 404
+        for bad in ("bad host", "a..b", "x:99999", "[::1"):
+            status, _, _ = who(tg, bad)
+            assert status == 400, (bad, status)
+
+
+def test_wildcard_matches_exactly_one_label():
+    with Redis() as r, Backend("wild") as bw, Backend("exact") as be, Tollgate(redis=r.url) as tg:
+        domain(r, "*.sites.test", "t1", bw.addr)
+        domain(r, "special.sites.test", "t2", be.addr)
+        assert who(tg, "a.sites.test")[:2] == (200, "wild")
+        assert who(tg, "zz-9.sites.test")[:2] == (200, "wild")
+        assert who(tg, "special.sites.test")[:2] == (200, "exact")     # exact beats wildcard
+        assert who(tg, "a.b.sites.test")[0] == 404                      # two labels: no
+        assert who(tg, "sites.test")[0] == 404                          # zero labels: no
+
+
+def test_patterns_with_numbered_and_named_captures():
+    with Redis() as r, Backend("pr-1") as b1, Backend("pr-2") as b2, Backend("api") as ba, \
+            Backend("exact") as be, Tollgate(redis=r.url) as tg:
+        p1, p2, pa = b1.port, b2.port, ba.port
+        # Template builds the backend from captures: ports 1xxxx-style would need DNS, so
+        # the capture selects the last digits of a port prefix computed here.
+        r.cmd("RPUSH", "tg:patterns",
+              r"pr-(\d+)\.preview\.test previews 127.0.0.1:$1",
+              r"(?<svc>[a-z]+)-(?<env>prod)\.apps\.test apps 127.0.0.1:${svc}",   # bad: "api" is no port
+              r"(?<svc>[a-z]+)-(?<env>stage)\.apps\.test apps 127.0.0.1:%d" % pa,
+              r"x(\d)\.broken\.test t 127.0.0.1:$2")
+        domain(r, "pr-%d.preview.test" % p2, "t-exact", be.addr)
+        assert who(tg, "pr-%d.preview.test" % p1)[:2] == (200, "pr-1")
+        assert who(tg, "pr-%d.preview.test" % p2)[:2] == (200, "exact")    # exact before patterns
+        assert who(tg, "pr-x.preview.test")[0] == 404
+        assert who(tg, "api-stage.apps.test")[:2] == (200, "api")
+        assert who(tg, "api-prod.apps.test")[0] == 502                      # template gives a bad address
+        assert who(tg, "x1.broken.test")[0] == 502                          # template names a missing capture
+        assert who(tg, "pr-%d.preview.test" % p1)[:2] == (200, "pr-1")      # the others keep working
+        # Named captures substituted: a template using ${env} as a host label via localhost.
+        r.cmd("LPUSH", "tg:patterns", r"(?<name>[a-z]+)\.local\.test loc ${name}.localhost:%d" % p2)
+        wait_backend(tg, "web.local.test", "pr-2", 2)
+
+
+def test_path_rules_prefix_regex_first_match():
+    with Redis() as r, Backend("default") as bd, Backend("api") as ba, Backend("img") as bi, \
+            Backend("wild") as bw, Tollgate(redis=r.url) as tg:
+        domain(r, "shop.test", "t1", bd.addr)
+        r.cmd("RPUSH", "tg:paths:shop.test",
+              "/api/v2 " + bi.addr,                  # first match wins: before /api
+              "/api " + ba.addr,
+              r"~^/static/.*\.(png|jpg)$ " + bi.addr)
+        cases = [("/", "default"), ("/api", "api"), ("/api/v1/x", "api"), ("/api/v2/x", "img"),
+                 ("/static/a.png", "img"), ("/static/a.png?v=2", "img"), ("/static/a.css", "default"),
+                 ("/apix", "api")]
+        for path, want in cases:
+            # The backends answer 404 for paths they do not serve: only who answered matters.
+            assert who(tg, "shop.test", path)[1] == want, (path, who(tg, "shop.test", path))
+        # A wildcard match reads the paths of the wildcard key.
+        domain(r, "*.shops.test", "t2", bd.addr)
+        r.cmd("RPUSH", "tg:paths:*.shops.test", "/api " + bw.addr)
+        assert who(tg, "a.shops.test", "/api/x")[1] == "wild"
+        assert who(tg, "a.shops.test", "/other")[1] == "default"
+        # A path rule list that is bad data fails that host only.
+        domain(r, "badpaths.test", "t3", bd.addr)
+        r.cmd("RPUSH", "tg:paths:badpaths.test", "~(unclosed " + ba.addr)
+        assert who(tg, "badpaths.test", "/")[0] == 502
+        assert who(tg, "shop.test", "/api")[1] == "api"
+
+
+# ---------------------------------------------------------------- live updates
+
+def test_live_update_within_one_second_without_publish():
+    with Redis() as r, Backend("old") as bo, Backend("new") as bn, Tollgate(redis=r.url) as tg:
+        domain(r, "live.test", "t1", bo.addr)
+        assert who(tg, "live.test")[:2] == (200, "old")
+        tracking_ready(tg, r, "live.test")
+        worst = 0.0
+        for i in range(5):
+            target, name = (bn, "new") if i % 2 == 0 else (bo, "old")
+            r.cmd("HSET", "tg:domain:live.test", "backends", target.addr)
+            worst = max(worst, wait_backend(tg, "live.test", name, scale(2)))
+        assert worst < 1.0, "a change took %.3fs" % worst
+        # A host cached as unknown appears within 1 s, a deleted one disappears.
+        assert who(tg, "later.test")[0] == 404
+        domain(r, "later.test", "t1", bn.addr)
+        assert wait_backend(tg, "later.test", "new", scale(2)) < 1.0
+        r.cmd("DEL", "tg:domain:live.test")
+        assert wait_backend(tg, "live.test", 404, scale(2)) < 1.0
+        # Path rules and patterns are watched too.
+        r.cmd("RPUSH", "tg:paths:later.test", "/p " + bo.addr)
+        assert wait_backend(tg, "later.test", "old", scale(2), path="/p") < 1.0
+        assert who(tg, "pat1.test")[0] == 404
+        r.cmd("RPUSH", "tg:patterns", r"pat\d\.test t 127.0.0.1:%d" % bo.port)
+        assert wait_backend(tg, "pat1.test", "old", scale(2)) < 1.0
+
+
+def test_hot_lookups_cost_no_redis_command_and_events_channel_refreshes():
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        domain(r, "hot.test", "t1", b1.addr)
+        tracking_ready(tg, r, "hot.test")
+        before = lookups(r)
+        for _ in range(50):
+            assert who(tg, "hot.test")[:2] == (200, "b1")
+        assert lookups(r) == before, "cache hits went to Redis"
+        assert metric(tg, "tollgate_route_cache_hits_total") >= 50
+        # A hint on the events channel makes the workers revalidate (one round trip each).
+        r.cmd("PUBLISH", "tg:events", "domain hot.test")
+        time.sleep(0.2)
+        for _ in range(10):
+            who(tg, "hot.test")
+        assert lookups(r) > before, "the events hint was ignored"
+
+
+def test_concurrent_misses_share_one_round_trip():
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url, workers=2) as tg:
+        domain(r, "warm.test", "t1", b1.addr)
+        tracking_ready(tg, r, "warm.test")
+        domain(r, "cold.test", "t1", b1.addr)
+        time.sleep(0.1)
+        # Hold Redis a moment so that every request arrives while the first lookup waits.
+        before = calls(r, "hgetall")
+        r.pause()
+        results = []
+        threads = [threading.Thread(target=lambda: results.append(who(tg, "cold.test", timeout=10)[:2]))
+                   for _ in range(40)]
+        for t in threads:
+            t.start()
+        time.sleep(0.05)
+        r.resume()
+        for t in threads:
+            t.join()
+        # The pause may outlast the 200 ms deadline: then those lookups answer 503 and a retry follows.
+        ok = sum(1 for s in results if s == (200, "b1"))
+        assert all(s[0] in (200, 503) for s in results), results
+        wait_backend(tg, "cold.test", "b1", 3)
+        n = calls(r, "hgetall") - before
+        # Per fetch: exact + wildcard domain keys (+ tenant once); 40 requests, 2 workers.
+        assert n <= 12, "%d HGETALL for 40 concurrent requests (%d ok)" % (n, ok)
+        assert metric(tg, "tollgate_route_coalesced_total") >= 1
+
+
+# ---------------------------------------------------------------- Redis failures
+
+def test_redis_killed_and_restarted_mid_traffic():
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        domain(r, "cached.test", "t1", b1.addr)
+        domain(r, "uncached.test", "t1", b1.addr)
+        assert who(tg, "cached.test")[:2] == (200, "b1")
+        stop = threading.Event()
+        bad = []
+
+        def traffic():
+            while not stop.is_set():
+                s, n, _ = who(tg, "cached.test")
+                if (s, n) != (200, "b1"):
+                    bad.append(s)
+                time.sleep(0.01)
+        t = threading.Thread(target=traffic)
+        t.start()
+        try:
+            time.sleep(0.3)
+            r.kill()
+            time.sleep(0.5)
+            status, _, headers = who(tg, "uncached.test")
+            assert status == 503 and "retry-after" in headers, (status, headers)
+            _, _, body = tg.admin("/healthz")
+            assert b"degraded" in body, body
+            time.sleep(1.0)
+            r.start()
+            # Redis restarted empty: write the data again, as a control plane would.
+            domain(r, "cached.test", "t1", b1.addr)
+            domain(r, "uncached.test", "t1", b1.addr)
+            wait_backend(tg, "uncached.test", "b1", scale(10))
+            wait_until(lambda: b"degraded" not in tg.admin("/healthz")[2], scale(10), "healthz ok")
+        finally:
+            stop.set()
+            t.join()
+        assert not bad, "cached host failed %d times while Redis was down: %s" % (len(bad), bad[:5])
+
+
+def test_redis_unreachable_at_start_then_recovers():
+    port = free_port()
+    with Backend("b1") as b1, Tollgate(redis="redis://127.0.0.1:%d" % port, routes=["static.test=" + b1.addr]) as tg:
+        status, _, headers = who(tg, "dyn.test")
+        assert status == 503 and headers.get("retry-after"), (status, headers)
+        assert who(tg, "static.test")[:2] == (200, "b1")                 # static routes still work
+        assert b"degraded" in tg.admin("/healthz")[2]
+        with Redis(port=port) as r:
+            domain(r, "dyn.test", "t1", b1.addr)
+            wait_backend(tg, "dyn.test", "b1", scale(10))
+            wait_until(lambda: b"degraded" not in tg.admin("/healthz")[2], scale(10), "healthz ok")
+
+
+def test_stopped_redis_gives_503_within_one_second_for_uncached_hosts():
+    # One worker: caches are per worker, and "cached" must mean cached where the request lands.
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url, workers=1) as tg:
+        domain(r, "cached.test", "t1", b1.addr)
+        domain(r, "new.test", "t1", b1.addr)
+        assert who(tg, "cached.test")[:2] == (200, "b1")
+        r.pause()
+        try:
+            for i in range(3):
+                t0 = time.monotonic()
+                status, _, headers = who(tg, "new.test", timeout=5)
+                took = time.monotonic() - t0
+                assert status == 503 and "retry-after" in headers, status
+                assert took < 1.0, "503 took %.3fs" % took
+                t0 = time.monotonic()
+                assert who(tg, "cached.test")[:2] == (200, "b1")
+                assert time.monotonic() - t0 < 1.0
+        finally:
+            r.resume()
+        wait_backend(tg, "new.test", "b1", scale(10))
+
+
+def test_thousand_domains_written_while_traffic_flows():
+    with Redis() as r, Backend("b1") as b1, Backend("b2") as b2, Tollgate(redis=r.url) as tg:
+        domain(r, "steady.test", "t1", b1.addr)
+        assert who(tg, "steady.test")[:2] == (200, "b1")
+        stop = threading.Event()
+        bad = []
+        count = [0]
+
+        def traffic():
+            while not stop.is_set():
+                s, n, _ = who(tg, "steady.test")
+                count[0] += 1
+                if (s, n) != (200, "b1"):
+                    bad.append((s, n))
+
+        t = threading.Thread(target=traffic)
+        t.start()
+        try:
+            for batch in range(10):
+                r.pipeline(*[("HSET", "tg:domain:site%d.bulk.test" % i, "tenant", "t%d" % (i % 7),
+                              "backends", b2.addr) for i in range(batch * 100, batch * 100 + 100)])
+        finally:
+            stop.set()
+            t.join()
+        assert not bad, bad[:5]
+        assert count[0] > 0
+        for i in range(0, 1000, 37):
+            assert who(tg, "site%d.bulk.test" % i)[:2] == (200, "b2"), i
+        assert who(tg, "site999.bulk.test")[:2] == (200, "b2")
+
+
+# ---------------------------------------------------------------- balancing and health
+
+def test_round_robin_spreads_evenly():
+    with Redis() as r, Backend("a") as a, Backend("b") as b, Backend("c") as c, \
+            Tollgate(redis=r.url, workers=1) as tg:
+        domain(r, "rr.test", "t1", ",".join(x.addr for x in (a, b, c)))
+        seen = {}
+        for _ in range(30):
+            s, n, _ = who(tg, "rr.test")
+            assert s == 200
+            seen[n] = seen.get(n, 0) + 1
+        assert seen == {"a": 10, "b": 10, "c": 10}, seen
+
+
+def test_least_conn_avoids_busy_backend():
+    with Redis() as r, Backend("a") as a, Backend("b") as b, Tollgate(redis=r.url, workers=1) as tg:
+        domain(r, "lc.test", "t1", "%s,%s" % (a.addr, b.addr), lb="least_conn")
+        assert who(tg, "lc.test")[0] == 200
+        slow = []
+        t = threading.Thread(target=lambda: slow.append(who(tg, "lc.test", "/sleep/1.5")[:2]))
+        t.start()
+        time.sleep(0.3)
+        quick = [who(tg, "lc.test")[1] for _ in range(8)]
+        t.join()
+        busy = slow[0][1]
+        assert slow[0][0] == 200
+        assert busy not in quick and len(set(quick)) == 1, (busy, quick)
+        # Round robin would alternate instead:
+        domain(r, "rr2.test", "t1", "%s,%s" % (a.addr, b.addr))
+        names = [who(tg, "rr2.test")[1] for _ in range(4)]
+        assert len(set(names)) == 2, names
+
+
+def test_passive_health_failover_and_all_down():
+    dead1, dead2 = free_port(), free_port()
+    with Redis() as r, Backend("live") as live, Tollgate(redis=r.url, workers=1) as tg:
+        domain(r, "fo.test", "t1", "127.0.0.1:%d,%s" % (dead1, live.addr))
+        for _ in range(10):
+            assert who(tg, "fo.test")[:2] == (200, "live")
+        # All backends refuse: 502.
+        domain(r, "down.test", "t1", "127.0.0.1:%d,127.0.0.1:%d" % (dead1, dead2))
+        status, _, _ = who(tg, "down.test")
+        assert status == 502, status
+
+
+# ---------------------------------------------------------------- bad data
+
+def test_bad_data_fails_only_the_host_concerned():
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        domain(r, "good.test", "t1", b1.addr)
+        r.cmd("SET", "tg:domain:string.test", "not a hash")
+        r.cmd("HSET", "tg:domain:notenant.test", "backends", b1.addr)
+        r.cmd("HSET", "tg:domain:nobackends.test", "tenant", "t1")
+        r.cmd("HSET", "tg:domain:badaddr.test", "tenant", "t1", "backends", "127.0.0.1")
+        r.cmd("HSET", "tg:domain:badaddr2.test", "tenant", "t1", "backends", "127.0.0.1:80,,x")
+        r.cmd("HSET", "tg:domain:huge.test", "tenant", "t1", "backends", "1" * (1 << 20))
+        r.cmd("HSET", "tg:domain:badlb.test", "tenant", "t1", "backends", b1.addr, "lb", "random")
+        r.cmd("HSET", "tg:domain:badtenant.test", "tenant", "t9", "backends", b1.addr)
+        r.cmd("HSET", "tg:tenant:t9", "cap_bytes", "lots", "suspended", "maybe")
+        r.cmd("SET", "tg:paths:wrongpaths.test", "x")
+        domain(r, "wrongpaths.test", "t1", b1.addr)
+        for h in ("string.test", "notenant.test", "nobackends.test", "badaddr.test", "badaddr2.test", "huge.test",
+                  "wrongpaths.test"):
+            for _ in range(3):
+                status, _, _ = who(tg, h)
+                assert status == 502, (h, status)
+                assert who(tg, "good.test")[:2] == (200, "b1")
+        # Bad optional fields / tenant fields are logged and treated as absent.
+        assert who(tg, "badlb.test")[:2] == (200, "b1")
+        assert who(tg, "badtenant.test")[:2] == (200, "b1")
+        assert metric(tg, "tollgate_route_bad_data_total") >= 8
+        log = tg.log_text()
+        assert "tg:domain:string.test" in log and "tg:domain:huge.test" in log, log[-2000:]
+        # Rate-limited: each key reported once although asked several times.
+        assert log.count("tg:domain:notenant.test") == 1, log.count("tg:domain:notenant.test")
+        assert "1111111111111111111111111111111111111111" not in log          # no 1 MB log line
+
+
+def test_bad_patterns_and_wrong_pattern_type():
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        r.cmd("RPUSH", "tg:patterns",
+              "(unclosed t 127.0.0.1:1",                     # does not compile: skipped
+              r"(a|aa)+c\.slow\.test t 127.0.0.1:1",         # backtracks: match limit
+              r"ok(\d)\.test t " + b1.addr)
+        assert who(tg, "ok1.test")[:2] == (200, "b1")
+        t0 = time.monotonic()
+        status, _, _ = who(tg, "a" * 60 + "cx.slow.test")
+        assert time.monotonic() - t0 < 2.0
+        assert status in (404, 502), status
+        assert who(tg, "ok2.test")[:2] == (200, "b1")
+        # tg:patterns of the wrong type: hosts that reach the pattern stage get 502, exact hosts still work.
+        domain(r, "exact.test", "t1", b1.addr)
+        r.cmd("DEL", "tg:patterns")
+        r.cmd("SET", "tg:patterns", "oops")
+        wait_backend(tg, "ok3.test", 502, scale(3))
+        assert who(tg, "exact.test")[:2] == (200, "b1")
