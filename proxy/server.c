@@ -7,9 +7,10 @@
  * thread before any worker starts, so a bad address is a start-up error.
  *
  * The main thread runs a small event loop of its own for signals.  It talks
- * to a worker only through that worker's `notify` event (event_active() is
- * thread-safe once evthread_use_pthreads() ran) and a mutex-protected
- * mailbox; the worker applies the command on its own thread.
+ * to a worker only through a mutex-protected mailbox and a byte written to
+ * the worker's notify pipe; the worker applies the command on its own
+ * thread.  Worker bases are created without locks (EVENT_BASE_FLAG_NOLOCK):
+ * nothing but the pipe ever crosses threads, so the hot path takes no lock.
  *
  * Config generations are refcounted: SIGHUP parses the files again into a
  * new generation and hands it to every worker, which drops its reference to
@@ -17,6 +18,7 @@
  * generation.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -28,7 +30,6 @@
 #include <sys/socket.h>
 #include <event2/event.h>
 #include <event2/listener.h>
-#include <event2/thread.h>
 #include <event2/util.h>
 
 #include "config/config.h"
@@ -62,6 +63,7 @@ struct worker {
     size_t n_conns;
     int draining;
     struct event *notify;
+    int notify_fd[2];           /* pipe: main thread writes, worker reads */
     /* mailbox, written by the main thread under lock */
     pthread_mutex_t lock;
     struct cfg_gen *new_gen;
@@ -75,7 +77,8 @@ struct server {
     struct worker *workers;
     int n_workers;
     int n_done;                 /* workers whose loop ended; atomic */
-    struct event *worker_done;  /* activated by a worker as it ends */
+    struct event *worker_done;  /* readable when a worker has ended */
+    int done_fd[2];
     struct event *drain_timer;
     int draining;
     int argc;
@@ -185,6 +188,9 @@ static void worker_stop_listening(struct worker *w)
 static void worker_notify_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct worker *w = arg;
+    char buf[64];
+    while (read(fd, buf, sizeof(buf)) > 0)
+        ;
     pthread_mutex_lock(&w->lock);
     struct cfg_gen *g = w->new_gen;
     int drain = w->want_drain, abort_now = w->want_abort;
@@ -225,9 +231,11 @@ static void *worker_main(void *arg)
     event_base_dispatch(w->base);
     /* Whatever is left (drain timeout) closes now. */
     conn_abort_all();
+    conn_thread_cleanup();
     worker_stop_listening(w);
     __atomic_add_fetch(&w->srv->n_done, 1, __ATOMIC_ACQ_REL);
-    event_active(w->srv->worker_done, EV_READ, 0);
+    ssize_t n = write(w->srv->done_fd[1], "d", 1);
+    (void)n;
     return NULL;
 }
 
@@ -242,7 +250,8 @@ static void worker_post(struct worker *w, struct cfg_gen *g, int drain, int abor
     w->want_drain |= drain;
     w->want_abort |= abort_now;
     pthread_mutex_unlock(&w->lock);
-    event_active(w->notify, EV_READ, 0);
+    ssize_t n = write(w->notify_fd[1], "n", 1);   /* a full pipe already wakes it */
+    (void)n;
 }
 
 /* Creates worker i: base, listeners, routing, meter and pool. 0 / -1. */
@@ -253,7 +262,13 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
     w->srv = s;
     w->gen = gen_ref(s->gen);
     pthread_mutex_init(&w->lock, NULL);
-    w->base = event_base_new();
+    w->notify_fd[0] = w->notify_fd[1] = -1;
+    struct event_config *ec = event_config_new();
+    if (ec) {
+        event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        w->base = event_base_new_with_config(ec);
+        event_config_free(ec);
+    }
     if (!w->base) {
         snprintf(err, errlen, "event_base_new failed");
         return -1;
@@ -279,8 +294,12 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
         return -1;
     }
     w->pool = upstream_pool_new(w->base, 30.0);
-    w->notify = event_new(w->base, -1, 0, worker_notify_cb, w);
-    if (!w->pool || !w->notify) {
+    if (pipe2(w->notify_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        snprintf(err, errlen, "pipe: %s", strerror(errno));
+        return -1;
+    }
+    w->notify = event_new(w->base, w->notify_fd[0], EV_READ | EV_PERSIST, worker_notify_cb, w);
+    if (!w->pool || !w->notify || event_add(w->notify, NULL) != 0) {
         snprintf(err, errlen, "out of memory");
         return -1;
     }
@@ -299,6 +318,9 @@ static void worker_free(struct worker *w)
         meter_worker_free(w->meter);
     if (w->notify)
         event_free(w->notify);
+    for (int i = 0; i < 2; i++)
+        if (w->notify_fd[i] >= 0)
+            close(w->notify_fd[i]);
     if (w->base)
         event_base_free(w->base);
     if (w->new_gen)
@@ -371,6 +393,9 @@ static void signal_cb(evutil_socket_t sig, short what, void *arg)
 static void worker_done_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct server *s = arg;
+    char buf[64];
+    while (read(fd, buf, sizeof(buf)) > 0)
+        ;
     if (__atomic_load_n(&s->n_done, __ATOMIC_ACQUIRE) == s->n_workers)
         event_base_loopexit(s->base, NULL);
 }
@@ -394,7 +419,6 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
     cfg = &first->cfg;
 
     signal(SIGPIPE, SIG_IGN);
-    evthread_use_pthreads();
     /* Stop signals stay pending until the main loop can take them, so a
      * SIGTERM during start-up still drains instead of killing.  Workers
      * inherit a mask with every signal blocked. */
@@ -442,7 +466,13 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
         goto out_admin;
     }
 
-    s.worker_done = event_new(s.base, -1, EV_PERSIST, worker_done_cb, &s);
+    if (pipe2(s.done_fd, O_NONBLOCK | O_CLOEXEC) != 0) {
+        log_err("tollgate: pipe: %s", strerror(errno));
+        rc = 1;
+        goto out_admin;
+    }
+    s.worker_done = event_new(s.base, s.done_fd[0], EV_READ | EV_PERSIST, worker_done_cb, &s);
+    event_add(s.worker_done, NULL);
     s.drain_timer = evtimer_new(s.base, drain_timeout_cb, &s);
     int signos[3] = {SIGTERM, SIGINT, SIGHUP};
     for (int i = 0; i < 3; i++) {
@@ -479,6 +509,8 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
         event_free(sigs[i]);
     event_free(s.worker_done);
     event_free(s.drain_timer);
+    close(s.done_fd[0]);
+    close(s.done_fd[1]);
 out_admin:
     if (adm)
         admin_stop(adm);
