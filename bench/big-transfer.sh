@@ -83,7 +83,7 @@ URL=http://127.0.0.1:$PORT
 transfer() {
     local name=$1 want=$2; shift 2
     local rss0 sampler out code size secs max got ok
-    curl -s -o /dev/null -H 'Host: dl.bench' "$URL/small.txt"   # settle: pools warmed
+    curl -s -m 10 -o /dev/null -H 'Host: dl.bench' "$URL/small.txt"   # settle: pools warmed
     sleep 0.5
     rss0=$(rss_kib "$PID")
     ( while kill -0 "$PID" 2>/dev/null; do rss_kib "$PID"; sleep 0.5; done ) > "$WORK/rss.$name" 2>/dev/null &
@@ -91,7 +91,7 @@ transfer() {
     local dst=$WORK/body
     case $name in download*) dst=/dev/null ;; esac   # never write the big body to disk
     rm -f "$WORK/body"
-    out=$(curl -s -o "$dst" -w '%{http_code} %{size_download} %{size_upload} %{time_total}' "$@") || true
+    out=$(curl -s -m 900 -o "$dst" -w '%{http_code} %{size_download} %{size_upload} %{time_total}' "$@") || true
     sleep 0.5
     kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
     kill -0 "$PID" 2>/dev/null || die "$SUBJECT died during $name"

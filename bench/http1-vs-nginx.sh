@@ -69,7 +69,7 @@ pid_of() { case $1 in tollgate) echo "$TG_PID" ;; nginx) echo "$NGINX_PID" ;; es
 # ---- correctness first: every body must come back whole through each proxy ----
 for c in $CONTENDERS; do
     for f in small.txt 100k.bin 1m.bin; do
-        curl -sf -o "$WORK/got" -H "Host: $HOST" "http://127.0.0.1:$(port_of "$c")/$f" ||
+        curl -sf -m 10 -o "$WORK/got" -H "Host: $HOST" "http://127.0.0.1:$(port_of "$c")/$f" ||
             die "$c: GET /$f failed"
         cmp -s "$WORK/got" "$WORK/www/$f" || die "$c: GET /$f returned a different body"
     done

@@ -46,7 +46,7 @@ printf '%-10s %12s %12s %12s %14s %16s\n' proxy "base KiB" "idle KiB" "delta KiB
 for c in $CONTENDERS; do
     port=$(port_of "$c"); pid=$(pid_of "$c")
     for _ in 1 2 3 4 5; do
-        curl -sf -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$port/small.txt" || die "$c: warm-up request failed"
+        curl -sf -m 10 -o /dev/null -H "Host: $HOST" "http://127.0.0.1:$port/small.txt" || die "$c: warm-up request failed"
     done
     # A short burst of idle connections first, so that one-off start-up
     # allocations (first-use pools, lazily built tables) are not counted.

@@ -21,6 +21,8 @@ LABELS = {
     "backend_cpu_us": ("backend CPU us/request", "info"),
     "errors": ("errors (sum)", "must be 0"),
     "mbps": ("MiB/s", "higher is better"),
+    "redis_reads": ("Redis reads/request", "0 when hot"),
+    "rss_kib": ("RSS KiB after run", "info"),
 }
 
 
@@ -57,13 +59,16 @@ def main():
     keys = args.keys.split(",")
     if args.title:
         print(args.title)
+    has_base = args.base in conts
+    others = conts[:-1] if has_base else []
     hdr = "%-10s %-24s" % ("scenario", "metric") + "".join("%14s" % c for c in conts)
-    if len(conts) >= 2:
-        hdr += "%10s" % ("%s/%s" % (conts[0][:4], conts[-1][:5]))
+    hdr += "".join("%18s" % ("%s/%s" % (c[:10], args.base[:6])) for c in others)
     print(hdr)
     print("-" * len(hdr))
     for scen in scenarios:
         for k in keys:
+            if not any(data[(scen, c)].get(k) for c in conts):
+                continue
             meds = []
             for c in conts:
                 vals = data[(scen, c)].get(k, [])
@@ -74,14 +79,15 @@ def main():
             row = "%-10s %-24s" % (scen, LABELS.get(k, (k,))[0])
             for m in meds:
                 row += "%14s" % ("-" if m is None else fmt(m))
-            if len(conts) >= 2 and k != "errors":
-                a, b = meds[0], meds[-1]
-                row += "%10s" % ("%.2f" % (a / b) if a is not None and b else "-")
+            if k != "errors":
+                b = meds[-1] if has_base else None
+                for a in meds[:len(others)]:
+                    row += "%18s" % ("%.3f" % (a / b) if a is not None and b else "-")
             print(row)
     n = max((len(v) for d in data.values() for v in d.values()), default=0)
     note = "medians over %d rounds" % n
-    if len(conts) >= 2:
-        note += "; ratio = %s / %s" % (conts[0], conts[-1])
+    if others:
+        note += "; ratios = contender / %s" % args.base
     print("(%s)" % note)
     return 0
 

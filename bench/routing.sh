@@ -1,0 +1,168 @@
+#!/bin/bash
+# bench/routing.sh — Redis routing at scale: lookups, memory, overhead, change propagation.
+#
+# Debian packages (installed with apt-get when missing): redis-server, redis-tools,
+#   nginx-light (or nginx), wrk, curl, python3
+#
+# 1. Starts the bench backend (nginx), a redis-server on a free port, and loads
+#    DOMAINS (1,000,000) tg:domain:h<i>.bench.test hashes, all routed to the
+#    backend (bench/redis-load-domains.py).
+# 2. Starts tollgate with --redis (one worker) and, for comparison, tollgate
+#    with a static --route for h0.bench.test (no Redis).
+# 3. Cold: wrk sends every request with a Host never requested before
+#    (h100000 upwards), so each is a cache miss and a Redis round trip:
+#    requests/s, tollgate CPU/request, Redis reads per request, RSS.
+# 4. Hot: a 100,000-host hot set (h0..h99999) is requested once to fill the
+#    cache, then wrk rotates over it; in the same run, interleaved round by
+#    round: one host through Redis routing, the same host through the static
+#    route.  Prints medians and ratios to static (target: Redis routing within
+#    5% of static; a hot lookup adds no Redis round trip and < 1 us of CPU —
+#    the CPU/request difference between redis-hot and static).
+# 5. Change propagation: COUNT (100) changes of a domain's backends between two
+#    backends written with HSET (nothing published); p50/p99 of the time until
+#    a request through tollgate reaches the new backend (target p99 < 100 ms).
+#
+# Environment: BUILD=DIR (build tree with ./tollgate), DOMAINS=1000000,
+#   HOT=100000, ROUNDS=5, DURATION=5, CONNS=64, CHANGES=100,
+#   TG_REDIS_ARGS="..." (extra arguments for the Redis tollgate, e.g. a cache size),
+#   KEEP_REDIS_PORT=P (use this Redis, already loaded, instead of starting one)
+# Quick run (~1 min): DOMAINS=200000 HOT=20000 ROUNDS=2 DURATION=2 CHANGES=20 bench/routing.sh
+
+source "$(dirname "$0")/lib.sh"
+bench_need redis-server:redis-server redis-cli:redis-tools nginx:nginx-light wrk:wrk curl:curl
+
+DOMAINS=${DOMAINS:-1000000}
+HOT=${HOT:-100000}
+ROUNDS=${ROUNDS:-5}
+DURATION=${DURATION:-5}
+CONNS=${CONNS:-64}
+CHANGES=${CHANGES:-100}
+ZONE=bench.test
+export BENCH_DIR
+ulimit -n 65536 2>/dev/null || true
+[ "$HOT" -lt "$DOMAINS" ] || die "HOT must be smaller than DOMAINS"
+
+# ---- backends: the bench backend, and a pair A/B for propagation ----
+backend_start
+PA=$(free_port); PB=$(free_port)
+nginx_start pair "
+    server { listen 127.0.0.1:$PA; location / { return 200 'A\n'; } }
+    server { listen 127.0.0.1:$PB; location / { return 200 'B\n'; } }"
+wait_port "$PA" && wait_port "$PB" || die "backend pair did not listen"
+
+# ---- Redis with DOMAINS domains ----
+if [ -n "${KEEP_REDIS_PORT:-}" ]; then
+    REDIS_PORT=$KEEP_REDIS_PORT
+    log "using Redis on $REDIS_PORT as loaded"
+else
+    mkdir -p "$WORK/redis"
+    log "loading $DOMAINS domains into a new redis-server"
+    eval "$($PY "$BENCH_DIR/redis-load-domains.py" --count "$DOMAINS" --zone "$ZONE" \
+        --backends "127.0.0.1:$BACKEND_PORT" --dir "$WORK/redis")"
+    bench_track "$REDIS_PID"
+fi
+rcli() { redis-cli -p "$REDIS_PORT" "$@"; }
+redis_mem=$(rcli info memory | awk -F: '/^used_memory_human/ {print $2}' | tr -d '\r')
+
+# redis_reads — route-lookup commands Redis has executed so far (reads only:
+# metering writes and connection housekeeping are not lookups).
+redis_reads() {
+    rcli info commandstats | awk -F'[_:=,]' '
+        /^cmdstat_/ { c = $2; if (c ~ /^(hgetall|hget|hmget|lrange|get|mget|exists|type|eval|evalsha|scan|hscan)$/) n += $4 }
+        END { print n + 0 }'
+}
+
+# ---- tollgate, Redis routing and static ----
+tollgate_find
+TR_PORT=$(free_port); TS_PORT=$(free_port)
+# shellcheck disable=SC2086
+tollgate_start tg-redis --workers 1 --listen "127.0.0.1:$TR_PORT" --admin-listen off \
+    --redis "redis://127.0.0.1:$REDIS_PORT" ${TG_REDIS_ARGS:-}
+TR_PID=$TG_PID
+tollgate_start tg-static --workers 1 --listen "127.0.0.1:$TS_PORT" --admin-listen off \
+    --route "h0.$ZONE=127.0.0.1:$BACKEND_PORT"
+TS_PID=$TG_PID
+wait_port "$TR_PORT" && wait_port "$TS_PORT" || { cat "$WORK"/tg-*.log >&2; die "tollgate did not listen"; }
+for p in "$TR_PORT" "$TS_PORT"; do
+    curl -sf -m 10 -o "$WORK/got" -H "Host: h0.$ZONE" "http://127.0.0.1:$p/small.txt" && cmp -s "$WORK/got" "$WORK/www/small.txt" ||
+        { cat "$WORK"/tg-*.log >&2; die "tollgate on $p does not route h0.$ZONE to the backend"; }
+done
+sleep 0.5
+rss_start=$(rss_kib "$TR_PID")
+
+# run_wrk NAME PORT PID [HOSTS_ENV...] — one wrk run; prints a result line.
+# With HOST_* variables the Host rotates (wrk-hosts.lua); else Host h0.
+run_wrk() {
+    local name=$1 port=$2 pid=$3 d=$4; shift 4
+    local script=(-s "$BENCH_DIR/wrk-report.lua" -H "Host: h0.$ZONE")
+    [ $# -gt 0 ] && script=(-s "$BENCH_DIR/wrk-hosts.lua")
+    local t0 t1 r0 r1 out stat
+    t0=$(cpu_ticks "$pid"); r0=$(redis_reads)
+    out=$(env "$@" HOST_FMT="h%d.$ZONE" wrk -t1 -c"$CONNS" -d"${d}s" --latency "${script[@]}" \
+        "http://127.0.0.1:$port/small.txt" 2>&1) || { echo "$out" >&2; die "wrk failed ($name)"; }
+    t1=$(cpu_ticks "$pid"); r1=$(redis_reads)
+    kill -0 "$pid" 2>/dev/null || die "tollgate died during $name"
+    stat=$(grep '^WRKSTAT' <<<"$out") || { echo "$out" >&2; die "no WRKSTAT from wrk"; }
+    $PY - "$stat" "$t0" "$t1" "$r0" "$r1" "$CLK_TCK" "$(rss_kib "$pid")" <<'EOF'
+import sys
+kv = dict(x.split("=") for x in sys.argv[1].split()[1:])
+t0, t1, r0, r1, hz, rss = (int(x) for x in sys.argv[2:8])
+n = int(kv["requests"]) or 1
+errs = sum(int(kv[k]) for k in kv if k.startswith("err_"))
+print("rps=%.1f p99_ms=%.3f cpu_us=%.3f redis_reads=%.4f rss_kib=%d errors=%d requests=%d"
+      % (n / (int(kv["duration_us"]) / 1e6), int(kv["p99_us"]) / 1e3,
+         (t1 - t0) / hz * 1e6 / n, (r1 - r0) / n, rss, errs, n))
+EOF
+}
+field() { tr ' ' '\n' <<<"$1" | awk -F= -v k="$2" '$1==k {print $2}'; }
+
+RESULTS=${RESULTS:-$WORK/results.txt}
+: > "$RESULTS"
+log "$(bench_machine)"
+
+# ---- cold: every request a host never requested before ----
+offset=0
+span=$((DOMAINS - HOT))
+for r in $(seq "$ROUNDS"); do
+    line=$(run_wrk redis-cold "$TR_PORT" "$TR_PID" "$DURATION" HOST_BASE="$HOT" HOST_SPAN="$span" HOST_OFFSET="$offset")
+    offset=$((offset + $(field "$line" requests)))
+    [ "$offset" -gt "$span" ] && log "warning: cold hosts exhausted ($offset > $span): later ones may be cached"
+    echo "cold redis-cold $r $line" >> "$RESULTS"; log "cold $r: $line"
+done
+rss_cold=$(rss_kib "$TR_PID")
+
+# ---- fill the hot set: each of the HOT hosts requested at least once ----
+log "filling the hot set ($HOT hosts)"
+done_n=0
+while [ "$done_n" -lt "$HOT" ]; do
+    line=$(run_wrk fill "$TR_PORT" "$TR_PID" 2 HOST_BASE=0 HOST_SPAN="$HOT" HOST_OFFSET="$done_n")
+    done_n=$((done_n + $(field "$line" requests)))
+done
+
+# ---- hot: interleaved rounds of redis-hot (rotating), redis-1 (one host), static ----
+for r in $(seq "$ROUNDS"); do
+    order="redis-hot redis-1 static"
+    [ $((r % 2)) = 0 ] && order="static redis-1 redis-hot"
+    for c in $order; do
+        case $c in
+            redis-hot) line=$(run_wrk "$c" "$TR_PORT" "$TR_PID" "$DURATION" HOST_BASE=0 HOST_SPAN="$HOT" HOST_OFFSET=$((r * 7919))) ;;
+            redis-1)   line=$(run_wrk "$c" "$TR_PORT" "$TR_PID" "$DURATION") ;;
+            static)    line=$(run_wrk "$c" "$TS_PORT" "$TS_PID" "$DURATION") ;;
+        esac
+        echo "hot $c $r $line" >> "$RESULTS"; log "hot $c $r: $line"
+    done
+done
+rss_hot=$(rss_kib "$TR_PID")
+
+# ---- change propagation ----
+prop=$($PY "$BENCH_DIR/propagation.py" --tg-port "$TR_PORT" --redis-port "$REDIS_PORT" \
+    --host "prop.$ZONE" --a "127.0.0.1:$PA" --b "127.0.0.1:$PB" --count "$CHANGES") ||
+    { echo "$prop" >&2; die "propagation measurement failed"; }
+
+echo
+echo "# tollgate Redis routing, $DOMAINS domains in Redis (used_memory $redis_mem), 1 worker — $(bench_machine)"
+$PY "$BENCH_DIR/report.py" "$RESULTS" --keys rps,p99_ms,cpu_us,redis_reads,errors --base static
+echo
+echo "tollgate RSS: at start $rss_start KiB, after cold runs $rss_cold KiB, after hot runs $rss_hot KiB"
+echo "change propagation over $CHANGES changes (HSET, nothing published): ${prop#PROPAGATION }"
+if grep -q 'errors=[1-9]' "$RESULTS"; then echo "WARNING: some runs had errors: see the errors rows"; fi
