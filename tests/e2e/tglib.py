@@ -455,9 +455,8 @@ class Backend:
 
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
                    "WARNING: ThreadSanitizer", "Invalid read of size", "Invalid write of size",
-                   "definitely lost: 1", "definitely lost: 2", "definitely lost: 3",
-                   "definitely lost: 4", "definitely lost: 5", "definitely lost: 6",
-                   "definitely lost: 7", "definitely lost: 8", "definitely lost: 9")
+                   "Invalid free()", "Conditional jump or move depends on uninitialised",
+                   "are definitely lost in loss record")
 
 
 class Tollgate:
@@ -575,15 +574,14 @@ class Tollgate:
         for mark in SANITIZER_MARKS:
             i = text.find(mark)
             if i >= 0:
-                report = text[i:i + 4000]
-                first = report.splitlines()[0].strip()
                 line_start = text.rfind("\n", 0, i) + 1
-                if mark == "runtime error:":
-                    first = text[line_start:text.find("\n", i)].strip()
+                line_end = text.find("\n", i)
+                first = text[line_start:line_end if line_end >= 0 else len(text)].strip()
                 frame = ""
-                for line in report.splitlines()[1:]:
-                    if " in " in line and (SRCDIR in line or "/proxy/" in line or "/routing/" in line):
-                        frame = " at " + line.split(" in ", 1)[1].strip()
+                for line in text[i:i + 4000].splitlines()[1:]:
+                    if ".c:" in line and "libsanitizer" not in line and "vgpreload" not in line:
+                        frame = line.split(" in ", 1)[1] if " in " in line else line.split(": ", 1)[-1]
+                        frame = " at " + frame.strip()
                         break
                 return "%s%s\n%s" % (first, frame, text[line_start:i + 4000])
         return None
