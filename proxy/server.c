@@ -437,6 +437,15 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
         gen_unref(s.gen);
         return 1;
     }
+    if (cfg->n_tls_listen > 0) {
+        /* The flag is in the contract; the TLS layer (tls/) is not built yet.
+         * Refuse rather than silently not listen. */
+        log_err("tollgate: tls-listen: TLS termination is not available in this version");
+        meter_stop(m, 0);
+        gen_unref(first);
+        gen_unref(s.gen);
+        return 1;
+    }
     s.n_workers = cfg->workers;
     s.workers = calloc((size_t)s.n_workers, sizeof(*s.workers));
     s.base = event_base_new();
