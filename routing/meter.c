@@ -114,6 +114,7 @@ struct meter_tenant {
     int idle_ticks;
     struct tenant_policy pol;     /* last policy this worker passed on */
     uint64_t d_in, d_out, d_req, d_rsv;
+    uint64_t rsv_open;            /* reserved by meter_allow, not yet matched by a count */
     struct meter_tenant *next;    /* hash chain */
     struct meter_tenant *anext;   /* active list */
 };
@@ -891,12 +892,43 @@ void meter_count_request(struct meter_tenant *t)
     mark_active(t);
 }
 
+/*
+ * Counted bytes that meter_allow did not reserve (request and response heads,
+ * local responses) are taken from the lease too, as far as it goes, so that
+ * the budget every instance reports to Redis covers them at once rather than
+ * at the next flush.  They are never refused: they have been or will be sent.
+ * Bytes reserved earlier on this worker (rsv_open) are matched first.
+ */
+static void charge_unreserved(struct meter_tenant *t, size_t n)
+{
+    if (t->rsv_open >= n) {
+        t->rsv_open -= n;
+        return;
+    }
+    int64_t extra = (int64_t)(n - t->rsv_open);
+    t->rsv_open = 0;
+    struct meter_gt *g = t->g;
+    if (atomic_load_explicit(&g->cap, RELAXED) < 0 || atomic_load_explicit(&g->over, RELAXED))
+        return;
+    int64_t a = atomic_load_explicit(&g->avail, RELAXED);
+    while (a > 0) {
+        int64_t take = a < extra ? a : extra;
+        if (atomic_compare_exchange_weak(&g->avail, &a, a - take)) {
+            t->d_rsv += (uint64_t)take;
+            if (a - take < atomic_load_explicit(&g->low_water, RELAXED) && !atomic_exchange(&g->renew, 1))
+                poke(t->mw->m);
+            return;
+        }
+    }
+}
+
 void meter_count_in(struct meter_tenant *t, size_t n)
 {
     if (!t || !n)
         return;
     t->d_in += n;
     mark_active(t);
+    charge_unreserved(t, n);
 }
 
 void meter_count_out(struct meter_tenant *t, size_t n)
@@ -905,6 +937,7 @@ void meter_count_out(struct meter_tenant *t, size_t n)
         return;
     t->d_out += n;
     mark_active(t);
+    charge_unreserved(t, n);
 }
 
 enum meter_verdict meter_admit(struct meter_tenant *t)
@@ -983,6 +1016,7 @@ size_t meter_allow(struct meter_tenant *t, size_t want, unsigned *retry_ms)
         int64_t n = a < (int64_t)want ? a : (int64_t)want;
         if (atomic_compare_exchange_weak(&g->avail, &a, a - n)) {
             t->d_rsv += (uint64_t)n;
+            t->rsv_open += (uint64_t)n;
             mark_active(t);
             if (a - n < atomic_load_explicit(&g->low_water, RELAXED) &&
                 !atomic_exchange(&g->renew, 1))
@@ -1262,7 +1296,7 @@ static int64_t gt_held(struct meter_gt *g)
 {
     int64_t avail = atomic_load_explicit(&g->avail, RELAXED);
     if (avail < 0)
-        avail = 0;
+        avail = 0;   /* never happens: reservations and charges stop at 0 */
     int64_t unflushed = g->granted - avail - g->acked_rsv;
     return avail + (unflushed > 0 ? unflushed : 0);
 }
