@@ -5,6 +5,14 @@
  * pattern substitution, path rules, LRU eviction, bad data.
  */
 #include <arpa/inet.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <event2/event.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,6 +23,7 @@
 #include "routing/cache.h"
 #include "routing/host.h"
 #include "routing/match.h"
+#include "routing/redis.h"
 #include "routing/route.h"
 #include "tests/unit/tests.h"
 
@@ -645,6 +654,161 @@ START_TEST(lru_many)
 }
 END_TEST
 
+/* ---- route.h against a real redis-server: coalescing, cancel, cache hit, teardown ---- */
+
+static int rt_free_port(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof(a);
+    ck_assert_int_ge(fd, 0);
+    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
+    close(fd);
+    return ntohs(a.sin_port);
+}
+
+/* Starts redis-server on port; returns its pid, or 0 when redis-server is not installed. */
+static pid_t rt_redis_start(int port)
+{
+    if (access("/usr/bin/redis-server", X_OK) != 0)
+        return 0;
+    char pb[16];
+    snprintf(pb, sizeof(pb), "%d", port);
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (getppid() != parent)
+            _exit(1);
+        int dn = open("/dev/null", O_RDWR);
+        dup2(dn, 1);
+        dup2(dn, 2);
+        execl("/usr/bin/redis-server", "redis-server", "--port", pb, "--bind", "127.0.0.1", "--save", "",
+              "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
+        _exit(127);
+    }
+    char url[64], err[256];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    for (int i = 0; i < 500; i++) {
+        struct redis_sync *s = redis_sync_connect(url, 1.0, err, sizeof(err));
+        if (s) {
+            redis_sync_free(s);
+            return pid;
+        }
+        usleep(20000);
+    }
+    ck_abort_msg("redis-server did not start");
+    return 0;
+}
+
+static void rt_redis_cmd(int port, int argc, const char **argv)
+{
+    char url[64], err[256];
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    struct redis_sync *s = redis_sync_connect(url, 2.0, err, sizeof(err));
+    ck_assert_msg(s != NULL, "%s", err);
+    size_t lens[8];
+    for (int i = 0; i < argc; i++)
+        lens[i] = strlen(argv[i]);
+    struct redis_reply *r = redis_sync_cmd(s, argc, argv, lens, err, sizeof(err));
+    ck_assert_msg(r != NULL, "%s", err);
+    redis_sync_reply_free(r);
+    redis_sync_free(s);
+}
+
+static void rt_run(struct event_base *base, double secs, const int *until)
+{
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        event_base_loop(base, EVLOOP_NONBLOCK);
+        if (until && *until)
+            return;
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if ((double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9 > secs)
+            return;
+        usleep(1000);
+    }
+}
+
+START_TEST(redis_lookup_coalesce_cancel_teardown)
+{
+    int port = rt_free_port();
+    pid_t pid = rt_redis_start(port);
+    if (pid == 0) {
+        fprintf(stderr, "SKIP %s: no /usr/bin/redis-server\n", __func__);
+        return;
+    }
+    const char *set[] = {"HSET", "tg:domain:a.test", "tenant", "t1", "backends", "127.0.0.1:9,localhost:10"};
+    rt_redis_cmd(port, 6, set);
+    const char *ten[] = {"HSET", "tg:tenant:t1", "cap_bytes", "5000", "suspended", "0"};
+    rt_redis_cmd(port, 6, ten);
+
+    char url[64], err[256] = "";
+    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    struct tg_config cfg;
+    static_cfg(&cfg, NULL, 0);
+    cfg.redis_url = url;
+    cfg.key_prefix = (char *)"tg:";
+    struct event_base *base = event_base_new();
+    struct route_ctx *rc = route_ctx_new(base, &cfg, 0, err, sizeof(err));
+    ck_assert_msg(rc != NULL, "%s", err);
+    ck_assert_int_eq(route_degraded(), 1);       /* not connected yet */
+    rt_run(base, 0.5, NULL);
+    ck_assert_int_eq(route_degraded(), 0);
+
+    /* Two lookups of an uncached host share one fetch; the cancelled one is never called. */
+    struct got g1 = {0}, g2 = {0};
+    struct route_lookup *l1 = route_lookup(rc, "a.test", 6, "/", 1, got_cb, &g1);
+    struct route_lookup *l2 = route_lookup(rc, "A.TEST:80", 9, "/", 1, got_cb, &g2);
+    ck_assert_ptr_nonnull(l1);
+    ck_assert_ptr_nonnull(l2);
+    route_lookup_cancel(l1);
+    rt_run(base, 2.0, &g2.calls);
+    ck_assert_int_eq(g1.calls, 0);
+    ck_assert_int_eq(g2.calls, 1);
+    ck_assert_int_eq(g2.res.status, ROUTE_OK);
+    ck_assert_str_eq(g2.tenant, "t1");
+    ck_assert_int_eq((int)g2.res.policy.cap_bytes, 5000);
+    ck_assert_int_eq((int)route_backends_count(g2.res.backends), 2);
+
+    /* Now cached: answered before route_lookup returns. */
+    struct got g3 = {0};
+    ck_assert_ptr_null(route_lookup(rc, "a.test", 6, "/", 1, got_cb, &g3));
+    ck_assert_int_eq(g3.calls, 1);
+    ck_assert_int_eq(g3.res.status, ROUTE_OK);
+    struct route_target t;
+    uint64_t tried = 0;
+    ck_assert_int_eq(route_pick(rc, g3.res.backends, &tried, &t), 0);
+    ck_assert_int_eq(route_pick(rc, g3.res.backends, &tried, &t), 0);
+    ck_assert_str_eq(t.name, "localhost:10");    /* resolved without DNS */
+    ck_assert_int_eq(ntohs(((struct sockaddr_in *)&t.addr)->sin_port), 10);
+    route_entry_ref(g3.res.entry);
+
+    /* Unknown host: NOT_FOUND after a round trip. */
+    struct got g4 = {0};
+    ck_assert_ptr_nonnull(route_lookup(rc, "zz.test", 7, "/", 1, got_cb, &g4));
+    rt_run(base, 2.0, &g4.calls);
+    ck_assert_int_eq(g4.res.status, ROUTE_NOT_FOUND);
+
+    /* Freeing the ctx with a lookup pending: no callback, nothing leaked (ASan). */
+    struct got g5 = {0};
+    ck_assert_ptr_nonnull(route_lookup(rc, "pending.test", 12, "/", 1, got_cb, &g5));
+    route_ctx_free(rc);
+    rt_run(base, 0.1, NULL);
+    ck_assert_int_eq(g5.calls, 0);
+    ck_assert_int_eq(route_degraded(), 0);
+    /* A referenced entry outlives the ctx. */
+    ck_assert_int_eq((int)route_backends_count(g3.res.backends), 2);
+    route_entry_unref(g3.res.entry);
+    event_base_free(base);
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+END_TEST
+
 Suite *routing_suite(void)
 {
     Suite *s = suite_create("routing");
@@ -677,6 +841,11 @@ Suite *routing_suite(void)
     tc = tcase_create("cache");
     tcase_add_test(tc, lru_eviction);
     tcase_add_test(tc, lru_many);
+    suite_add_tcase(s, tc);
+
+    tc = tcase_create("redis");
+    tcase_set_timeout(tc, 30);
+    tcase_add_test(tc, redis_lookup_coalesce_cancel_teardown);
     suite_add_tcase(s, tc);
     return s;
 }
