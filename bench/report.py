@@ -25,6 +25,8 @@ LABELS = {
     "rss_kib": ("RSS KiB after run", "info"),
 }
 
+RATIO_KEYS = {"rps", "p50_ms", "p99_ms", "cpu_us", "backend_cpu_us", "mbps"}
+
 
 def main():
     ap = argparse.ArgumentParser()
@@ -79,7 +81,7 @@ def main():
             row = "%-10s %-24s" % (scen, LABELS.get(k, (k,))[0])
             for m in meds:
                 row += "%14s" % ("-" if m is None else fmt(m))
-            if k != "errors":
+            if k in RATIO_KEYS:
                 b = meds[-1] if has_base else None
                 for a in meds[:len(others)]:
                     row += "%18s" % ("%.3f" % (a / b) if a is not None and b else "-")
