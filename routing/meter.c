@@ -894,10 +894,14 @@ void meter_count_request(struct meter_tenant *t)
 
 /*
  * Counted bytes that meter_allow did not reserve (request and response heads,
- * local responses) are taken from the lease too, as far as it goes, so that
- * the budget every instance reports to Redis covers them at once rather than
- * at the next flush.  They are never refused: they have been or will be sent.
- * Bytes reserved earlier on this worker (rsv_open) are matched first.
+ * local responses) are taken from the lease too, so that the budget every
+ * instance reports to Redis covers them at once rather than at the next
+ * flush.  They are never refused (they have been or will be sent): when the
+ * lease is empty the debt makes avail negative, and the next slice pays it
+ * before any body byte passes.  Bytes reserved earlier on this worker
+ * (rsv_open) are matched first.  Not while the tenant's state is unknown
+ * (first sight, or served without limit while Redis is away) or over the cap:
+ * there is no lease to take from then.
  */
 static void charge_unreserved(struct meter_tenant *t, size_t n)
 {
@@ -908,18 +912,13 @@ static void charge_unreserved(struct meter_tenant *t, size_t n)
     int64_t extra = (int64_t)(n - t->rsv_open);
     t->rsv_open = 0;
     struct meter_gt *g = t->g;
-    if (atomic_load_explicit(&g->cap, RELAXED) < 0 || atomic_load_explicit(&g->over, RELAXED))
+    if (atomic_load_explicit(&g->cap, RELAXED) < 0 || atomic_load_explicit(&g->over, RELAXED) ||
+        !atomic_load_explicit(&g->known, RELAXED) || !t->mw->m->started)
         return;
-    int64_t a = atomic_load_explicit(&g->avail, RELAXED);
-    while (a > 0) {
-        int64_t take = a < extra ? a : extra;
-        if (atomic_compare_exchange_weak(&g->avail, &a, a - take)) {
-            t->d_rsv += (uint64_t)take;
-            if (a - take < atomic_load_explicit(&g->low_water, RELAXED) && !atomic_exchange(&g->renew, 1))
-                poke(t->mw->m);
-            return;
-        }
-    }
+    int64_t left = atomic_fetch_sub_explicit(&g->avail, extra, RELAXED) - extra;
+    t->d_rsv += (uint64_t)extra;
+    if (left < atomic_load_explicit(&g->low_water, RELAXED) && !atomic_exchange(&g->renew, 1))
+        poke(t->mw->m);
 }
 
 void meter_count_in(struct meter_tenant *t, size_t n)
@@ -1295,10 +1294,9 @@ static int current_month(void)
 static int64_t gt_held(struct meter_gt *g)
 {
     int64_t avail = atomic_load_explicit(&g->avail, RELAXED);
-    if (avail < 0)
-        avail = 0;   /* never happens: reservations and charges stop at 0 */
+    /* avail < 0: heads counted on an empty lease, a debt included in unflushed */
     int64_t unflushed = g->granted - avail - g->acked_rsv;
-    return avail + (unflushed > 0 ? unflushed : 0);
+    return (avail > 0 ? avail : 0) + (unflushed > 0 ? unflushed : 0);
 }
 
 static int64_t gt_want(struct meter *m, struct meter_gt *g)
@@ -1499,18 +1497,16 @@ static void flusher_policies(struct meter *m)
             /* Cap changed: drop the local lease (what was not reserved goes
              * back) and lease again against the new cap. */
             int64_t back = atomic_exchange(&g->avail, 0);
-            if (back > 0)
-                g->granted -= back;
+            g->granted -= back;   /* a debt (back < 0) stays consumed */
             if (g->lease_cap >= 0)
-                g->local_remaining += cap - g->lease_cap + (back > 0 ? back : 0);
+                g->local_remaining += cap - g->lease_cap + back;
             g->lease_cap = cap;
             atomic_store_explicit(&g->renew, 1, RELAXED);
             if (!m->has_redis || !atomic_load_explicit(&m->redis_up, RELAXED))
                 atomic_store_explicit(&g->over, g->local_remaining <= 0, RELAXED);
         } else if (cap < 0 && g->in_capped) {
             int64_t back = atomic_exchange(&g->avail, 0);
-            if (back > 0)
-                g->granted -= back;
+            g->granted -= back;   /* a debt (back < 0) stays consumed */
             atomic_store_explicit(&g->over, 0, RELAXED);
             lease_send(m, g, 1);
             g->lease_cap = -1;
@@ -1576,8 +1572,7 @@ static void flusher_leases(struct meter *m, int tick)
         if (idle && avail > 0 && !renew) {
             /* Give an idle lease back so that other instances can use it. */
             int64_t back = atomic_exchange(&g->avail, 0);
-            if (back > 0)
-                g->granted -= back;
+            g->granted -= back;   /* a debt (back < 0) stays consumed */
             lease_send(m, g, 1);
         } else if (renew || (tick && !idle) ||
                    (avail < atomic_load_explicit(&g->low_water, RELAXED) && !atomic_load_explicit(&g->over, RELAXED))) {
@@ -1678,8 +1673,7 @@ static void flusher_check_final(struct meter *m)
             if (up) {
                 for (struct meter_gt *g = m->capped; g; g = g->capped_next) {
                     int64_t back = atomic_exchange(&g->avail, 0);
-                    if (back > 0)
-                        g->granted -= back;
+                    g->granted -= back;   /* a debt (back < 0) stays consumed */
                     g->lease_inflight = 0;
                     lease_send(m, g, 1);
                 }
