@@ -90,15 +90,15 @@ done
 sleep 0.5
 rss_start=$(rss_kib "$TR_PID")
 
-# run_wrk NAME PORT PID [HOSTS_ENV...] — one wrk run; prints a result line.
-# With HOST_* variables the Host rotates (wrk-hosts.lua); else Host h0.
+# run_wrk NAME PORT PID SECONDS [HOST_*=...] — one wrk run; prints a result line.
+# Every run generates its requests with wrk-hosts.lua, so wrk's own cost is the
+# same for all contenders; without HOST_* variables the Host is always h0.
 run_wrk() {
     local name=$1 port=$2 pid=$3 d=$4; shift 4
-    local script=(-s "$BENCH_DIR/wrk-report.lua" -H "Host: h0.$ZONE")
-    [ $# -gt 0 ] && script=(-s "$BENCH_DIR/wrk-hosts.lua")
     local t0 t1 r0 r1 out stat
     t0=$(cpu_ticks "$pid"); r0=$(redis_reads)
-    out=$(env "$@" HOST_FMT="h%d.$ZONE" wrk -t1 -c"$CONNS" -d"${d}s" --latency "${script[@]}" \
+    out=$(env HOST_BASE=0 HOST_SPAN=1 HOST_OFFSET=0 "$@" HOST_FMT="h%d.$ZONE" \
+        wrk -t1 -c"$CONNS" -d"${d}s" --latency -s "$BENCH_DIR/wrk-hosts.lua" \
         "http://127.0.0.1:$port/small.txt" 2>&1) || { echo "$out" >&2; die "wrk failed ($name)"; }
     t1=$(cpu_ticks "$pid"); r1=$(redis_reads)
     kill -0 "$pid" 2>/dev/null || die "tollgate died during $name"
@@ -162,7 +162,26 @@ prop=$($PY "$BENCH_DIR/propagation.py" --tg-port "$TR_PORT" --redis-port "$REDIS
 echo
 echo "# tollgate Redis routing, $DOMAINS domains in Redis (used_memory $redis_mem), 1 worker — $(bench_machine)"
 $PY "$BENCH_DIR/report.py" "$RESULTS" --keys rps,p99_ms,cpu_us,redis_reads,errors --base static
-echo
+$PY - "$RESULTS" <<'EOF'
+import statistics, sys
+from collections import defaultdict
+v = defaultdict(list)
+for line in open(sys.argv[1]):
+    p = line.split()
+    for kv in p[3:]:
+        k, _, x = kv.partition("=")
+        v[(p[0], p[1], k)].append(float(x))
+m = lambda s, c, k: statistics.median(v[(s, c, k)]) if v[(s, c, k)] else float("nan")
+print()
+print("hot lookup CPU (median CPU/request difference to static): redis-hot %+.2f us, redis-1 %+.2f us (target < 1 us)"
+      % (m("hot", "redis-hot", "cpu_us") - m("hot", "static", "cpu_us"),
+         m("hot", "redis-1", "cpu_us") - m("hot", "static", "cpu_us")))
+print("throughput with Redis routing / static routes: redis-hot %.3f, redis-1 %.3f (target >= 0.95)"
+      % (m("hot", "redis-hot", "rps") / m("hot", "static", "rps"),
+         m("hot", "redis-1", "rps") / m("hot", "static", "rps")))
+print("Redis reads per request: hot %.5f (target 0), cold %.2f"
+      % (m("hot", "redis-hot", "redis_reads"), m("cold", "redis-cold", "redis_reads")))
+EOF
 echo "tollgate RSS: at start $rss_start KiB, after cold runs $rss_cold KiB, after hot runs $rss_hot KiB"
 echo "change propagation over $CHANGES changes (HSET, nothing published): ${prop#PROPAGATION }"
 if grep -q 'errors=[1-9]' "$RESULTS"; then echo "WARNING: some runs had errors: see the errors rows"; fi
