@@ -1340,7 +1340,10 @@ static void gt_local_grant(struct meter *m, struct meter_gt *g)
 {
     if (!atomic_load_explicit(&g->known, RELAXED))
         return;   /* never seen: meter_allow serves it */
-    int64_t slice = meter_lease_slice(g->local_remaining, 1, 1, METER_MIN_SLICE, gt_want(m, g));
+    int64_t want = gt_want(m, g) - atomic_load_explicit(&g->avail, RELAXED);
+    if (want < METER_MIN_SLICE)
+        want = METER_MIN_SLICE;
+    int64_t slice = meter_lease_slice(g->local_remaining, 1, 1, METER_MIN_SLICE, want);
     if (slice > 0) {
         g->local_remaining -= slice;
         g->granted += slice;
@@ -1561,7 +1564,7 @@ static void flusher_leases(struct meter *m, int tick)
             g->last_active = now;
         int idle = now - g->last_active > LEASE_IDLE_S;
         if (!up) {
-            if (renew || avail < atomic_load_explicit(&g->low_water, RELAXED)) {
+            if (renew || (!idle && avail < atomic_load_explicit(&g->low_water, RELAXED))) {
                 atomic_store_explicit(&g->renew, 0, RELAXED);
                 gt_local_grant(m, g);
             }
@@ -1575,7 +1578,8 @@ static void flusher_leases(struct meter *m, int tick)
             g->granted -= back;   /* a debt (back < 0) stays consumed */
             lease_send(m, g, 1);
         } else if (renew || (tick && !idle) ||
-                   (avail < atomic_load_explicit(&g->low_water, RELAXED) && !atomic_load_explicit(&g->over, RELAXED))) {
+                   (!idle && avail < atomic_load_explicit(&g->low_water, RELAXED) &&
+                    !atomic_load_explicit(&g->over, RELAXED))) {
             atomic_store_explicit(&g->renew, 0, RELAXED);
             if (lease_send(m, g, 0) != 0)
                 atomic_store_explicit(&g->renew, 1, RELAXED);
