@@ -637,6 +637,59 @@ START_TEST(lease_single_instance)
 }
 END_TEST
 
+/* Redis stops answering (SIGSTOP): the instance keeps enforcing the last
+ * remaining budget it knew with its own counts, and serves tenants it has
+ * never seen. */
+START_TEST(caps_enforced_while_redis_unreachable)
+{
+    NEED_REDIS();
+    struct tg_config cfg;
+    cfg_for(&cfg, redis_url, "u7:");
+    cfg.redis_timeout = 0.2;
+    char err[256];
+    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
+    struct meter_worker *w = meter_worker_new(m, NULL, 0);
+    ck_assert_int_eq(meter_start(m), 0);
+    set_usage("u7:", "k", 10000000 - 600000);
+    struct tenant_policy p = { 10000000, CAP_BLOCK, 0, 0 };
+    struct meter_tenant *t = meter_tenant_get(w, "k", &p);
+    sleep_ms(300);
+    int64_t got = 0;
+    double end = now_s() + 3;
+    while (got < 100000 && now_s() < end) {
+        unsigned retry = 0;
+        size_t n = meter_allow(t, 10000, &retry);
+        meter_count_out(t, n);
+        got += (int64_t)n;
+        if (!n)
+            sleep_ms(retry ? retry : 1);
+    }
+    ck_assert_int_ge(got, 100000);
+    kill(redis_pid, SIGSTOP);
+    end = now_s() + 5;
+    while (!metrics_has(m, "tollgate_meter_redis_up 0\n") && now_s() < end) {
+        unsigned retry = 0;
+        meter_count_out(t, 1);   /* keeps the tenant active: a refresh goes out and times out */
+        got += 1;
+        meter_allow(t, 0, &retry);
+        sleep_ms(20);
+    }
+    ck_assert_msg(metrics_has(m, "tollgate_meter_redis_up 0\n"), "Redis still seen up");
+    got += drain_allowance(t, 16384, 5, 1);
+    ck_assert_int_eq(got, 600000);   /* the remaining budget, exactly, from local counts */
+    ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
+    struct meter_tenant *u = meter_tenant_get(w, "unseen", &p);
+    unsigned retry = 0;
+    ck_assert_uint_eq(meter_allow(u, 5000, &retry), 5000);   /* never seen: served */
+    meter_tenant_put(u);
+    kill(redis_pid, SIGCONT);
+    meter_tenant_put(t);
+    meter_worker_free(w);
+    meter_stop(m, 3);
+    cfg_free(&cfg);
+}
+END_TEST
+
 START_TEST(lease_two_instances_share_a_cap)
 {
     NEED_REDIS();
@@ -777,6 +830,7 @@ Suite *meter_suite(void)
     tcase_add_test(tc, lease_script_accounts_other_instances);
     tcase_add_test(tc, lease_single_instance);
     tcase_add_test(tc, lease_two_instances_share_a_cap);
+    tcase_add_test(tc, caps_enforced_while_redis_unreachable);
     suite_add_tcase(s, tc);
     return s;
 }
