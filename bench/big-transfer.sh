@@ -33,7 +33,7 @@ SLOW_MB=${SLOW_MB:-512}
 SLOW_RATE=${SLOW_RATE:-100M}
 FLAT_KIB=${FLAT_KIB:-4096}
 SUBJECT=${SUBJECT:-tollgate}
-ulimit -n 65536 2>/dev/null || true
+raise_nofile
 
 rate_bytes() {   # curl-style 100M / 512K / 1G -> bytes
     awk -v r="$1" 'BEGIN { m = 1; u = toupper(substr(r, length(r)));

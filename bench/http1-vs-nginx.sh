@@ -1,7 +1,8 @@
 #!/bin/bash
 # bench/http1-vs-nginx.sh — tollgate vs an nginx reverse proxy, HTTP/1.1, one worker each.
 #
-# Debian packages (installed with apt-get when missing): nginx-light (or nginx), wrk, curl, python3
+# Debian packages (installed with apt-get when missing): nginx-light (or nginx), wrk, curl, python3;
+#   haproxy with HAPROXY=1
 #
 # Starts on loopback: a backend (nginx, one worker, serving a small body, a
 # 100 KiB body and a 1 MiB body from files), tollgate (--workers 1, static
@@ -23,6 +24,7 @@
 #   NGINX_ONLY=1     measure the nginx side alone (while tollgate cannot proxy)
 #   NGINX_FWD_HEADERS=0  nginx does not add X-Forwarded-*/Forwarded (tollgate always does)
 #   TG_ARGS="..."    extra tollgate arguments   RESULTS=FILE  keep the raw lines
+#   HAPROXY=1        also measure haproxy (nbthread 1, http-reuse always, option forwardfor)
 #   PIN=1            pin each proxy to CPU 1 and wrk + backend to CPU 0 (taskset):
 #                    less scheduler noise in requests/s and latency; CPU/request unchanged
 # Quick smoke run (< 1 min): ROUNDS=2 DURATION=1 WARMUP=0 bench/http1-vs-nginx.sh
@@ -37,7 +39,7 @@ SCENARIOS=${SCENARIOS:-"small 100k 1m close"}
 WRK_THREADS=${WRK_THREADS:-1}
 NGINX_ONLY=${NGINX_ONLY:-0}
 HOST=bench.local
-ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+raise_nofile
 
 # ---- scenarios: path, connections, extra wrk arguments ----
 scen_path() { case $1 in small|close) echo /small.txt ;; 100k) echo /100k.bin ;; 1m) echo /1m.bin ;; esac; }
@@ -65,17 +67,47 @@ else
     wait_port "$TG_PORT" 10 || { cat "$WORK/tollgate.log" >&2; die "tollgate did not listen on $TG_PORT"; }
 fi
 
+# ---- optional third contender: haproxy (HAPROXY=1), one thread, connection reuse ----
+if [ "${HAPROXY:-0}" = 1 ]; then
+    bench_need haproxy:haproxy
+    HA_PORT=$(free_port)
+    cat > "$WORK/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 75s
+    timeout server 300s
+    timeout http-keep-alive 75s
+    option forwardfor
+    http-reuse always
+frontend f
+    bind 127.0.0.1:$HA_PORT
+    default_backend b
+backend b
+    server s1 127.0.0.1:$BACKEND_PORT
+EOF
+    haproxy -db -f "$WORK/haproxy.cfg" > "$WORK/haproxy.log" 2>&1 &
+    HA_PID=$!
+    bench_track "$HA_PID"
+    wait_port "$HA_PORT" || { cat "$WORK/haproxy.log" >&2; die "haproxy did not listen"; }
+    CONTENDERS="${CONTENDERS/nginx/haproxy nginx}"
+fi
+
 WRK_PREFIX=()
 if [ "${PIN:-0}" = 1 ]; then
     taskset -a -p -c 0 "$BACKEND_PID" >/dev/null
     taskset -a -p -c 1 "$NGINX_PID" >/dev/null
     [ -n "${TG_PID:-}" ] && taskset -a -p -c 1 "$TG_PID" >/dev/null
+    [ -n "${HA_PID:-}" ] && taskset -a -p -c 1 "$HA_PID" >/dev/null
     WRK_PREFIX=(taskset -c 0)
     log "PIN=1: backend and wrk on CPU 0, proxies on CPU 1"
 fi
 
-port_of() { case $1 in tollgate) echo "$TG_PORT" ;; nginx) echo "$NGINX_PORT" ;; esac; }
-pid_of() { case $1 in tollgate) echo "$TG_PID" ;; nginx) echo "$NGINX_PID" ;; esac; }
+port_of() { case $1 in tollgate) echo "$TG_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HA_PORT" ;; esac; }
+pid_of() { case $1 in tollgate) echo "$TG_PID" ;; nginx) echo "$NGINX_PID" ;; haproxy) echo "$HA_PID" ;; esac; }
 
 # ---- correctness first: every body must come back whole through each proxy ----
 for c in $CONTENDERS; do

@@ -218,3 +218,12 @@ nginx_proxy_start() {
     }"
     wait_port "$NGINX_PORT" || die "nginx proxy did not listen"
 }
+
+# raise_nofile [N] — raise the soft open-files limit to N (default 65536), or to
+# the hard limit when that is lower.
+raise_nofile() {
+    local want=${1:-65536} hard
+    hard=$(ulimit -Hn)
+    [ "$hard" != unlimited ] && [ "$hard" -lt "$want" ] && want=$hard
+    ulimit -n "$want"
+}

@@ -39,7 +39,7 @@ CONNS=${CONNS:-64}
 CHANGES=${CHANGES:-100}
 ZONE=bench.test
 export BENCH_DIR
-ulimit -n 65536 2>/dev/null || true
+raise_nofile
 [ "$HOT" -lt "$DOMAINS" ] || die "HOT must be smaller than DOMAINS"
 
 # ---- backends: the bench backend, and a pair A/B for propagation ----
