@@ -17,8 +17,8 @@
  *     names are resolved (evdns) and the tenant policy fetched (HGETALL
  *     <p>tenant:<t>) if not cached, in parallel.  Replies are parsed by
  *     match.c; nothing from Redis is trusted.
- *   - Results (positive, negative and bad data) go into a bounded LRU
- *     (cache.c) as refcounted records stamped with their fetch time, the
+ *   - Results go into bounded LRUs (cache.c: routes and tenants in one,
+ *     unknown and bad-data hosts in a smaller one) as refcounted records stamped with their fetch time, the
  *     cache generation and the invalidation counters of the keys they were
  *     built from.
  *   - Invalidation: a second connection subscribes to __redis__:invalidate
@@ -214,7 +214,8 @@ struct route_ctx {
     int sub_ready;                 /* subscribed to the invalidation channel */
     int tracking;                  /* CLIENT TRACKING confirmed on the main connection */
     unsigned tracking_seq;
-    struct cache *cache;
+    struct cache *cache;           /* routes and tenants (cfg->route_cache_size) */
+    struct cache *neg;             /* unknown and bad-data hosts (a quarter of that) */
     struct cache *dns;
     struct evdns_base *dnsb;
     struct route_dns *dns_reqs;
@@ -562,8 +563,8 @@ static void route_reg_del(struct route_ctx *rc)
 
 static void route_count_cache(struct route_ctx *rc)
 {
-    size_t n = rc->cache ? cache_count(rc->cache) : 0;
-    uint64_t ev = rc->cache ? cache_evictions(rc->cache) : 0;
+    size_t n = rc->cache ? cache_count(rc->cache) + cache_count(rc->neg) : 0;
+    uint64_t ev = rc->cache ? cache_evictions(rc->cache) + cache_evictions(rc->neg) : 0;
     __atomic_store_n(&rc->m.entries, (uint64_t)n + (rc->pats ? 1 : 0), __ATOMIC_RELAXED);
     __atomic_store_n(&rc->m.evictions, ev, __ATOMIC_RELAXED);
 }
@@ -697,7 +698,9 @@ static size_t route_rkey(char *buf, char kind, const char *name, size_t n)
 static struct route_rec *route_cached_domain(struct route_ctx *rc, const char *host, size_t hl)
 {
     char k[HOST_MAX + 3];
-    return cache_get(rc->cache, k, route_rkey(k, 'd', host, hl));
+    size_t kl = route_rkey(k, 'd', host, hl);
+    struct route_rec *r = cache_get(rc->cache, k, kl);
+    return r ? r : cache_get(rc->neg, k, kl);
 }
 
 static struct route_rec *route_cached_tenant(struct route_ctx *rc, const char *tenant)
@@ -709,13 +712,20 @@ static struct route_rec *route_cached_tenant(struct route_ctx *rc, const char *t
     return cache_get(rc->cache, k, route_rkey(k, 't', tenant, n));
 }
 
+/*
+ * Stores a record.  Negative and bad-data answers go to their own, smaller
+ * LRU so that a flood of random Host headers cannot evict the hot routes.
+ */
 static void route_cache_store(struct route_ctx *rc, char kind, const char *name, size_t n, struct route_rec *r)
 {
     char k[HOST_MAX + MATCH_MAX_TENANT + 3];
     if (n > HOST_MAX + MATCH_MAX_TENANT)
         return;
+    size_t kl = route_rkey(k, kind, name, n);
+    int neg = kind == 'd' && r->status != ROUTE_OK;
+    cache_del(neg ? rc->cache : rc->neg, k, kl);
     r->refs++;
-    if (cache_put(rc->cache, k, route_rkey(k, kind, name, n), r) < 0)
+    if (cache_put(neg ? rc->neg : rc->cache, k, kl, r) < 0)
         r->refs--;
     route_count_cache(rc);
 }
@@ -1638,6 +1648,20 @@ static void route_decide(struct route_fetch *f)
 
 /* ---- fetch life cycle ---- */
 
+/*
+ * Keeps the round-robin cursors of the entry being replaced, so that a
+ * revalidation (TTL, reconnect, an unrelated invalidation) does not send the
+ * next requests back to the first backend.
+ */
+static void route_entry_carry(const struct route_entry *old, struct route_entry *e)
+{
+    if (old->set->n == e->set->n)
+        e->set->rr = old->set->rr;
+    for (size_t i = 0; i < e->n_paths && i < old->n_paths; i++)
+        if (old->path_sets[i]->n == e->path_sets[i]->n)
+            e->path_sets[i]->rr = old->path_sets[i]->rr;
+}
+
 /* Delivers the fetch's outcome to every waiter, caches it and frees the fetch. */
 static void route_fetch_finish(struct route_fetch *f)
 {
@@ -1645,8 +1669,14 @@ static void route_fetch_finish(struct route_fetch *f)
     double now = route_now();
     route_pending_del(rc, f);            /* lookups from callbacks start afresh */
     if (!f->failed && f->drec) {
-        if (f->need_domain)
+        if (f->need_domain) {
+            char k[HOST_MAX + 3];
+            size_t kl = route_rkey(k, 'd', f->host, f->hl);
+            const struct route_rec *old = cache_peek(rc->cache, k, kl);
+            if (old && old->entry && f->drec->entry)
+                route_entry_carry(old->entry, f->drec->entry);
             route_cache_store(rc, 'd', f->host, f->hl, f->drec);
+        }
         if (f->trec)
             route_cache_store(rc, 't', f->tenant, strlen(f->tenant), f->trec);
     }
@@ -2000,10 +2030,12 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
             snprintf(err, errlen, "Redis routing needs an event base");
             goto fail;
         }
-        rc->cache = cache_new(cfg->route_cache_size ? cfg->route_cache_size : 100000, route_rec_free_cb);
+        size_t cap = cfg->route_cache_size ? cfg->route_cache_size : 100000;
+        rc->cache = cache_new(cap, route_rec_free_cb);
+        rc->neg = cache_new(cap / 4 ? cap / 4 : 1, route_rec_free_cb);
         rc->dns = cache_new(ROUTE_DNS_CACHE, free);
         rc->depgen = calloc(ROUTE_DEP_SLOTS, sizeof(*rc->depgen));
-        if (rc->cache == NULL || rc->dns == NULL || rc->depgen == NULL) {
+        if (rc->cache == NULL || rc->neg == NULL || rc->dns == NULL || rc->depgen == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
@@ -2025,6 +2057,7 @@ fail:
     if (rc->degraded_counted)
         atomic_fetch_sub(&route_degraded_workers, 1);
     cache_free(rc->cache);
+    cache_free(rc->neg);
     cache_free(rc->dns);
     free(rc->depgen);
     route_statics_free(rc->statics, rc->n_slots);
@@ -2081,6 +2114,7 @@ void route_ctx_free(struct route_ctx *rc)
         atomic_fetch_sub(&route_degraded_workers, 1);
     route_pats_free(rc->pats);
     cache_free(rc->cache);
+    cache_free(rc->neg);
     cache_free(rc->dns);
     free(rc->depgen);
     route_statics_free(rc->statics, rc->n_slots);
