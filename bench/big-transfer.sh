@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/big-transfer.sh — 1 GiB downloads and uploads through tollgate; its RSS must stay flat.
 #
-# Debian packages (installed with apt-get when missing): nginx-light (or nginx), curl, python3
+# Debian packages (installed with apt-get when missing): nginx-light (or nginx), curl, python3, procps
 #
 # Backends on loopback: nginx (one worker) serving a sparse SIZE_MB file for the
 # downloads, and bench/upload_sink.py, which reads every request body (by
@@ -26,7 +26,7 @@
 # Quick run: SIZE_MB=128 SLOW_MB=64 bench/big-transfer.sh
 
 source "$(dirname "$0")/lib.sh"
-bench_need nginx:nginx-light curl:curl
+bench_need pgrep:procps /usr/bin/python3:python3 nginx:nginx-light curl:curl
 
 SIZE_MB=${SIZE_MB:-1024}
 SLOW_MB=${SLOW_MB:-512}

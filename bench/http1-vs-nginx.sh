@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/http1-vs-nginx.sh — tollgate vs an nginx reverse proxy, HTTP/1.1, one worker each.
 #
-# Debian packages (installed with apt-get when missing): nginx-light (or nginx), wrk, curl, python3;
+# Debian packages (installed with apt-get when missing): nginx-light (or nginx), wrk, curl, python3, procps;
 #   haproxy with HAPROXY=1
 #
 # Starts on loopback: a backend (nginx, one worker, serving a small body, a
@@ -30,7 +30,7 @@
 # Quick smoke run (< 1 min): ROUNDS=2 DURATION=1 WARMUP=0 bench/http1-vs-nginx.sh
 
 source "$(dirname "$0")/lib.sh"
-bench_need nginx:nginx-light wrk:wrk curl:curl
+bench_need pgrep:procps /usr/bin/python3:python3 nginx:nginx-light wrk:wrk curl:curl
 
 ROUNDS=${ROUNDS:-5}
 DURATION=${DURATION:-5}

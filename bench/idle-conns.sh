@@ -1,7 +1,7 @@
 #!/bin/bash
 # bench/idle-conns.sh — RSS per idle keep-alive client connection, tollgate vs nginx.
 #
-# Debian packages (installed with apt-get when missing): nginx-light (or nginx), curl, python3
+# Debian packages (installed with apt-get when missing): nginx-light (or nginx), curl, python3, procps
 #
 # Starts the bench backend (nginx), tollgate (--workers 1, static route) and an
 # nginx reverse proxy (one worker), then for each proxy in turn: a few warm-up
@@ -16,7 +16,7 @@
 #   NGINX_ONLY=1 (nginx alone), TG_ARGS="..." (extra tollgate arguments)
 
 source "$(dirname "$0")/lib.sh"
-bench_need nginx:nginx-light curl:curl
+bench_need pgrep:procps /usr/bin/python3:python3 nginx:nginx-light curl:curl
 
 CONNS=${CONNS:-5000}
 SETTLE=${SETTLE:-1}

@@ -2,7 +2,7 @@
 # bench/routing.sh — Redis routing at scale: lookups, memory, overhead, change propagation.
 #
 # Debian packages (installed with apt-get when missing): redis-server, redis-tools,
-#   nginx-light (or nginx), wrk, curl, python3
+#   nginx-light (or nginx), wrk, curl, python3, procps
 #
 # 1. Starts the bench backend (nginx), a redis-server on a free port, and loads
 #    DOMAINS (1,000,000) tg:domain:h<i>.bench.test hashes, all routed to the
@@ -29,7 +29,7 @@
 # Quick run (~1 min): DOMAINS=200000 HOT=20000 ROUNDS=2 DURATION=2 CHANGES=20 bench/routing.sh
 
 source "$(dirname "$0")/lib.sh"
-bench_need redis-server:redis-server redis-cli:redis-tools nginx:nginx-light wrk:wrk curl:curl
+bench_need pgrep:procps /usr/bin/python3:python3 redis-server:redis-server redis-cli:redis-tools nginx:nginx-light wrk:wrk curl:curl
 
 DOMAINS=${DOMAINS:-1000000}
 HOT=${HOT:-100000}
