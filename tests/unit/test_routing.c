@@ -793,6 +793,25 @@ START_TEST(redis_lookup_coalesce_cancel_teardown)
     rt_run(base, 2.0, &g4.calls);
     ck_assert_int_eq(g4.res.status, ROUTE_NOT_FOUND);
 
+    /* Matching order: exact, then wildcard (one label only), then patterns. */
+    const char *w1[] = {"HSET", "tg:domain:*.w.test", "tenant", "wild", "backends", "127.0.0.1:11"};
+    rt_redis_cmd(port, 6, w1);
+    const char *w2[] = {"HSET", "tg:domain:e.w.test", "tenant", "exact", "backends", "127.0.0.1:12"};
+    rt_redis_cmd(port, 6, w2);
+    const char *w3[] = {"RPUSH", "tg:patterns", "(\\w+)\\.b\\.w\\.test pat 127.0.0.1:1$1", "e\\.w\\.test no 127.0.0.1:1"};
+    rt_redis_cmd(port, 4, w3);
+    static const struct { const char *host; int status; const char *tenant; } order[] = {
+        {"x.w.test", ROUTE_OK, "wild"}, {"e.w.test", ROUTE_OK, "exact"}, {"3.b.w.test", ROUTE_OK, "pat"},
+        {"a.c.w.test", ROUTE_NOT_FOUND, ""}, {"w.test", ROUTE_NOT_FOUND, ""},
+    };
+    for (size_t i = 0; i < sizeof(order) / sizeof(order[0]); i++) {
+        struct got g = {0};
+        if (route_lookup(rc, order[i].host, strlen(order[i].host), "/", 1, got_cb, &g))
+            rt_run(base, 2.0, &g.calls);
+        ck_assert_msg(g.calls == 1 && (int)g.res.status == order[i].status && strcmp(g.tenant, order[i].tenant) == 0,
+                      "%s: status %d tenant %s", order[i].host, g.res.status, g.tenant);
+    }
+
     /* Freeing the ctx with a lookup pending: no callback, nothing leaked (ASan). */
     struct got g5 = {0};
     ck_assert_ptr_nonnull(route_lookup(rc, "pending.test", 12, "/", 1, got_cb, &g5));
