@@ -22,6 +22,8 @@ LABELS = {
     "errors": ("errors (sum)", "must be 0"),
     "mbps": ("MiB/s", "higher is better"),
     "redis_reads": ("Redis reads/request", "0 when hot"),
+    "misses": ("cache misses/request", "0 when hot"),
+    "lranges": ("Redis LRANGE/request", "0 when hot"),
     "rss_kib": ("RSS KiB after run", "info"),
 }
 
