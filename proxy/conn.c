@@ -146,6 +146,8 @@ struct conn {
     size_t scanned;                   /* h1_find_head_end() resume point */
     struct timeval head_start;        /* first byte of the current head */
     struct timeval last_activity;     /* tunnel idleness */
+    struct event *park_ev;            /* set while parked (bev == NULL) */
+    int fd;                           /* the client socket; the conn closes it */
     unsigned flags;
     unsigned char state;
     union {
@@ -159,6 +161,7 @@ static __thread uint64_t conn_next_id;
 static __thread struct conn *conn_list;   /* this worker's connections */
 
 static void conn_close(struct conn *c);
+static void conn_park(struct conn *c, double left_s);
 static void conn_process(struct conn *c);
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_write_cb(struct bufferevent *bev, void *arg);
@@ -449,6 +452,10 @@ static void conn_process(struct conn *c)
             return;
         }
         c->scanned = 0;
+        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
+            conn_park(c, cfg->keepalive_timeout);
+            return;
+        }
         set_client_timeouts(c, cfg->keepalive_timeout, 0);
         return;
     }
@@ -1477,6 +1484,58 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 /* ---------------------------------------------------------------------- */
 /* Life cycle                                                             */
 
+/* Gives the connection a bufferevent on its socket (at accept, and when a
+ * parked connection becomes readable).  0 / -1. */
+static int client_bev_open(struct conn *c)
+{
+    const struct tg_config *cfg = worker_config(c->w);
+    c->bev = bufferevent_socket_new(worker_base(c->w), c->fd, 0);
+    if (!c->bev)
+        return -1;
+    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
+    bufferevent_setwatermark(c->bev, EV_READ, 0, cfg->max_header_size + 16384);
+    bufferevent_setwatermark(c->bev, EV_WRITE, hwm_of(c) / 2, 0);
+    bufferevent_set_max_single_read(c->bev, 65536);
+    evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
+    bufferevent_enable(c->bev, EV_READ);
+    return 0;
+}
+
+static void park_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    event_free(c->park_ev);
+    c->park_ev = NULL;
+    if ((what & EV_TIMEOUT) || client_bev_open(c) != 0) {
+        conn_close(c);
+        return;
+    }
+    set_client_timeouts(c, cfg_of(c)->client_header_timeout, 0);
+    evutil_timerclear(&c->head_start);
+}
+
+/*
+ * Between requests a keep-alive connection gives its bufferevent back and
+ * waits on a bare event until the client speaks or the keep-alive timeout
+ * ends: about 450 bytes per idle connection instead of 1.3 KiB.  The worker
+ * bases use epoll's changelist, so freeing the bufferevent's read event and
+ * adding the park event on the same fd in one loop iteration cost no
+ * epoll_ctl call (and likewise when the connection wakes up).
+ */
+static void conn_park(struct conn *c, double left_s)
+{
+    struct timeval tv = tv_of(left_s);
+    c->park_ev = event_new(worker_base(c->w), c->fd, EV_READ, park_cb, c);
+    if (!c->park_ev) {
+        conn_close(c);
+        return;
+    }
+    evbuffer_remove_cb(bufferevent_get_output(c->bev), client_out_cb, c);
+    bufferevent_free(c->bev);
+    c->bev = NULL;
+    event_add(c->park_ev, &tv);
+}
+
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen)
 {
     struct conn *c = calloc(1, sizeof(*c));
@@ -1494,20 +1553,13 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
     }
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->bev = bufferevent_socket_new(worker_base(w), fd, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
+    c->fd = fd;
+    if (client_bev_open(c) != 0) {
         evutil_closesocket(fd);
         free(c);
         return;
     }
-    const struct tg_config *cfg = worker_config(w);
-    bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, cfg->max_header_size + 16384);
-    bufferevent_setwatermark(c->bev, EV_WRITE, hwm_of(c) / 2, 0);
-    bufferevent_set_max_single_read(c->bev, 65536);
-    evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
-    set_client_timeouts(c, cfg->client_header_timeout, 0);
-    bufferevent_enable(c->bev, EV_READ);
+    set_client_timeouts(c, worker_config(w)->client_header_timeout, 0);
     struct tg_metrics *m = worker_metrics(w);
     m->connections_accepted++;
     m->connections_active++;
@@ -1539,9 +1591,16 @@ static void conn_close(struct conn *c)
         /* Count what the kernel already took before the buffer goes away. */
         log_request(c, r);
     }
-    evbuffer_remove_cb(bufferevent_get_output(c->bev), client_out_cb, c);
-    bufferevent_free(c->bev);
-    c->bev = NULL;
+    if (c->bev) {
+        evbuffer_remove_cb(bufferevent_get_output(c->bev), client_out_cb, c);
+        bufferevent_free(c->bev);
+        c->bev = NULL;
+    }
+    if (c->park_ev) {
+        event_free(c->park_ev);
+        c->park_ev = NULL;
+    }
+    evutil_closesocket(c->fd);
     if (r) {
         c->req = NULL;
         req_free(r);
@@ -1565,7 +1624,8 @@ void conn_drain_all(void)
     for (; c; c = next) {
         next = c->next;
         c->flags |= CF_DRAINING | CF_CLOSE_AFTER;
-        if (c->state == CS_HEAD && !c->req && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0)
+        if (!c->bev
+            || (c->state == CS_HEAD && !c->req && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
             conn_close(c);
     }
 }

@@ -266,6 +266,10 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
     struct event_config *ec = event_config_new();
     if (ec) {
         event_config_set_flag(ec, EVENT_BASE_FLAG_NOLOCK);
+        /* Parking idle connections (conn.c) swaps events on one fd within
+         * an iteration; the changelist folds those into no syscall.  We
+         * never dup() client sockets, the one case it gets wrong. */
+        event_config_set_flag(ec, EVENT_BASE_FLAG_EPOLL_USE_CHANGELIST);
         w->base = event_base_new_with_config(ec);
         event_config_free(ec);
     }
