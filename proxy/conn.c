@@ -127,6 +127,8 @@ struct req {
     unsigned char req_mode;         /* enum body_mode */
     unsigned char resp_mode;
     unsigned char attempts;
+    unsigned char redirect_https;
+    unsigned short admit_waits;
     int status;
     uint64_t bytes_in, bytes_out;
     struct timeval start;
@@ -347,10 +349,11 @@ static const char *reason_of(int status)
  * is written.  extra: extra header lines (each ending in CRLF) or NULL.
  * The request (if any) stays attached so that its bytes_out are counted.
  */
+static void respond_body(struct conn *c, int status, const char *body, size_t blen, const char *extra,
+                         int close_after);
+
 static void respond_local(struct conn *c, int status, const char *detail, const char *extra, int close_after)
 {
-    struct req *r = c->req;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     char body[512];
     const char *reason = reason_of(status);
     int blen = snprintf(body, sizeof(body),
@@ -359,6 +362,16 @@ static void respond_local(struct conn *c, int status, const char *detail, const 
                         status, reason, status, reason, detail ? detail : reason);
     if (blen < 0 || (size_t)blen >= sizeof(body))
         blen = (int)strlen(body);
+    respond_body(c, status, body, (size_t)blen, extra, close_after);
+}
+
+/* Like respond_local() with a body of the caller's (an HTML page). */
+static void respond_body(struct conn *c, int status, const char *body, size_t blen, const char *extra,
+                         int close_after)
+{
+    struct req *r = c->req;
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    const char *reason = reason_of(status);
     if (status == 400 || status == 408 || status == 431 || status == 505 || status == 501
         || worker_draining(c->w) || (c->flags & CF_CLOSE_AFTER))
         close_after = 1;
@@ -370,11 +383,11 @@ static void respond_local(struct conn *c, int status, const char *detail, const 
     int http10 = r && (r->flags & RF_HTTP10);
     evbuffer_add_printf(out,
                         "HTTP/1.%d %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
-                        "Content-Length: %d\r\nCache-Control: no-store\r\n%s%s\r\n",
+                        "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s\r\n",
                         http10 ? 0 : 1, status, reason, blen, extra ? extra : "",
                         close_after ? "Connection: close\r\n" : (http10 ? "Connection: keep-alive\r\n" : ""));
     if (!(r && (r->flags & RF_METHOD_HEAD)))
-        evbuffer_add(out, body, (size_t)blen);
+        evbuffer_add(out, body, blen);
     if (r) {
         r->status = status;
         r->flags |= RF_RESP_HEAD | RF_RESP_DONE;
@@ -432,6 +445,7 @@ static int reparse_head(struct conn *c, struct h1_request *rq)
 }
 
 static void route_done(void *arg, const struct route_result *res);
+static void admit(struct conn *c);
 
 /*
  * Looks for a complete request head in the client input and starts the
@@ -573,10 +587,76 @@ static void route_done(void *arg, const struct route_result *res)
     r->backends = res->backends;
     if (res->tenant)
         copy_str(r->tenant, sizeof(r->tenant), res->tenant, strlen(res->tenant));
+    r->redirect_https = (unsigned char)(res->redirect_https != 0);
     struct meter_worker *mw = worker_meter(c->w);
-    if (mw && res->tenant) {
+    if (mw && res->tenant)
         r->mt = meter_tenant_get(mw, res->tenant, &res->policy);
-        if (r->mt) {
+    admit(c);
+}
+
+/*
+ * The over-cap answer: cfg->cap_status with the page from cfg->cap_page
+ * (read once per worker and kept until the path changes) or a built-in one.
+ */
+static __thread char *cap_page_body;
+static __thread size_t cap_page_len;
+static __thread char cap_page_path[256];
+
+static void respond_cap(struct conn *c)
+{
+    const struct tg_config *cfg = cfg_of(c);
+    if (cfg->cap_page && strncmp(cap_page_path, cfg->cap_page, sizeof(cap_page_path)) != 0) {
+        free(cap_page_body);
+        cap_page_body = NULL;
+        cap_page_len = 0;
+        copy_str(cap_page_path, sizeof(cap_page_path), cfg->cap_page, strlen(cfg->cap_page));
+        FILE *f = fopen(cfg->cap_page, "rb");
+        if (f) {
+            char *buf = malloc(65536);
+            size_t n = buf ? fread(buf, 1, 65536, f) : 0;
+            fclose(f);
+            cap_page_body = buf;
+            cap_page_len = n;
+        } else {
+            log_err_ratelimited("cap-page", "%s: cannot read cap-page %s; using the built-in page", __func__,
+                                cfg->cap_page);
+        }
+    }
+    if (cfg->cap_page && cap_page_body) {
+        respond_body(c, cfg->cap_status, cap_page_body, cap_page_len, NULL, 0);
+        return;
+    }
+    respond_local(c, cfg->cap_status, "This site has used its bandwidth allowance for the month.", NULL, 0);
+}
+
+static void admit_wait_cb(evutil_socket_t fd, short what, void *arg)
+{
+    admit(arg);
+}
+
+/*
+ * Admission by the tenant's state.  The first request of a capped tenant
+ * this instance has never seen waits (1 ms steps, one Redis round trip at
+ * most) until the meter knows whether the cap is already reached, so that
+ * it gets a clean 509 rather than a response cut before its first byte.
+ */
+static void admit(struct conn *c)
+{
+    struct req *r = c->req;
+    if (r->mt && !meter_state_known(r->mt) && r->admit_waits < 500) {
+        if (!r->timer)
+            r->timer = event_new(worker_base(c->w), -1, 0, admit_wait_cb, c);
+        if (r->timer) {
+            struct timeval tv = {0, 1000};
+            event_del(r->timer);
+            evtimer_assign(r->timer, worker_base(c->w), admit_wait_cb, c);
+            evtimer_add(r->timer, &tv);
+            r->admit_waits++;
+            return;
+        }
+    }
+    if (r->mt) {
+        {
             enum meter_verdict v = meter_admit(r->mt);
             if (v != METER_ALLOW) {
                 /* Refused requests are not billed to the tenant. */
@@ -585,14 +665,13 @@ static void route_done(void *arg, const struct route_result *res)
                 if (v == METER_SUSPENDED)
                     respond_local(c, 503, "This site is suspended.", NULL, 0);
                 else
-                    respond_local(c, cfg_of(c)->cap_status,
-                                  "This site has used its bandwidth allowance for the month.", NULL, 0);
+                    respond_cap(c);
                 return;
             }
             meter_count_request(r->mt);
         }
     }
-    if (res->redirect_https) {
+    if (r->redirect_https) {
         /* The https URL has the default port: drop any :port of the Host. */
         char loc[512];
         size_t hl = strlen(r->host);
@@ -1638,6 +1717,9 @@ void conn_abort_all(void)
 
 void conn_thread_cleanup(void)
 {
+    free(cap_page_body);
+    cap_page_body = NULL;
+    cap_page_path[0] = '\0';
     while (req_free_list) {
         struct req *r = req_free_list;
         req_free_list = r->next_free;
