@@ -198,11 +198,21 @@ def _stop_proc(p, sig=signal.SIGTERM, timeout=10):
 
 # ---------------------------------------------------------------- ports
 
+_given_ports = set()
+
+
 def free_port():
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nobody listens on right now and that this
+    process has not handed out before (the kernel may offer a just-closed
+    ephemeral port twice in a row)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _given_ports:
+            _given_ports.add(port)
+            return port
+    raise RuntimeError("no free port found")
 
 
 def wait_port(port, timeout=10, proc=None, host="127.0.0.1"):
