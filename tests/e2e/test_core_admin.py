@@ -53,29 +53,48 @@ def test_admin_unknown_path_404():
 
 
 def test_metrics_counts_requests_by_class_and_bytes():
-    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr, "down.test=127.0.0.1:%d" % free_port()]) as tg:
         before = metrics(tg)
         for _ in range(5):
             assert http(tg.port, "GET", "/bytes/1000", "app.test")[0] == 200
         for _ in range(3):
             assert http(tg.port, "GET", "/", "nope.test")[0] == 404
         assert http(tg.port, "GET", "/status/503", "app.test")[0] == 503
+        assert http(tg.port, "GET", "/", "down.test")[0] == 502
+
+        def delta(name):
+            return after.get(name, 0) - before.get(name, 0)
 
         def grew():
-            after = metrics(tg)
-            return after if total(after, "2xx") - total(before, "2xx") >= 5 else None
+            m = metrics(tg)
+            return m if m.get('tollgate_responses_total{class="2xx"}', 0) - \
+                before.get('tollgate_responses_total{class="2xx"}', 0) >= 5 else None
         after = wait_until(grew, 3, "2xx counter +5")
-        assert total(after, "4xx") - total(before, "4xx") >= 3
-        assert total(after, "5xx") - total(before, "5xx") >= 1
-        req = [k for k in after if "request" in k]
-        assert req, "no request counter in /metrics: %s" % sorted(after)
-        conn = [k for k in after if "connection" in k]
-        assert conn, "no connection metric in /metrics: %s" % sorted(after)
-        byt = [k for k in after if "bytes" in k]
-        assert byt, "no byte counter in /metrics: %s" % sorted(after)
-        assert total(after, "bytes") - total(before, "bytes") >= 5000
-        up = [k for k in after if "upstream" in k]
-        assert up, "no upstream metric in /metrics: %s" % sorted(after)
+        assert delta('tollgate_responses_total{class="2xx"}') == 5, after
+        assert delta('tollgate_responses_total{class="4xx"}') == 3
+        assert delta('tollgate_responses_total{class="5xx"}') == 2
+        assert delta("tollgate_requests_total") == 10
+        assert delta("tollgate_connections_accepted_total") >= 10
+        assert delta('tollgate_upstream_errors_total{kind="connect"}') >= 1
+        assert delta('tollgate_bytes_total{direction="out"}') >= 5000
+        assert delta('tollgate_bytes_total{direction="in"}') >= 10 * len("GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        # every client connection was closed: the gauge comes back to 0
+        wait_until(lambda: metrics(tg).get("tollgate_connections_active") == 0, 3,
+                   "tollgate_connections_active back to 0")
+
+
+def test_metrics_websocket_and_bad_requests():
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        before = metrics(tg)
+        raw(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A : 1\r\n\r\n")
+        with RawConn(tg.port) as c:
+            c.send(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            assert c.read_head().status == 101
+        after = wait_until(lambda: (lambda m: m if m.get("tollgate_websocket_upgrades_total", 0) >
+                                    before.get("tollgate_websocket_upgrades_total", 0) else None)(metrics(tg)),
+                           3, "websocket upgrade counted")
+        assert after["tollgate_bad_requests_total"] - before.get("tollgate_bad_requests_total", 0) == 1
 
 
 def test_metrics_has_help_and_type():
