@@ -415,15 +415,10 @@ static int vec_push(struct meter_vec *v, const struct meter_rec *r)
 }
 
 /*
- * Key names, as new strings (NULL when they do not fit).  The usage keys come
- * from routing/schema.h.  The two keys the meter adds to the contract's
- * schema (docs/metering.md, CONTRACT.md) are built here:
- *   <p>meter:applied           HASH  run id -> last applied flush seq
- *   <p>lease:<tenant>:<YYYYMM> HASH  run id -> "<held bytes>:<expiry ms>"
+ * Key names, as new strings (NULL when they do not fit), all from
+ * routing/schema.h, including the two keys the meter adds to the contract's
+ * schema (<p>meter:applied and <p>lease:<tenant>:<YYYYMM>, docs/metering.md).
  */
-#define METER_K_APPLIED "meter:applied"
-#define METER_K_LEASE   "lease:"
-
 static char *key_usage(const struct meter *m, const char *tenant, int date)
 {
     char buf[SCHEMA_KEY_MAX], period[16];
@@ -435,18 +430,19 @@ static char *key_usage(const struct meter *m, const char *tenant, int date)
 
 static char *key_lease(const struct meter *m, const char *tenant, int month)
 {
-    char *k = NULL;
-    if (asprintf(&k, "%s" METER_K_LEASE "%s:%d", m->prefix, tenant, month) < 0)
+    char buf[SCHEMA_KEY_MAX], period[16];
+    snprintf(period, sizeof(period), "%d", month);
+    if (schema_key_lease(buf, sizeof(buf), m->prefix, tenant, strlen(tenant), period) < 0)
         return NULL;
-    return k;
+    return strdup(buf);
 }
 
 static char *key_applied(const struct meter *m)
 {
-    char *k = NULL;
-    if (asprintf(&k, "%s" METER_K_APPLIED, m->prefix) < 0)
+    char buf[SCHEMA_KEY_MAX];
+    if (schema_key_meter_applied(buf, sizeof(buf), m->prefix) < 0)
         return NULL;
-    return k;
+    return strdup(buf);
 }
 
 static void poke(struct meter *m)

@@ -128,6 +128,19 @@ int schema_key_meter(char *buf, size_t cap, const char *prefix, const char *tena
     return build(buf, cap, prefix, SCHEMA_K_METER, tenant, tenant_len, period, strlen(period));
 }
 
+int schema_key_meter_applied(char *buf, size_t cap, const char *prefix)
+{
+    return build(buf, cap, prefix, SCHEMA_K_APPLIED, NULL, 0, NULL, 0);
+}
+
+int schema_key_lease(char *buf, size_t cap, const char *prefix, const char *tenant, size_t tenant_len,
+                     const char *month)
+{
+    if (!schema_tenant_valid(tenant, tenant_len) || !month || strlen(month) != 6 || !schema_period_valid(month))
+        return -1;
+    return build(buf, cap, prefix, SCHEMA_K_LEASE, tenant, tenant_len, month, 6);
+}
+
 int schema_key_meter_month(char *buf, size_t cap, const char *prefix, const char *tenant, size_t tenant_len,
                            time_t t)
 {

@@ -66,6 +66,8 @@
 #define SCHEMA_K_CERT     "cert:"
 #define SCHEMA_K_ACME     "acme:"
 #define SCHEMA_K_EVENTS   "events"
+#define SCHEMA_K_APPLIED  "meter:applied"  /* HASH run id -> last applied flush seq (meter) */
+#define SCHEMA_K_LEASE    "lease:"         /* HASH run id -> "<held bytes>:<expiry ms>" (meter) */
 
 /* Limits on values (larger is bad data). */
 #define SCHEMA_TENANT_MAX   128        /* tenant id bytes */
@@ -91,6 +93,11 @@ int schema_key_tenant(char *buf, size_t cap, const char *prefix, const char *ten
 /* <p>meter:<tenant>:<period>; period is YYYYMM or YYYYMMDD (checked with schema_period_valid). */
 int schema_key_meter(char *buf, size_t cap, const char *prefix, const char *tenant, size_t tenant_len,
                      const char *period);
+/* <p>meter:applied: the meter's idempotence record (docs/metering.md). */
+int schema_key_meter_applied(char *buf, size_t cap, const char *prefix);
+/* <p>lease:<tenant>:<YYYYMM>: budget slices held by each instance (docs/metering.md). */
+int schema_key_lease(char *buf, size_t cap, const char *prefix, const char *tenant, size_t tenant_len,
+                     const char *month);
 /* <p>meter:<tenant>:<YYYYMM> / <YYYYMMDD> of the UTC month / day containing t. */
 int schema_key_meter_month(char *buf, size_t cap, const char *prefix, const char *tenant, size_t tenant_len,
                            time_t t);
