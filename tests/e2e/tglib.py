@@ -601,15 +601,20 @@ class Tollgate:
 
     def __exit__(self, exc_type, exc, tb):
         if exc_type is not None:
-            # keep the original failure; show the log to explain it
+            # keep the original failure, but when the proxy crashed or a
+            # sanitizer spoke, that is the reason to report
+            try:
+                self.proc.wait(0.3)
+            except subprocess.TimeoutExpired:
+                pass
             died = self.proc.poll()
+            report = self.sanitizer_report()
             self.kill()
             sys.stderr.write("---- tollgate log (%s) ----\n%s\n" % (self.log_path, self.log_text()[-4000:]))
-            if died is not None and self.check_exit and exc_type is not KeyboardInterrupt:
-                # the proxy crashed under the test: that is the reason to report
-                report = self.sanitizer_report()
+            if self.check_exit and exc_type is not KeyboardInterrupt and (report or died is not None):
                 why = report.splitlines()[0] if report else (self.log_text().strip().splitlines() or [""])[-1]
-                raise AssertionError("tollgate died during the test (exit %s): %s" % (died, why)) from exc
+                what = "died during the test (exit %s)" % died if died is not None else "reported an error"
+                raise AssertionError("tollgate %s: %s" % (what, why)) from exc
             return False
         code = self.stop() if self.proc.poll() is None else self.proc.returncode
         if self.check_exit:
