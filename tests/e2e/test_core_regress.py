@@ -170,3 +170,22 @@ def test_tunnel_client_close_delivers_pending_bytes_to_backend():
             assert be.received == n, "backend got %s of %d tunnelled bytes" % (be.received, n)
     finally:
         be.close()
+
+
+# ------------------------------------------------------------------ absolute-form
+
+def test_absolute_form_host_replaced_by_target_authority():
+    # conn.c send_request: the request is routed by the absolute-form target's
+    # authority (h1.c: "the target's authority wins"), but the received Host
+    # field is forwarded unchanged, so the backend sees a host other than the
+    # one the request was routed by.  RFC 9112 §3.2.2: a proxy forwarding such
+    # a request MUST generate a new Host from the request-target.
+    import json
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        out = raw(tg.port, b"GET http://app.test/echo HTTP/1.1\r\nHost: other.test\r\n"
+                           b"Connection: close\r\n\r\n")
+        rs = parse_responses(out)
+        assert rs and rs[0].status == 200, out[:300]
+        doc = json.loads(rs[0].body)
+        hosts = [v for k, v in doc["headers"] if k.lower() == "host"]
+        assert hosts == ["app.test"], "backend saw Host %r for a request routed by app.test" % hosts
