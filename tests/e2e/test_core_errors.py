@@ -164,3 +164,66 @@ def test_errors_in_metrics_and_log():
         status, _, body = tg.admin("/metrics")
         assert status == 200
         assert b"5xx" in body, body[:2000]
+
+
+def _one_shot_backend(answer, hold=0.3):
+    """A raw backend that reads one request head, writes `answer` and closes."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+
+    def serve():
+        while True:
+            try:
+                s, _ = srv.accept()
+            except OSError:
+                return
+            s.settimeout(5)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    data += d
+                s.sendall(answer)
+                time.sleep(hold)
+            except OSError:
+                pass
+            s.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, "127.0.0.1:%d" % srv.getsockname()[1]
+
+
+def test_backend_response_head_too_large_502():
+    srv, addr = _one_shot_backend(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 100000 + b"\r\nContent-Length: 2\r\n\r\nok")
+    try:
+        with Tollgate(routes=["app.test=" + addr]) as tg:
+            status, headers, body = http(tg.port, "GET", "/", "app.test")
+            check_page(status, headers, body, 502)
+    finally:
+        srv.close()
+
+
+def test_backend_interim_103_then_final_response():
+    srv, addr = _one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    try:
+        with Tollgate(routes=["app.test=" + addr]) as tg:
+            with RawConn(tg.port) as c:
+                c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                r = c.read_response()       # a forwarded 103 is skipped here
+                assert r.status == 200 and r.body == b"ok", r
+    finally:
+        srv.close()
+
+
+def test_expect_100_continue_to_unknown_host():
+    # no route: the final 404 comes at once, without a 100 and without waiting for the body
+    with Tollgate() as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"POST /upload HTTP/1.1\r\nHost: nope.test\r\nContent-Length: 100000\r\n"
+                   b"Expect: 100-continue\r\n\r\n")
+            r = c.read_response(skip_1xx=False)
+            assert r.status == 404, r
