@@ -96,6 +96,7 @@ enum {
     RF_CUT           = 1 << 12, /* cut at the tenant's cap */
     RF_HAS_BODY      = 1 << 13, /* request has a body */
     RF_HEAD_CONSUMED = 1 << 14, /* head drained from the client input and counted */
+    RF_UP_EOF        = 1 << 15, /* backend closed; its buffered bytes are still being relayed */
 };
 
 /* struct conn flags */
@@ -105,7 +106,7 @@ enum {
     CF_CLIENT_PAUSED = 1 << 2,  /* client reading stopped for backpressure */
     CF_UP_PAUSED     = 1 << 3,  /* upstream reading stopped for backpressure */
     CF_V6            = 1 << 4,
-    CF_IN_PROCESS    = 1 << 5,  /* inside conn_process(): no re-entry */
+    CF_CLIENT_EOF    = 1 << 5,  /* tunnel: client closed its sending side */
 };
 
 struct req {
@@ -172,6 +173,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_write_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void start_upstream(struct conn *c);
+static void tunnel_half_close(struct conn *c);
 static void finish_request(struct conn *c);
 
 static void set_state(struct conn *c, enum conn_state s)
@@ -206,7 +208,8 @@ static void copy_str(char *dst, size_t cap, const char *s, size_t len)
 {
     if (len >= cap)
         len = cap - 1;
-    memcpy(dst, s, len);
+    if (len)                     /* s may be NULL when len is 0 (no Host) */
+        memcpy(dst, s, len);
     dst[len] = '\0';
 }
 
@@ -786,17 +789,36 @@ static void send_request(struct conn *c)
     char ip[INET6_ADDRSTRLEN];
     peer_str(c, ip, sizeof(ip));
 
+    /* RFC 9112 §3.2.2: an absolute-form target replaces Host; the backend
+     * gets the origin form. */
+    int absolute = rq.target.len > 0 && rq.target.p[0] != '/' && rq.target.p[0] != '*';
     add_str(out, rq.method);
     evbuffer_add(out, " ", 1);
-    add_str(out, rq.target);
+    if (!absolute) {
+        add_str(out, rq.target);
+    } else if (rq.path.p >= rq.target.p && rq.path.p < rq.target.p + rq.target.len) {
+        evbuffer_add(out, rq.path.p, (size_t)(rq.target.p + rq.target.len - rq.path.p));
+    } else {
+        const char *q = memchr(rq.target.p, '?', rq.target.len);
+        evbuffer_add(out, "/", 1);
+        if (q)
+            evbuffer_add(out, q, (size_t)(rq.target.p + rq.target.len - q));
+    }
     /* HTTP/1.0 clients get an HTTP/1.0 exchange, so the backend never answers
      * with chunked framing that they could not read. */
     if (r->flags & RF_HTTP10)
         evbuffer_add(out, " HTTP/1.0\r\n", 11);
     else
         evbuffer_add(out, " HTTP/1.1\r\n", 11);
+    if (absolute) {
+        ADD_LIT(out, "Host: ");
+        add_str(out, rq.host);
+        ADD_LIT(out, "\r\n");
+    }
     for (size_t i = 0; i < rq.n_headers; i++) {
         const struct h1_header *h = &rq.headers[i];
+        if (absolute && h1_str_ieq(h->name, "host"))
+            continue;
         if (skip_request_header(h, conn_value)) {
             /* Upgrade crosses when the client asked for one (WebSocket). */
             if (!((r->flags & RF_UPGRADE) && h1_str_ieq(h->name, "upgrade")))
@@ -1002,7 +1024,8 @@ static int relay_request_body(struct conn *c)
             set_client_timeouts(c, 0, cfg->client_body_timeout);
         }
     }
-    if (!(r->flags & RF_REQ_DONE) && evbuffer_get_length(out) >= hwm) {
+    if (!(r->flags & RF_REQ_DONE)
+        && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED) || evbuffer_get_length(in) >= hwm)) {
         bufferevent_disable(c->bev, EV_READ);
         c->flags |= CF_CLIENT_PAUSED;
     }
@@ -1030,11 +1053,26 @@ static int relay_tunnel(struct conn *c, struct bufferevent *src, struct bufferev
             event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
         }
     }
-    if (evbuffer_get_length(in) > 0 || evbuffer_get_length(out) >= hwm) {
+    if (evbuffer_get_length(in) > 0 || evbuffer_get_length(out) >= hwm || (c->req->flags & RF_THROTTLED)) {
         bufferevent_disable(src, EV_READ);
         c->flags |= from_client ? CF_CLIENT_PAUSED : CF_UP_PAUSED;
     }
     return 0;
+}
+
+/*
+ * Tunnel half-close: once the client has closed its sending side and all it
+ * sent has reached the backend, pass the FIN on (shutdown SHUT_WR) and keep
+ * relaying the backend's answer until it closes too.
+ */
+static void tunnel_half_close(struct conn *c)
+{
+    struct req *r = c->req;
+    if (!(c->flags & CF_CLIENT_EOF) || !r || !r->up)
+        return;
+    if (evbuffer_get_length(bufferevent_get_input(c->bev)) == 0
+        && evbuffer_get_length(bufferevent_get_output(r->up)) == 0)
+        shutdown(bufferevent_getfd(r->up), SHUT_WR);
 }
 
 /* Builds the client's response head from the backend's. */
@@ -1253,7 +1291,20 @@ static int relay_response_body(struct conn *c)
         if (done)
             r->flags |= RF_RESP_DONE;
     }
-    if (!(r->flags & RF_RESP_DONE) && evbuffer_get_length(out) >= hwm) {
+    if ((r->flags & RF_UP_EOF) && !(r->flags & RF_RESP_DONE) && evbuffer_get_length(in) == 0) {
+        /* Everything the backend sent has been relayed. */
+        if (r->resp_mode != BODY_CLOSE && r->resp_mode != BODY_DECHUNK) {
+            log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
+                     r->target.name);
+            conn_close(c);
+            return -1;
+        }
+        r->flags |= RF_RESP_DONE;
+    }
+    /* A full client buffer, or a throttled tenant: stop reading the backend
+     * so that nothing piles up in our input buffer either. */
+    if (!(r->flags & RF_RESP_DONE) && !(r->flags & RF_UP_EOF)
+        && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED) || evbuffer_get_length(in) >= hwm)) {
         bufferevent_disable(r->up, EV_READ);
         c->flags |= CF_UP_PAUSED;
     }
@@ -1272,24 +1323,28 @@ static void throttle_cb(evutil_socket_t fd, short what, void *arg)
         return;
     r->flags &= ~RF_THROTTLED;
     if (c->state == CS_TUNNEL) {
+        c->flags &= ~(CF_CLIENT_PAUSED | CF_UP_PAUSED);
         if (relay_tunnel(c, c->bev, r->up, 1) < 0 || relay_tunnel(c, r->up, c->bev, 0) < 0)
             return;
-        if (!(c->flags & CF_CLIENT_PAUSED))
+        if (!(c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF)))
             bufferevent_enable(c->bev, EV_READ);
         if (!(c->flags & CF_UP_PAUSED))
             bufferevent_enable(r->up, EV_READ);
+        tunnel_half_close(c);
         return;
     }
     if (r->up && !(r->flags & RF_REQ_DONE) && (r->flags & RF_HEAD_SENT)) {
+        c->flags &= ~CF_CLIENT_PAUSED;
         if (relay_request_body(c) < 0)
             return;
         if (!(c->flags & CF_CLIENT_PAUSED))
             bufferevent_enable(c->bev, EV_READ);
     }
     if (r->up && (r->flags & RF_RESP_HEAD)) {
+        c->flags &= ~CF_UP_PAUSED;
         if (relay_response_body(c) < 0)
             return;
-        if (!(c->flags & CF_UP_PAUSED) && r->up)
+        if (!(c->flags & CF_UP_PAUSED) && !(r->flags & RF_UP_EOF) && r->up)
             bufferevent_enable(r->up, EV_READ);
     }
 }
@@ -1374,7 +1429,7 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
             c->flags &= ~CF_UP_PAUSED;
             if (relay_response_body(c) < 0)
                 return;
-            if (c->req == r && !(c->flags & CF_UP_PAUSED) && r->up)
+            if (!(c->flags & CF_UP_PAUSED) && !(r->flags & RF_UP_EOF) && r->up)
                 bufferevent_enable(r->up, EV_READ);
             return;
         }
@@ -1414,6 +1469,15 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
         conn_close(c);
         return;
     }
+    if (c->state == CS_TUNNEL && (what & BEV_EVENT_EOF) && c->req && c->req->up) {
+        /* Half-close: deliver what the client sent, then pass the FIN on. */
+        c->flags |= CF_CLIENT_EOF;
+        bufferevent_disable(bev, EV_READ);
+        if (relay_tunnel(c, c->bev, c->req->up, 1) < 0)
+            return;
+        tunnel_half_close(c);
+        return;
+    }
     /* EOF or error from the client: nobody is left to answer. */
     conn_close(c);
 }
@@ -1451,16 +1515,22 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
     struct req *r = c->req;
-    if (!r || r->up != bev || !(c->flags & CF_CLIENT_PAUSED))
+    if (!r || r->up != bev)
         return;
+    if (!(c->flags & CF_CLIENT_PAUSED)) {
+        if (c->state == CS_TUNNEL)
+            tunnel_half_close(c);
+        return;
+    }
     c->flags &= ~CF_CLIENT_PAUSED;
     if (c->state == CS_TUNNEL) {
         if (relay_tunnel(c, c->bev, bev, 1) < 0)
             return;
+        tunnel_half_close(c);
     } else if (relay_request_body(c) < 0) {
         return;
     }
-    if (!(c->flags & CF_CLIENT_PAUSED))
+    if (!(c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF)))
         bufferevent_enable(c->bev, EV_READ);
 }
 
@@ -1518,8 +1588,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             }
         }
         /* Backend closed the tunnel: flush what it sent, then close. */
-        relay_tunnel(c, bev, c->bev, 0);
-        if (c->req != r)
+        if (relay_tunnel(c, bev, c->bev, 0) < 0)
             return;
         up_detach(c, 0);
         set_state(c, CS_CLOSING);
@@ -1537,16 +1606,14 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             finish_request(c);
         return;
     }
-    if ((what & BEV_EVENT_EOF) && (r->flags & RF_RESP_HEAD) && r->resp_mode == BODY_CLOSE) {
-        /* EOF delimits this body (RFC 9112 §6.3 rule 8). */
-        r->flags &= ~RF_THROTTLED;
-        if (relay_response_body(c) < 0 || c->req != r)
-            return;
-        r->flags |= RF_RESP_DONE;
+    if ((what & BEV_EVENT_EOF) && (r->flags & RF_RESP_HEAD)) {
+        /* EOF delimits a close-delimited body (RFC 9112 §6.3 rule 8); for
+         * other framings it is fatal only once the bytes the backend did
+         * send (perhaps held back by backpressure or a throttle) are out.
+         * relay_response_body() decides when the input is empty. */
+        r->flags |= RF_UP_EOF;
         r->flags &= ~RF_UP_KEEPALIVE;
-        up_detach(c, 0);
-        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            finish_request(c);
+        relay_response_body(c);
         return;
     }
     if (what & BEV_EVENT_TIMEOUT)

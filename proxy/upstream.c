@@ -22,6 +22,7 @@
 
 #define POOL_MAX_IDLE_PER_KEY 64
 #define POOL_MAX_KEYS 1024
+#define POOL_MAX_PROBE 32      /* bounded lookups: a full table means "not pooled" */
 
 struct idle_conn {
     struct bufferevent *bev;
@@ -32,7 +33,8 @@ struct idle_conn {
 
 struct upstream_key {
     struct sockaddr_storage addr;
-    socklen_t addrlen;
+    socklen_t addrlen;           /* 0: slot empty or deleted */
+    unsigned char deleted;       /* tombstone: lookups probe past it */
     struct idle_conn *head;   /* most recently returned first */
     unsigned n_idle;
 };
@@ -53,24 +55,35 @@ static uint32_t addr_hash(const struct sockaddr_storage *a, socklen_t len)
     return h;
 }
 
-/* Finds (create = 1: or creates) the key for t; NULL when the table is full. */
+/*
+ * Finds (create = 1: or creates) the key for t within POOL_MAX_PROBE slots;
+ * NULL when absent (or no slot is free nearby).  A key whose last idle
+ * connection goes becomes a tombstone, so the table never fills up with
+ * addresses of backends that are gone.
+ */
 static struct upstream_key *key_find(struct upstream_pool *p, const struct route_target *t, int create)
 {
     uint32_t h = addr_hash(&t->addr, t->addrlen) % POOL_MAX_KEYS;
-    for (unsigned i = 0; i < POOL_MAX_KEYS; i++) {
+    struct upstream_key *free_slot = NULL;
+    for (unsigned i = 0; i < POOL_MAX_PROBE; i++) {
         struct upstream_key *k = &p->keys[(h + i) % POOL_MAX_KEYS];
         if (k->addrlen == 0) {
-            if (!create)
-                return NULL;
-            memcpy(&k->addr, &t->addr, t->addrlen);
-            k->addrlen = t->addrlen;
-            p->n_keys++;
-            return k;
+            if (!free_slot)
+                free_slot = k;
+            if (!k->deleted)
+                break;          /* never used: the key is not further on */
+            continue;
         }
         if (k->addrlen == t->addrlen && memcmp(&k->addr, &t->addr, t->addrlen) == 0)
             return k;
     }
-    return NULL;
+    if (!create || !free_slot)
+        return NULL;
+    memcpy(&free_slot->addr, &t->addr, t->addrlen);
+    free_slot->addrlen = t->addrlen;
+    free_slot->deleted = 0;
+    p->n_keys++;
+    return free_slot;
 }
 
 struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s)
@@ -93,7 +106,11 @@ static void idle_unlink(struct idle_conn *ic)
         k->head = ic->next;
     if (ic->next)
         ic->next->prev = ic->prev;
-    k->n_idle--;
+    if (--k->n_idle == 0) {
+        k->addrlen = 0;
+        k->deleted = 1;
+        ic->pool->n_keys--;
+    }
 }
 
 static void idle_close(struct idle_conn *ic)
@@ -145,18 +162,19 @@ struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct rout
 
 void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, struct bufferevent *bev)
 {
-    struct upstream_key *k = key_find(p, t, 1);
     struct idle_conn *ic = NULL;
-    if (!k || k->n_idle >= POOL_MAX_IDLE_PER_KEY
-        || evbuffer_get_length(bufferevent_get_input(bev)) != 0
+    struct upstream_key *k = NULL;
+    if (evbuffer_get_length(bufferevent_get_input(bev)) != 0
         || evbuffer_get_length(bufferevent_get_output(bev)) != 0
-        || !(ic = malloc(sizeof(*ic)))) {
+        || !(ic = malloc(sizeof(*ic)))
+        || !(k = key_find(p, t, 1)) || k->n_idle >= POOL_MAX_IDLE_PER_KEY) {
+        free(ic);
         bufferevent_free(bev);
         return;
     }
     ic->bev = bev;
     ic->key = k;
-    ic->pool = p;
+    ic->pool = p;   /* set before any unlink can run */
     ic->prev = NULL;
     ic->next = k->head;
     if (k->head)
