@@ -620,7 +620,8 @@ START_TEST(lease_single_instance)
      * one lease round trip, and then the first request can be refused. */
     set_usage("u3:", "t2", 20000000);
     t = meter_tenant_get(w, "t2", &p);
-    ck_assert_int_eq(meter_state_known(t), 0);
+    /* (Not asserted unknown here: the flusher thread may already have the
+     * lease answer by the time this line runs on a loaded machine.) */
     t0 = now_s();
     while (!meter_state_known(t) && now_s() - t0 < 1)
         sleep_ms(1);
