@@ -1441,6 +1441,22 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
     }
 }
 
+/*
+ * A tunnel side timed out.  The tunnel is idle only if neither side moved a
+ * byte within the timeout (a WebSocket may talk one way for hours): when the
+ * other side did, re-arm this one and return 1.
+ */
+static int tunnel_rearm(struct conn *c, struct bufferevent *bev, short what)
+{
+    struct timeval now, d;
+    event_base_gettimeofday_cached(worker_base(c->w), &now);
+    evutil_timersub(&now, &c->last_activity, &d);
+    if ((double)d.tv_sec >= cfg_of(c)->upstream_read_timeout)
+        return 0;
+    bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
+    return 1;
+}
+
 static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
@@ -1449,16 +1465,8 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             reject(c, 408);     /* slow head */
             return;
         }
-        if (c->state == CS_TUNNEL && c->req) {
-            /* Idle only if neither side moved a byte within the timeout. */
-            struct timeval now, d;
-            event_base_gettimeofday_cached(worker_base(c->w), &now);
-            evutil_timersub(&now, &c->last_activity, &d);
-            if ((double)d.tv_sec < cfg_of(c)->upstream_read_timeout) {
-                bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
-                return;
-            }
-        }
+        if (c->state == CS_TUNNEL && c->req && tunnel_rearm(c, bev, what))
+            return;
         if (c->state == CS_PROXY && c->req && !(c->req->flags & RF_REQ_DONE) && (what & BEV_EVENT_READING)
             && !(c->req->flags & RF_RESP_HEAD)) {
             up_detach(c, 0);
@@ -1578,15 +1586,8 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
     if (c->state == CS_TUNNEL) {
-        if (what & BEV_EVENT_TIMEOUT) {
-            struct timeval now, d;
-            event_base_gettimeofday_cached(worker_base(c->w), &now);
-            evutil_timersub(&now, &c->last_activity, &d);
-            if ((double)d.tv_sec < cfg_of(c)->upstream_read_timeout) {
-                bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
-                return;
-            }
-        }
+        if ((what & BEV_EVENT_TIMEOUT) && tunnel_rearm(c, bev, what))
+            return;
         /* Backend closed the tunnel: flush what it sent, then close. */
         if (relay_tunnel(c, bev, c->bev, 0) < 0)
             return;
