@@ -106,6 +106,13 @@ static void json_cstr(const char *s)
         fputs("null", stdout);
 }
 
+/* Writes `before` then the member "name": s (null when s is NULL); name needs no escaping. */
+static void json_kv(const char *before, const char *name, const char *s)
+{
+    printf("%s\"%s\":", before, name);
+    json_cstr(s);
+}
+
 /* ------------------------------------------------------------- redis -- */
 
 static void ctl_connect(void)
@@ -426,6 +433,16 @@ static void paths_key(char *k, const char *host)
     key_or_die(schema_key_paths(k, SCHEMA_KEY_MAX, G.prefix, host, strlen(host)));
 }
 
+static void tenant_key(char *k, const char *tenant)
+{
+    key_or_die(schema_key_tenant(k, SCHEMA_KEY_MAX, G.prefix, tenant, strlen(tenant)));
+}
+
+static void patterns_key(char *k)
+{
+    key_or_die(schema_key_patterns(k, SCHEMA_KEY_MAX, G.prefix));
+}
+
 static int cmd_domain_add(int argc, char **argv)
 {
     struct opt o[] = { { "--tenant", 1, 0, NULL, { 0 }, 0 }, { "--backend", 1, 1, NULL, { 0 }, 0 },
@@ -477,14 +494,11 @@ static int cmd_domain_add(int argc, char **argv)
     redis_sync_reply_free(r);
     publish(SCHEMA_EV_DOMAIN, host);
     if (G.json) {
-        printf("{\"host\":");
-        json_cstr(host);
-        printf(",\"key\":");
-        json_cstr(k);
+        json_kv("{", "host", host);
+        json_kv(",", "key", k);
         printf(",\"created\":%s,\"tenant\":", existed ? "false" : "true");
         json_cstr(o[0].val);
-        printf(",\"backends\":");
-        json_cstr(backends);
+        json_kv(",", "backends", backends);
         printf(",\"lb\":\"%s\",\"redirect_https\":%s}\n", schema_lb_name(lb), o[3].val ? "true" : "false");
     } else {
         printf("%s %s: tenant %s, backends %s, lb %s%s\n", existed ? "updated" : "added", host, o[0].val,
@@ -510,16 +524,14 @@ static int cmd_domain_rm(int argc, char **argv)
     redis_sync_reply_free(r);
     if (!existed && !had_paths) {
         if (G.json) {
-            printf("{\"host\":");
-            json_cstr(host);
+            json_kv("{", "host", host);
             printf(",\"removed\":false}\n");
         }
         die(CTL_EXIT_NOT_FOUND, "no such domain: %s", host);
     }
     publish(SCHEMA_EV_DOMAIN, host);
     if (G.json) {
-        printf("{\"host\":");
-        json_cstr(host);
+        json_kv("{", "host", host);
         printf(",\"removed\":true,\"paths_removed\":%s}\n", had_paths ? "true" : "false");
     } else {
         printf("removed %s%s\n", host, had_paths ? " and its path rules" : "");
@@ -636,11 +648,117 @@ static void list_free(char **v, size_t n)
     free(v);
 }
 
+/* list_read for a command that needs the list: a key of another type exits with code ("KEY why"). */
+static size_t list_read_or_die(const char *key, char ***out, int code, const char *why)
+{
+    int wrong = 0;
+    size_t n = list_read(key, out, &wrong);
+    if (wrong)
+        die(code, "%s %s", key, why);
+    return n;
+}
+
+/* Pushes line at the head (first) or the tail of the list; returns the new length. */
+static long long list_push(const char *key, const char *line, int first)
+{
+    struct redis_reply *r = CMD(first ? "LPUSH" : "RPUSH", key, line);
+    long long len = redis_reply_int(r);
+    redis_sync_reply_free(r);
+    return len;
+}
+
+/* Whether the token (tok, tl) is the whole of s. */
+static int token_is(const char *tok, size_t tl, const char *s)
+{
+    return tl == strlen(s) && memcmp(tok, s, tl) == 0;
+}
+
+/* Finds an element's token (the part a command compares) in the stored line. */
+typedef void list_token_fn(const char *line, const char **tok, size_t *tl);
+
+/* The whole line. */
+static void token_line(const char *line, const char **tok, size_t *tl)
+{
+    *tok = line;
+    *tl = strlen(line);
+}
+
+/* The line's first word, as written (no leading blanks skipped). */
+static void token_first_word(const char *line, const char **tok, size_t *tl)
+{
+    *tok = line;
+    *tl = strcspn(line, " \t");
+}
+
+/*
+ * Index of the first element of the list whose token is want, -1 when none;
+ * a key of another type exits 1 ("KEY exists and is not a list").
+ */
+static long list_find_token(const char *key, const char *want, list_token_fn *token)
+{
+    char **v;
+    size_t nv = list_read_or_die(key, &v, CTL_EXIT_REDIS, "exists and is not a list");
+    long found = -1;
+    for (size_t i = 0; i < nv && found < 0; i++) {
+        const char *tok;
+        size_t tl;
+        token(v[i], &tok, &tl);
+        if (token_is(tok, tl, want))
+            found = (long)i;
+    }
+    list_free(v, nv);
+    return found;
+}
+
+/*
+ * Removes (LREM, one each) the elements of the list whose token is want.
+ * Returns how many were removed; a key of another type exits 1.
+ */
+static long long list_remove_token(const char *key, const char *want, list_token_fn *token)
+{
+    char **v;
+    size_t nv = list_read_or_die(key, &v, CTL_EXIT_REDIS, "is not a list");
+    long long removed = 0;
+    for (size_t i = 0; i < nv; i++) {
+        const char *tok;
+        size_t tl;
+        token(v[i], &tok, &tl);
+        if (token_is(tok, tl, want)) {
+            struct redis_reply *r = CMD("LREM", key, "1", v[i]);
+            removed += redis_reply_int(r);
+            redis_sync_reply_free(r);
+        }
+    }
+    list_free(v, nv);
+    return removed;
+}
+
+/*
+ * One element of `pattern list` / `path list`: list_item_open writes the start
+ * of its JSON object (member `field` holds the stored line); list_item_close
+ * ends it, or in text mode prints the element's line, with err when invalid.
+ */
+static void list_item_open(size_t i, const char *field, const char *line)
+{
+    printf("%s{\"index\":%zu", i ? "," : "", i);
+    json_kv(",", field, line);
+}
+
+static void list_item_close(size_t i, const char *line, const char *err)
+{
+    if (G.json) {
+        json_kv(",", "error", err);
+        printf("}");
+    } else {
+        printf("#%zu\t%s%s%s\n", i, line, err ? "\tINVALID: " : "", err ? err : "");
+    }
+}
+
 /* Prints the tenant policy as JSON members or text lines. */
 static void show_policy(const char *tenant)
 {
     char k[SCHEMA_KEY_MAX];
-    key_or_die(schema_key_tenant(k, sizeof(k), G.prefix, tenant, strlen(tenant)));
+    tenant_key(k, tenant);
     const char *argv[] = { "HMGET", k, SCHEMA_F_CAP_BYTES, SCHEMA_F_CAP_ACTION, SCHEMA_F_THROTTLE_BPS,
                            SCHEMA_F_SUSPENDED };
     struct redis_reply *r = cmdv(6, argv);
@@ -669,8 +787,7 @@ static void show_policy(const char *tenant)
             if (capv >= 0) printf("\"cap_bytes\":%lld", (long long)capv);
             else if (capv == -1) printf("\"cap_bytes\":null");
             else { printf("\"cap_bytes\":null,\"cap_bytes_invalid\":"); json_cstr(cap); }
-            printf(",\"cap_action\":");
-            json_cstr(actv >= 0 ? schema_cap_action_name(actv) : act);
+            json_kv(",", "cap_action", actv >= 0 ? schema_cap_action_name(actv) : act);
             printf(",\"throttle_bps\":%lld,\"suspended\":%s}", (long long)(thrv > 0 ? thrv : 0),
                    susv == 1 ? "true" : "false");
         }
@@ -735,7 +852,7 @@ static int cmd_domain_show(int argc, char **argv)
         }
         if (!kind) {
             char pk[SCHEMA_KEY_MAX];
-            key_or_die(schema_key_patterns(pk, sizeof(pk), G.prefix));
+            patterns_key(pk);
             int wrong = 0;
             char **pv;
             size_t pn = list_read(pk, &pv, &wrong);
@@ -769,8 +886,7 @@ static int cmd_domain_show(int argc, char **argv)
     if (!kind) {
         dom_free(&d);
         if (G.json) {
-            printf("{\"host\":");
-            json_cstr(host);
+            json_kv("{", "host", host);
             printf(",\"match\":null}\n");
         } else {
             printf("%s: no rule matches (the proxy answers 404)\n", host);
@@ -838,22 +954,17 @@ static int cmd_domain_show(int argc, char **argv)
         rc = CTL_EXIT_BAD_DATA;
 
     if (G.json) {
-        printf("{\"host\":");
-        json_cstr(host);
+        json_kv("{", "host", host);
         printf(",\"match\":\"%s\",", kind);
         if (strcmp(kind, "pattern") == 0) {
             printf("\"pattern_index\":%ld,\"regex\":", pat_index);
             json_cstr(pat_regex);
         } else {
-            printf("\"key\":");
-            json_cstr(k);
-            printf(",\"domain\":");
-            json_cstr(matched);
+            json_kv("", "key", k);
+            json_kv(",", "domain", matched);
         }
-        printf(",\"tenant\":");
-        json_cstr(tenant);
-        printf(",\"backends\":");
-        json_cstr(backends);
+        json_kv(",", "tenant", tenant);
+        json_kv(",", "backends", backends);
         printf(",\"lb\":\"%s\",\"redirect_https\":%s", schema_lb_name(lb), redirect ? "true" : "false");
         printf(",\"paths\":[");
         for (size_t i = 0; i < nrules; i++) {
@@ -863,18 +974,15 @@ static int cmd_domain_show(int argc, char **argv)
         }
         printf("]");
         if (path) {
-            printf(",\"path\":");
-            json_cstr(path);
+            json_kv(",", "path", path);
             printf(",\"path_rule\":");
             if (chosen >= 0)
                 printf("%ld", chosen);
             else
                 printf("null");
-            printf(",\"path_backends\":");
-            json_cstr(problem ? NULL : chosen_backends);
+            json_kv(",", "path_backends", problem ? NULL : chosen_backends);
         }
-        printf(",\"error\":");
-        json_cstr(problem);
+        json_kv(",", "error", problem);
         if (tenant && schema_tenant_valid(tenant, strlen(tenant))) {
             putchar(',');
             show_policy(tenant);
@@ -992,12 +1100,9 @@ static int cmd_domain_list(int argc, char **argv)
             redis_sync_reply_free(r);
             if (!want || (t && strcmp(t, want) == 0)) {
                 if (G.json) {
-                    printf("%s{\"host\":", shown ? "," : "");
-                    json_cstr(host);
-                    printf(",\"tenant\":");
-                    json_cstr(t);
-                    printf(",\"backends\":");
-                    json_cstr(be);
+                    json_kv(shown ? ",{" : "{", "host", host);
+                    json_kv(",", "tenant", t);
+                    json_kv(",", "backends", be);
                     printf("}");
                 } else {
                     printf("%s\t%s\t%s\n", host, t ? t : (bad ? "(not a hash)" : "(no tenant)"),
@@ -1045,7 +1150,7 @@ static int cmd_tenant_set(int argc, char **argv)
             die(CTL_EXIT_USAGE, "--throttle-bps must be a positive number of bytes per second");
     }
     char k[SCHEMA_KEY_MAX];
-    key_or_die(schema_key_tenant(k, sizeof(k), G.prefix, t, strlen(t)));
+    tenant_key(k, t);
     if (action == 1 && thr < 0) {
         /* throttle without a rate would block: insist on a rate, given now or already stored. */
         const char *a[] = { "HGET", k, SCHEMA_F_THROTTLE_BPS };
@@ -1082,10 +1187,8 @@ static int cmd_tenant_set(int argc, char **argv)
     redis_sync_reply_free(exec_ok());
     publish(SCHEMA_EV_TENANT, t);
     if (G.json) {
-        printf("{\"tenant\":");
-        json_cstr(t);
-        printf(",\"key\":");
-        json_cstr(k);
+        json_kv("{", "tenant", t);
+        json_kv(",", "key", k);
         printf(",");
         show_policy(t);
         printf("}\n");
@@ -1103,12 +1206,11 @@ static int tenant_flag(int argc, char **argv, const char *usage, const char *val
     const char *t = pos[0];
     arg_tenant(t);
     char k[SCHEMA_KEY_MAX];
-    key_or_die(schema_key_tenant(k, sizeof(k), G.prefix, t, strlen(t)));
+    tenant_key(k, t);
     CMDV("HSET", k, SCHEMA_F_SUSPENDED, value);
     publish(SCHEMA_EV_TENANT, t);
     if (G.json) {
-        printf("{\"tenant\":");
-        json_cstr(t);
+        json_kv("{", "tenant", t);
         printf(",\"suspended\":%s}\n", value[0] == '1' ? "true" : "false");
     } else {
         printf("tenant %s %s\n", t, value[0] == '1' ? "suspended (its domains answer 503)" : "resumed");
@@ -1180,8 +1282,7 @@ static int cmd_usage(int argc, char **argv)
     if (current)
         usage_read(t, day, &ud);
     if (G.json) {
-        printf("{\"tenant\":");
-        json_cstr(t);
+        json_kv("{", "tenant", t);
         printf(",");
         usage_print("month", month, &um, 1);
         if (current)
@@ -1203,7 +1304,7 @@ static int cmd_tenant_show(int argc, char **argv)
     const char *t = pos[0];
     arg_tenant(t);
     char k[SCHEMA_KEY_MAX], month[7];
-    key_or_die(schema_key_tenant(k, sizeof(k), G.prefix, t, strlen(t)));
+    tenant_key(k, t);
     const char *a[] = { "EXISTS", k };
     struct redis_reply *r = cmd_ok(2, a);
     int exists = redis_reply_int(r) > 0;
@@ -1212,10 +1313,8 @@ static int cmd_tenant_show(int argc, char **argv)
     struct usage um;
     usage_read(t, month, &um);
     if (G.json) {
-        printf("{\"tenant\":");
-        json_cstr(t);
-        printf(",\"key\":");
-        json_cstr(k);
+        json_kv("{", "tenant", t);
+        json_kv(",", "key", k);
         printf(",\"exists\":%s,", exists ? "true" : "false");
         show_policy(t);
         putchar(',');
@@ -1337,26 +1436,14 @@ static int cmd_pattern_add(int argc, char **argv)
     if (pattern_template_check(pos[0], pos[2], err, sizeof(err)) < 0)
         die(CTL_EXIT_USAGE, "bad pattern: %s", err);
     char k[SCHEMA_KEY_MAX];
-    key_or_die(schema_key_patterns(k, sizeof(k), G.prefix));
-    char **v;
-    int wrong = 0;
-    size_t nv = list_read(k, &v, &wrong);
-    if (wrong)
-        die(CTL_EXIT_REDIS, "%s exists and is not a list", k);
-    for (size_t i = 0; i < nv; i++) {
-        if (strcmp(v[i], line) == 0) {
-            list_free(v, nv);
-            die(CTL_EXIT_USAGE, "this pattern already exists (#%zu)", i);
-        }
-    }
-    list_free(v, nv);
-    struct redis_reply *r = CMD(o[0].val ? "LPUSH" : "RPUSH", k, line);
-    long long len = redis_reply_int(r);
-    redis_sync_reply_free(r);
+    patterns_key(k);
+    long dup = list_find_token(k, line, token_line);
+    if (dup >= 0)
+        die(CTL_EXIT_USAGE, "this pattern already exists (#%ld)", dup);
+    long long len = list_push(k, line, o[0].val != NULL);
     publish(SCHEMA_EV_PATTERNS, NULL);
     if (G.json) {
-        printf("{\"pattern\":");
-        json_cstr(line);
+        json_kv("{", "pattern", line);
         printf(",\"index\":%lld,\"count\":%lld}\n", o[0].val ? 0LL : len - 1, len);
     } else {
         printf("pattern #%lld added: %s\n", o[0].val ? 0LL : len - 1, line);
@@ -1364,35 +1451,25 @@ static int cmd_pattern_add(int argc, char **argv)
     return CTL_EXIT_OK;
 }
 
+/* A pattern line's regex; a malformed line's first word, so bad data can be removed. */
+static void token_pattern_regex(const char *line, const char **tok, size_t *tl)
+{
+    struct schema_pattern_line pl;
+    if (schema_pattern_split(line, strlen(line), &pl, NULL, 0) == 0) {
+        *tok = pl.regex;
+        *tl = pl.regex_len;
+    } else {
+        token_first_word(line, tok, tl);
+    }
+}
+
 static int cmd_pattern_rm(int argc, char **argv)
 {
     const char *pos[1];
     need(parse_args(argc, argv, NULL, pos, 1), 1, 1, usage_pattern_rm);
     char k[SCHEMA_KEY_MAX];
-    key_or_die(schema_key_patterns(k, sizeof(k), G.prefix));
-    char **v;
-    int wrong = 0;
-    size_t nv = list_read(k, &v, &wrong);
-    if (wrong)
-        die(CTL_EXIT_REDIS, "%s is not a list", k);
-    long long removed = 0;
-    for (size_t i = 0; i < nv; i++) {
-        struct schema_pattern_line pl;
-        int ok = schema_pattern_split(v[i], strlen(v[i]), &pl, NULL, 0) == 0;
-        /* Also match a malformed line by its first token, so bad data can be removed. */
-        const char *tok = v[i];
-        size_t tl = strcspn(v[i], " \t");
-        if (ok) {
-            tok = pl.regex;
-            tl = pl.regex_len;
-        }
-        if (tl == strlen(pos[0]) && memcmp(tok, pos[0], tl) == 0) {
-            struct redis_reply *r = CMD("LREM", k, "1", v[i]);
-            removed += redis_reply_int(r);
-            redis_sync_reply_free(r);
-        }
-    }
-    list_free(v, nv);
+    patterns_key(k);
+    long long removed = list_remove_token(k, pos[0], token_pattern_regex);
     if (!removed)
         die(CTL_EXIT_NOT_FOUND, "no pattern with regex %s", pos[0]);
     publish(SCHEMA_EV_PATTERNS, NULL);
@@ -1408,12 +1485,9 @@ static int cmd_pattern_list(int argc, char **argv)
     const char *pos[1];
     need(parse_args(argc, argv, NULL, pos, 0), 0, 0, usage_pattern_list);
     char k[SCHEMA_KEY_MAX];
-    key_or_die(schema_key_patterns(k, sizeof(k), G.prefix));
+    patterns_key(k);
     char **v;
-    int wrong = 0;
-    size_t nv = list_read(k, &v, &wrong);
-    if (wrong)
-        die(CTL_EXIT_BAD_DATA, "%s is not a list", k);
+    size_t nv = list_read_or_die(k, &v, CTL_EXIT_BAD_DATA, "is not a list");
     if (G.json)
         printf("[");
     for (size_t i = 0; i < nv; i++) {
@@ -1422,8 +1496,7 @@ static int cmd_pattern_list(int argc, char **argv)
         struct schema_pattern_line pl;
         int split = schema_pattern_split(v[i], strlen(v[i]), &pl, NULL, 0) == 0;
         if (G.json) {
-            printf("%s{\"index\":%zu,\"line\":", i ? "," : "", i);
-            json_cstr(v[i]);
+            list_item_open(i, "line", v[i]);
             if (split) {
                 printf(",\"regex\":");
                 json_str(pl.regex, pl.regex_len);
@@ -1432,12 +1505,8 @@ static int cmd_pattern_list(int argc, char **argv)
                 printf(",\"template\":");
                 json_str(pl.tmpl, pl.tmpl_len);
             }
-            printf(",\"error\":");
-            json_cstr(mp ? NULL : err);
-            printf("}");
-        } else {
-            printf("#%zu\t%s%s%s\n", i, v[i], mp ? "" : "\tINVALID: ", mp ? "" : err);
         }
+        list_item_close(i, v[i], mp ? NULL : err);
         match_pattern_free(mp);
     }
     if (G.json)
@@ -1478,34 +1547,27 @@ static int cmd_path_add(int argc, char **argv)
     if (redis_reply_int(r) == 0)
         ctl_warn("domain %s does not exist yet: the rule applies once it does", host);
     redis_sync_reply_free(r);
-    char **v;
-    int wrong = 0;
-    size_t nv = list_read(pk, &v, &wrong);
-    if (wrong)
-        die(CTL_EXIT_REDIS, "%s exists and is not a list", pk);
-    for (size_t i = 0; i < nv; i++) {
-        size_t tl = strcspn(v[i], " \t");
-        if (tl == strlen(pos[1]) && memcmp(v[i], pos[1], tl) == 0) {
-            list_free(v, nv);
-            die(CTL_EXIT_USAGE, "%s already has a rule for %s (#%zu): remove it first", host, pos[1], i);
-        }
-    }
-    list_free(v, nv);
-    r = CMD(o[0].val ? "LPUSH" : "RPUSH", pk, line);
-    long long len = redis_reply_int(r);
-    redis_sync_reply_free(r);
+    long dup = list_find_token(pk, pos[1], token_first_word);
+    if (dup >= 0)
+        die(CTL_EXIT_USAGE, "%s already has a rule for %s (#%ld): remove it first", host, pos[1], dup);
+    long long len = list_push(pk, line, o[0].val != NULL);
     publish(SCHEMA_EV_DOMAIN, host);
     long long idx = o[0].val ? 0 : len - 1;
     if (G.json) {
-        printf("{\"host\":");
-        json_cstr(host);
-        printf(",\"rule\":");
-        json_cstr(line);
+        json_kv("{", "host", host);
+        json_kv(",", "rule", line);
         printf(",\"index\":%lld}\n", idx);
     } else {
         printf("path rule #%lld added to %s: %s\n", idx, host, line);
     }
     return CTL_EXIT_OK;
+}
+
+/* A path rule's prefix or ~regex: its first word after any leading blanks. */
+static void token_path_match(const char *line, const char **tok, size_t *tl)
+{
+    line += strspn(line, " \t");
+    token_first_word(line, tok, tl);
 }
 
 static int cmd_path_rm(int argc, char **argv)
@@ -1515,24 +1577,7 @@ static int cmd_path_rm(int argc, char **argv)
     char host[HOST_MAX + 3], pk[SCHEMA_KEY_MAX];
     arg_host(pos[0], host, 1);
     paths_key(pk, host);
-    char **v;
-    int wrong = 0;
-    size_t nv = list_read(pk, &v, &wrong);
-    if (wrong)
-        die(CTL_EXIT_REDIS, "%s is not a list", pk);
-    long long removed = 0;
-    for (size_t i = 0; i < nv; i++) {
-        const char *s = v[i];
-        while (*s == ' ' || *s == '\t')
-            s++;
-        size_t tl = strcspn(s, " \t");
-        if (tl == strlen(pos[1]) && memcmp(s, pos[1], tl) == 0) {
-            struct redis_reply *r = CMD("LREM", pk, "1", v[i]);
-            removed += redis_reply_int(r);
-            redis_sync_reply_free(r);
-        }
-    }
-    list_free(v, nv);
+    long long removed = list_remove_token(pk, pos[1], token_path_match);
     if (!removed)
         die(CTL_EXIT_NOT_FOUND, "%s has no path rule %s", host, pos[1]);
     publish(SCHEMA_EV_DOMAIN, host);
@@ -1551,13 +1596,9 @@ static int cmd_path_list(int argc, char **argv)
     arg_host(pos[0], host, 1);
     paths_key(pk, host);
     char **v;
-    int wrong = 0;
-    size_t nv = list_read(pk, &v, &wrong);
-    if (wrong)
-        die(CTL_EXIT_BAD_DATA, "%s is not a list", pk);
+    size_t nv = list_read_or_die(pk, &v, CTL_EXIT_BAD_DATA, "is not a list");
     if (G.json) {
-        printf("{\"host\":");
-        json_cstr(host);
+        json_kv("{", "host", host);
         printf(",\"rules\":[");
     }
     for (size_t i = 0; i < nv; i++) {
@@ -1571,20 +1612,15 @@ static int cmd_path_list(int argc, char **argv)
             match_paths_free(mps);
         }
         if (G.json) {
-            printf("%s{\"index\":%zu,\"rule\":", i ? "," : "", i);
-            json_cstr(v[i]);
+            list_item_open(i, "rule", v[i]);
             if (ok) {
                 printf(",\"type\":\"%s\",\"match\":", pl.is_regex ? "regex" : "prefix");
                 json_str(pl.match, pl.match_len);
                 printf(",\"backends\":");
                 json_str(pl.backends, pl.backends_len);
             }
-            printf(",\"error\":");
-            json_cstr(ok ? NULL : err);
-            printf("}");
-        } else {
-            printf("#%zu\t%s%s%s\n", i, v[i], ok ? "" : "\tINVALID: ", ok ? "" : err);
         }
+        list_item_close(i, v[i], ok ? NULL : err);
     }
     if (G.json)
         printf("]}\n");
