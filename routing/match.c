@@ -209,7 +209,8 @@ const char *match_pattern_regex(const struct match_pattern *p)
     return p->regex;
 }
 
-static char *match_dup(const char *s, size_t n)
+/* A byte-exact copy: see match.h. */
+char *match_memdup(const char *s, size_t n)
 {
     char *d = malloc(n + 1);
     if (d) {
@@ -336,9 +337,9 @@ struct match_pattern *match_pattern_new(const char *line, size_t len, char *err,
         free(p);
         return NULL;
     }
-    p->regex = match_dup(rx, rxl);
-    p->tenant = match_dup(ten, tenl);
-    p->tmpl = match_dup(tm, tml);
+    p->regex = match_memdup(rx, rxl);
+    p->tenant = match_memdup(ten, tenl);
+    p->tmpl = match_memdup(tm, tml);
     if (p->regex == NULL || p->tenant == NULL || p->tmpl == NULL || match_template_parse(p) < 0) {
         match_pattern_free(p);
         snprintf(err, errlen, "out of memory");
@@ -459,14 +460,14 @@ int match_paths_add(struct match_paths *ps, const char *line, size_t len, char *
             snprintf(err, errlen, "path prefix must start with '/'");
             return -1;
         }
-        r->prefix = match_dup(key, kl);
+        r->prefix = match_memdup(key, kl);
         r->prefix_len = kl;
         if (r->prefix == NULL) {
             snprintf(err, errlen, "out of memory");
             return -1;
         }
     }
-    r->backends = match_dup(be, bl);
+    r->backends = match_memdup(be, bl);
     r->backends_len = bl;
     if (r->backends == NULL) {
         free(r->prefix);

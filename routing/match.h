@@ -53,6 +53,13 @@ int match_backends_split(const char *s, size_t len, struct match_addr *out, size
 /* 1 when s (len bytes) is an acceptable tenant id: 1..128 bytes of 0x21..0x7e. */
 int match_tenant_valid(const char *s, size_t len);
 
+/*
+ * A new NUL-terminated copy of the n bytes at s (embedded NULs are copied
+ * too, so a separately kept length stays valid).  The caller frees it;
+ * NULL when out of memory.
+ */
+char *match_memdup(const char *s, size_t n);
+
 /* ---- host patterns ---- */
 
 struct match_pattern;

@@ -275,10 +275,10 @@ int route_degraded(void)
 /* ---- backends ---- */
 
 /*
- * Fills b from "name" and port: an IP literal directly, else through
- * getaddrinfo (start-up only), preferring an IPv4 address.  0 / -1.
+ * Clears b's address and fills it when name is an IPv4 or IPv6 literal
+ * (port in host order).  1 when filled, 0 when name is not a literal.
  */
-static int route_resolve_static(const char *name, int port, struct bal_backend *b, char *err, size_t errlen)
+static int route_addr_literal(const char *name, int port, struct bal_backend *b)
 {
     struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
@@ -287,14 +287,25 @@ static int route_resolve_static(const char *name, int port, struct bal_backend *
         in->sin_family = AF_INET;
         in->sin_port = htons((uint16_t)port);
         b->addrlen = sizeof(*in);
-        return 0;
+        return 1;
     }
     if (inet_pton(AF_INET6, name, &in6->sin6_addr) == 1) {
         in6->sin6_family = AF_INET6;
         in6->sin6_port = htons((uint16_t)port);
         b->addrlen = sizeof(*in6);
-        return 0;
+        return 1;
     }
+    return 0;
+}
+
+/*
+ * Fills b from "name" and port: an IP literal directly, else through
+ * getaddrinfo (start-up only), preferring an IPv4 address.  0 / -1.
+ */
+static int route_resolve_static(const char *name, int port, struct bal_backend *b, char *err, size_t errlen)
+{
+    if (route_addr_literal(name, port, b))
+        return 0;
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -378,14 +389,10 @@ static struct route_backends *route_static_backends(const char *list, char *err,
 
 /* ---- static routes ---- */
 
+/* The static table's slot hash is the cache's (FNV-1a). */
 static size_t route_hash(const char *s, size_t n)
 {
-    uint64_t x = 1469598103934665603ULL;
-    for (size_t i = 0; i < n; i++) {
-        x ^= (unsigned char)s[i];
-        x *= 1099511628211ULL;
-    }
-    return (size_t)x;
+    return (size_t)cache_hash(s, n);
 }
 
 static void route_statics_free(struct route_static *t, size_t n_slots)
@@ -845,16 +852,6 @@ static void route_fetch_free(struct route_fetch *f)
 
 /* ---- building entries from Redis data ---- */
 
-static char *route_strndup(const char *s, size_t n)
-{
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = '\0';
-    }
-    return d;
-}
-
 /* Builds an unresolved backend set from a list; NULL with err. */
 static struct route_backends *route_set_from(const char *list, size_t len, int lb, char *err, size_t errlen)
 {
@@ -889,7 +886,7 @@ static struct route_entry *route_entry_from(const char *tenant, size_t tl, int l
     e->refs = 1;
     e->redirect_https = redirect;
     e->paths = paths;
-    e->tenant = route_strndup(tenant, tl);
+    e->tenant = match_memdup(tenant, tl);
     e->set = route_set_from(backends, bl, lb, err, errlen);
     if (e->tenant == NULL || e->set == NULL)
         goto fail;
@@ -929,21 +926,10 @@ static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, doubl
     int port;
     if (host_parse_hostport(b->name, strlen(b->name), name, namecap, &port) < 0)
         return -1;
-    memset(&b->addr, 0, sizeof(b->addr));
+    if (route_addr_literal(name, port, b))
+        return 1;
     struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
-    if (inet_pton(AF_INET, name, &in->sin_addr) == 1) {
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        b->addrlen = sizeof(*in);
-        return 1;
-    }
-    if (inet_pton(AF_INET6, name, &in6->sin6_addr) == 1) {
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        b->addrlen = sizeof(*in6);
-        return 1;
-    }
     size_t nl = strlen(name);
     /* RFC 6761 §6.3: localhost names are loopback without asking DNS. */
     if ((nl == 9 && memcmp(name, "localhost", 9) == 0) ||
@@ -1230,8 +1216,8 @@ static int route_parse_domain(const struct redis_reply *r, struct route_draft *d
         d->bad = 1;
         return 0;
     }
-    d->tenant = route_strndup(md.tenant, md.tenant_len);
-    d->backends = route_strndup(md.backends, md.backends_len);
+    d->tenant = match_memdup(md.tenant, md.tenant_len);
+    d->backends = match_memdup(md.backends, md.backends_len);
     if (d->tenant == NULL || d->backends == NULL) {
         d->bad = 1;
         snprintf(d->err, sizeof(d->err), "out of memory");
@@ -2000,6 +1986,24 @@ static void route_sub_state(void *arg, int up)
 
 /* ---- context ---- */
 
+/*
+ * Frees what a context owns once its Redis links are gone and no fetch is
+ * pending (the end of route_ctx_free, and route_ctx_new's failure path).
+ */
+static void route_ctx_release(struct route_ctx *rc)
+{
+    if (rc->degraded_counted)
+        atomic_fetch_sub(&route_degraded_workers, 1);
+    route_pats_free(rc->pats);
+    cache_free(rc->cache);
+    cache_free(rc->neg);
+    cache_free(rc->dns);
+    free(rc->depgen);
+    route_statics_free(rc->statics, rc->n_slots);
+    bal_health_free(rc->health);
+    free(rc);
+}
+
 struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config *cfg,
                                 int worker_id, char *err, size_t errlen)
 {
@@ -2054,15 +2058,7 @@ fail:
     rc->closing = 1;
     redis_conn_free(rc->main);
     redis_conn_free(rc->sub);
-    if (rc->degraded_counted)
-        atomic_fetch_sub(&route_degraded_workers, 1);
-    cache_free(rc->cache);
-    cache_free(rc->neg);
-    cache_free(rc->dns);
-    free(rc->depgen);
-    route_statics_free(rc->statics, rc->n_slots);
-    bal_health_free(rc->health);
-    free(rc);
+    route_ctx_release(rc);
     return NULL;
 }
 
@@ -2110,16 +2106,7 @@ void route_ctx_free(struct route_ctx *rc)
     for (size_t b = 0; b < ROUTE_PENDING_BUCKETS; b++)
         while (rc->pending[b])
             route_fetch_free(rc->pending[b]);
-    if (rc->degraded_counted)
-        atomic_fetch_sub(&route_degraded_workers, 1);
-    route_pats_free(rc->pats);
-    cache_free(rc->cache);
-    cache_free(rc->neg);
-    cache_free(rc->dns);
-    free(rc->depgen);
-    route_statics_free(rc->statics, rc->n_slots);
-    bal_health_free(rc->health);
-    free(rc);
+    route_ctx_release(rc);
 }
 
 /* ---- lookup ---- */
