@@ -481,6 +481,21 @@ static int route_statics_build(const struct tg_config *cfg, struct route_static 
 
 /* ---- metrics ---- */
 
+/*
+ * The names this module adds to /metrics (Prometheus text format, summed
+ * over every worker at each scrape by route_metrics_write):
+ *
+ *   tollgate_route_cache_hits_total        counter  lookups answered from the cache
+ *   tollgate_route_cache_misses_total      counter  lookups that needed Redis
+ *   tollgate_route_coalesced_total         counter  lookups that joined another's Redis round trip
+ *   tollgate_route_stale_served_total      counter  lookups answered from a stale entry while Redis failed
+ *   tollgate_route_redis_errors_total      counter  routing commands that failed or timed out
+ *   tollgate_route_bad_data_total          counter  invalid routing data found in Redis
+ *   tollgate_route_invalidations_total     counter  key invalidations received
+ *   tollgate_route_cache_entries           gauge    entries in the route caches (a worker's pattern list counts 1)
+ *   tollgate_route_cache_evictions_total   counter  entries evicted from the route caches (LRU)
+ */
+
 static pthread_mutex_t route_reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct route_ctx *route_reg_head;
 static pthread_once_t route_writer_once = PTHREAD_ONCE_INIT;
