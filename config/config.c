@@ -757,22 +757,15 @@ void cfg_defaults(struct tg_config *cfg)
         abort();
     cfg->workers = default_workers();
     cfg->log_level = LOG_INFO;
-    cfg->client_header_timeout = 10;
-    cfg->keepalive_timeout = 75;
-    cfg->upstream_connect_timeout = 5;
-    cfg->upstream_read_timeout = 300;
-    cfg->drain_timeout = 30;
-    cfg->client_body_timeout = 60;
-    cfg->max_header_size = 65536;
-    cfg->buffer_size = 262144;
-    cfg->route_cache_size = 100000;
-    cfg->route_cache_ttl = 60;
-    cfg->route_negative_ttl = 5;
-    cfg->route_stale_max_age = 3600;
-    cfg->redis_timeout = 0.2;
-    cfg->backend_cooldown = 10;
-    cfg->meter_flush_interval = 1;
-    cfg->cap_status = 509;
+    /* Numeric defaults are the ones --help shows: parsed from the key table. */
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        const struct key_def *k = &keys[i];
+        uint64_t replaced = 0;
+        char msg[256];
+        if ((k->type == K_INT || k->type == K_SIZE || k->type == K_SECONDS) && k->defval &&
+            apply_key(cfg, i, k->defval, &replaced, msg, sizeof(msg)) < 0)
+            abort();   /* a default outside its own key's range: a bug in the table */
+    }
 }
 
 void cfg_free(struct tg_config *cfg)
