@@ -7,22 +7,18 @@
  * end to end and budget leases for one and two instances sharing a cap.
  * The Redis cases print "SKIP" and pass when redis-server is not installed.
  */
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "config/config.h"
 #include "routing/meter.h"
 #include "routing/redis.h"
+#include "tests/unit/redis_fixture.h"
 #include "tests/unit/tests.h"
 
 static double now_s(void)
@@ -340,69 +336,28 @@ END_TEST
 
 /* ---- against a real redis-server ---- */
 
-static pid_t redis_pid = -1;
-static int redis_port;
-static char redis_url[64];
-
-static int free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t l = sizeof(a);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0 || getsockname(fd, (struct sockaddr *)&a, &l)) {
-        if (fd >= 0)
-            close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
+/* One server for the "redis" test case (an unchecked fixture: started once). */
+static struct rfx_srv redis_srv;
+static int redis_started;           /* rfx_start's answer: 1 up, 0 not installed, -1 failed */
 
 static void redis_setup(void)
 {
-    if (system("command -v redis-server >/dev/null 2>&1") != 0)
-        return;
-    redis_port = free_port();
-    char port[16];
-    snprintf(port, sizeof(port), "%d", redis_port);
-    redis_pid = fork();
-    if (redis_pid == 0) {
-        int dn = open("/dev/null", O_WRONLY);
-        if (dn >= 0) {
-            dup2(dn, 1);
-            dup2(dn, 2);
-        }
-        execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-               "--appendonly", "no", "--dir", "/tmp", "--enable-debug-command", "local", (char *)NULL);
-        _exit(127);
-    }
-    snprintf(redis_url, sizeof(redis_url), "redis://127.0.0.1:%d", redis_port);
-    for (int i = 0; i < 200; i++) {
-        char err[128];
-        struct redis_sync *s = redis_sync_connect(redis_url, 0.5, err, sizeof(err));
-        if (s) {
-            redis_sync_free(s);
-            return;
-        }
-        sleep_ms(25);
-    }
+    redis_srv.debug_command = 1;    /* DEBUG SLEEP */
+    redis_started = rfx_start(&redis_srv, 0);
 }
 
 static void redis_teardown(void)
 {
-    if (redis_pid > 0) {
-        kill(redis_pid, SIGTERM);
-        waitpid(redis_pid, NULL, 0);
-        redis_pid = -1;
-    }
+    rfx_stop(&redis_srv);
 }
 
 #define NEED_REDIS()                                                                     \
     do {                                                                                 \
-        if (redis_pid <= 0) {                                                            \
+        if (redis_started == 0) {                                                        \
             fprintf(stderr, "SKIP %s: redis-server not installed\n", __func__);          \
             return;                                                                      \
         }                                                                                \
+        ck_assert_msg(redis_started == 1, "redis-server did not start");                 \
     } while (0)
 
 /* Runs a command given as words; returns the reply (caller frees) or fails the test. */
@@ -428,7 +383,7 @@ static long long hget_int(struct redis_sync *s, const char *key, const char *fie
 static struct redis_sync *rconn(void)
 {
     char err[128];
-    struct redis_sync *s = redis_sync_connect(redis_url, 2, err, sizeof(err));
+    struct redis_sync *s = redis_sync_connect(redis_srv.url, 2, err, sizeof(err));
     ck_assert_msg(s != NULL, "%s", err);
     return s;
 }
@@ -473,7 +428,7 @@ START_TEST(flush_end_to_end)
 {
     NEED_REDIS();
     struct tg_config cfg;
-    cfg_for(&cfg, redis_url, "u2:");
+    cfg_for(&cfg, redis_srv.url, "u2:");
     char err[256];
     struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
     struct meter_worker *w = meter_worker_new(m, NULL, 0);
@@ -513,7 +468,7 @@ END_TEST
 static void *debug_sleep(void *arg)
 {
     char err[128];
-    struct redis_sync *s = redis_sync_connect(redis_url, 3, err, sizeof(err));
+    struct redis_sync *s = redis_sync_connect(redis_srv.url, 3, err, sizeof(err));
     if (s) {
         const char *argv[] = { "DEBUG", "SLEEP", (const char *)arg };
         struct redis_reply *r = redis_sync_cmd(s, 3, argv, NULL, err, sizeof(err));
@@ -542,7 +497,7 @@ START_TEST(flush_lost_reply_counted_once)
 {
     NEED_REDIS();
     struct tg_config cfg;
-    cfg_for(&cfg, redis_url, "u6:");
+    cfg_for(&cfg, redis_srv.url, "u6:");
     cfg.redis_timeout = 0.2;
     char err[256];
     struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
@@ -591,7 +546,7 @@ START_TEST(lease_single_instance)
 {
     NEED_REDIS();
     struct tg_config cfg;
-    cfg_for(&cfg, redis_url, "u3:");
+    cfg_for(&cfg, redis_srv.url, "u3:");
     char err[256];
     struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
     struct meter_worker *w = meter_worker_new(m, NULL, 0);
@@ -645,7 +600,7 @@ START_TEST(caps_enforced_while_redis_unreachable)
 {
     NEED_REDIS();
     struct tg_config cfg;
-    cfg_for(&cfg, redis_url, "u7:");
+    cfg_for(&cfg, redis_srv.url, "u7:");
     cfg.redis_timeout = 0.2;
     char err[256];
     struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
@@ -666,7 +621,7 @@ START_TEST(caps_enforced_while_redis_unreachable)
             sleep_ms(retry ? retry : 1);
     }
     ck_assert_int_ge(got, 100000);
-    kill(redis_pid, SIGSTOP);
+    kill(redis_srv.pid, SIGSTOP);
     end = now_s() + 5;
     while (!metrics_has(m, "tollgate_meter_redis_up 0\n") && now_s() < end) {
         unsigned retry = 0;
@@ -683,7 +638,7 @@ START_TEST(caps_enforced_while_redis_unreachable)
     unsigned retry = 0;
     ck_assert_uint_eq(meter_allow(u, 5000, &retry), 5000);   /* never seen: served */
     meter_tenant_put(u);
-    kill(redis_pid, SIGCONT);
+    kill(redis_srv.pid, SIGCONT);
     meter_tenant_put(t);
     meter_worker_free(w);
     meter_stop(m, 3);
@@ -695,7 +650,7 @@ START_TEST(lease_two_instances_share_a_cap)
 {
     NEED_REDIS();
     struct tg_config cfg;
-    cfg_for(&cfg, redis_url, "u4:");
+    cfg_for(&cfg, redis_srv.url, "u4:");
     char err[256];
     struct meter *m1 = meter_new(&cfg, 1, err, sizeof(err));
     struct meter *m2 = meter_new(&cfg, 1, err, sizeof(err));

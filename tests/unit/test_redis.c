@@ -8,23 +8,16 @@
  * connection inside callbacks, URL parsing and the synchronous client.
  *
  * When redis-server is not installed every test prints a clear SKIP line and
- * passes.  The servers die with the test process (PR_SET_PDEATHSIG) even when
- * an assertion fails mid-test.
+ * passes.  The servers (tests/unit/redis_fixture.c) die with the test process
+ * even when an assertion fails mid-test.
  */
-#include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/time.h>
-#include <sys/un.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -32,51 +25,24 @@
 
 #include "routing/redis.h"
 #include "routing/schema.h"
+#include "tests/unit/redis_fixture.h"
 #include "tests/unit/tests.h"
 
-/* ---- redis-server processes ---- */
-
-struct srv {
-    pid_t pid;
-    int port;
-    char sock[108];
-    char dir[64];
-    char pass[32];
-};
-
-static const char *redis_server_path(void)
-{
-    static char found[512];
-    const char *path = getenv("PATH");
-    char buf[4096];
-    snprintf(buf, sizeof(buf), "%s:/usr/bin:/usr/local/bin:/usr/sbin", path ? path : "");
-    for (char *save = NULL, *d = strtok_r(buf, ":", &save); d; d = strtok_r(NULL, ":", &save)) {
-        snprintf(found, sizeof(found), "%s/redis-server", d);
-        if (access(found, X_OK) == 0)
-            return found;
-    }
-    return NULL;
-}
+/* ---- redis-server processes (tests/unit/redis_fixture.c) ---- */
 
 #define SKIP_WITHOUT_REDIS()                                                                       \
     do {                                                                                           \
-        if (!redis_server_path()) {                                                                \
+        if (!rfx_server_path()) {                                                                  \
             fprintf(stderr, "SKIP %s: redis-server not found in PATH (apt-get install redis-server)\n", \
                     __func__);                                                                     \
             return;                                                                                \
         }                                                                                          \
     } while (0)
 
-static int free_port(void)
+/* Starts s (see rfx_start); the test fails when it does not come up. */
+static void srv_start(struct rfx_srv *s, int with_unix)
 {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    socklen_t al = sizeof(a);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-    close(fd);
-    return ntohs(a.sin_port);
+    ck_assert_msg(rfx_start(s, with_unix) == 1, "redis-server did not start on port %d", s->port);
 }
 
 static double now_s(void)
@@ -84,104 +50,6 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int tcp_ready(int port)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
-                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
-    int ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-    if (ok) {
-        /* A PING answered means it is really serving (not just listening). */
-        struct timeval tv = { 1, 0 };
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-        char b[64];
-        ok = write(fd, "PING\r\n", 6) == 6 && read(fd, b, sizeof(b)) > 0;
-    }
-    close(fd);
-    return ok;
-}
-
-/* Starts redis-server on s->port (chosen when 0), with s->pass / unix socket when set. */
-static void srv_start(struct srv *s, int with_unix)
-{
-    if (!s->port)
-        s->port = free_port();
-    if (with_unix && !s->dir[0]) {
-        snprintf(s->dir, sizeof(s->dir), "/tmp/tg-redis-XXXXXX");
-        ck_assert_ptr_nonnull(mkdtemp(s->dir));
-        snprintf(s->sock, sizeof(s->sock), "%s/redis.sock", s->dir);
-    }
-    char portbuf[16];
-    snprintf(portbuf, sizeof(portbuf), "%d", s->port);
-    const char *argv[24];
-    int n = 0;
-    argv[n++] = "redis-server";
-    argv[n++] = "--port";
-    argv[n++] = portbuf;
-    argv[n++] = "--bind";
-    argv[n++] = "127.0.0.1";
-    argv[n++] = "--save";
-    argv[n++] = "";
-    argv[n++] = "--appendonly";
-    argv[n++] = "no";
-    argv[n++] = "--daemonize";
-    argv[n++] = "no";
-    argv[n++] = "--dir";
-    argv[n++] = "/tmp";
-    if (s->pass[0]) {
-        argv[n++] = "--requirepass";
-        argv[n++] = s->pass;
-    }
-    if (with_unix) {
-        argv[n++] = "--unixsocket";
-        argv[n++] = s->sock;
-        argv[n++] = "--unixsocketperm";
-        argv[n++] = "700";
-    }
-    argv[n] = NULL;
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(1);
-        int dn = open("/dev/null", O_RDWR);
-        dup2(dn, 1);
-        dup2(dn, 2);
-        execv(redis_server_path(), (char *const *)argv);
-        _exit(127);
-    }
-    s->pid = pid;
-    /* requirepass still answers PING with -NOAUTH: readiness only needs a reply. */
-    double end = now_s() + 10;
-    while (!tcp_ready(s->port)) {
-        int st;
-        ck_assert_msg(waitpid(pid, &st, WNOHANG) == 0, "redis-server exited at start");
-        ck_assert_msg(now_s() < end, "redis-server did not start on port %d", s->port);
-        usleep(20000);
-    }
-}
-
-static void srv_kill(struct srv *s)
-{
-    if (s->pid > 0) {
-        kill(s->pid, SIGCONT);
-        kill(s->pid, SIGKILL);
-        waitpid(s->pid, NULL, 0);
-        s->pid = 0;
-    }
-}
-
-static void srv_stop(struct srv *s)
-{
-    srv_kill(s);
-    if (s->sock[0])
-        unlink(s->sock);
-    if (s->dir[0])
-        rmdir(s->dir);
 }
 
 /* ---- event loop helpers ---- */
@@ -312,7 +180,7 @@ END_TEST
 START_TEST(redis_commands_and_replies)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
     struct st st = { 0 };
@@ -384,14 +252,14 @@ START_TEST(redis_commands_and_replies)
     redis_conn_free(c);
     ck_assert_int_eq(st.downs, 0);           /* freeing does not call the state callback */
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
 START_TEST(redis_auth_and_db)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     snprintf(s.pass, sizeof(s.pass), "s3cr@t");
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
@@ -449,14 +317,14 @@ START_TEST(redis_auth_and_db)
 
     redis_conn_free(c);
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
 START_TEST(redis_unix_socket)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     srv_start(&s, 1);
     struct event_base *base = event_base_new();
     char url[256];
@@ -491,14 +359,14 @@ START_TEST(redis_unix_socket)
     ck_assert_int_eq(st2.ups, 0);
     redis_conn_free(c2);
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
 START_TEST(redis_timeout_when_stalled)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
     char url[128];
@@ -541,14 +409,14 @@ START_TEST(redis_timeout_when_stalled)
 
     redis_conn_free(c);
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
 START_TEST(redis_reconnect_after_restart)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
     char url[128];
@@ -561,7 +429,7 @@ START_TEST(redis_reconnect_after_restart)
     memset(&x, 0, sizeof(x));
     ck_assert_int_eq(redis_cmdf(c, res_cb, &x, "BLPOP %s %d", "nolist", 0), 0);
     run_for(base, 0.05);
-    srv_kill(&s);
+    rfx_kill(&s);
     ck_assert(run_until(base, &x.done, 2));
     ck_assert_str_eq(x.err, "disconnected");
     ck_assert_int_eq(st.downs, 1);
@@ -582,7 +450,7 @@ START_TEST(redis_reconnect_after_restart)
 
     redis_conn_free(c);
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
@@ -610,7 +478,7 @@ static void free_in_state_cb(void *arg, int up)
 START_TEST(redis_free_inside_callbacks)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
     char url[128];
@@ -642,7 +510,7 @@ START_TEST(redis_free_inside_callbacks)
     ck_assert(redis_conn_is_up(f.c));
     ck_assert_int_eq(redis_cmdf(f.c, res_cb, &f.r[0], "BLPOP %s %d", "nolist", 0), 0);
     run_for(base, 0.05);
-    srv_kill(&s);
+    rfx_kill(&s);
     ck_assert(run_until(base, &f.r[0].done, 2));
     ck_assert_str_eq(f.r[0].err, "disconnected");
     run_for(base, 0.3);                       /* no retry timer left behind on a freed conn */
@@ -661,7 +529,7 @@ START_TEST(redis_free_inside_callbacks)
     ck_assert_int_eq(a.calls, 1);
 
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
@@ -692,7 +560,7 @@ static void sub_cb(void *arg, const struct redis_reply *r, const char *err)
 START_TEST(redis_subscribe)
 {
     SKIP_WITHOUT_REDIS();
-    struct srv s = { 0 };
+    struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
     char url[128];
@@ -732,7 +600,7 @@ START_TEST(redis_subscribe)
     ck_assert_int_eq(st1.downs, 0);
 
     /* Server gone: the subscription hears "disconnected" once. */
-    srv_kill(&s);
+    rfx_kill(&s);
     run_for(base, 0.3);
     ck_assert_int_eq(sr.disconnected, 1);
     ck_assert_int_eq(st1.downs, 1);
@@ -741,14 +609,15 @@ START_TEST(redis_subscribe)
     redis_conn_free(pub);
     ck_assert_int_eq(sr.disconnected, 1);
     event_base_free(base);
-    srv_stop(&s);
+    rfx_stop(&s);
 }
 END_TEST
 
 START_TEST(redis_sync_client_down)
 {
     char err[256] = "";
-    int port = free_port();
+    int port = rfx_free_port();
+    ck_assert_int_gt(port, 0);
     char url[128];
     snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
     ck_assert_ptr_null(redis_sync_connect(url, 1, err, sizeof(err)));

@@ -5,10 +5,6 @@
  * pattern substitution, path rules, LRU eviction, bad data.
  */
 #include <arpa/inet.h>
-#include <fcntl.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -25,6 +21,7 @@
 #include "routing/match.h"
 #include "routing/redis.h"
 #include "routing/route.h"
+#include "tests/unit/redis_fixture.h"
 #include "tests/unit/tests.h"
 
 /* ---- host normalisation ---- */
@@ -656,53 +653,6 @@ END_TEST
 
 /* ---- route.h against a real redis-server: coalescing, cancel, cache hit, teardown ---- */
 
-static int rt_free_port(void)
-{
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-    socklen_t al = sizeof(a);
-    ck_assert_int_ge(fd, 0);
-    ck_assert_int_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0);
-    ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &al), 0);
-    close(fd);
-    return ntohs(a.sin_port);
-}
-
-/* Starts redis-server on port; returns its pid, or 0 when redis-server is not installed. */
-static pid_t rt_redis_start(int port)
-{
-    if (access("/usr/bin/redis-server", X_OK) != 0)
-        return 0;
-    char pb[16];
-    snprintf(pb, sizeof(pb), "%d", port);
-    pid_t parent = getpid();
-    pid_t pid = fork();
-    ck_assert_int_ge(pid, 0);
-    if (pid == 0) {
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (getppid() != parent)
-            _exit(1);
-        int dn = open("/dev/null", O_RDWR);
-        dup2(dn, 1);
-        dup2(dn, 2);
-        execl("/usr/bin/redis-server", "redis-server", "--port", pb, "--bind", "127.0.0.1", "--save", "",
-              "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
-        _exit(127);
-    }
-    char url[64], err[256];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
-    for (int i = 0; i < 500; i++) {
-        struct redis_sync *s = redis_sync_connect(url, 1.0, err, sizeof(err));
-        if (s) {
-            redis_sync_free(s);
-            return pid;
-        }
-        usleep(20000);
-    }
-    ck_abort_msg("redis-server did not start");
-    return 0;
-}
-
 static void rt_redis_cmd(int port, int argc, const char **argv)
 {
     char url[64], err[256];
@@ -735,12 +685,14 @@ static void rt_run(struct event_base *base, double secs, const int *until)
 
 START_TEST(redis_lookup_coalesce_cancel_teardown)
 {
-    int port = rt_free_port();
-    pid_t pid = rt_redis_start(port);
-    if (pid == 0) {
-        fprintf(stderr, "SKIP %s: no /usr/bin/redis-server\n", __func__);
+    struct rfx_srv srv = {0};
+    int started = rfx_start(&srv, 0);
+    if (started == 0) {
+        fprintf(stderr, "SKIP %s: redis-server not installed\n", __func__);
         return;
     }
+    ck_assert_msg(started == 1, "redis-server did not start");
+    int port = srv.port;
     const char *set[] = {"HSET", "tg:domain:a.test", "tenant", "t1", "backends", "127.0.0.1:9,localhost:10"};
     rt_redis_cmd(port, 6, set);
     const char *ten[] = {"HSET", "tg:tenant:t1", "cap_bytes", "5000", "suspended", "0"};
@@ -823,8 +775,7 @@ START_TEST(redis_lookup_coalesce_cancel_teardown)
     ck_assert_int_eq((int)route_backends_count(g3.res.backends), 2);
     route_entry_unref(g3.res.entry);
     event_base_free(base);
-    kill(pid, SIGKILL);
-    waitpid(pid, NULL, 0);
+    rfx_stop(&srv);
 }
 END_TEST
 
