@@ -129,6 +129,34 @@ static void cfg_for(struct tg_config *cfg, const char *redis_url, const char *pr
     }
 }
 
+/* One meter with one worker (id 0), started: the set-up most tests share. */
+struct one_meter {
+    struct tg_config cfg;
+    struct meter *m;
+    struct meter_worker *w;
+};
+
+/* cfg_for(url, prefix), redis_timeout when > 0, then meter_new, worker 0, meter_start. */
+static void one_meter_start(struct one_meter *o, const char *url, const char *prefix, double redis_timeout)
+{
+    char err[256];
+    cfg_for(&o->cfg, url, prefix);
+    if (redis_timeout > 0)
+        o->cfg.redis_timeout = redis_timeout;
+    o->m = meter_new(&o->cfg, 1, err, sizeof(err));
+    ck_assert_msg(o->m != NULL, "%s", err);
+    o->w = meter_worker_new(o->m, NULL, 0);
+    ck_assert_int_eq(meter_start(o->m), 0);
+}
+
+/* Frees the worker, stops the meter (waiting up to timeout_s for the last flush), frees the config. */
+static void one_meter_stop(struct one_meter *o, double timeout_s)
+{
+    meter_worker_free(o->w);
+    meter_stop(o->m, timeout_s);
+    cfg_free(&o->cfg);
+}
+
 static int wait_totals(struct meter *m, const char *tenant, uint64_t in, uint64_t out, uint64_t req, double timeout)
 {
     double end = now_s() + timeout;
@@ -267,14 +295,10 @@ static int64_t drain_allowance(struct meter_tenant *t, size_t chunk, double time
 
 START_TEST(local_cap_without_redis)
 {
-    struct tg_config cfg;
-    cfg_for(&cfg, NULL, NULL);
-    char err[256];
-    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
-    struct meter_worker *w = meter_worker_new(m, NULL, 0);
-    ck_assert_int_eq(meter_start(m), 0);
+    struct one_meter o;
+    one_meter_start(&o, NULL, NULL, 0);
     struct tenant_policy p = { 1000000, CAP_BLOCK, 0, 0 };
-    struct meter_tenant *t = meter_tenant_get(w, "capped", &p);
+    struct meter_tenant *t = meter_tenant_get(o.w, "capped", &p);
     ck_assert_int_eq(meter_admit(t), METER_ALLOW);
     int64_t got = drain_allowance(t, 16384, 5, 1);
     ck_assert_int_eq(got, 1000000);   /* exactly the cap, with no Redis */
@@ -282,7 +306,7 @@ START_TEST(local_cap_without_redis)
     /* Raising the cap reopens the tenant within a second. */
     meter_tenant_put(t);
     p.cap_bytes = 1500000;
-    t = meter_tenant_get(w, "capped", &p);
+    t = meter_tenant_get(o.w, "capped", &p);
     double t0 = now_s();
     while (meter_admit(t) != METER_ALLOW && now_s() - t0 < 1.0)
         sleep_ms(1);
@@ -290,22 +314,16 @@ START_TEST(local_cap_without_redis)
     got = drain_allowance(t, 16384, 5, 1);
     ck_assert_int_eq(got, 500000);
     meter_tenant_put(t);
-    meter_worker_free(w);
-    meter_stop(m, 1);
-    cfg_free(&cfg);
+    one_meter_stop(&o, 1);
 }
 END_TEST
 
 START_TEST(throttle_pace)
 {
-    struct tg_config cfg;
-    cfg_for(&cfg, NULL, NULL);
-    char err[256];
-    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
-    struct meter_worker *w = meter_worker_new(m, NULL, 0);
-    ck_assert_int_eq(meter_start(m), 0);
+    struct one_meter o;
+    one_meter_start(&o, NULL, NULL, 0);
     struct tenant_policy p = { 0, CAP_THROTTLE, 400000, 0 };
-    struct meter_tenant *t = meter_tenant_get(w, "slow", &p);
+    struct meter_tenant *t = meter_tenant_get(o.w, "slow", &p);
     /* Wait until the flusher has found the tenant over its (zero) cap. */
     double end = now_s() + 2;
     unsigned retry = 0;
@@ -328,9 +346,7 @@ START_TEST(throttle_pace)
     double rate = got / (now_s() - t0);
     ck_assert_msg(rate > 400000 * 0.9 && rate < 400000 * 1.1, "paced at %.0f B/s, want 400000 +-10%%", rate);
     meter_tenant_put(t);
-    meter_worker_free(w);
-    meter_stop(m, 1);
-    cfg_free(&cfg);
+    one_meter_stop(&o, 1);
 }
 END_TEST
 
@@ -427,19 +443,15 @@ END_TEST
 START_TEST(flush_end_to_end)
 {
     NEED_REDIS();
-    struct tg_config cfg;
-    cfg_for(&cfg, redis_srv.url, "u2:");
-    char err[256];
-    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
-    struct meter_worker *w = meter_worker_new(m, NULL, 0);
-    ck_assert_int_eq(meter_start(m), 0);
-    struct meter_tenant *t = meter_tenant_get(w, "acme", &NOCAP);
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u2:", 0);
+    struct meter_tenant *t = meter_tenant_get(o.w, "acme", &NOCAP);
     for (int i = 0; i < 10; i++) {
         meter_count_request(t);
         meter_count_in(t, 111);
         meter_count_out(t, 2222);
     }
-    meter_worker_tick(w);
+    meter_worker_tick(o.w);
     int day = meter_utc_day(time(NULL));
     char mk[64], dk[64];
     snprintf(mk, sizeof(mk), "u2:meter:acme:%d", day / 100);
@@ -452,16 +464,14 @@ START_TEST(flush_end_to_end)
     ck_assert_int_eq(hget_int(s, mk, "bytes_out"), 22220);
     ck_assert_int_eq(hget_int(s, dk, "requests"), 10);
     ck_assert_int_eq(hget_int(s, dk, "bytes_out"), 22220);
-    ck_assert_int_ge(hget_int(s, "u2:meter:applied", meter_run_id(m)), 1);
+    ck_assert_int_ge(hget_int(s, "u2:meter:applied", meter_run_id(o.m)), 1);
     /* Counts made after the last tick are flushed by a graceful stop, and the run's seq is forgotten. */
     meter_count_out(t, 5);
     meter_tenant_put(t);
-    meter_worker_free(w);
-    meter_stop(m, 2);
+    one_meter_stop(&o, 2);
     ck_assert_int_eq(hget_int(s, mk, "bytes_out"), 22225);
     ck_assert_int_eq(hget_int(s, dk, "bytes_out"), 22225);
     redis_sync_free(s);
-    cfg_free(&cfg);
 }
 END_TEST
 
@@ -496,38 +506,31 @@ static int metrics_has(struct meter *m, const char *needle)
 START_TEST(flush_lost_reply_counted_once)
 {
     NEED_REDIS();
-    struct tg_config cfg;
-    cfg_for(&cfg, redis_srv.url, "u6:");
-    cfg.redis_timeout = 0.2;
-    char err[256];
-    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
-    struct meter_worker *w = meter_worker_new(m, NULL, 0);
-    ck_assert_int_eq(meter_start(m), 0);
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u6:", 0.2);
     sleep_ms(300);
-    struct meter_tenant *t = meter_tenant_get(w, "lost", &NOCAP);
+    struct meter_tenant *t = meter_tenant_get(o.w, "lost", &NOCAP);
     meter_count_in(t, 4242);
     meter_count_request(t);
     pthread_t th;
     pthread_create(&th, NULL, debug_sleep, "0.8");
     sleep_ms(50);            /* Redis is asleep now */
-    meter_worker_tick(w);    /* the flush goes out within 0.1 s and times out */
+    meter_worker_tick(o.w);  /* the flush goes out within 0.1 s and times out */
     pthread_join(th, NULL);
     double end = now_s() + 5;
-    while (now_s() < end && !metrics_has(m, "tollgate_meter_flush_duplicates_total 1\n"))
+    while (now_s() < end && !metrics_has(o.m, "tollgate_meter_flush_duplicates_total 1\n"))
         sleep_ms(20);
-    ck_assert_msg(metrics_has(m, "tollgate_meter_flush_duplicates_total 1\n"), "no duplicate was detected");
-    ck_assert(!metrics_has(m, "tollgate_meter_flush_errors_total 0\n"));   /* the timeout was seen */
+    ck_assert_msg(metrics_has(o.m, "tollgate_meter_flush_duplicates_total 1\n"), "no duplicate was detected");
+    ck_assert(!metrics_has(o.m, "tollgate_meter_flush_errors_total 0\n"));   /* the timeout was seen */
     struct redis_sync *s = rconn();
     char k[64];
     snprintf(k, sizeof(k), "u6:meter:lost:%d", meter_utc_day(time(NULL)) / 100);
     ck_assert_int_eq(hget_int(s, k, "bytes_in"), 4242);
     ck_assert_int_eq(hget_int(s, k, "requests"), 1);
     meter_tenant_put(t);
-    meter_worker_free(w);
-    meter_stop(m, 2);
+    one_meter_stop(&o, 2);
     ck_assert_int_eq(hget_int(s, k, "bytes_in"), 4242);
     redis_sync_free(s);
-    cfg_free(&cfg);
 }
 END_TEST
 
@@ -545,15 +548,11 @@ static void set_usage(const char *prefix, const char *tenant, long long used)
 START_TEST(lease_single_instance)
 {
     NEED_REDIS();
-    struct tg_config cfg;
-    cfg_for(&cfg, redis_srv.url, "u3:");
-    char err[256];
-    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
-    struct meter_worker *w = meter_worker_new(m, NULL, 0);
-    ck_assert_int_eq(meter_start(m), 0);
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u3:", 0);
     set_usage("u3:", "t", 10000000 - 300000);   /* 300 000 bytes left of 10 MB */
     struct tenant_policy p = { 10000000, CAP_BLOCK, 0, 0 };
-    struct meter_tenant *t = meter_tenant_get(w, "t", &p);
+    struct meter_tenant *t = meter_tenant_get(o.w, "t", &p);
     /* Wait for Redis to be up (the first request of a tenant unknown while Redis is down is served). */
     struct redis_sync *s = rconn();
     sleep_ms(300);
@@ -563,7 +562,7 @@ START_TEST(lease_single_instance)
     /* Raised cap: served again within a second. */
     meter_tenant_put(t);
     p.cap_bytes = 10100000;
-    t = meter_tenant_get(w, "t", &p);
+    t = meter_tenant_get(o.w, "t", &p);
     double t0 = now_s();
     unsigned retry = 0;
     size_t n = 0;
@@ -574,7 +573,7 @@ START_TEST(lease_single_instance)
     /* First sight of a tenant already over its cap: its state is known after
      * one lease round trip, and then the first request can be refused. */
     set_usage("u3:", "t2", 20000000);
-    t = meter_tenant_get(w, "t2", &p);
+    t = meter_tenant_get(o.w, "t2", &p);
     /* (Not asserted unknown here: the flusher thread may already have the
      * lease answer by the time this line runs on a loaded machine.) */
     t0 = now_s();
@@ -583,13 +582,11 @@ START_TEST(lease_single_instance)
     ck_assert(meter_state_known(t));
     ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
     meter_tenant_put(t);
-    t = meter_tenant_get(w, "free", &NOCAP);
+    t = meter_tenant_get(o.w, "free", &NOCAP);
     ck_assert_int_eq(meter_state_known(t), 1);   /* no cap: nothing to wait for */
     meter_tenant_put(t);
-    meter_worker_free(w);
-    meter_stop(m, 2);
+    one_meter_stop(&o, 2);
     redis_sync_free(s);
-    cfg_free(&cfg);
 }
 END_TEST
 
@@ -599,16 +596,11 @@ END_TEST
 START_TEST(caps_enforced_while_redis_unreachable)
 {
     NEED_REDIS();
-    struct tg_config cfg;
-    cfg_for(&cfg, redis_srv.url, "u7:");
-    cfg.redis_timeout = 0.2;
-    char err[256];
-    struct meter *m = meter_new(&cfg, 1, err, sizeof(err));
-    struct meter_worker *w = meter_worker_new(m, NULL, 0);
-    ck_assert_int_eq(meter_start(m), 0);
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u7:", 0.2);
     set_usage("u7:", "k", 10000000 - 600000);
     struct tenant_policy p = { 10000000, CAP_BLOCK, 0, 0 };
-    struct meter_tenant *t = meter_tenant_get(w, "k", &p);
+    struct meter_tenant *t = meter_tenant_get(o.w, "k", &p);
     sleep_ms(300);
     int64_t got = 0;
     double end = now_s() + 3;
@@ -623,26 +615,24 @@ START_TEST(caps_enforced_while_redis_unreachable)
     ck_assert_int_ge(got, 100000);
     kill(redis_srv.pid, SIGSTOP);
     end = now_s() + 5;
-    while (!metrics_has(m, "tollgate_meter_redis_up 0\n") && now_s() < end) {
+    while (!metrics_has(o.m, "tollgate_meter_redis_up 0\n") && now_s() < end) {
         unsigned retry = 0;
         meter_count_out(t, 1);   /* keeps the tenant active: a refresh goes out and times out */
         got += 1;
         meter_allow(t, 0, &retry);
         sleep_ms(20);
     }
-    ck_assert_msg(metrics_has(m, "tollgate_meter_redis_up 0\n"), "Redis still seen up");
+    ck_assert_msg(metrics_has(o.m, "tollgate_meter_redis_up 0\n"), "Redis still seen up");
     got += drain_allowance(t, 16384, 5, 1);
     ck_assert_int_eq(got, 600000);   /* the remaining budget, exactly, from local counts */
     ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
-    struct meter_tenant *u = meter_tenant_get(w, "unseen", &p);
+    struct meter_tenant *u = meter_tenant_get(o.w, "unseen", &p);
     unsigned retry = 0;
     ck_assert_uint_eq(meter_allow(u, 5000, &retry), 5000);   /* never seen: served */
     meter_tenant_put(u);
     kill(redis_srv.pid, SIGCONT);
     meter_tenant_put(t);
-    meter_worker_free(w);
-    meter_stop(m, 3);
-    cfg_free(&cfg);
+    one_meter_stop(&o, 3);
 }
 END_TEST
 

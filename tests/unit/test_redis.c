@@ -150,6 +150,23 @@ static void cmd_wait(struct event_base *base, struct redis_conn *c, struct res *
     ck_assert_int_eq(x->calls, 1);
 }
 
+/* A PING on c answers PONG. */
+static void expect_pong(struct event_base *base, struct redis_conn *c)
+{
+    struct res x;
+    const char *ping[] = { "PING" };
+    cmd_wait(base, c, &x, 1, ping);
+    ck_assert_str_eq(x.str, "PONG");
+}
+
+/* The end of a test: frees c (when still open) and base, stops the server. */
+static void test_done(struct event_base *base, struct redis_conn *c, struct rfx_srv *s)
+{
+    redis_conn_free(c);
+    event_base_free(base);
+    rfx_stop(s);
+}
+
 /* ---- tests ---- */
 
 START_TEST(redis_url_parsing)
@@ -184,8 +201,7 @@ START_TEST(redis_commands_and_replies)
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
     struct st st = { 0 };
-    char url[128];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", s.port);
+    const char *url = s.url;
     struct redis_conn *c = conn_up(base, url, 1.0, &st);
     ck_assert_int_eq(st.ups, 1);
 
@@ -251,8 +267,7 @@ START_TEST(redis_commands_and_replies)
 
     redis_conn_free(c);
     ck_assert_int_eq(st.downs, 0);           /* freeing does not call the state callback */
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, NULL, &s);
 }
 END_TEST
 
@@ -315,9 +330,7 @@ START_TEST(redis_auth_and_db)
     ck_assert_ptr_null(redis_sync_connect(url, 2, err, sizeof(err)));
     ck_assert_msg(strstr(err, "handshake") != NULL, "%s", err);
 
-    redis_conn_free(c);
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, c, &s);
 }
 END_TEST
 
@@ -357,9 +370,7 @@ START_TEST(redis_unix_socket)
     ck_assert_ptr_nonnull(c2);
     run_for(base, 0.4);
     ck_assert_int_eq(st2.ups, 0);
-    redis_conn_free(c2);
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, c2, &s);
 }
 END_TEST
 
@@ -369,8 +380,7 @@ START_TEST(redis_timeout_when_stalled)
     struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
-    char url[128];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", s.port);
+    const char *url = s.url;
     struct st st = { 0 };
     const double tmo = 0.2;
     struct redis_conn *c = conn_up(base, url, tmo, &st);
@@ -400,16 +410,11 @@ START_TEST(redis_timeout_when_stalled)
     kill(s.pid, SIGCONT);
     ck_assert_msg(run_until(base, &st.up, 6), "no reconnection after SIGCONT");
     ck_assert_int_eq(st.ups, 2);
-    struct res x;
-    const char *ping[] = { "PING" };
-    cmd_wait(base, c, &x, 1, ping);
-    ck_assert_str_eq(x.str, "PONG");
+    expect_pong(base, c);
     ck_assert_int_eq(a.calls, 1);
     ck_assert_int_eq(b.calls, 1);
 
-    redis_conn_free(c);
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, c, &s);
 }
 END_TEST
 
@@ -419,8 +424,7 @@ START_TEST(redis_reconnect_after_restart)
     struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
-    char url[128];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", s.port);
+    const char *url = s.url;
     struct st st = { 0 };
     struct redis_conn *c = conn_up(base, url, 1.0, &st);
 
@@ -443,14 +447,10 @@ START_TEST(redis_reconnect_after_restart)
     double t0 = now_s();
     ck_assert_msg(run_until(base, &st.up, 6), "no reconnection after restart");
     ck_assert_msg(now_s() - t0 < 5.5, "reconnect took %.2f s", now_s() - t0);
-    const char *ping[] = { "PING" };
-    cmd_wait(base, c, &x, 1, ping);
-    ck_assert_str_eq(x.str, "PONG");
+    expect_pong(base, c);
     ck_assert_int_eq(st.ups, 2);
 
-    redis_conn_free(c);
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, c, &s);
 }
 END_TEST
 
@@ -481,8 +481,7 @@ START_TEST(redis_free_inside_callbacks)
     struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
-    char url[128];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", s.port);
+    const char *url = s.url;
     struct st st = { 0 };
 
     static struct freer f;
@@ -528,8 +527,7 @@ START_TEST(redis_free_inside_callbacks)
     run_for(base, 0.2);
     ck_assert_int_eq(a.calls, 1);
 
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, NULL, &s);
 }
 END_TEST
 
@@ -563,8 +561,7 @@ START_TEST(redis_subscribe)
     struct rfx_srv s = { 0 };
     srv_start(&s, 0);
     struct event_base *base = event_base_new();
-    char url[128];
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", s.port);
+    const char *url = s.url;
     struct st st1 = { 0 }, st2 = { 0 };
     struct redis_conn *sub = conn_up(base, url, 0.1, &st1);
     struct redis_conn *pub = conn_up(base, url, 1.0, &st2);
@@ -608,8 +605,7 @@ START_TEST(redis_subscribe)
     redis_conn_free(sub);
     redis_conn_free(pub);
     ck_assert_int_eq(sr.disconnected, 1);
-    event_base_free(base);
-    rfx_stop(&s);
+    test_done(base, NULL, &s);
 }
 END_TEST
 
