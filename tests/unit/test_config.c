@@ -56,6 +56,14 @@ static int args(struct tg_config *c, char *err, const char *first, ...)
     return cfg_from_args(c, argc, argv, err, CFG_ERRLEN);
 }
 
+/* Case i was refused (rc -1) with an error message starting with want. */
+static void expect_refused(int rc, const char *err, const char *want, size_t i)
+{
+    ck_assert_msg(rc == -1, "case %zu accepted", i);
+    ck_assert_msg(strncmp(err, want, strlen(want)) == 0, "case %zu: got \"%s\", want prefix \"%s\"", i, err,
+                  want);
+}
+
 static char tmpdir[64];
 
 static const char *write_tmp(const char *name, const char *text)
@@ -362,10 +370,7 @@ START_TEST(cfg_errors_carry_file_and_line)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_config c;
         char err[CFG_ERRLEN] = "";
-        int rc = parse(&c, cases[i].text, err);
-        ck_assert_msg(rc == -1, "accepted: %s", cases[i].text);
-        ck_assert_msg(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0,
-                      "case %zu: got \"%s\", want prefix \"%s\"", i, err, cases[i].want);
+        expect_refused(parse(&c, cases[i].text, err), err, cases[i].want, i);
         cfg_free(&c);
     }
 }
@@ -529,10 +534,7 @@ START_TEST(cfg_cli_errors)
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_config c;
         char err[CFG_ERRLEN];
-        int rc = args(&c, err, cases[i].a1, cases[i].a2, NULL);
-        ck_assert_msg(rc == -1, "case %zu accepted", i);
-        ck_assert_msg(strncmp(err, cases[i].want, strlen(cases[i].want)) == 0,
-                      "case %zu: got \"%s\", want prefix \"%s\"", i, err, cases[i].want);
+        expect_refused(args(&c, err, cases[i].a1, cases[i].a2, NULL), err, cases[i].want, i);
         cfg_free(&c);
     }
 }
