@@ -32,6 +32,7 @@
  * written out, which keeps that attribution exact.
  */
 #include <errno.h>
+#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -1380,6 +1381,74 @@ static void finish_request(struct conn *c)
 /* ---------------------------------------------------------------------- */
 /* Callbacks                                                              */
 
+/*
+ * libevent 2.1's bufferevents read at most 4 KiB per readiness event
+ * (EVBUFFER_MAX_READ in buffer.c): an epoll wake-up, an ioctl and a read per
+ * 4 KiB of a large body.  While a body or tunnel flows, the relay reads what
+ * the socket still holds straight into the same input buffer
+ * (evbuffer_reserve_space + readv, no copy), up to READ_MORE bytes a call and
+ * READ_ROUNDS calls per event so one busy connection cannot starve others.
+ * Returns the bytes read; sets *ev to BEV_EVENT_EOF or BEV_EVENT_ERROR (with
+ * BEV_EVENT_READING) when the socket says so: the caller relays what it has,
+ * then handles it as the bufferevent's event callback would.
+ */
+#define READ_MORE 65536
+#define READ_ROUNDS 4
+
+static size_t read_more(struct bufferevent *bev, short *ev)
+{
+    struct evbuffer *in = bufferevent_get_input(bev);
+    struct evbuffer_iovec v[2];
+    struct iovec iov[2];
+    *ev = 0;
+    int n = evbuffer_reserve_space(in, READ_MORE, v, 2);
+    if (n <= 0)
+        return 0;
+    size_t cap = 0;
+    for (int i = 0; i < n; i++) {
+        if (v[i].iov_len > READ_MORE - cap)
+            v[i].iov_len = READ_MORE - cap;
+        iov[i].iov_base = v[i].iov_base;
+        iov[i].iov_len = v[i].iov_len;
+        cap += v[i].iov_len;
+    }
+    ssize_t got = readv(bufferevent_getfd(bev), iov, n);
+    if (got <= 0) {
+        if (got == 0)
+            *ev = BEV_EVENT_EOF | BEV_EVENT_READING;
+        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
+            *ev = BEV_EVENT_ERROR | BEV_EVENT_READING;
+        evbuffer_commit_space(in, v, 0);   /* drop the reservation */
+        return 0;
+    }
+    size_t left = (size_t)got;
+    int used = 0;
+    for (int i = 0; i < n && left > 0; i++, used++) {
+        if (v[i].iov_len > left)
+            v[i].iov_len = left;
+        left -= v[i].iov_len;
+    }
+    evbuffer_commit_space(in, v, used);
+    return (size_t)got;
+}
+
+/* One more read for a flowing relay; 1 when the caller should stop (nothing
+ * more now, or the event callback took over and c may be gone). */
+static int relay_read_more(struct conn *c, struct bufferevent *bev, int client_side)
+{
+    short ev;
+    size_t got = read_more(bev, &ev);
+    if (ev) {
+        bufferevent_disable(bev, EV_READ);
+        if (client_side)
+            client_event_cb(bev, ev, c);
+        else
+            up_event_cb(bev, ev, c);
+        return 1;
+    }
+    return got == 0;
+}
+
 static void client_read_cb(struct bufferevent *bev, void *arg)
 {
     struct conn *c = arg;
@@ -1389,12 +1458,22 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         conn_process(c);
         return;
     case CS_PROXY:
-        if (r && r->up && (r->flags & RF_HEAD_SENT) && !(r->flags & RF_REQ_DONE))
-            relay_request_body(c);
+        for (int round = 0; r && r->up && (r->flags & RF_HEAD_SENT) && !(r->flags & RF_REQ_DONE); round++) {
+            if (relay_request_body(c) < 0)
+                return;
+            if (round == READ_ROUNDS || (c->flags & CF_CLIENT_PAUSED)
+                || (r->flags & (RF_THROTTLED | RF_REQ_DONE)) || relay_read_more(c, bev, 1))
+                return;
+        }
         return;
     case CS_TUNNEL:
-        relay_tunnel(c, c->bev, r->up, 1);
-        return;
+        for (int round = 0;; round++) {
+            if (relay_tunnel(c, c->bev, r->up, 1) < 0)
+                return;
+            if (round == READ_ROUNDS || (c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF))
+                || (r->flags & RF_THROTTLED) || relay_read_more(c, bev, 1))
+                return;
+        }
     default:
         /* Pipelined bytes wait in the buffer (bounded by the read watermark). */
         return;
@@ -1501,8 +1580,13 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         consume_head(c);
     }
     if (c->state == CS_TUNNEL) {
-        relay_tunnel(c, bev, c->bev, 0);
-        return;
+        for (int round = 0;; round++) {
+            if (relay_tunnel(c, bev, c->bev, 0) < 0)
+                return;
+            if (round == READ_ROUNDS || (c->flags & CF_UP_PAUSED) || (r->flags & RF_THROTTLED)
+                || relay_read_more(c, bev, 0))
+                return;
+        }
     }
     if (!(r->flags & RF_RESP_HEAD)) {
         int rc = read_response_head(c);
@@ -1516,7 +1600,13 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
             return;
         }
     }
-    relay_response_body(c);
+    for (int round = 0;; round++) {
+        if (relay_response_body(c) < 0)
+            return;
+        if (round == READ_ROUNDS || (c->flags & CF_UP_PAUSED)
+            || (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || relay_read_more(c, bev, 0))
+            return;
+    }
 }
 
 static void up_write_cb(struct bufferevent *bev, void *arg)
