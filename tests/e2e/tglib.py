@@ -68,6 +68,7 @@ import atexit
 import hashlib
 import http.client as _http_client
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -508,10 +509,41 @@ class Tollgate:
                 if listen:
                     wait_port(self.port, scale(10), self.proc)
                 wait_port(self.admin_port, scale(10), self.proc)
+                if redis:
+                    self._wait_redis_ready(redis)
             except Exception as e:
                 self.kill()
                 raise RuntimeError("tollgate did not start (%s): %s\nlog:\n%s"
                                    % (e, " ".join(argv), self.log_text()[-3000:]))
+
+    def _wait_redis_ready(self, url):
+        """When the Redis at url accepts connections, waits (bounded) until
+        /healthz says every worker is connected, so that a test's first
+        request does not race tollgate's start-up on a loaded machine.  A
+        Redis that is down on purpose is not waited for."""
+        m = re.match(r"redis://(?:[^@]*@)?([^:/]+):(\d+)", url)
+        if not m:
+            return
+        try:
+            socket.create_connection((m.group(1), int(m.group(2))), timeout=0.5).close()
+        except OSError:
+            return
+        deadline = time.monotonic() + scale(5)
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.admin_port), timeout=1) as s:
+                    s.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+                    data = b""
+                    while True:
+                        chunk = s.recv(4096)
+                        if not chunk:
+                            break
+                        data += chunk
+                if data.split(b"\r\n\r\n", 1)[-1].startswith(b"ok"):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.02)
 
     def write_config(self, text):
         """Writes the config file (call signal(SIGHUP) afterwards to reload)."""
