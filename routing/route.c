@@ -46,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -275,14 +276,25 @@ int route_degraded(void)
 /* ---- backends ---- */
 
 /*
- * Clears b's address and fills it when name is an IPv4 or IPv6 literal
- * (port in host order).  1 when filled, 0 when name is not a literal.
+ * Clears b's address and fills it when name is an IPv4 or IPv6 literal or a
+ * localhost name (port in host order).  1 when filled, 0 when name must be
+ * resolved.  RFC 6761 §6.3: localhost names are loopback without asking the
+ * resolver (a minimal system may not even have /etc/hosts).
  */
 static int route_addr_literal(const char *name, int port, struct bal_backend *b)
 {
     struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
     struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
+    size_t nl = strlen(name);
     memset(&b->addr, 0, sizeof(b->addr));
+    if ((nl == 9 && strcasecmp(name, "localhost") == 0) ||
+        (nl > 10 && strcasecmp(name + nl - 10, ".localhost") == 0)) {
+        in->sin_family = AF_INET;
+        in->sin_port = htons((uint16_t)port);
+        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        b->addrlen = sizeof(*in);
+        return 1;
+    }
     if (inet_pton(AF_INET, name, &in->sin_addr) == 1) {
         in->sin_family = AF_INET;
         in->sin_port = htons((uint16_t)port);
@@ -943,18 +955,7 @@ static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, doubl
         return -1;
     if (route_addr_literal(name, port, b))
         return 1;
-    struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
     size_t nl = strlen(name);
-    /* RFC 6761 §6.3: localhost names are loopback without asking DNS. */
-    if ((nl == 9 && memcmp(name, "localhost", 9) == 0) ||
-        (nl > 10 && memcmp(name + nl - 10, ".localhost", 10) == 0)) {
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        b->addrlen = sizeof(*in);
-        return 1;
-    }
     const struct route_dns_rec *d = cache_get(rc->dns, name, nl);
     if (d == NULL || now >= d->expires)
         return 0;
@@ -963,9 +964,9 @@ static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, doubl
     memcpy(&b->addr, &d->ss, d->len);
     b->addrlen = d->len;
     if (b->addr.ss_family == AF_INET)
-        in->sin_port = htons((uint16_t)port);
+        ((struct sockaddr_in *)&b->addr)->sin_port = htons((uint16_t)port);
     else
-        in6->sin6_port = htons((uint16_t)port);
+        ((struct sockaddr_in6 *)&b->addr)->sin6_port = htons((uint16_t)port);
     return 1;
 }
 
