@@ -713,7 +713,7 @@ static void up_setup(struct conn *c, struct bufferevent *up)
     r->up = up;
     bufferevent_setcb(up, up_read_cb, up_write_cb, up_event_cb, c);
     bufferevent_setwatermark(up, EV_WRITE, hwm_of(c) / 2, 0);
-    bufferevent_set_max_single_read(up, 65536);
+    bufferevent_set_max_single_write(up, 262144);   /* default 16 KiB per event */
 }
 
 static void send_request(struct conn *c);
@@ -1401,9 +1401,14 @@ static size_t read_more(struct bufferevent *bev, short *ev)
     struct evbuffer_iovec v[2];
     struct iovec iov[2];
     *ev = 0;
+    /* A socket bufferevent keeps its input's end frozen except while it
+     * reads itself; open it for our read, then close it again. */
+    evbuffer_unfreeze(in, 0);
     int n = evbuffer_reserve_space(in, READ_MORE, v, 2);
-    if (n <= 0)
+    if (n <= 0) {
+        evbuffer_freeze(in, 0);
         return 0;
+    }
     size_t cap = 0;
     for (int i = 0; i < n; i++) {
         if (v[i].iov_len > READ_MORE - cap)
@@ -1419,6 +1424,7 @@ static size_t read_more(struct bufferevent *bev, short *ev)
         else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
             *ev = BEV_EVENT_ERROR | BEV_EVENT_READING;
         evbuffer_commit_space(in, v, 0);   /* drop the reservation */
+        evbuffer_freeze(in, 0);
         return 0;
     }
     size_t left = (size_t)got;
@@ -1429,6 +1435,7 @@ static size_t read_more(struct bufferevent *bev, short *ev)
         left -= v[i].iov_len;
     }
     evbuffer_commit_space(in, v, used);
+    evbuffer_freeze(in, 0);
     return (size_t)got;
 }
 
@@ -1750,7 +1757,7 @@ static int client_bev_open(struct conn *c)
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
     bufferevent_setwatermark(c->bev, EV_READ, 0, cfg->max_header_size + 16384);
     bufferevent_setwatermark(c->bev, EV_WRITE, hwm_of(c) / 2, 0);
-    bufferevent_set_max_single_read(c->bev, 65536);
+    bufferevent_set_max_single_write(c->bev, 262144);
     evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
     bufferevent_enable(c->bev, EV_READ);
     return 0;
