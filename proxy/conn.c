@@ -214,6 +214,34 @@ static void copy_str(char *dst, size_t cap, const char *s, size_t len)
     dst[len] = '\0';
 }
 
+/*
+ * Writes what bev's output holds now, straight to the socket.  A socket
+ * bufferevent would otherwise arm EV_WRITE for every write and drop it
+ * after (two epoll_ctl calls and a loop iteration per response); in the
+ * common case the socket takes everything at once.  Only what the kernel
+ * refuses is left to the bufferevent (EV_WRITE enabled), whose write
+ * callback then runs as the buffer drains; the write callbacks switch
+ * EV_WRITE off again once it is empty.  Returns 1 when the output is empty.
+ */
+static int flush_now(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    if (evbuffer_get_length(out) == 0)
+        return 1;
+    if (bufferevent_get_enabled(bev) & EV_WRITE)
+        return 0;                /* the bufferevent is already on it */
+    /* The output's start is frozen except while the bufferevent writes. */
+    evbuffer_unfreeze(out, 1);
+    evbuffer_write(out, bufferevent_getfd(bev));
+    evbuffer_freeze(out, 1);
+    if (evbuffer_get_length(out) == 0)
+        return 1;
+    /* EAGAIN, a partial write or an error: the bufferevent takes over and
+     * reports an error through the event callback. */
+    bufferevent_enable(bev, EV_WRITE);
+    return 0;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Requests                                                               */
 
@@ -711,6 +739,7 @@ static void up_setup(struct conn *c, struct bufferevent *up)
 {
     struct req *r = c->req;
     r->up = up;
+    bufferevent_disable(up, EV_WRITE);   /* writes go through flush_now() */
     bufferevent_setcb(up, up_read_cb, up_write_cb, up_event_cb, c);
     bufferevent_setwatermark(up, EV_WRITE, hwm_of(c) / 2, 0);
     bufferevent_set_max_single_write(up, 262144);   /* default 16 KiB per event */
@@ -871,10 +900,12 @@ static void send_request(struct conn *c)
     } else {
         set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
     }
-    bufferevent_enable(r->up, EV_READ | EV_WRITE);
+    bufferevent_enable(r->up, EV_READ);
     bufferevent_enable(c->bev, EV_READ);
     if (r->flags & RF_HAS_BODY)
-        relay_request_body(c);
+        relay_request_body(c);    /* flushes */
+    else
+        flush_now(r->up);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -1025,6 +1056,7 @@ static int relay_request_body(struct conn *c)
             set_client_timeouts(c, 0, cfg->client_body_timeout);
         }
     }
+    flush_now(r->up);
     if (!(r->flags & RF_REQ_DONE)
         && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED) || evbuffer_get_length(in) >= hwm)) {
         bufferevent_disable(c->bev, EV_READ);
@@ -1052,6 +1084,7 @@ static int relay_tunnel(struct conn *c, struct bufferevent *src, struct bufferev
             if (from_client)
                 count_in(c, (size_t)n);
             event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
+            flush_now(dst);
         }
     }
     if (evbuffer_get_length(in) > 0 || evbuffer_get_length(out) >= hwm || (c->req->flags & RF_THROTTLED)) {
@@ -1150,10 +1183,12 @@ static int read_response_head(struct conn *c)
         if (rs.status >= 100 && rs.status < 200 && rs.status != 101) {
             /* Interim response (100 Continue, 103 Early Hints): pass it on to
              * HTTP/1.1 clients (RFC 9110 §15.2), drop it for HTTP/1.0 ones. */
-            if (!(r->flags & RF_HTTP10))
+            if (!(r->flags & RF_HTTP10)) {
                 evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), (size_t)hl);
-            else
+                flush_now(c->bev);
+            } else {
                 evbuffer_drain(in, (size_t)hl);
+            }
             continue;
         }
         r->status = rs.status;
@@ -1165,6 +1200,7 @@ static int read_response_head(struct conn *c)
             }
             send_response_head(c, &rs);
             evbuffer_drain(in, (size_t)hl);
+            flush_now(c->bev);
             r->flags |= RF_RESP_HEAD | RF_REQ_DONE;
             worker_metrics(c->w)->websocket_upgrades++;
             set_state(c, CS_TUNNEL);
@@ -1292,6 +1328,7 @@ static int relay_response_body(struct conn *c)
         if (done)
             r->flags |= RF_RESP_DONE;
     }
+    flush_now(c->bev);
     if ((r->flags & RF_UP_EOF) && !(r->flags & RF_RESP_DONE) && evbuffer_get_length(in) == 0) {
         /* Everything the backend sent has been relayed. */
         if (r->resp_mode != BODY_CLOSE && r->resp_mode != BODY_DECHUNK) {
@@ -1492,6 +1529,8 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
     struct conn *c = arg;
     struct req *r = c->req;
     size_t left = evbuffer_get_length(bufferevent_get_output(bev));
+    if (left == 0)
+        bufferevent_disable(bev, EV_WRITE);   /* back to direct writes (flush_now) */
     switch ((enum conn_state)c->state) {
     case CS_CLOSING:
         if (left == 0)
@@ -1622,6 +1661,8 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
     struct req *r = c->req;
     if (!r || r->up != bev)
         return;
+    if (evbuffer_get_length(bufferevent_get_output(bev)) == 0)
+        bufferevent_disable(bev, EV_WRITE);   /* back to direct writes (flush_now) */
     if (!(c->flags & CF_CLIENT_PAUSED)) {
         if (c->state == CS_TUNNEL)
             tunnel_half_close(c);
@@ -1659,6 +1700,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     struct tg_metrics *m = worker_metrics(c->w);
 
     if (what & BEV_EVENT_CONNECTED) {
+        bufferevent_disable(bev, EV_WRITE);   /* writes go through flush_now() */
         int one = 1;
         setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
         send_request(c);
@@ -1759,6 +1801,7 @@ static int client_bev_open(struct conn *c)
     bufferevent_setwatermark(c->bev, EV_WRITE, hwm_of(c) / 2, 0);
     bufferevent_set_max_single_write(c->bev, 262144);
     evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
+    bufferevent_disable(c->bev, EV_WRITE);   /* writes go through flush_now() */
     bufferevent_enable(c->bev, EV_READ);
     return 0;
 }
