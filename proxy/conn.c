@@ -149,7 +149,7 @@ struct conn {
     uint64_t id;
     size_t scanned;                   /* h1_find_head_end() resume point */
     struct timeval head_start;        /* first byte of the current head */
-    struct timeval last_activity;     /* tunnel idleness */
+    struct timeval last_activity;     /* tunnel idleness; start of keep-alive idleness in CS_HEAD */
     struct event *park_ev;            /* set while parked (bev == NULL) */
     int fd;                           /* the client socket; the conn closes it */
     unsigned flags;
@@ -160,12 +160,16 @@ struct conn {
     } peer;
 };
 
+/* An idle keep-alive connection parks (drops its bufferevent) after this. */
+#define PARK_GRACE 0.05
+
 static __thread struct req *req_free_list;
 static __thread uint64_t conn_next_id;
 static __thread struct conn *conn_list;   /* this worker's connections */
 
 static void conn_close(struct conn *c);
 static void conn_park(struct conn *c, double left_s);
+static size_t read_more(struct bufferevent *bev, short *ev);
 static void conn_process(struct conn *c);
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_write_cb(struct bufferevent *bev, void *arg);
@@ -498,11 +502,10 @@ static void conn_process(struct conn *c)
             return;
         }
         c->scanned = 0;
-        if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0) {
-            conn_park(c, cfg->keepalive_timeout);
-            return;
-        }
-        set_client_timeouts(c, cfg->keepalive_timeout, 0);
+        /* Idle: park after a short grace (a busy keep-alive client is back
+         * within it, and pays nothing); see conn_park(). */
+        event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
+        set_client_timeouts(c, cfg->keepalive_timeout < PARK_GRACE ? cfg->keepalive_timeout : PARK_GRACE, 0);
         return;
     }
     struct timeval now;
@@ -1590,6 +1593,19 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             reject(c, 408);     /* slow head */
             return;
         }
+        if (c->state == CS_HEAD && !c->req && (what & BEV_EVENT_READING) && evutil_timerisset(&c->last_activity)
+            && evbuffer_get_length(bufferevent_get_output(bev)) == 0) {
+            /* Idle keep-alive connection past the grace: park it until the
+             * keep-alive timeout, or close it when that is over. */
+            struct timeval now, d;
+            event_base_gettimeofday_cached(worker_base(c->w), &now);
+            evutil_timersub(&now, &c->last_activity, &d);
+            double left = cfg_of(c)->keepalive_timeout - ((double)d.tv_sec + (double)d.tv_usec / 1e6);
+            if (left > 0.001) {
+                conn_park(c, left);
+                return;
+            }
+        }
         if (c->state == CS_TUNNEL && c->req && tunnel_rearm(c, bev, what))
             return;
         if (c->state == CS_PROXY && c->req && !(c->req->flags & RF_REQ_DONE) && (what & BEV_EVENT_READING)
@@ -1817,10 +1833,22 @@ static void park_cb(evutil_socket_t fd, short what, void *arg)
     }
     set_client_timeouts(c, cfg_of(c)->client_header_timeout, 0);
     evutil_timerclear(&c->head_start);
+    evutil_timerclear(&c->last_activity);
+    /* The socket is readable: read now rather than wait an iteration for
+     * the new bufferevent's own read event. */
+    short ev;
+    size_t got = read_more(c->bev, &ev);
+    if (ev) {
+        bufferevent_disable(c->bev, EV_READ);
+        client_event_cb(c->bev, ev, c);
+        return;
+    }
+    if (got)
+        client_read_cb(c->bev, c);
 }
 
 /*
- * Between requests a keep-alive connection gives its bufferevent back and
+ * A keep-alive connection idle for PARK_GRACE gives its bufferevent back and
  * waits on a bare event until the client speaks or the keep-alive timeout
  * ends: about 450 bytes per idle connection instead of 1.3 KiB.  The worker
  * bases use epoll's changelist, so freeing the bufferevent's read event and
