@@ -246,6 +246,21 @@ static int flush_now(struct bufferevent *bev)
     return 0;
 }
 
+/*
+ * Bytes queued in bev's output, after trying to write them out when they
+ * reach the watermark: a relay fills up to hwm, writes, and goes on filling
+ * what the kernel took.
+ */
+static size_t out_room(struct bufferevent *bev, size_t hwm)
+{
+    size_t have = evbuffer_get_length(bufferevent_get_output(bev));
+    if (have >= hwm) {
+        flush_now(bev);
+        have = evbuffer_get_length(bufferevent_get_output(bev));
+    }
+    return have;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Requests                                                               */
 
@@ -1024,7 +1039,7 @@ static int relay_request_body(struct conn *c)
     size_t hwm = hwm_of(c);
 
     while (!(r->flags & (RF_REQ_DONE | RF_THROTTLED)) && evbuffer_get_length(in) > 0) {
-        size_t have = evbuffer_get_length(out);
+        size_t have = out_room(r->up, hwm);
         if (have >= hwm)
             break;
         int done;
@@ -1060,8 +1075,9 @@ static int relay_request_body(struct conn *c)
         }
     }
     flush_now(r->up);
-    if (!(r->flags & RF_REQ_DONE)
-        && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED) || evbuffer_get_length(in) >= hwm)) {
+    /* Paused on a full output, EV_WRITE is armed and the write callback
+     * resumes us; throttled, the timer does. */
+    if (!(r->flags & RF_REQ_DONE) && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED))) {
         bufferevent_disable(c->bev, EV_READ);
         c->flags |= CF_CLIENT_PAUSED;
     }
@@ -1074,23 +1090,25 @@ static int relay_tunnel(struct conn *c, struct bufferevent *src, struct bufferev
     struct evbuffer *in = bufferevent_get_input(src);
     struct evbuffer *out = bufferevent_get_output(dst);
     size_t hwm = hwm_of(c);
-    size_t have = evbuffer_get_length(out);
-    if (evbuffer_get_length(in) > 0 && have < hwm && !(c->req->flags & RF_THROTTLED)) {
+    while (evbuffer_get_length(in) > 0 && !(c->req->flags & RF_THROTTLED)) {
+        size_t have = out_room(dst, hwm);
+        if (have >= hwm)
+            break;
         int done;
         ssize_t n = plan_move(c, in, hwm - have, BODY_CLOSE, 0, NULL, &done);
         if (n < 0) {
             conn_close(c);
             return -1;
         }
-        if (n > 0) {
-            evbuffer_remove_buffer(in, out, (size_t)n);
-            if (from_client)
-                count_in(c, (size_t)n);
-            event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
-            flush_now(dst);
-        }
+        if (n == 0)
+            break;
+        evbuffer_remove_buffer(in, out, (size_t)n);
+        if (from_client)
+            count_in(c, (size_t)n);
+        event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
     }
-    if (evbuffer_get_length(in) > 0 || evbuffer_get_length(out) >= hwm || (c->req->flags & RF_THROTTLED)) {
+    flush_now(dst);
+    if (evbuffer_get_length(out) >= hwm || (c->req->flags & RF_THROTTLED)) {
         bufferevent_disable(src, EV_READ);
         c->flags |= from_client ? CF_CLIENT_PAUSED : CF_UP_PAUSED;
     }
@@ -1279,7 +1297,7 @@ static int relay_response_body(struct conn *c)
     size_t hwm = hwm_of(c);
 
     while (!(r->flags & (RF_RESP_DONE | RF_THROTTLED)) && evbuffer_get_length(in) > 0) {
-        size_t have = evbuffer_get_length(out);
+        size_t have = out_room(c->bev, hwm);
         if (have >= hwm)
             break;
         int done;
@@ -1342,10 +1360,11 @@ static int relay_response_body(struct conn *c)
         }
         r->flags |= RF_RESP_DONE;
     }
-    /* A full client buffer, or a throttled tenant: stop reading the backend
-     * so that nothing piles up in our input buffer either. */
+    /* A full client buffer (EV_WRITE armed: the write callback resumes us)
+     * or a throttled tenant (the timer does): stop reading the backend so
+     * that nothing piles up in our input buffer either. */
     if (!(r->flags & RF_RESP_DONE) && !(r->flags & RF_UP_EOF)
-        && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED) || evbuffer_get_length(in) >= hwm)) {
+        && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED))) {
         bufferevent_disable(r->up, EV_READ);
         c->flags |= CF_UP_PAUSED;
     }
@@ -1479,21 +1498,39 @@ static size_t read_more(struct bufferevent *bev, short *ev)
     return (size_t)got;
 }
 
-/* One more read for a flowing relay; 1 when the caller should stop (nothing
- * more now, or the event callback took over and c may be gone). */
-static int relay_read_more(struct conn *c, struct bufferevent *bev, int client_side)
+/*
+ * Before a relay pass, reads what the socket still holds when the
+ * bufferevent's own read came back full (EVBUFFER_READ_QUANTUM: it probably
+ * left more), up to limit bytes buffered and stopping at the first short
+ * read, so that one pass and one write move it all.  A small message costs
+ * no extra read.  Returns the event (BEV_EVENT_EOF or BEV_EVENT_ERROR) a
+ * read met, else 0; the caller relays first, then hands it to the event
+ * callback.
+ */
+#define EVBUFFER_READ_QUANTUM 4096
+
+static short gather(struct bufferevent *bev, size_t limit)
 {
-    short ev;
-    size_t got = read_more(bev, &ev);
-    if (ev) {
-        bufferevent_disable(bev, EV_READ);
-        if (client_side)
-            client_event_cb(bev, ev, c);
-        else
-            up_event_cb(bev, ev, c);
-        return 1;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    if (evbuffer_get_length(in) < EVBUFFER_READ_QUANTUM)
+        return 0;
+    for (int round = 0; round < READ_ROUNDS && evbuffer_get_length(in) < limit; round++) {
+        short ev;
+        size_t got = read_more(bev, &ev);
+        if (ev || got < READ_MORE)
+            return ev;
     }
-    return got == 0;
+    return 0;
+}
+
+/* A read in gather() met EOF or an error: report it like the bufferevent would. */
+static void gathered_event(struct conn *c, struct bufferevent *bev, short ev, int client_side)
+{
+    bufferevent_disable(bev, EV_READ);
+    if (client_side)
+        client_event_cb(bev, ev, c);
+    else
+        up_event_cb(bev, ev, c);
 }
 
 static void client_read_cb(struct bufferevent *bev, void *arg)
@@ -1505,22 +1542,23 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         conn_process(c);
         return;
     case CS_PROXY:
-        for (int round = 0; r && r->up && (r->flags & RF_HEAD_SENT) && !(r->flags & RF_REQ_DONE); round++) {
+        if (r && r->up && (r->flags & RF_HEAD_SENT) && !(r->flags & RF_REQ_DONE)) {
+            short ev = (r->flags & RF_THROTTLED) || (c->flags & CF_CLIENT_PAUSED) ? 0 : gather(bev, hwm_of(c));
             if (relay_request_body(c) < 0)
                 return;
-            if (round == READ_ROUNDS || (c->flags & CF_CLIENT_PAUSED)
-                || (r->flags & (RF_THROTTLED | RF_REQ_DONE)) || relay_read_more(c, bev, 1))
-                return;
+            if (ev)
+                gathered_event(c, bev, ev, 1);
         }
         return;
-    case CS_TUNNEL:
-        for (int round = 0;; round++) {
-            if (relay_tunnel(c, c->bev, r->up, 1) < 0)
-                return;
-            if (round == READ_ROUNDS || (c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF))
-                || (r->flags & RF_THROTTLED) || relay_read_more(c, bev, 1))
-                return;
-        }
+    case CS_TUNNEL: {
+        short ev = (r->flags & RF_THROTTLED) || (c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF))
+                       ? 0 : gather(bev, hwm_of(c));
+        if (relay_tunnel(c, c->bev, r->up, 1) < 0)
+            return;
+        if (ev)
+            gathered_event(c, bev, ev, 1);
+        return;
+    }
     default:
         /* Pipelined bytes wait in the buffer (bounded by the read watermark). */
         return;
@@ -1642,13 +1680,12 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         consume_head(c);
     }
     if (c->state == CS_TUNNEL) {
-        for (int round = 0;; round++) {
-            if (relay_tunnel(c, bev, c->bev, 0) < 0)
-                return;
-            if (round == READ_ROUNDS || (c->flags & CF_UP_PAUSED) || (r->flags & RF_THROTTLED)
-                || relay_read_more(c, bev, 0))
-                return;
-        }
+        short ev = (r->flags & RF_THROTTLED) || (c->flags & CF_UP_PAUSED) ? 0 : gather(bev, hwm_of(c));
+        if (relay_tunnel(c, bev, c->bev, 0) < 0)
+            return;
+        if (ev)
+            gathered_event(c, bev, ev, 0);
+        return;
     }
     if (!(r->flags & RF_RESP_HEAD)) {
         int rc = read_response_head(c);
@@ -1662,13 +1699,12 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
             return;
         }
     }
-    for (int round = 0;; round++) {
-        if (relay_response_body(c) < 0)
-            return;
-        if (round == READ_ROUNDS || (c->flags & CF_UP_PAUSED)
-            || (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || relay_read_more(c, bev, 0))
-            return;
-    }
+    short ev = (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || (c->flags & CF_UP_PAUSED)
+                   ? 0 : gather(bev, hwm_of(c));
+    if (relay_response_body(c) < 0)
+        return;
+    if (ev)
+        gathered_event(c, bev, ev, 0);
 }
 
 static void up_write_cb(struct bufferevent *bev, void *arg)
