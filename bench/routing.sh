@@ -23,7 +23,9 @@
 #    a request through tollgate reaches the new backend (target p99 < 100 ms).
 #
 # Environment: BUILD=DIR (build tree with ./tollgate), DOMAINS=1000000,
-#   HOT=100000, ROUNDS=5, DURATION=5, CONNS=64, CHANGES=100,
+#   HOT=100000, ROUNDS=5, DURATION=5, CONNS=64, CHANGES=100, TENANTS=1000 (domain i
+#   belongs to tenant t<i mod TENANTS>; TENANTS=1 keeps per-tenant metering out of
+#   the redis-hot vs static difference),
 #   TG_REDIS_ARGS="..." (extra arguments for the Redis tollgate, e.g. a cache size),
 #   KEEP_REDIS_PORT=P (use this Redis, already loaded, instead of starting one)
 # Quick run (~1 min): DOMAINS=200000 HOT=20000 ROUNDS=2 DURATION=2 CHANGES=20 bench/routing.sh
@@ -57,7 +59,7 @@ if [ -n "${KEEP_REDIS_PORT:-}" ]; then
 else
     mkdir -p "$WORK/redis"
     log "loading $DOMAINS domains into a new redis-server"
-    eval "$($PY "$BENCH_DIR/redis-load-domains.py" --count "$DOMAINS" --zone "$ZONE" \
+    eval "$($PY "$BENCH_DIR/redis-load-domains.py" --count "$DOMAINS" --zone "$ZONE" --tenants "${TENANTS:-1000}" \
         --backends "127.0.0.1:$BACKEND_PORT" --dir "$WORK/redis")"
     bench_track "$REDIS_PID"
 fi
@@ -165,7 +167,7 @@ prop=$($PY "$BENCH_DIR/propagation.py" --tg-port "$TR_PORT" --redis-port "$REDIS
     { echo "$prop" >&2; die "propagation measurement failed"; }
 
 echo
-echo "# tollgate Redis routing, $DOMAINS domains in Redis (used_memory $redis_mem), 1 worker — $(bench_machine)"
+echo "# tollgate Redis routing, $DOMAINS domains of ${TENANTS:-1000} tenants in Redis (used_memory $redis_mem), 1 worker${TG_REDIS_ARGS:+, $TG_REDIS_ARGS} — $(bench_machine)"
 $PY "$BENCH_DIR/report.py" "$RESULTS" --keys rps,p99_ms,cpu_us,misses,lranges,errors --base static
 $PY - "$RESULTS" <<'EOF'
 import statistics, sys
