@@ -17,7 +17,9 @@
 #    round: one host through Redis routing, the same host through the static
 #    route.  Prints medians and ratios to static (target: Redis routing within
 #    5% of static; a hot lookup adds no Redis round trip and < 1 us of CPU —
-#    the CPU/request difference between redis-hot and static).
+#    the CPU/request difference between redis-hot and static).  A second,
+#    identical static tollgate (static2) runs in the same rounds as an A/A
+#    control: its ratio to static is the noise floor of the others.
 # 5. Change propagation: COUNT (100) changes of a domain's backends between two
 #    backends written with HSET (nothing published); p50/p99 of the time until
 #    a request through tollgate reaches the new backend (target p99 < 100 ms).
@@ -88,8 +90,15 @@ TR_PID=$TG_PID
 tollgate_start tg-static --workers 1 --listen "127.0.0.1:$TS_PORT" --admin-listen off \
     --route "h0.$ZONE=127.0.0.1:$BACKEND_PORT"
 TS_PID=$TG_PID
-wait_port "$TR_PORT" && wait_port "$TS_PORT" || { cat "$WORK"/tg-*.log >&2; die "tollgate did not listen"; }
-for p in "$TR_PORT" "$TS_PORT"; do
+# An identical second static tollgate: the A/A control that shows how far two
+# equal processes differ on this machine (the noise floor of the ratios).
+TS2_PORT=$(free_port)
+tollgate_start tg-static2 --workers 1 --listen "127.0.0.1:$TS2_PORT" --admin-listen off \
+    --route "h0.$ZONE=127.0.0.1:$BACKEND_PORT"
+TS2_PID=$TG_PID
+wait_port "$TR_PORT" && wait_port "$TS_PORT" && wait_port "$TS2_PORT" ||
+    { cat "$WORK"/tg-*.log >&2; die "tollgate did not listen"; }
+for p in "$TR_PORT" "$TS_PORT" "$TS2_PORT"; do
     curl -sf -m 10 -o "$WORK/got" -H "Host: h0.$ZONE" "http://127.0.0.1:$p/small.txt" && cmp -s "$WORK/got" "$WORK/www/small.txt" ||
         { cat "$WORK"/tg-*.log >&2; die "tollgate on $p does not route h0.$ZONE to the backend"; }
 done
@@ -148,13 +157,14 @@ done
 
 # ---- hot: interleaved rounds of redis-hot (rotating), redis-1 (one host), static ----
 for r in $(seq "$ROUNDS"); do
-    order="redis-hot redis-1 static"
-    [ $((r % 2)) = 0 ] && order="static redis-1 redis-hot"
+    order="redis-hot redis-1 static static2"
+    [ $((r % 2)) = 0 ] && order="static2 static redis-1 redis-hot"
     for c in $order; do
         case $c in
             redis-hot) line=$(run_wrk "$c" "$TR_PORT" "$TR_PID" "$DURATION" HOST_BASE=0 HOST_SPAN="$HOT" HOST_OFFSET=$((r * 7919))) ;;
             redis-1)   line=$(run_wrk "$c" "$TR_PORT" "$TR_PID" "$DURATION") ;;
             static)    line=$(run_wrk "$c" "$TS_PORT" "$TS_PID" "$DURATION") ;;
+            static2)   line=$(run_wrk "$c" "$TS2_PORT" "$TS2_PID" "$DURATION") ;;
         esac
         echo "hot $c $r $line" >> "$RESULTS"; log "hot $c $r: $line"
     done
@@ -180,12 +190,16 @@ for line in open(sys.argv[1]):
         v[(p[0], p[1], k)].append(float(x))
 m = lambda s, c, k: statistics.median(v[(s, c, k)]) if v[(s, c, k)] else float("nan")
 print()
-print("hot lookup CPU (median CPU/request difference to static): redis-hot %+.2f us, redis-1 %+.2f us (target < 1 us)"
+print("hot lookup CPU (median CPU/request difference to static): redis-hot %+.2f us, redis-1 %+.2f us "
+      "(target < 1 us; A/A control static2 %+.2f us)"
       % (m("hot", "redis-hot", "cpu_us") - m("hot", "static", "cpu_us"),
-         m("hot", "redis-1", "cpu_us") - m("hot", "static", "cpu_us")))
-print("throughput with Redis routing / static routes: redis-hot %.3f, redis-1 %.3f (target >= 0.95)"
+         m("hot", "redis-1", "cpu_us") - m("hot", "static", "cpu_us"),
+         m("hot", "static2", "cpu_us") - m("hot", "static", "cpu_us")))
+print("throughput with Redis routing / static routes: redis-hot %.3f, redis-1 %.3f (target >= 0.95; "
+      "A/A control static2 %.3f)"
       % (m("hot", "redis-hot", "rps") / m("hot", "static", "rps"),
-         m("hot", "redis-1", "rps") / m("hot", "static", "rps")))
+         m("hot", "redis-1", "rps") / m("hot", "static", "rps"),
+         m("hot", "static2", "rps") / m("hot", "static", "rps")))
 print("route cache misses per request: hot %.5f (target 0: no Redis round trip), cold %.3f; "
       "Redis LRANGE calls per request: hot %.5f, cold %.2f"
       % (m("hot", "redis-hot", "misses"), m("cold", "redis-cold", "misses"),
