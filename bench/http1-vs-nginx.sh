@@ -24,6 +24,7 @@
 #   NGINX_ONLY=1     measure the nginx side alone (while tollgate cannot proxy)
 #   NGINX_FWD_HEADERS=0  nginx does not add X-Forwarded-*/Forwarded (tollgate always does)
 #   TG_ARGS="..."    extra tollgate arguments   RESULTS=FILE  keep the raw lines
+#   TOLLGATE_B=BIN   also measure another tollgate binary (an A/B of two builds in one run)
 #   HAPROXY=1        also measure haproxy (nbthread 1, http-reuse always, option forwardfor)
 #   PIN=1            pin each proxy to CPU 1 and wrk + backend to CPU 0 (taskset):
 #                    less scheduler noise in requests/s and latency; CPU/request unchanged
@@ -67,6 +68,19 @@ else
     wait_port "$TG_PORT" 10 || { cat "$WORK/tollgate.log" >&2; die "tollgate did not listen on $TG_PORT"; }
 fi
 
+# ---- optional: a second tollgate build (TOLLGATE_B=/path/to/tollgate), A/B in one run ----
+if [ -n "${TOLLGATE_B:-}" ]; then
+    [ -x "$TOLLGATE_B" ] || die "TOLLGATE_B=$TOLLGATE_B is not an executable"
+    TB_PORT=$(free_port)
+    # shellcheck disable=SC2086
+    "$TOLLGATE_B" --workers 1 --listen "127.0.0.1:$TB_PORT" --admin-listen off \
+        --route "$HOST=127.0.0.1:$BACKEND_PORT" ${TG_ARGS:-} 2>"$WORK/tollgate_b.log" >/dev/null &
+    TB_PID=$!
+    bench_track "$TB_PID"
+    wait_port "$TB_PORT" 10 || { cat "$WORK/tollgate_b.log" >&2; die "TOLLGATE_B did not listen"; }
+    CONTENDERS="${CONTENDERS/tollgate/tollgate tollgate_b}"
+fi
+
 # ---- optional third contender: haproxy (HAPROXY=1), one thread, connection reuse ----
 if [ "${HAPROXY:-0}" = 1 ]; then
     bench_need haproxy:haproxy
@@ -102,12 +116,19 @@ if [ "${PIN:-0}" = 1 ]; then
     taskset -a -p -c 1 "$NGINX_PID" >/dev/null
     [ -n "${TG_PID:-}" ] && taskset -a -p -c 1 "$TG_PID" >/dev/null
     [ -n "${HA_PID:-}" ] && taskset -a -p -c 1 "$HA_PID" >/dev/null
+    [ -n "${TB_PID:-}" ] && taskset -a -p -c 1 "$TB_PID" >/dev/null
     WRK_PREFIX=(taskset -c 0)
     log "PIN=1: backend and wrk on CPU 0, proxies on CPU 1"
 fi
 
-port_of() { case $1 in tollgate) echo "$TG_PORT" ;; nginx) echo "$NGINX_PORT" ;; haproxy) echo "$HA_PORT" ;; esac; }
-pid_of() { case $1 in tollgate) echo "$TG_PID" ;; nginx) echo "$NGINX_PID" ;; haproxy) echo "$HA_PID" ;; esac; }
+port_of() {
+    case $1 in tollgate) echo "$TG_PORT" ;; tollgate_b) echo "$TB_PORT" ;; nginx) echo "$NGINX_PORT" ;;
+               haproxy) echo "$HA_PORT" ;; esac
+}
+pid_of() {
+    case $1 in tollgate) echo "$TG_PID" ;; tollgate_b) echo "$TB_PID" ;; nginx) echo "$NGINX_PID" ;;
+               haproxy) echo "$HA_PID" ;; esac
+}
 
 # ---- correctness first: every body must come back whole through each proxy ----
 for c in $CONTENDERS; do
