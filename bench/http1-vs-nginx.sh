@@ -173,17 +173,7 @@ log "scenarios: $SCENARIOS; $ROUNDS rounds x ${DURATION}s per scenario and proxy
 if [ "$WARMUP" != 0 ]; then
     for s in $SCENARIOS; do for c in $CONTENDERS; do run_wrk "$c" "$s" "$WARMUP" >/dev/null; done; done
 fi
-for r in $(seq "$ROUNDS"); do
-    order=$CONTENDERS
-    [ $((r % 2)) = 0 ] && order=$(tr ' ' '\n' <<<"$CONTENDERS" | tac | tr '\n' ' ')
-    for s in $SCENARIOS; do
-        for c in $order; do
-            line="$s $c $r $(run_wrk "$c" "$s" "$DURATION")"
-            echo "$line" >> "$RESULTS"
-            log "$line"
-        done
-    done
-done
+bench_rounds
 
 echo
 echo "# tollgate vs nginx reverse proxy, HTTP/1.1, 1 worker each — $(bench_machine)"

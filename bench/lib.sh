@@ -142,6 +142,27 @@ tollgate_start() {
 }
 
 # median — of numbers on stdin, one per line.
+# bench_rounds: ROUNDS rounds; in each, every scenario of $SCENARIOS and every
+# contender of $CONTENDERS, the contenders' order rotated by one each round so
+# that none always runs first.  Calls the script's run_wrk CONTENDER SCENARIO
+# DURATION and appends "scenario contender round <run_wrk output>" to $RESULTS.
+bench_rounds() {
+    local -a cs
+    read -r -a cs <<<"$CONTENDERS"
+    local n=${#cs[@]} r s c i order line
+    for r in $(seq "$ROUNDS"); do
+        order=""
+        for ((i = 0; i < n; i++)); do order+="${cs[$(((i + r - 1) % n))]} "; done
+        for s in $SCENARIOS; do
+            for c in $order; do
+                line="$s $c $r $(run_wrk "$c" "$s" "$DURATION")"
+                echo "$line" >> "$RESULTS"
+                log "$line"
+            done
+        done
+    done
+}
+
 median() { sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"; exit} if (NR%2) print a[(NR+1)/2]; else print (a[NR/2]+a[NR/2+1])/2}'; }
 
 # wrk_report_lua — path of the Lua file whose done() prints one WRKSTAT line.

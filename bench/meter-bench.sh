@@ -99,18 +99,7 @@ log "$(bench_machine)"
 if [ "$WARMUP" != 0 ]; then
     for s in $SCENARIOS; do for c in $CONTENDERS; do run_wrk "$c" "$s" "$WARMUP" >/dev/null; done; done
 fi
-set -- $CONTENDERS
-for r in $(seq "$ROUNDS"); do
-    # rotate the order so that no contender always runs first
-    case $((r % 3)) in 1) order="$1 $2 $3" ;; 2) order="$2 $3 $1" ;; 0) order="$3 $1 $2" ;; esac
-    for s in $SCENARIOS; do
-        for c in $order; do
-            line="$s $c $r $(run_wrk "$c" "$s" "$DURATION")"
-            echo "$line" >> "$RESULTS"
-            log "$line"
-        done
-    done
-done
+bench_rounds
 
 # the counters really moved: Redis holds the "on" tenant's bytes
 used=$(redis-cli -p "$REDIS_PORT" HGET "tg:meter:capped:$(date -u +%Y%m)" bytes_out)
