@@ -5,9 +5,11 @@
  *
  *  - Hot path.  Each worker owns a hash table of struct meter_tenant with
  *    pending deltas; meter_count_* are plain adds.  A timer on the worker's
- *    event_base hands the deltas to the flusher once per flush interval
- *    (one mutex per worker per interval, never per request), and also at
- *    each UTC midnight so that a handoff never spans two days.
+ *    event_base hands the deltas to the flusher on every multiple of the
+ *    flush interval of the wall clock (one mutex per worker per interval,
+ *    never per request; UTC midnight is always such a boundary or an extra
+ *    one, so a handoff never spans two days) and pokes the flusher, which
+ *    sends at once: Redis is at most one interval behind.
  *  - Process-wide tenant state (struct meter_gt, one per tenant name, never
  *    freed before the meter) holds what the workers share: the policy, the
  *    instance's lease (an atomic int64 the workers fetch from with CAS), the
@@ -32,6 +34,7 @@
  */
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -669,7 +672,12 @@ static void worker_arm(struct meter_worker *mw)
     clock_gettime(CLOCK_REALTIME, &rt);
     double now = rt.tv_sec + rt.tv_nsec / 1e9;
     double midnight = (double)meter_next_utc_day(rt.tv_sec);
-    double d = mw->m->interval;
+    double iv = mw->m->interval;
+    /* Every worker hands off on the same wall-clock boundaries (multiples of
+     * the interval), so the flusher sends one period's counts together. */
+    double d = iv - fmod(now, iv);
+    if (d < 0.001)
+        d += iv;
     /* Cut the handoff at UTC midnight (1 ms after it) so that it never spans two days. */
     if (midnight + 0.001 - now < d)
         d = midnight + 0.001 - now;
@@ -732,12 +740,15 @@ void meter_worker_tick(struct meter_worker *mw)
     struct meter *m = mw->m;
     struct meter_handoff *ho = &m->ho[mw->id];
     int day = mw->period_day;
+    int handed = 0;
     if (mw->active) {
         pthread_mutex_lock(&ho->mu);
         for (struct meter_tenant *t = mw->active; t; t = t->anext) {
             struct meter_rec r = { t->g, day, t->d_in, t->d_out, t->d_req, t->d_rsv };
-            if (vec_push(&ho->vec, &r) == 0)
+            if (vec_push(&ho->vec, &r) == 0) {
                 t->d_in = t->d_out = t->d_req = t->d_rsv = 0;
+                handed = 1;
+            }
             /* on allocation failure the deltas stay for the next tick */
         }
         pthread_mutex_unlock(&ho->mu);
@@ -756,6 +767,8 @@ void meter_worker_tick(struct meter_worker *mw)
             t = nx;
         }
     }
+    if (handed)
+        poke(m);   /* the flusher sends now, not at its next tick: at most one interval unflushed */
     mw->period_day = meter_utc_day(time(NULL));
     if (++mw->ticks % 60 == 0)
         worker_sweep(mw);
@@ -1252,8 +1265,8 @@ static void batch_reply(void *arg, const struct redis_reply *r, const char *err)
     for (struct meter_batch *x = m->queue; x; x = x->next)
         q++;
     atomic_store_explicit(&m->st_queued_batches, q, RELAXED);
-    if (!m->queue && atomic_load_explicit(&m->stopping, RELAXED))
-        flusher_cut(m);   /* during the final flush, send what is left at once */
+    if (!m->queue)
+        flusher_cut(m);   /* what was handed off while this batch was in flight goes at once */
     flusher_send(m);
     flusher_check_final(m);
 }
@@ -1606,10 +1619,10 @@ static void flusher_run(struct meter *m, int tick)
 {
     flusher_drain(m);
     flusher_policies(m);
-    if (tick || atomic_load_explicit(&m->stopping, RELAXED)) {
-        flusher_cut(m);
-        flusher_send(m);
-    }
+    /* A poke after a handoff sends too (no-op while a batch is in flight: the
+     * reply cuts what piled up meanwhile); the tick retries after an outage. */
+    flusher_cut(m);
+    flusher_send(m);
     flusher_leases(m, tick);
 }
 
