@@ -32,7 +32,6 @@
  * written out, which keeps that attribution exact.
  */
 #include <errno.h>
-#include <sys/uio.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +45,7 @@
 #include <event2/util.h>
 
 #include "config/config.h"
+#include "proxy/bev.h"
 #include "proxy/conn.h"
 #include "proxy/h1.h"
 #include "proxy/log.h"
@@ -169,7 +169,6 @@ static __thread struct conn *conn_list;   /* this worker's connections */
 
 static void conn_close(struct conn *c);
 static void conn_park(struct conn *c, double left_s);
-static size_t read_more(struct bufferevent *bev, short *ev);
 static void conn_process(struct conn *c);
 static void client_read_cb(struct bufferevent *bev, void *arg);
 static void client_write_cb(struct bufferevent *bev, void *arg);
@@ -811,11 +810,53 @@ static int skip_request_header(const struct h1_header *h, struct h1_str conn_val
         || h1_str_ieq(h->name, "x-forwarded-host") || h1_str_ieq(h->name, "forwarded");
 }
 
-#define ADD_LIT(b, lit) evbuffer_add((b), (lit), sizeof(lit) - 1)
+/*
+ * A head written straight into space reserved at the end of an output buffer
+ * (one reservation and one commit, so the buffer's callbacks run once per
+ * head instead of once per piece).  The caller reserves an upper bound of
+ * what it writes; a write past it is refused and head_end() reports it.
+ */
+struct head_out {
+    struct evbuffer *buf;
+    struct evbuffer_iovec v;
+    char *p, *end;
+    int overflow;
+};
 
-static void add_str(struct evbuffer *b, struct h1_str s)
+static int head_begin(struct head_out *h, struct evbuffer *buf, size_t cap)
 {
-    evbuffer_add(b, s.p, s.len);
+    h->buf = buf;
+    h->overflow = 0;
+    if (evbuffer_reserve_space(buf, (ev_ssize_t)cap, &h->v, 1) != 1 || h->v.iov_len < cap)
+        return -1;
+    h->p = h->v.iov_base;
+    h->end = h->p + h->v.iov_len;
+    return 0;
+}
+
+static void head_put(struct head_out *h, const void *s, size_t n)
+{
+    if (n > (size_t)(h->end - h->p)) {
+        h->overflow = 1;
+        return;
+    }
+    memcpy(h->p, s, n);
+    h->p += n;
+}
+
+#define HEAD_LIT(h, lit) head_put((h), (lit), sizeof(lit) - 1)
+
+static void head_str(struct head_out *h, struct h1_str s)
+{
+    head_put(h, s.p, s.len);
+}
+
+/* Commits what was written; -1 (nothing committed) after an overflow. */
+static int head_end(struct head_out *h)
+{
+    h->v.iov_len = h->overflow ? 0 : (size_t)(h->p - (char *)h->v.iov_base);
+    evbuffer_commit_space(h->buf, &h->v, h->overflow ? 0 : 1);
+    return h->overflow ? -1 : 0;
 }
 
 /*
@@ -831,74 +872,83 @@ static void send_request(struct conn *c)
         respond_local(c, 400, NULL, NULL, 1);
         return;
     }
-    struct evbuffer *out = bufferevent_get_output(r->up);
     const struct h1_header *ch = h1_find_header(rq.headers, rq.n_headers, "connection");
     struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
     char ip[INET6_ADDRSTRLEN];
     peer_str(c, ip, sizeof(ip));
+    size_t iplen = strlen(ip);
 
+    /* What is added to the client's head: Host (absolute form), framing and
+     * Connection lines, X-Forwarded-* and Forwarded. */
+    struct head_out h;
+    if (head_begin(&h, bufferevent_get_output(r->up), r->head_len + 3 * rq.host.len + 2 * iplen + 256) != 0) {
+        respond_local(c, 500, NULL, NULL, 1);
+        return;
+    }
     /* RFC 9112 §3.2.2: an absolute-form target replaces Host; the backend
      * gets the origin form. */
     int absolute = rq.target.len > 0 && rq.target.p[0] != '/' && rq.target.p[0] != '*';
-    add_str(out, rq.method);
-    evbuffer_add(out, " ", 1);
+    head_str(&h, rq.method);
+    HEAD_LIT(&h, " ");
     if (!absolute) {
-        add_str(out, rq.target);
+        head_str(&h, rq.target);
     } else if (rq.path.p >= rq.target.p && rq.path.p < rq.target.p + rq.target.len) {
-        evbuffer_add(out, rq.path.p, (size_t)(rq.target.p + rq.target.len - rq.path.p));
+        head_put(&h, rq.path.p, (size_t)(rq.target.p + rq.target.len - rq.path.p));
     } else {
         const char *q = memchr(rq.target.p, '?', rq.target.len);
-        evbuffer_add(out, "/", 1);
+        HEAD_LIT(&h, "/");
         if (q)
-            evbuffer_add(out, q, (size_t)(rq.target.p + rq.target.len - q));
+            head_put(&h, q, (size_t)(rq.target.p + rq.target.len - q));
     }
     /* HTTP/1.0 clients get an HTTP/1.0 exchange, so the backend never answers
      * with chunked framing that they could not read. */
     if (r->flags & RF_HTTP10)
-        evbuffer_add(out, " HTTP/1.0\r\n", 11);
+        HEAD_LIT(&h, " HTTP/1.0\r\n");
     else
-        evbuffer_add(out, " HTTP/1.1\r\n", 11);
+        HEAD_LIT(&h, " HTTP/1.1\r\n");
     if (absolute) {
-        ADD_LIT(out, "Host: ");
-        add_str(out, rq.host);
-        ADD_LIT(out, "\r\n");
+        HEAD_LIT(&h, "Host: ");
+        head_str(&h, rq.host);
+        HEAD_LIT(&h, "\r\n");
     }
     for (size_t i = 0; i < rq.n_headers; i++) {
-        const struct h1_header *h = &rq.headers[i];
-        if (absolute && h1_str_ieq(h->name, "host"))
+        const struct h1_header *hd = &rq.headers[i];
+        if (absolute && h1_str_ieq(hd->name, "host"))
             continue;
-        if (skip_request_header(h, conn_value)) {
+        if (skip_request_header(hd, conn_value)) {
             /* Upgrade crosses when the client asked for one (WebSocket). */
-            if (!((r->flags & RF_UPGRADE) && h1_str_ieq(h->name, "upgrade")))
+            if (!((r->flags & RF_UPGRADE) && h1_str_ieq(hd->name, "upgrade")))
                 continue;
         }
-        add_str(out, h->name);
-        evbuffer_add(out, ": ", 2);
-        add_str(out, h->value);
-        evbuffer_add(out, "\r\n", 2);
+        head_str(&h, hd->name);
+        HEAD_LIT(&h, ": ");
+        head_str(&h, hd->value);
+        HEAD_LIT(&h, "\r\n");
     }
     if (r->req_mode == BODY_CHUNKED)
-        evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+        HEAD_LIT(&h, "Transfer-Encoding: chunked\r\n");
     if (r->flags & RF_UPGRADE)
-        evbuffer_add(out, "Connection: upgrade\r\n", 21);
+        HEAD_LIT(&h, "Connection: upgrade\r\n");
     else if (r->flags & RF_HTTP10)
-        evbuffer_add(out, "Connection: close\r\n", 19);
+        HEAD_LIT(&h, "Connection: close\r\n");
     int v6 = (c->flags & CF_V6) != 0;
-    /* Pieces, not printf: this runs once per proxied request. */
-    size_t iplen = strlen(ip);
-    ADD_LIT(out, "X-Forwarded-For: ");
-    evbuffer_add(out, ip, iplen);
-    ADD_LIT(out, "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
-    add_str(out, rq.host);
-    ADD_LIT(out, "\r\nForwarded: for=");
+    HEAD_LIT(&h, "X-Forwarded-For: ");
+    head_put(&h, ip, iplen);
+    HEAD_LIT(&h, "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
+    head_str(&h, rq.host);
+    HEAD_LIT(&h, "\r\nForwarded: for=");
     if (v6)
-        ADD_LIT(out, "\"[");
-    evbuffer_add(out, ip, iplen);
+        HEAD_LIT(&h, "\"[");
+    head_put(&h, ip, iplen);
     if (v6)
-        ADD_LIT(out, "]\"");
-    ADD_LIT(out, ";host=\"");
-    add_str(out, rq.host);
-    ADD_LIT(out, "\";proto=http\r\n\r\n");
+        HEAD_LIT(&h, "]\"");
+    HEAD_LIT(&h, ";host=\"");
+    head_str(&h, rq.host);
+    HEAD_LIT(&h, "\";proto=http\r\n\r\n");
+    if (head_end(&h) != 0) {
+        respond_local(c, 500, NULL, NULL, 1);
+        return;
+    }
 
     r->flags |= RF_HEAD_SENT;
     if (r->flags & RF_HAS_BODY)
@@ -1003,7 +1053,7 @@ static ssize_t plan_move(struct conn *c, struct evbuffer *in, size_t room, int m
     /* room (> 0: callers stop at a full output) is a soft limit: taking all
      * that the framing allows moves whole chains, where a count ending
      * inside a chain makes evbuffer_remove_buffer() copy that part.  The
-     * output may pass the watermark by what one gather() read, then the
+     * output may pass the watermark by what one bev_gather() read, then the
      * source pauses. */
     (void)room;
     if (mode == BODY_LENGTH && (int64_t)n > left)
@@ -1134,46 +1184,53 @@ static void tunnel_half_close(struct conn *c)
         shutdown(bufferevent_getfd(r->up), SHUT_WR);
 }
 
-/* Builds the client's response head from the backend's. */
-static void send_response_head(struct conn *c, const struct h1_response *rs)
+/* Builds the client's response head from the backend's.  0, or -1 when it
+ * could not be written (out of memory). */
+static int send_response_head(struct conn *c, const struct h1_response *rs)
 {
     struct req *r = c->req;
-    struct evbuffer *out = bufferevent_get_output(c->bev);
     const struct h1_header *ch = h1_find_header(rs->headers, rs->n_headers, "connection");
     struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
     int upgrade = rs->status == 101;
 
+    size_t cap = 128 + rs->reason.len;
+    for (size_t i = 0; i < rs->n_headers; i++)
+        cap += rs->headers[i].name.len + rs->headers[i].value.len + 4;
+    struct head_out h;
+    if (head_begin(&h, bufferevent_get_output(c->bev), cap) != 0)
+        return -1;
     char line[16] = "HTTP/1.1 000 ";
     if (r->flags & RF_HTTP10)
         line[7] = '0';
     line[9] = (char)('0' + rs->status / 100 % 10);
     line[10] = (char)('0' + rs->status / 10 % 10);
     line[11] = (char)('0' + rs->status % 10);
-    evbuffer_add(out, line, 13);
-    add_str(out, rs->reason);
-    evbuffer_add(out, "\r\n", 2);
+    head_put(&h, line, 13);
+    head_str(&h, rs->reason);
+    HEAD_LIT(&h, "\r\n");
     for (size_t i = 0; i < rs->n_headers; i++) {
-        const struct h1_header *h = &rs->headers[i];
-        if (h1_is_hop_by_hop(h->name, conn_value) && !(upgrade && h1_str_ieq(h->name, "upgrade")))
+        const struct h1_header *hd = &rs->headers[i];
+        if (h1_is_hop_by_hop(hd->name, conn_value) && !(upgrade && h1_str_ieq(hd->name, "upgrade")))
             continue;
-        add_str(out, h->name);
-        evbuffer_add(out, ": ", 2);
-        add_str(out, h->value);
-        evbuffer_add(out, "\r\n", 2);
+        head_str(&h, hd->name);
+        HEAD_LIT(&h, ": ");
+        head_str(&h, hd->value);
+        HEAD_LIT(&h, "\r\n");
     }
     if (upgrade) {
-        evbuffer_add(out, "Connection: upgrade\r\n", 21);
+        HEAD_LIT(&h, "Connection: upgrade\r\n");
     } else {
         if (r->resp_mode == BODY_CHUNKED)
-            evbuffer_add(out, "Transfer-Encoding: chunked\r\n", 28);
+            HEAD_LIT(&h, "Transfer-Encoding: chunked\r\n");
         if (r->resp_mode == BODY_CLOSE || r->resp_mode == BODY_DECHUNK || worker_draining(c->w))
             c->flags |= CF_CLOSE_AFTER;
         if (c->flags & CF_CLOSE_AFTER)
-            evbuffer_add(out, "Connection: close\r\n", 19);
+            HEAD_LIT(&h, "Connection: close\r\n");
         else if (r->flags & RF_HTTP10)
-            evbuffer_add(out, "Connection: keep-alive\r\n", 24);
+            HEAD_LIT(&h, "Connection: keep-alive\r\n");
     }
-    evbuffer_add(out, "\r\n", 2);
+    HEAD_LIT(&h, "\r\n");
+    return head_end(&h);
 }
 
 /*
@@ -1223,7 +1280,10 @@ static int read_response_head(struct conn *c)
                 respond_local(c, 502, "The backend switched protocols without being asked.", NULL, 1);
                 return -1;
             }
-            send_response_head(c, &rs);
+            if (send_response_head(c, &rs) != 0) {
+                conn_close(c);
+                return -1;
+            }
             evbuffer_drain(in, (size_t)hl);
             flush_now(c->bev);
             r->flags |= RF_RESP_HEAD | RF_REQ_DONE;
@@ -1233,7 +1293,6 @@ static int read_response_head(struct conn *c)
             bufferevent_set_timeouts(r->up, &it, &it);
             bufferevent_set_timeouts(c->bev, &it, &it);
             event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
-            bufferevent_setwatermark(c->bev, EV_READ, 0, 0);
             bufferevent_enable(c->bev, EV_READ);
             route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_OK);
             return 1;
@@ -1254,7 +1313,10 @@ static int read_response_head(struct conn *c)
         if (!(rs.flags & H1_F_CONN_CLOSE) && (rs.minor == 1 || (rs.flags & H1_F_CONN_KEEPALIVE))
             && !(r->flags & RF_HTTP10) && r->resp_mode != BODY_CLOSE)
             r->flags |= RF_UP_KEEPALIVE;
-        send_response_head(c, &rs);
+        if (send_response_head(c, &rs) != 0) {
+            conn_close(c);
+            return -1;
+        }
         evbuffer_drain(in, (size_t)hl);
         r->flags |= RF_RESP_HEAD;
         if (r->resp_mode == BODY_NONE)
@@ -1444,90 +1506,7 @@ static void finish_request(struct conn *c)
 /* ---------------------------------------------------------------------- */
 /* Callbacks                                                              */
 
-/*
- * libevent 2.1's bufferevents read at most 4 KiB per readiness event
- * (EVBUFFER_MAX_READ in buffer.c): an epoll wake-up, an ioctl and a read per
- * 4 KiB of a large body.  While a body or tunnel flows, the relay reads what
- * the socket still holds straight into the same input buffer
- * (evbuffer_reserve_space + readv, no copy), up to READ_MORE bytes a call and
- * READ_ROUNDS calls per event so one busy connection cannot starve others.
- * Returns the bytes read; sets *ev to BEV_EVENT_EOF or BEV_EVENT_ERROR (with
- * BEV_EVENT_READING) when the socket says so: the caller relays what it has,
- * then handles it as the bufferevent's event callback would.
- */
-#define READ_MORE 65536
-#define READ_ROUNDS 4
-
-static size_t read_more(struct bufferevent *bev, short *ev)
-{
-    struct evbuffer *in = bufferevent_get_input(bev);
-    struct evbuffer_iovec v[2];
-    struct iovec iov[2];
-    *ev = 0;
-    /* A socket bufferevent keeps its input's end frozen except while it
-     * reads itself; open it for our read, then close it again. */
-    evbuffer_unfreeze(in, 0);
-    int n = evbuffer_reserve_space(in, READ_MORE, v, 2);
-    if (n <= 0) {
-        evbuffer_freeze(in, 0);
-        return 0;
-    }
-    size_t cap = 0;
-    for (int i = 0; i < n; i++) {
-        if (v[i].iov_len > READ_MORE - cap)
-            v[i].iov_len = READ_MORE - cap;
-        iov[i].iov_base = v[i].iov_base;
-        iov[i].iov_len = v[i].iov_len;
-        cap += v[i].iov_len;
-    }
-    ssize_t got = readv(bufferevent_getfd(bev), iov, n);
-    if (got <= 0) {
-        if (got == 0)
-            *ev = BEV_EVENT_EOF | BEV_EVENT_READING;
-        else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
-            *ev = BEV_EVENT_ERROR | BEV_EVENT_READING;
-        evbuffer_commit_space(in, v, 0);   /* drop the reservation */
-        evbuffer_freeze(in, 0);
-        return 0;
-    }
-    size_t left = (size_t)got;
-    int used = 0;
-    for (int i = 0; i < n && left > 0; i++, used++) {
-        if (v[i].iov_len > left)
-            v[i].iov_len = left;
-        left -= v[i].iov_len;
-    }
-    evbuffer_commit_space(in, v, used);
-    evbuffer_freeze(in, 0);
-    return (size_t)got;
-}
-
-/*
- * Before a relay pass, reads what the socket still holds when the
- * bufferevent's own read came back full (EVBUFFER_READ_QUANTUM: it probably
- * left more), up to limit bytes buffered and stopping at the first short
- * read, so that one pass and one write move it all.  A small message costs
- * no extra read.  Returns the event (BEV_EVENT_EOF or BEV_EVENT_ERROR) a
- * read met, else 0; the caller relays first, then hands it to the event
- * callback.
- */
-#define EVBUFFER_READ_QUANTUM 4096
-
-static short gather(struct bufferevent *bev, size_t limit)
-{
-    struct evbuffer *in = bufferevent_get_input(bev);
-    if (evbuffer_get_length(in) < EVBUFFER_READ_QUANTUM)
-        return 0;
-    for (int round = 0; round < READ_ROUNDS && evbuffer_get_length(in) < limit; round++) {
-        short ev;
-        size_t got = read_more(bev, &ev);
-        if (ev || got < READ_MORE)
-            return ev;
-    }
-    return 0;
-}
-
-/* A read in gather() met EOF or an error: report it like the bufferevent would. */
+/* A read in bev_gather() met EOF or an error: report it like the bufferevent would. */
 static void gathered_event(struct conn *c, struct bufferevent *bev, short ev, int client_side)
 {
     bufferevent_disable(bev, EV_READ);
@@ -1547,16 +1526,17 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         return;
     case CS_PROXY:
         if (r && r->up && (r->flags & RF_HEAD_SENT) && !(r->flags & RF_REQ_DONE)) {
-            short ev = (r->flags & RF_THROTTLED) || (c->flags & CF_CLIENT_PAUSED) ? 0 : gather(bev, hwm_of(c));
+            short ev = (r->flags & RF_THROTTLED) || (c->flags & CF_CLIENT_PAUSED) ? 0 : bev_gather(bev, hwm_of(c));
             if (relay_request_body(c) < 0)
                 return;
             if (ev)
                 gathered_event(c, bev, ev, 1);
+            return;
         }
-        return;
+        break;
     case CS_TUNNEL: {
         short ev = (r->flags & RF_THROTTLED) || (c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF))
-                       ? 0 : gather(bev, hwm_of(c));
+                       ? 0 : bev_gather(bev, hwm_of(c));
         if (relay_tunnel(c, c->bev, r->up, 1) < 0)
             return;
         if (ev)
@@ -1564,9 +1544,12 @@ static void client_read_cb(struct bufferevent *bev, void *arg)
         return;
     }
     default:
-        /* Pipelined bytes wait in the buffer (bounded by the read watermark). */
-        return;
+        break;
     }
+    /* Pipelined bytes wait in the buffer until the current request is done
+     * (finish_request() reads again): up to a head and one read more. */
+    if (evbuffer_get_length(bufferevent_get_input(bev)) >= cfg_of(c)->max_header_size + BEV_READ_HEAD)
+        bufferevent_disable(bev, EV_READ);
 }
 
 static void client_write_cb(struct bufferevent *bev, void *arg)
@@ -1684,7 +1667,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         consume_head(c);
     }
     if (c->state == CS_TUNNEL) {
-        short ev = (r->flags & RF_THROTTLED) || (c->flags & CF_UP_PAUSED) ? 0 : gather(bev, hwm_of(c));
+        short ev = (r->flags & RF_THROTTLED) || (c->flags & CF_UP_PAUSED) ? 0 : bev_gather(bev, hwm_of(c));
         if (relay_tunnel(c, bev, c->bev, 0) < 0)
             return;
         if (ev)
@@ -1704,7 +1687,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         }
     }
     short ev = (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || (c->flags & CF_UP_PAUSED)
-                   ? 0 : gather(bev, hwm_of(c));
+                   ? 0 : bev_gather(bev, hwm_of(c));
     if (relay_response_body(c) < 0)
         return;
     if (ev)
@@ -1848,12 +1831,12 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
  * parked connection becomes readable).  0 / -1. */
 static int client_bev_open(struct conn *c)
 {
-    const struct tg_config *cfg = worker_config(c->w);
     c->bev = bufferevent_socket_new(worker_base(c->w), c->fd, 0);
     if (!c->bev)
         return -1;
+    bev_own_read(c->bev);
+    bufferevent_set_max_single_read(c->bev, BEV_READ_HEAD);
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);
-    bufferevent_setwatermark(c->bev, EV_READ, 0, cfg->max_header_size + 16384);
     bufferevent_setwatermark(c->bev, EV_WRITE, hwm_of(c) / 2, 0);
     bufferevent_set_max_single_write(c->bev, 262144);
     evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
@@ -1877,7 +1860,7 @@ static void park_cb(evutil_socket_t fd, short what, void *arg)
     /* The socket is readable: read now rather than wait an iteration for
      * the new bufferevent's own read event. */
     short ev;
-    size_t got = read_more(c->bev, &ev);
+    size_t got = bev_read(c->bev, BEV_READ_HEAD, &ev);
     if (ev) {
         bufferevent_disable(c->bev, EV_READ);
         client_event_cb(c->bev, ev, c);

@@ -17,6 +17,7 @@
 #include <event2/util.h>
 
 #include "proxy/upstream.h"
+#include "proxy/bev.h"
 #include "proxy/log.h"
 #include "routing/route.h"
 
@@ -199,6 +200,8 @@ struct bufferevent *upstream_connect(struct event_base *base, const struct route
         bufferevent_free(bev);
         return NULL;
     }
+    bev_own_read(bev);   /* after connect: it set the fd, and libevent's read callback with it */
+    bufferevent_set_max_single_read(bev, BEV_READ_CHUNK);
     evutil_socket_t fd = bufferevent_getfd(bev);
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));

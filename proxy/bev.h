@@ -1,0 +1,45 @@
+/*
+ * bev: socket bufferevents whose reads tollgate does itself (see bev.c).
+ */
+#ifndef TG_PROXY_BEV_H
+#define TG_PROXY_BEV_H
+
+#include <stddef.h>
+#include <event2/bufferevent.h>
+
+/* Bytes read per call at most: 64 KiB evbuffer chains, header included. */
+#define BEV_READ_CHUNK (65536 - 128)
+/* The first read of a client connection: request heads (16 KiB chains). */
+#define BEV_READ_HEAD (16384 - 128)
+
+/*
+ * Points bev's read event at bev.c's own read callback, keeping its enabled
+ * state and read timeout.  Call after bufferevent_socket_new() and after
+ * anything that sets the fd again (bufferevent_socket_connect,
+ * bufferevent_setfd).  Each readiness event then reads up to
+ * bufferevent_get_max_single_read(bev) bytes (and no more than the read
+ * high watermark allows) with one readv into the input, no ioctl, and runs
+ * the read callback, or the event callback on EOF, error or timeout — what
+ * libevent's own callback does, minus its 4 KiB cap and FIONREAD.
+ */
+void bev_own_read(struct bufferevent *bev);
+
+/*
+ * One readv of up to max bytes from bev's socket into its input buffer
+ * (reserved space, no copy).  Returns the bytes read (0 on EAGAIN); sets *ev
+ * to BEV_EVENT_EOF or BEV_EVENT_ERROR (with BEV_EVENT_READING) when the
+ * socket says so, else 0.  Calls no callback.
+ */
+size_t bev_read(struct bufferevent *bev, size_t max, short *ev);
+
+/*
+ * After the read callback's own read came back full (the socket probably
+ * holds more), reads on until a short read, limit bytes buffered or
+ * BEV_GATHER_ROUNDS reads (one busy connection cannot starve the others),
+ * so that one relay pass and one write move it all.  Returns the event
+ * bev_read() met (the caller relays first, then handles it), else 0.
+ */
+#define BEV_GATHER_ROUNDS 4
+short bev_gather(struct bufferevent *bev, size_t limit);
+
+#endif
