@@ -80,6 +80,36 @@ def test_pipelined_requests_answered_in_order():
             assert not c.is_closed(0.3)
 
 
+def test_pipelined_flood_is_not_read_while_a_request_is_in_flight():
+    # A client that pipelines far more than a head while its request waits on
+    # the backend is not read past a bound: the proxy's memory stays flat and
+    # the kernel's buffers push back on the client.
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        s = socket.create_connection(("127.0.0.1", tg.port))
+        s.sendall(b"GET /sleep/2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        time.sleep(0.3)
+        before = tg.rss_kb()
+        s.settimeout(1.0)
+        junk = b"x" * 65536
+        pushed = 0
+        try:
+            while pushed < 256 * 1024 * 1024:
+                pushed += s.send(junk)
+        except (socket.timeout, BlockingIOError):
+            pass
+        grown = tg.rss_kb() - before
+        assert pushed < 256 * 1024 * 1024, "the proxy kept reading: %d bytes taken" % pushed
+        assert grown < 4096, "RSS grew by %d KiB while %d pipelined bytes waited" % (grown, pushed)
+        s.settimeout(scale(10))
+        data = b""
+        while b"slept 2" not in data:
+            piece = s.recv(65536)
+            assert piece, data
+            data += piece
+        assert data.startswith(b"HTTP/1.1 200"), data[:100]
+        s.close()
+
+
 def test_pipelined_requests_byte_by_byte():
     with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
         data = b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n" * 2
