@@ -38,7 +38,6 @@
 #include <time.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -295,9 +294,25 @@ static void req_free(struct req *r)
 /* ---------------------------------------------------------------------- */
 /* Access log and counters                                                */
 
+/* The client's address as text (cap >= INET6_ADDRSTRLEN).  IPv4 by hand:
+ * glibc's inet_ntop formats it with sprintf, once per proxied request. */
 static void peer_str(const struct conn *c, char *buf, size_t cap)
 {
-    if (!inet_ntop((c->flags & CF_V6) ? AF_INET6 : AF_INET, &c->peer, buf, (socklen_t)cap))
+    if (!(c->flags & CF_V6)) {
+        const unsigned char *b = (const unsigned char *)&c->peer.v4;
+        char *p = buf;
+        for (int i = 0; i < 4; i++) {
+            unsigned v = b[i];
+            if (v >= 100)
+                *p++ = (char)('0' + v / 100);
+            if (v >= 10)
+                *p++ = (char)('0' + v / 10 % 10);
+            *p++ = (char)('0' + v % 10);
+            *p++ = i < 3 ? '.' : '\0';
+        }
+        return;
+    }
+    if (!inet_ntop(AF_INET6, &c->peer, buf, (socklen_t)cap))
         copy_str(buf, cap, "-", 1);
 }
 
@@ -869,6 +884,7 @@ static void send_request(struct conn *c)
     struct req *r = c->req;
     struct h1_request rq;
     if (reparse_head(c, &rq) != 0) {
+        up_detach(c, 0);
         respond_local(c, 400, NULL, NULL, 1);
         return;
     }
@@ -882,6 +898,7 @@ static void send_request(struct conn *c)
      * Connection lines, X-Forwarded-* and Forwarded. */
     struct head_out h;
     if (head_begin(&h, bufferevent_get_output(r->up), r->head_len + 3 * rq.host.len + 2 * iplen + 256) != 0) {
+        up_detach(c, 0);
         respond_local(c, 500, NULL, NULL, 1);
         return;
     }
@@ -946,6 +963,7 @@ static void send_request(struct conn *c)
     head_str(&h, rq.host);
     HEAD_LIT(&h, "\";proto=http\r\n\r\n");
     if (head_end(&h) != 0) {
+        up_detach(c, 0);
         respond_local(c, 500, NULL, NULL, 1);
         return;
     }
@@ -959,13 +977,12 @@ static void send_request(struct conn *c)
 
     /* While the request body flows the client must keep sending. */
     const struct tg_config *cfg = cfg_of(c);
-    struct timeval wt = tv_of(cfg->upstream_read_timeout);
-    bufferevent_set_timeouts(r->up, NULL, &wt);
+    struct timeval ut = tv_of(cfg->upstream_read_timeout);
     if (r->flags & RF_REQ_DONE) {
-        struct timeval rt = tv_of(cfg->upstream_read_timeout);
-        bufferevent_set_timeouts(r->up, &rt, &wt);
+        bufferevent_set_timeouts(r->up, &ut, &ut);
         set_client_timeouts(c, 0, cfg->client_body_timeout);
     } else {
+        bufferevent_set_timeouts(r->up, NULL, &ut);
         set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
     }
     bufferevent_enable(r->up, EV_READ);
@@ -1739,9 +1756,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     struct tg_metrics *m = worker_metrics(c->w);
 
     if (what & BEV_EVENT_CONNECTED) {
-        bufferevent_disable(bev, EV_WRITE);   /* writes go through flush_now() */
-        int one = 1;
-        setsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        bufferevent_disable(bev, EV_WRITE);   /* writes go through flush_now(); TCP_NODELAY set at connect */
         send_request(c);
         return;
     }
@@ -1907,9 +1922,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
     } else {
         c->peer.v4 = ((const struct sockaddr_in *)sa)->sin_addr;
     }
-    int one = 1;
-    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-    c->fd = fd;
+    c->fd = fd;   /* TCP_NODELAY comes from the listener (server.c) */
     if (client_bev_open(c) != 0) {
         evutil_closesocket(fd);
         free(c);

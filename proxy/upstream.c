@@ -157,7 +157,6 @@ struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct rout
     idle_unlink(ic);
     free(ic);
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
-    bufferevent_set_timeouts(bev, NULL, NULL);
     return bev;
 }
 

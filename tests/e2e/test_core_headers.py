@@ -3,6 +3,7 @@ both directions, X-Forwarded-For/-Proto/-Host and Forwarded (RFC 7239) are
 set, Host is kept as the client sent it."""
 
 import json
+import socket
 
 from tglib import *
 
@@ -64,6 +65,28 @@ def test_forwarded_headers_set():
         assert "for=127.0.0.1" in fwd or 'for="127.0.0.1"' in fwd, fwd
         assert "proto=http" in fwd, fwd
         assert "host=app.test" in fwd or 'host="app.test"' in fwd, fwd
+
+
+def test_forwarded_for_formats_every_ipv4_address_form():
+    # one-, two- and three-digit octets, zeros included (the proxy formats
+    # IPv4 addresses itself); loopback is all of 127.0.0.0/8
+    with Backend("b1") as b, _tg(b) as tg:
+        for src in ("127.0.0.1", "127.10.200.3", "127.255.0.99", "127.1.100.250"):
+            s = socket.socket()
+            s.bind((src, 0))
+            s.connect(("127.0.0.1", tg.port))
+            s.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
+            data = b""
+            while True:
+                piece = s.recv(65536)
+                if not piece:
+                    break
+                data += piece
+            s.close()
+            doc = json.loads(data.split(b"\r\n\r\n", 1)[1])
+            h = {k.lower(): v for k, v in doc["headers"]}
+            assert h["x-forwarded-for"] == src, (src, h)
+            assert ("for=%s;" % src) in h["forwarded"], (src, h["forwarded"])
 
 
 def test_x_forwarded_for_ends_with_client():
