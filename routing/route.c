@@ -17,10 +17,18 @@
  *     names are resolved (evdns) and the tenant policy fetched (HGETALL
  *     <p>tenant:<t>) if not cached, in parallel.  Replies are parsed by
  *     match.c; nothing from Redis is trusted.
- *   - Results go into bounded LRUs (cache.c: routes and tenants in one,
- *     unknown and bad-data hosts in a smaller one) as refcounted records stamped with their fetch time, the
- *     cache generation and the invalidation counters of the keys they were
- *     built from.
+ *   - Results go into three bounded caches (cache.c, CLOCK eviction): routes
+ *     (cfg->route_cache_size), tenant policies and unknown or bad-data hosts
+ *     (a quarter of that each), so that neither tenants nor a flood of random
+ *     Host headers can push hot routes out.  Records are refcounted and
+ *     stamped with their fetch time, the cache generation and the
+ *     invalidation counters of the keys they were built from.
+ *   - A hot lookup is laid out to touch few cache lines: a record is one
+ *     64-byte-aligned block holding its key, freshness stamps, the route
+ *     entry the proxy holds, the backend set and the tenant name; the cache
+ *     reads the key from it (no key copy); a domain record keeps a
+ *     reference to its tenant's record (no second hash lookup); and a key
+ *     and its path rules share one invalidation counter.
  *   - Invalidation: a second connection subscribes to __redis__:invalidate
  *     and <p>events; the main connection turns on CLIENT TRACKING with
  *     REDIRECT to it and BCAST on our key prefixes (never the meter keys).
@@ -69,14 +77,26 @@
 /* Workers whose Redis is configured but down; route_degraded() reads it from any thread. */
 static atomic_int route_degraded_workers;
 
+/*
+ * What a routed request holds (route_entry_ref).  A static route's entry is
+ * allocated on its own; a Redis domain record embeds its entry (in_rec),
+ * whose refs then count the holders of the whole record.  Tenant records
+ * use the same header for their refcount and policy.
+ */
 struct route_entry {
     int refs;
-    char *tenant;                  /* owned */
-    int redirect_https;
-    struct route_backends *set;    /* owned; the set when no path rule matches */
-    struct match_paths *paths;     /* owned, may be NULL (Redis path rules) */
-    struct route_backends **path_sets; /* owned, one per path rule */
-    size_t n_paths;
+    uint8_t in_rec;                /* the first member of a struct route_rec */
+    uint8_t redirect_https;
+    uint16_t n_paths;
+    union {
+        struct {
+            const char *tenant;    /* NUL-terminated: inside the record, or owned (static) */
+            struct route_backends *set;        /* the set when no path rule matches: likewise */
+            struct match_paths *paths;         /* owned, may be NULL (Redis path rules) */
+            struct route_backends **path_sets; /* owned, one per path rule */
+        };
+        struct tenant_policy policy;           /* tenant records */
+    };
 };
 
 /* One static route: host -> entry (the entry is shared by every lookup). */
@@ -89,23 +109,32 @@ struct route_static {
 enum { REC_DOMAIN = 1, REC_TENANT = 2 };
 
 /*
- * A cached answer (refcounted: the cache holds one reference, a fetch in
- * flight may hold another).  Domain records are keyed "d:<host>", tenant
- * records "t:<tenant>".
+ * A cached answer: a domain record (key: the host) or a tenant record (key:
+ * the tenant id).  One 64-byte-aligned block: the first cache line holds
+ * what a hit reads first, the key follows the stamps (a host of up to 35
+ * bytes ends in the second line), then, for a routed domain, the backend
+ * set and the tenant name.  Refcounted through e.refs: the cache holds one
+ * reference, a fetch in flight may hold one, requests hold them through
+ * route_entry_ref(), a domain record holds one on its tenant's record.
  */
 struct route_rec {
-    int refs;
-    int kind;
-    enum route_status status;      /* domain: OK, NOT_FOUND or BAD_DATA */
-    const char *detail;            /* static string */
-    struct route_entry *entry;     /* domain OK: one reference */
-    struct tenant_policy policy;   /* tenant */
-    double fetched;                /* when the fetch was sent (monotonic s) */
-    double expires;
+    struct route_entry e;          /* domain OK: the entry; tenant: the policy */
     uint32_t gen;
+    uint8_t kind;
+    uint8_t status;                /* domain: enum route_status OK, NOT_FOUND or BAD_DATA */
     uint8_t ndeps;
-    uint32_t dep_slot[3];
+    uint8_t superseded;            /* tenant: a newer record replaced it in the cache */
+    double expires;
+    union {
+        struct route_rec *trec;    /* domain OK: the tenant record last used (a reference), may be NULL */
+        const char *detail;        /* domain not OK: static string */
+    };
+    /* second cache line */
+    double fetched;                /* when the fetch was sent (monotonic s) */
     uint32_t dep_val[3];
+    uint16_t dep_slot[3];
+    uint16_t klen;
+    char key[];                    /* NUL-terminated */
 };
 
 /* The compiled tg:patterns list (one per worker, replaced as a whole). */
@@ -206,6 +235,7 @@ struct route_ctx {
     struct bal_health *health;
     double cooldown;
     char prefix[ROUTE_PREFIX_MAX + 1];
+    size_t prefix_len;
 
     /* Redis part (all NULL / 0 without --redis). */
     struct redis_conn *main, *sub;
@@ -215,7 +245,8 @@ struct route_ctx {
     int sub_ready;                 /* subscribed to the invalidation channel */
     int tracking;                  /* CLIENT TRACKING confirmed on the main connection */
     unsigned tracking_seq;
-    struct cache *cache;           /* routes and tenants (cfg->route_cache_size) */
+    struct cache *routes;          /* domain records that route (cfg->route_cache_size) */
+    struct cache *tenants;         /* tenant records (a quarter of that) */
     struct cache *neg;             /* unknown and bad-data hosts (a quarter of that) */
     struct cache *dns;
     struct evdns_base *dnsb;
@@ -238,16 +269,41 @@ static double route_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/*
+ * The same clock at the kernel tick's resolution (a few ms, never ahead of
+ * route_now()), without reading the TSC: what a cache hit checks freshness
+ * against (TTLs are seconds; an answer may be used a tick past its TTL).
+ */
+static double route_now_coarse(void)
+{
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC_COARSE, &ts) != 0)
+        return route_now();
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
 /* ---- entries ---- */
 
-static void route_entry_destroy(struct route_entry *e)
+static void route_rec_destroy(struct route_rec *r);
+
+/* Frees the path rules of an entry (and their sets). */
+static void route_entry_drop_paths(struct route_entry *e)
 {
-    free(e->tenant);
-    bal_set_free(e->set);
     for (size_t i = 0; i < e->n_paths; i++)
         bal_set_free(e->path_sets[i]);
     free(e->path_sets);
     match_paths_free(e->paths);
+    e->path_sets = NULL;
+    e->paths = NULL;
+    e->n_paths = 0;
+}
+
+/* Frees a standalone (static route) entry. */
+static void route_entry_destroy(struct route_entry *e)
+{
+    free((char *)e->tenant);
+    bal_set_free(e->set);
+    route_entry_drop_paths(e);
     free(e);
 }
 
@@ -259,8 +315,12 @@ void route_entry_ref(struct route_entry *e)
 
 void route_entry_unref(struct route_entry *e)
 {
-    if (e && --e->refs == 0)
-        route_entry_destroy(e);
+    if (e && --e->refs == 0) {
+        if (e->in_rec)
+            route_rec_destroy((struct route_rec *)e);
+        else
+            route_entry_destroy(e);
+    }
 }
 
 size_t route_backends_count(const struct route_backends *set)
@@ -401,7 +461,7 @@ static struct route_backends *route_static_backends(const char *list, char *err,
 
 /* ---- static routes ---- */
 
-/* The static table's slot hash is the cache's (FNV-1a). */
+/* The static table's slot hash is the cache's. */
 static size_t route_hash(const char *s, size_t n)
 {
     return (size_t)cache_hash(s, n);
@@ -417,12 +477,14 @@ static void route_statics_free(struct route_static *t, size_t n_slots)
     free(t);
 }
 
-static const struct route_static *route_static_find(const struct route_ctx *rc, const char *host, size_t len)
+/* The static route of host (hash: cache_hash of it), or NULL. */
+static const struct route_static *route_static_find(const struct route_ctx *rc, const char *host, size_t len,
+                                                    uint64_t hash)
 {
     if (rc->n_slots == 0)
         return NULL;
     size_t mask = rc->n_slots - 1;
-    for (size_t i = route_hash(host, len) & mask;; i = (i + 1) & mask) {
+    for (size_t i = (size_t)hash & mask;; i = (i + 1) & mask) {
         const struct route_static *s = &rc->statics[i];
         if (s->entry == NULL)
             return NULL;
@@ -597,8 +659,12 @@ static void route_reg_del(struct route_ctx *rc)
 
 static void route_count_cache(struct route_ctx *rc)
 {
-    size_t n = rc->cache ? cache_count(rc->cache) + cache_count(rc->neg) : 0;
-    uint64_t ev = rc->cache ? cache_evictions(rc->cache) + cache_evictions(rc->neg) : 0;
+    size_t n = 0;
+    uint64_t ev = 0;
+    if (rc->routes) {
+        n = cache_count(rc->routes) + cache_count(rc->tenants) + cache_count(rc->neg);
+        ev = cache_evictions(rc->routes) + cache_evictions(rc->tenants) + cache_evictions(rc->neg);
+    }
     __atomic_store_n(&rc->m.entries, (uint64_t)n + (rc->pats ? 1 : 0), __ATOMIC_RELAXED);
     __atomic_store_n(&rc->m.evictions, ev, __ATOMIC_RELAXED);
 }
@@ -644,15 +710,31 @@ static size_t route_key(const struct route_ctx *rc, char *buf, size_t cap, int f
     return n > 0 ? (size_t)n : 0;
 }
 
-static uint32_t route_slot(const char *key, size_t len)
+/*
+ * The invalidation counter of a Redis key.  A host's path rules
+ * (<p>paths:<name>) share the counter of its domain key (<p>domain:<name>):
+ * a record built from both then checks one counter, not two, on every hit;
+ * a change to either revalidates it, as before.
+ */
+static uint32_t route_slot(const struct route_ctx *rc, const char *key, size_t len)
 {
+    static const char paths[] = SCHEMA_K_PATHS, domain[] = SCHEMA_K_DOMAIN;
+    size_t pl = rc->prefix_len, fl = sizeof(paths) - 1, dl = sizeof(domain) - 1;
+    if (len > pl + fl && len - fl + dl <= ROUTE_KEY_MAX && memcmp(key, rc->prefix, pl) == 0 &&
+        memcmp(key + pl, paths, fl) == 0) {
+        char k[ROUTE_KEY_MAX];
+        memcpy(k, key, pl);
+        memcpy(k + pl, domain, dl);
+        memcpy(k + pl + dl, key + pl + fl, len - pl - fl);
+        return (uint32_t)(cache_hash(k, len - fl + dl) & (ROUTE_DEP_SLOTS - 1));
+    }
     return (uint32_t)(cache_hash(key, len) & (ROUTE_DEP_SLOTS - 1));
 }
 
 /* Bumps the invalidation counter of one Redis key. */
 static void route_invalidate_key(struct route_ctx *rc, const char *key, size_t len)
 {
-    rc->depgen[route_slot(key, len)]++;
+    rc->depgen[route_slot(rc, key, len)]++;
     rc->m.invalidations++;
 }
 
@@ -664,23 +746,75 @@ static void route_flush_freshness(struct route_ctx *rc)
 
 /* ---- records ---- */
 
-static struct route_rec *route_rec_new(int kind)
+/* The cache key of a record (cache_new_keyed). */
+static const char *route_rec_key(const void *v, size_t *klen)
 {
-    struct route_rec *r = calloc(1, sizeof(*r));
-    if (r) {
-        r->refs = 1;
-        r->kind = kind;
-        r->policy.cap_bytes = -1;
+    const struct route_rec *r = v;
+    *klen = r->klen;
+    return r->key;
+}
+
+static size_t route_align(size_t n, size_t a)
+{
+    return (n + a - 1) & ~(a - 1);
+}
+
+/*
+ * Allocates a record for key (klen <= HOST_MAX or MATCH_MAX_TENANT) with
+ * one reference.  For a routed domain (nb backends, 1..BAL_MAX_BACKENDS)
+ * the block also holds the set (named nb backends, zeroed) and the tenant
+ * name, and the record's status is ROUTE_OK.  NULL on OOM.
+ */
+static struct route_rec *route_rec_alloc(int kind, const char *key, size_t klen, size_t nb, int lb,
+                                         const char *tenant, size_t tl)
+{
+    size_t size = offsetof(struct route_rec, key) + klen + 1, set_off = 0, ten_off = 0;
+    if (nb) {
+        set_off = route_align(size, 16);
+        size = set_off + sizeof(struct route_backends) + nb * sizeof(struct bal_backend);
+        ten_off = size;
+        size += tl + 1;
+    }
+    void *p;
+    if (posix_memalign(&p, 64, route_align(size, 64)) != 0)
+        return NULL;
+    memset(p, 0, size);
+    struct route_rec *r = p;
+    r->e.refs = 1;
+    r->e.in_rec = 1;
+    r->kind = (uint8_t)kind;
+    r->klen = (uint16_t)klen;
+    memcpy(r->key, key, klen);
+    if (kind == REC_TENANT)
+        r->e.policy.cap_bytes = -1;
+    if (nb) {
+        struct route_backends *set = (struct route_backends *)((char *)p + set_off);
+        set->n = nb;
+        set->lb = lb;
+        char *t = (char *)p + ten_off;
+        memcpy(t, tenant, tl);
+        r->e.set = set;
+        r->e.tenant = t;
+        r->status = ROUTE_OK;
     }
     return r;
 }
 
+/* Frees a record whose last reference went (route_entry_unref). */
+static void route_rec_destroy(struct route_rec *r)
+{
+    if (r->kind == REC_DOMAIN && r->status == ROUTE_OK) {
+        route_entry_drop_paths(&r->e);
+        if (r->trec)
+            route_entry_unref(&r->trec->e);
+    }
+    free(r);
+}
+
 static void route_rec_unref(struct route_rec *r)
 {
-    if (r && --r->refs == 0) {
-        route_entry_unref(r->entry);
-        free(r);
-    }
+    if (r)
+        route_entry_unref(&r->e);
 }
 
 static void route_rec_free_cb(void *v)
@@ -688,10 +822,14 @@ static void route_rec_free_cb(void *v)
     route_rec_unref(v);
 }
 
+/* Records the stamp of one key r was built from (a stamp already there is not repeated). */
 static void route_rec_dep(struct route_rec *r, const struct route_fetch *f, int which)
 {
+    for (unsigned i = 0; i < r->ndeps; i++)
+        if (r->dep_slot[i] == f->slot[which] && r->dep_val[i] == f->val[which])
+            return;
     if (r->ndeps < 3) {
-        r->dep_slot[r->ndeps] = f->slot[which];
+        r->dep_slot[r->ndeps] = (uint16_t)f->slot[which];
         r->dep_val[r->ndeps] = f->val[which];
         r->ndeps++;
     }
@@ -721,46 +859,72 @@ static int route_rec_servable_stale(const struct route_ctx *rc, const struct rou
     return r && now - r->fetched <= rc->cfg->route_stale_max_age;
 }
 
-static size_t route_rkey(char *buf, char kind, const char *name, size_t n)
+/* The cached record of a host (hash: cache_hash of it), routed or not; NULL when none. */
+static struct route_rec *route_cached_domain(struct route_ctx *rc, const char *host, size_t hl, uint64_t hash)
 {
-    buf[0] = kind;
-    buf[1] = ':';
-    memcpy(buf + 2, name, n);
-    return n + 2;
-}
-
-static struct route_rec *route_cached_domain(struct route_ctx *rc, const char *host, size_t hl)
-{
-    char k[HOST_MAX + 3];
-    size_t kl = route_rkey(k, 'd', host, hl);
-    struct route_rec *r = cache_get(rc->cache, k, kl);
-    return r ? r : cache_get(rc->neg, k, kl);
+    struct route_rec *r = cache_get_h(rc->routes, host, hl, hash);
+    return r ? r : cache_get_h(rc->neg, host, hl, hash);
 }
 
 static struct route_rec *route_cached_tenant(struct route_ctx *rc, const char *tenant)
 {
-    char k[MATCH_MAX_TENANT + 3];
     size_t n = strlen(tenant);
     if (n > MATCH_MAX_TENANT)
         return NULL;
-    return cache_get(rc->cache, k, route_rkey(k, 't', tenant, n));
+    return cache_get(rc->tenants, tenant, n);
 }
 
 /*
- * Stores a record.  Negative and bad-data answers go to their own, smaller
- * LRU so that a flood of random Host headers cannot evict the hot routes.
+ * The tenant record for routed domain record d, fresh at now, or NULL:
+ * the one d used last when it is still fresh and current (no second hash
+ * lookup on a hit), else the cached one, which d then keeps.
  */
-static void route_cache_store(struct route_ctx *rc, char kind, const char *name, size_t n, struct route_rec *r)
+static struct route_rec *route_domain_tenant(struct route_ctx *rc, struct route_rec *d, double now)
 {
-    char k[HOST_MAX + MATCH_MAX_TENANT + 3];
-    if (n > HOST_MAX + MATCH_MAX_TENANT)
-        return;
-    size_t kl = route_rkey(k, kind, name, n);
-    int neg = kind == 'd' && r->status != ROUTE_OK;
-    cache_del(neg ? rc->cache : rc->neg, k, kl);
-    r->refs++;
-    if (cache_put(neg ? rc->neg : rc->cache, k, kl, r) < 0)
-        r->refs--;
+    struct route_rec *t = d->trec;
+    if (t && !t->superseded && route_rec_fresh(rc, t, now))
+        return t;
+    t = route_cached_tenant(rc, d->e.tenant);
+    if (t == NULL || !route_rec_fresh(rc, t, now))
+        return NULL;
+    if (d->trec != t) {
+        route_entry_ref(&t->e);
+        route_rec_unref(d->trec);
+        d->trec = t;
+    }
+    return t;
+}
+
+/* The tenant record to serve stale for d (the cached one, else the one d used last), or NULL. */
+static struct route_rec *route_domain_tenant_any(struct route_ctx *rc, const struct route_rec *d)
+{
+    struct route_rec *t = route_cached_tenant(rc, d->e.tenant);
+    return t ? t : d->trec;
+}
+
+/*
+ * Stores a record under its key.  Routed hosts, unknown and bad-data hosts
+ * and tenants have caches of their own, so that a flood of random Host
+ * headers cannot evict the hot routes, nor tenants the routes.
+ */
+static void route_cache_store(struct route_ctx *rc, struct route_rec *r)
+{
+    struct cache *c;
+    if (r->kind == REC_TENANT) {
+        c = rc->tenants;
+        struct route_rec *old = cache_peek(c, r->key, r->klen);
+        if (old && old != r)
+            old->superseded = 1;           /* domain records holding it switch to r */
+    } else if (r->status == ROUTE_OK) {
+        c = rc->routes;
+        cache_del(rc->neg, r->key, r->klen);
+    } else {
+        c = rc->neg;
+        cache_del(rc->routes, r->key, r->klen);
+    }
+    r->e.refs++;
+    if (cache_put(c, r->key, r->klen, r) < 0)
+        r->e.refs--;
     route_count_cache(rc);
 }
 
@@ -786,14 +950,14 @@ static void route_answer(route_cb cb, void *arg, enum route_status st, struct ro
 }
 
 /* Answers from a domain record (and the tenant record when OK), choosing the set by path. */
-static void route_answer_recs(struct route_ctx *rc, const struct route_rec *d, const struct route_rec *t,
+static void route_answer_recs(struct route_ctx *rc, struct route_rec *d, const struct route_rec *t,
                               const char *path, size_t plen, route_cb cb, void *arg)
 {
-    if (d->status != ROUTE_OK || d->entry == NULL) {
+    if (d->status != ROUTE_OK) {
         route_answer(cb, arg, d->status, NULL, NULL, NULL, d->detail);
         return;
     }
-    struct route_entry *e = d->entry;
+    struct route_entry *e = &d->e;
     const struct route_backends *set = e->set;
     if (e->paths) {
         int i = match_paths_find(e->paths, path, plen);
@@ -805,21 +969,21 @@ static void route_answer_recs(struct route_ctx *rc, const struct route_rec *d, c
             return;
         }
     }
-    route_answer(cb, arg, ROUTE_OK, e, set, t ? &t->policy : NULL, NULL);
+    route_answer(cb, arg, ROUTE_OK, e, set, t ? &t->e.policy : NULL, NULL);
 }
 
 /* Serves stale records when Redis cannot answer; else ROUTE_UNAVAILABLE. */
 static void route_answer_stale(struct route_ctx *rc, const char *host, size_t hl, const char *path, size_t plen,
                                route_cb cb, void *arg, double now)
 {
-    struct route_rec *d = route_cached_domain(rc, host, hl);
+    struct route_rec *d = route_cached_domain(rc, host, hl, cache_hash(host, hl));
     if (route_rec_servable_stale(rc, d, now)) {
         if (d->status != ROUTE_OK) {
             rc->m.stale_served++;
             route_answer_recs(rc, d, NULL, path, plen, cb, arg);
             return;
         }
-        struct route_rec *t = route_cached_tenant(rc, d->entry->tenant);
+        struct route_rec *t = route_domain_tenant_any(rc, d);
         if (route_rec_servable_stale(rc, t, now)) {
             rc->m.stale_served++;
             route_answer_recs(rc, d, t, path, plen, cb, arg);
@@ -897,26 +1061,32 @@ static struct route_backends *route_set_from(const char *list, size_t len, int l
 }
 
 /*
- * Builds an entry (addresses not yet resolved).  paths (may be NULL) is
- * taken over.  NULL with err when the data is bad.
+ * Builds the record of a routed host (key host, hl bytes): entry, backend
+ * set and tenant in one block, addresses not yet resolved.  paths (may be
+ * NULL) is taken over.  NULL with err when the data is bad.
  */
-static struct route_entry *route_entry_from(const char *tenant, size_t tl, int lb, int redirect,
-                                            const char *backends, size_t bl, struct match_paths *paths,
-                                            char *err, size_t errlen)
+static struct route_rec *route_rec_routed(const char *host, size_t hl, const char *tenant, size_t tl, int lb,
+                                          int redirect, const char *backends, size_t bl,
+                                          struct match_paths *paths, char *err, size_t errlen)
 {
-    struct route_entry *e = calloc(1, sizeof(*e));
-    if (e == NULL) {
+    struct match_addr addrs[MATCH_MAX_BACKENDS];
+    int n = match_backends_split(backends, bl, addrs, MATCH_MAX_BACKENDS, err, errlen);
+    if (n < 0) {
         match_paths_free(paths);
-        snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    e->refs = 1;
-    e->redirect_https = redirect;
+    struct route_rec *r = n > 0 ? route_rec_alloc(REC_DOMAIN, host, hl, (size_t)n, lb, tenant, tl) : NULL;
+    if (r == NULL) {
+        match_paths_free(paths);
+        if (err[0] == '\0')
+            snprintf(err, errlen, n > 0 ? "out of memory" : "no backends");
+        return NULL;
+    }
+    struct route_entry *e = &r->e;
+    for (int i = 0; i < n; i++)
+        snprintf(e->set->b[i].name, sizeof(e->set->b[i].name), "%s", addrs[i].text);
+    e->redirect_https = (uint8_t)(redirect != 0);
     e->paths = paths;
-    e->tenant = match_memdup(tenant, tl);
-    e->set = route_set_from(backends, bl, lb, err, errlen);
-    if (e->tenant == NULL || e->set == NULL)
-        goto fail;
     size_t np = match_paths_count(paths);
     if (np > 0) {
         e->path_sets = calloc(np, sizeof(*e->path_sets));
@@ -931,14 +1101,14 @@ static struct route_entry *route_entry_from(const char *tenant, size_t tl, int l
                 snprintf(err, errlen, "path rule %zu: %s", i + 1, perr);
                 goto fail;
             }
-            e->n_paths = i + 1;
+            e->n_paths = (uint16_t)(i + 1);
         }
     }
-    return e;
+    return r;
 fail:
     if (err[0] == '\0')
         snprintf(err, errlen, "out of memory");
-    route_entry_destroy(e);
+    route_rec_unref(r);
     return NULL;
 }
 
@@ -1355,7 +1525,7 @@ static int route_pats_fresh(const struct route_ctx *rc, const struct route_pats 
 static void route_parse_tenant(struct route_fetch *f, const struct redis_reply *r)
 {
     struct route_ctx *rc = f->rc;
-    struct route_rec *t = route_rec_new(REC_TENANT);
+    struct route_rec *t = route_rec_alloc(REC_TENANT, f->tenant, strlen(f->tenant), 0, 0, NULL, 0);
     if (t == NULL) {
         f->tenant_failed = 1;
         return;
@@ -1375,7 +1545,7 @@ static void route_parse_tenant(struct route_fetch *f, const struct redis_reply *
             const char *fs = redis_reply_str(redis_reply_elem(r, i), &fl);
             const char *vs = redis_reply_str(redis_reply_elem(r, i + 1), &vl);
             char err[120];
-            if (fs && vs && match_tenant_field(&t->policy, fs, fl, vs, vl, err, sizeof(err)) < 0) {
+            if (fs && vs && match_tenant_field(&t->e.policy, fs, fl, vs, vl, err, sizeof(err)) < 0) {
                 char w2[ROUTE_KEY_MAX + 64];
                 snprintf(w2, sizeof(w2), "%s/%.*s", what, (int)(fl > 40 ? 40 : fl), fs);
                 route_bad(rc, w2, err);          /* treated as absent */
@@ -1475,7 +1645,7 @@ static size_t route_stamp(struct route_fetch *f, int which, char *key, size_t ca
 {
     size_t kl = route_key(f->rc, key, cap, family, name, nlen);
     if (kl) {
-        f->slot[which] = route_slot(key, kl);
+        f->slot[which] = route_slot(f->rc, key, kl);
         f->val[which] = f->rc->depgen[f->slot[which]];
     }
     return kl;
@@ -1531,34 +1701,31 @@ static int route_send_domain(struct route_fetch *f)
 
 /* ---- deciding ---- */
 
-/* Makes f->drec a BAD_DATA record and reports why. */
+/* Makes the fetch's new routed record f->drec a BAD_DATA record and reports why. */
 static void route_decide_bad(struct route_fetch *f, const char *what, const char *err)
 {
+    struct route_rec *d = f->drec;
     route_bad(f->rc, what, err);
-    f->drec->status = ROUTE_BAD_DATA;
-    f->drec->detail = "invalid routing data";
-    route_entry_unref(f->drec->entry);
-    f->drec->entry = NULL;
+    if (d->status == ROUTE_OK) {
+        route_entry_drop_paths(&d->e);
+        route_rec_unref(d->trec);
+        d->e.set = NULL;
+        d->e.tenant = NULL;
+    }
+    d->status = ROUTE_BAD_DATA;
+    d->detail = "invalid routing data";
 }
 
 /*
  * Decides the match from the domain-phase replies (exact, wildcard,
- * patterns, in that order: ../shared/CONTRACT.md) into f->drec.
+ * patterns, in that order: ../shared/CONTRACT.md) into f->drec (left NULL,
+ * with f->failed, when it cannot be decided).
  */
 static void route_decide(struct route_fetch *f)
 {
     struct route_ctx *rc = f->rc;
-    struct route_rec *d = route_rec_new(REC_DOMAIN);
-    if (d == NULL) {
-        f->failed = 1;
-        return;
-    }
-    f->drec = d;
-    d->fetched = f->started;
-    d->gen = f->gen;
-    d->status = ROUTE_NOT_FOUND;
-    d->detail = "unknown host";
-    route_rec_dep(d, f, CMD_EXACT);
+    int deps[3], nd = 0;
+    deps[nd++] = CMD_EXACT;
     char what[ROUTE_KEY_MAX], err[200] = "";
     char wname[HOST_MAX + 3];
     if (f->zone) {
@@ -1578,72 +1745,99 @@ static void route_decide(struct route_fetch *f)
         perr = f->paths_err_exact;
         keyname = f->host;
         keylen = f->hl;
-        route_rec_dep(d, f, CMD_PEXACT);
+        deps[nd++] = CMD_PEXACT;
     } else if (f->zone) {
-        route_rec_dep(d, f, CMD_WILD);
+        deps[nd++] = CMD_WILD;
         if (f->wild.present) {
             dr = &f->wild;
             paths = &f->paths_wild;
             perr = f->paths_err_wild;
             keyname = wname;
             keylen = f->zl + 2;
-            route_rec_dep(d, f, CMD_PWILD);
+            deps[nd++] = CMD_PWILD;
         }
     }
+    struct route_rec *d = NULL;
+    const char *bad_what = NULL, *bad_err = NULL;
+    char bad_buf[ROUTE_KEY_MAX + 64];
     if (dr) {
         if (route_key(rc, what, sizeof(what), RK_DOMAIN, keyname, keylen) == 0)
             snprintf(what, sizeof(what), "domain");
         if (dr->bad) {
-            route_decide_bad(f, what, dr->err);
+            bad_what = what;
+            bad_err = dr->err;
         } else if (perr && perr[0]) {
-            char pw[ROUTE_KEY_MAX];
-            if (route_key(rc, pw, sizeof(pw), RK_PATHS, keyname, keylen) == 0)
-                snprintf(pw, sizeof(pw), "paths");
-            route_decide_bad(f, pw, perr);
+            if (route_key(rc, bad_buf, sizeof(bad_buf), RK_PATHS, keyname, keylen) == 0)
+                snprintf(bad_buf, sizeof(bad_buf), "paths");
+            bad_what = bad_buf;
+            bad_err = perr;
         } else {
             if (dr->err[0])
                 route_bad(rc, what, dr->err);        /* optional field defaulted */
-            d->entry = route_entry_from(dr->tenant, strlen(dr->tenant), dr->lb, dr->redirect_https,
-                                        dr->backends, strlen(dr->backends), *paths, err, sizeof(err));
+            d = route_rec_routed(f->host, f->hl, dr->tenant, strlen(dr->tenant), dr->lb, dr->redirect_https,
+                                 dr->backends, strlen(dr->backends), *paths, err, sizeof(err));
             *paths = NULL;
-            if (d->entry == NULL)
-                route_decide_bad(f, what, err);
-            else
-                d->status = ROUTE_OK;
+            if (d == NULL) {
+                bad_what = what;
+                bad_err = err;
+            }
         }
     } else {
         /* Host patterns: first match wins; no path rules. */
-        route_rec_dep(d, f, CMD_PAT);
+        deps[nd++] = CMD_PAT;
         struct route_pats *p = rc->pats;
         if (route_key(rc, what, sizeof(what), RK_PATTERNS, "", 0) == 0)
             snprintf(what, sizeof(what), "patterns");
         if (p == NULL) {
             f->failed = 1;                           /* no list: the command failed */
+            return;
         } else if (p->broken) {
-            route_decide_bad(f, what, "key is not a list");
+            bad_what = what;
+            bad_err = "key is not a list";
         } else {
             for (size_t i = 0; i < p->n; i++) {
                 char out[MATCH_MAX_VALUE / 4];
                 int m = match_pattern_exec(p->p[i], f->host, f->hl, out, sizeof(out), err, sizeof(err));
                 if (m == 0)
                     continue;
-                char w2[ROUTE_KEY_MAX + 64];
-                snprintf(w2, sizeof(w2), "%.100s (%.100s) for %.253s", what, match_pattern_regex(p->p[i]), f->host);
+                snprintf(bad_buf, sizeof(bad_buf), "%.100s (%.100s) for %.253s", what,
+                         match_pattern_regex(p->p[i]), f->host);
                 if (m < 0) {
-                    route_decide_bad(f, w2, err);
+                    bad_what = bad_buf;
+                    bad_err = err;
                     break;
                 }
                 const char *ten = match_pattern_tenant(p->p[i]);
-                d->entry = route_entry_from(ten, strlen(ten), BAL_ROUND_ROBIN, 0, out, strlen(out), NULL,
-                                            err, sizeof(err));
-                if (d->entry == NULL)
-                    route_decide_bad(f, w2, err);
-                else
-                    d->status = ROUTE_OK;
+                d = route_rec_routed(f->host, f->hl, ten, strlen(ten), BAL_ROUND_ROBIN, 0, out, strlen(out), NULL,
+                                     err, sizeof(err));
+                if (d == NULL) {
+                    bad_what = bad_buf;
+                    bad_err = err;
+                }
                 break;
             }
         }
     }
+    if (d == NULL) {
+        d = route_rec_alloc(REC_DOMAIN, f->host, f->hl, 0, 0, NULL, 0);
+        if (d == NULL) {
+            f->failed = 1;
+            return;
+        }
+        if (bad_what) {
+            route_bad(rc, bad_what, bad_err);
+            d->status = ROUTE_BAD_DATA;
+            d->detail = "invalid routing data";
+        } else {
+            d->status = ROUTE_NOT_FOUND;
+            d->detail = "unknown host";
+        }
+    }
+    f->drec = d;
+    d->fetched = f->started;
+    d->gen = f->gen;
+    for (int i = 0; i < nd; i++)
+        route_rec_dep(d, f, deps[i]);
     double ttl = d->status == ROUTE_OK ? rc->cfg->route_cache_ttl : rc->cfg->route_negative_ttl;
     d->expires = f->started + route_ttl_cap(rc, ttl);
 }
@@ -1672,15 +1866,13 @@ static void route_fetch_finish(struct route_fetch *f)
     route_pending_del(rc, f);            /* lookups from callbacks start afresh */
     if (!f->failed && f->drec) {
         if (f->need_domain) {
-            char k[HOST_MAX + 3];
-            size_t kl = route_rkey(k, 'd', f->host, f->hl);
-            const struct route_rec *old = cache_peek(rc->cache, k, kl);
-            if (old && old->entry && f->drec->entry)
-                route_entry_carry(old->entry, f->drec->entry);
-            route_cache_store(rc, 'd', f->host, f->hl, f->drec);
+            const struct route_rec *old = cache_peek(rc->routes, f->host, f->hl);
+            if (old && old->status == ROUTE_OK && f->drec->status == ROUTE_OK)
+                route_entry_carry(&old->e, &f->drec->e);
+            route_cache_store(rc, f->drec);
         }
         if (f->trec)
-            route_cache_store(rc, 't', f->tenant, strlen(f->tenant), f->trec);
+            route_cache_store(rc, f->trec);
     }
     while (f->waiters) {
         struct route_lookup *w = f->waiters;
@@ -1695,7 +1887,9 @@ static void route_fetch_finish(struct route_fetch *f)
         } else {
             const struct route_rec *t = f->trec;
             if (t == NULL) {
-                t = route_cached_tenant(rc, f->drec->entry->tenant);
+                t = route_domain_tenant(rc, f->drec, now);
+                if (t == NULL)
+                    t = route_domain_tenant_any(rc, f->drec);
                 if (t && !route_rec_fresh(rc, t, now)) {
                     if (route_rec_servable_stale(rc, t, now))
                         rc->m.stale_served++;
@@ -1730,13 +1924,13 @@ static void route_fetch_advance(struct route_fetch *f)
             if (f->failed || f->drec == NULL || f->drec->status != ROUTE_OK)
                 continue;
             char err[200] = "";
-            if (route_entry_fill(f, f->drec->entry, 1, err, sizeof(err)) < 0) {
+            if (route_entry_fill(f, &f->drec->e, 1, err, sizeof(err)) < 0) {
                 char what[ROUTE_KEY_MAX];
                 snprintf(what, sizeof(what), "backends of %s", f->host);
                 route_decide_bad(f, what, err);
                 continue;
             }
-            snprintf(f->tenant, sizeof(f->tenant), "%s", f->drec->entry->tenant);
+            snprintf(f->tenant, sizeof(f->tenant), "%s", f->drec->e.tenant);
             struct route_rec *t = route_cached_tenant(rc, f->tenant);
             if (t == NULL || !route_rec_fresh(rc, t, f->started))
                 route_send_tenant(f);
@@ -1744,7 +1938,7 @@ static void route_fetch_advance(struct route_fetch *f)
             f->phase = PH_DONE;
             if (!f->failed && f->drec && f->drec->status == ROUTE_OK && f->need_domain) {
                 char err[200] = "";
-                if (route_entry_fill(f, f->drec->entry, 0, err, sizeof(err)) < 0) {
+                if (route_entry_fill(f, &f->drec->e, 0, err, sizeof(err)) < 0) {
                     char what[ROUTE_KEY_MAX];
                     snprintf(what, sizeof(what), "backends of %s", f->host);
                     route_decide_bad(f, what, err);
@@ -1779,9 +1973,9 @@ static struct route_fetch *route_fetch_start(struct route_ctx *rc, const char *h
     f->gen = rc->gen;
     if (drec) {
         f->drec = drec;
-        drec->refs++;
+        route_entry_ref(&drec->e);
         f->phase = PH_RESOLVE;
-        snprintf(f->tenant, sizeof(f->tenant), "%s", drec->entry->tenant);
+        snprintf(f->tenant, sizeof(f->tenant), "%s", drec->e.tenant);
         route_send_tenant(f);
     } else {
         f->need_domain = 1;
@@ -2011,7 +2205,8 @@ static void route_ctx_release(struct route_ctx *rc)
     if (rc->degraded_counted)
         atomic_fetch_sub(&route_degraded_workers, 1);
     route_pats_free(rc->pats);
-    cache_free(rc->cache);
+    cache_free(rc->routes);
+    cache_free(rc->tenants);
     cache_free(rc->neg);
     cache_free(rc->dns);
     free(rc->depgen);
@@ -2038,6 +2233,7 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
     rc->worker_id = worker_id;
     rc->cooldown = cfg->backend_cooldown;
     snprintf(rc->prefix, sizeof(rc->prefix), "%s", prefix);
+    rc->prefix_len = strlen(rc->prefix);
     rc->health = bal_health_new();
     if (rc->health == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -2051,11 +2247,14 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
             goto fail;
         }
         size_t cap = cfg->route_cache_size ? cfg->route_cache_size : 100000;
-        rc->cache = cache_new(cap, route_rec_free_cb);
-        rc->neg = cache_new(cap / 4 ? cap / 4 : 1, route_rec_free_cb);
+        size_t quarter = cap / 4 > 64 ? cap / 4 : 64;
+        rc->routes = cache_new_keyed(cap, route_rec_free_cb, route_rec_key);
+        rc->tenants = cache_new_keyed(quarter, route_rec_free_cb, route_rec_key);
+        rc->neg = cache_new_keyed(quarter, route_rec_free_cb, route_rec_key);
         rc->dns = cache_new(ROUTE_DNS_CACHE, free);
         rc->depgen = calloc(ROUTE_DEP_SLOTS, sizeof(*rc->depgen));
-        if (rc->cache == NULL || rc->neg == NULL || rc->dns == NULL || rc->depgen == NULL) {
+        if (rc->routes == NULL || rc->tenants == NULL || rc->neg == NULL || rc->dns == NULL ||
+            rc->depgen == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
@@ -2089,7 +2288,7 @@ int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, char *er
     rc->n_slots = slots;
     rc->cfg = cfg;
     rc->cooldown = cfg->backend_cooldown;
-    if (rc->cache)
+    if (rc->routes)
         route_flush_freshness(rc);       /* TTLs may have changed */
     return 0;
 }
@@ -2136,19 +2335,20 @@ struct route_lookup *route_lookup(struct route_ctx *rc, const char *host, size_t
         route_answer(cb, arg, ROUTE_BAD_HOST, NULL, NULL, NULL, "invalid Host");
         return NULL;
     }
-    const struct route_static *s = route_static_find(rc, h, (size_t)hl);
+    uint64_t hash = (rc->n_slots || rc->routes) ? cache_hash(h, (size_t)hl) : 0;
+    const struct route_static *s = route_static_find(rc, h, (size_t)hl, hash);
     if (s) {
         route_answer(cb, arg, ROUTE_OK, s->entry, NULL, NULL, NULL);
         return NULL;
     }
-    if (rc->cache == NULL) {
+    if (rc->routes == NULL) {
         route_answer(cb, arg, ROUTE_NOT_FOUND, NULL, NULL, NULL, "unknown host");
         return NULL;
     }
     if (path == NULL)
         path_len = 0;
-    double now = route_now();
-    struct route_rec *d = route_cached_domain(rc, h, (size_t)hl);
+    double now = route_now_coarse();
+    struct route_rec *d = route_cached_domain(rc, h, (size_t)hl, hash);
     struct route_rec *tenant_only = NULL;
     if (d && route_rec_fresh(rc, d, now)) {
         if (d->status != ROUTE_OK) {
@@ -2156,8 +2356,12 @@ struct route_lookup *route_lookup(struct route_ctx *rc, const char *host, size_t
             route_answer_recs(rc, d, NULL, path, path_len, cb, arg);
             return NULL;
         }
-        struct route_rec *t = route_cached_tenant(rc, d->entry->tenant);
-        if (t && route_rec_fresh(rc, t, now)) {
+        /* The proxy reads the backend set and the tenant name next (route_pick, metering). */
+        const char *sp = (const char *)d->e.set;
+        for (int i = 0; i < 5; i++)
+            __builtin_prefetch(sp + 64 * i);
+        struct route_rec *t = route_domain_tenant(rc, d, now);
+        if (t) {
             rc->m.hits++;
             route_answer_recs(rc, d, t, path, path_len, cb, arg);
             return NULL;

@@ -588,45 +588,99 @@ static int get(struct cache *c, const char *k)
     return p ? *p : -1;
 }
 
-START_TEST(lru_eviction)
+/*
+ * CLOCK: items take clock positions in insertion order; the hand clears the
+ * "used" bits it passes and evicts the first item whose bit is clear, and
+ * the new item takes its position, just behind the hand.
+ */
+START_TEST(clock_second_chance)
+{
+    freed = 0;
+    struct cache *c = cache_new(100, count_free);
+    char k[32];
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof(k), "k%d", i);
+        put(c, k, i);
+    }
+    ck_assert_int_eq((int)cache_count(c), 100);
+    put(c, "new0", 1000);                    /* nothing used yet: the oldest goes */
+    ck_assert_ptr_null(cache_peek(c, "k0", 2));
+    ck_assert_int_eq((int)cache_evictions(c), 1);
+    ck_assert_int_eq(freed, 1);
+    ck_assert_int_eq((int)cache_count(c), 100);
+    /* Use half of the survivors, peek the rest (a peek is not a use). */
+    int used[100] = {0}, n_unused = 0;
+    for (int i = 0, half = 0; i < 100; i++) {
+        snprintf(k, sizeof(k), "k%d", i);
+        if (cache_peek(c, k, strlen(k)) == NULL)
+            continue;
+        if (half++ % 2 == 0) {
+            ck_assert_int_eq(get(c, k), i);
+            used[i] = 1;
+        } else {
+            n_unused++;
+        }
+    }
+    ck_assert_int_eq(n_unused, 49);
+    for (int i = 0; i < n_unused; i++) {
+        snprintf(k, sizeof(k), "new%d", i + 1);
+        put(c, k, 1001 + i);
+    }
+    /* Exactly the unused ones went; the used ones and every new one stayed. */
+    for (int i = 0; i < 100; i++) {
+        snprintf(k, sizeof(k), "k%d", i);
+        ck_assert_msg((get(c, k) == i) == (used[i] == 1), "k%d", i);
+    }
+    for (int i = 0; i <= n_unused; i++) {
+        snprintf(k, sizeof(k), "new%d", i);
+        ck_assert_int_eq(get(c, k), 1000 + i);
+    }
+    ck_assert_int_eq((int)cache_count(c), 100);
+    ck_assert_int_eq((int)cache_evictions(c), 50);
+    ck_assert_int_eq(freed, 50);
+    cache_free(c);
+    ck_assert_int_eq(freed, 150);
+}
+END_TEST
+
+START_TEST(cache_replace_del_keys)
 {
     freed = 0;
     struct cache *c = cache_new(3, count_free);
     put(c, "a", 1);
     put(c, "b", 2);
-    put(c, "c", 3);
-    ck_assert_int_eq(get(c, "a"), 1);        /* a is now the most recent: b is the oldest */
-    put(c, "d", 4);
-    ck_assert_int_eq((int)cache_count(c), 3);
-    ck_assert_int_eq(get(c, "b"), -1);
-    ck_assert_int_eq(freed, 1);
-    ck_assert_int_eq((int)cache_evictions(c), 1);
-    ck_assert_int_eq(get(c, "a"), 1);
-    ck_assert_int_eq(get(c, "c"), 3);
-    ck_assert_int_eq(get(c, "d"), 4);
     /* Replacing frees the old value and does not grow the cache. */
-    put(c, "c", 30);
-    ck_assert_int_eq(freed, 2);
-    ck_assert_int_eq(get(c, "c"), 30);
-    ck_assert_int_eq((int)cache_count(c), 3);
-    /* peek does not refresh: a stays oldest after peeking it. */
-    get(c, "d");
-    get(c, "c");
-    ck_assert_ptr_nonnull(cache_peek(c, "a", 1));
-    put(c, "e", 5);
-    ck_assert_ptr_null(cache_peek(c, "a", 1));
-    ck_assert_int_eq(cache_del(c, "e", 1), 1);
-    ck_assert_int_eq(cache_del(c, "e", 1), 0);
+    put(c, "a", 10);
+    ck_assert_int_eq(freed, 1);
+    ck_assert_int_eq(get(c, "a"), 10);
     ck_assert_int_eq((int)cache_count(c), 2);
-    /* Keys are bytes: an embedded NUL and a prefix are different keys. */
+    ck_assert_int_eq(cache_del(c, "b", 1), 1);
+    ck_assert_int_eq(cache_del(c, "b", 1), 0);
+    ck_assert_int_eq(freed, 2);
+    ck_assert_int_eq((int)cache_count(c), 1);
+    ck_assert_int_eq(get(c, "b"), -1);
+    /* Keys are bytes: an embedded NUL and a prefix are different keys; long keys are fine. */
     put(c, "x", 7);
     int *p = malloc(sizeof(int));
     *p = 8;
     ck_assert_int_eq(cache_put(c, "x\0y", 3, p), 0);
     ck_assert_int_eq(get(c, "x"), 7);
     ck_assert_int_eq(*(int *)cache_get(c, "x\0y", 3), 8);
+    ck_assert_int_eq((int)cache_count(c), 3);
+    char longk[300];
+    memset(longk, 'l', sizeof(longk) - 1);
+    longk[sizeof(longk) - 1] = '\0';
+    put(c, longk, 9);                        /* full: evicts one */
+    ck_assert_int_eq(get(c, longk), 9);
+    ck_assert_ptr_eq(cache_get_h(c, longk, strlen(longk), cache_hash(longk, strlen(longk))),
+                     cache_peek(c, longk, strlen(longk)));
+    ck_assert_int_eq((int)cache_count(c), 3);
+    ck_assert_int_eq((int)cache_evictions(c), 1);
+    ck_assert_int_eq(freed, 3);
+    ck_assert_int_eq((int)cache_capacity(c), 3);
+    ck_assert_uint_gt(cache_footprint(c), 0);
     cache_free(c);
-    ck_assert_int_eq(freed, 4 + 4);      /* b, old c, a, e; then d, c, x, x\0y */
+    ck_assert_int_eq(freed, 6);
 }
 END_TEST
 
@@ -645,9 +699,138 @@ START_TEST(lru_many)
     ck_assert_int_eq((int)cache_count(c), 1000);
     ck_assert_int_eq(get(c, "host-0.example"), 0);
     ck_assert_int_eq(get(c, "host-4999.example"), 4999);
-    ck_assert_int_eq(get(c, "host-3999.example"), -1);
+    ck_assert_int_eq(get(c, "host-4001.example"), 4001);
+    ck_assert_int_eq(get(c, "host-4000.example"), -1);     /* FIFO among the unused */
+    int present = 0;
+    for (int i = 0; i < 5000; i++) {
+        snprintf(k, sizeof(k), "host-%d.example", i);
+        present += get(c, k) == i;
+    }
+    ck_assert_int_eq(present, 1000);
     ck_assert_int_eq(freed, 4000);
+    ck_assert_int_eq((int)cache_evictions(c), 4000);
     cache_free(c);
+}
+END_TEST
+
+/*
+ * Random puts, gets and deletes against a model that learns evictions from
+ * the free function: every key must be found with its last value exactly
+ * when the model says it is there (checks probing and backward-shift
+ * deletion across wrap-around and long runs).
+ */
+enum { MODEL_KEYS = 3000 };
+static int model_val[MODEL_KEYS];          /* -1: absent */
+
+static void model_free(void *v)
+{
+    int *p = v;
+    int key = *p / 100000;
+    if (model_val[key] == *p)
+        model_val[key] = -1;
+    freed++;
+    free(p);
+}
+
+START_TEST(cache_model)
+{
+    freed = 0;
+    for (int i = 0; i < MODEL_KEYS; i++)
+        model_val[i] = -1;
+    struct cache *c = cache_new(700, model_free);
+    uint32_t x = 12345;
+    char k[32];
+    for (int op = 0; op < 200000; op++) {
+        x = x * 1103515245u + 12345u;
+        int key = (int)((x >> 8) % MODEL_KEYS);
+        int what = (int)((x >> 24) % 4);
+        snprintf(k, sizeof(k), "m%d", key);
+        if (what <= 1) {
+            int *p = malloc(sizeof(int));
+            *p = key * 100000 + op % 100000;
+            ck_assert_int_eq(cache_put(c, k, strlen(k), p), 0);
+            model_val[key] = *p;
+        } else if (what == 2) {
+            int *p = cache_get(c, k, strlen(k));
+            ck_assert_int_eq(p ? *p : -1, model_val[key]);
+        } else {
+            int had = model_val[key] != -1;
+            ck_assert_int_eq(cache_del(c, k, strlen(k)), had);
+        }
+        if (op % 20000 == 0 || op == 199999) {
+            size_t n = 0;
+            for (int i = 0; i < MODEL_KEYS; i++) {
+                snprintf(k, sizeof(k), "m%d", i);
+                int *p = cache_peek(c, k, strlen(k));
+                ck_assert_int_eq(p ? *p : -1, model_val[i]);
+                n += model_val[i] != -1;
+            }
+            ck_assert_uint_eq(cache_count(c), n);
+            ck_assert_uint_le(n, 700);
+        }
+    }
+    cache_free(c);
+}
+END_TEST
+
+/* A keyed cache reads keys from its values. */
+struct kval {
+    size_t klen;
+    char key[16];
+};
+
+static const char *kval_key(const void *v, size_t *klen)
+{
+    const struct kval *kv = v;
+    *klen = kv->klen;
+    return kv->key;
+}
+
+START_TEST(cache_keyed)
+{
+    freed = 0;
+    struct cache *c = cache_new_keyed(2, count_free, kval_key);
+    struct kval *a = calloc(1, sizeof(*a)), *b = calloc(1, sizeof(*b)), *a2 = calloc(1, sizeof(*a2));
+    struct kval *d = calloc(1, sizeof(*d));
+    a->klen = a2->klen = 3;
+    memcpy(a->key, "a.t", 3);
+    memcpy(a2->key, "a.t", 3);
+    b->klen = 3;
+    memcpy(b->key, "b.t", 3);
+    d->klen = 3;
+    memcpy(d->key, "d.t", 3);
+    ck_assert_int_eq(cache_put(c, "a.t", 3, a), 0);
+    ck_assert_int_eq(cache_put(c, "b.t", 3, b), 0);
+    ck_assert_ptr_eq(cache_get(c, "a.t", 3), a);
+    ck_assert_ptr_eq(cache_get(c, "b.t", 3), b);
+    ck_assert_ptr_null(cache_get(c, "a.tt", 4));
+    ck_assert_int_eq(cache_put(c, "a.t", 3, a2), 0);       /* replaces (and frees) a */
+    ck_assert_int_eq(freed, 1);
+    ck_assert_ptr_eq(cache_get(c, "a.t", 3), a2);
+    ck_assert_int_eq(cache_put(c, "d.t", 3, d), 0);        /* full: evicts one */
+    ck_assert_int_eq(freed, 2);
+    ck_assert_ptr_eq(cache_get(c, "d.t", 3), d);
+    ck_assert_int_eq(cache_put(c, "x", 1, NULL), -1);      /* a keyed cache holds no NULL */
+    ck_assert_int_eq((int)cache_count(c), 2);
+    cache_free(c);
+    ck_assert_int_eq(freed, 4);
+}
+END_TEST
+
+/* The keyed hash: same bytes, same hash; any byte or the length changes it. */
+START_TEST(cache_hash_bytes)
+{
+    char a[40], b[40];
+    for (size_t n = 0; n <= sizeof(a); n++) {
+        memset(a, 'q', sizeof(a));
+        memcpy(b, a, sizeof(b));
+        ck_assert(cache_hash(a, n) == cache_hash(b, n));
+        if (n > 0) {
+            b[n - 1] = 'r';
+            ck_assert(cache_hash(a, n) != cache_hash(b, n));
+            ck_assert(cache_hash(a, n) != cache_hash(a, n - 1));
+        }
+    }
 }
 END_TEST
 
@@ -683,30 +866,53 @@ static void rt_run(struct event_base *base, double secs, const int *until)
     }
 }
 
+/* Starts a redis-server for a test: 1, or 0 when none is installed (the test is skipped). */
+static int rt_start(struct rfx_srv *srv, const char *test)
+{
+    int started = rfx_start(srv, 0);
+    if (started == 0) {
+        fprintf(stderr, "SKIP %s: redis-server not installed\n", test);
+        return 0;
+    }
+    ck_assert_msg(started == 1, "redis-server did not start");
+    return 1;
+}
+
+/*
+ * A Redis-routing ctx on base for the server on port (prefix "tg:"; a route
+ * cache of cache_size, or the test default when 0).  cfg and url (urlcap
+ * bytes) must outlive it.
+ */
+static struct route_ctx *rt_ctx(struct tg_config *cfg, char *url, size_t urlcap, int port, size_t cache_size,
+                                struct event_base *base)
+{
+    char err[256] = "";
+    snprintf(url, urlcap, "redis://127.0.0.1:%d", port);
+    static_cfg(cfg, NULL, 0);
+    cfg->redis_url = url;
+    cfg->key_prefix = (char *)"tg:";
+    if (cache_size)
+        cfg->route_cache_size = cache_size;
+    struct route_ctx *rc = route_ctx_new(base, cfg, 0, err, sizeof(err));
+    ck_assert_msg(rc != NULL, "%s", err);
+    return rc;
+}
+
 START_TEST(redis_lookup_coalesce_cancel_teardown)
 {
     struct rfx_srv srv = {0};
-    int started = rfx_start(&srv, 0);
-    if (started == 0) {
-        fprintf(stderr, "SKIP %s: redis-server not installed\n", __func__);
+    if (!rt_start(&srv, __func__))
         return;
-    }
-    ck_assert_msg(started == 1, "redis-server did not start");
     int port = srv.port;
     const char *set[] = {"HSET", "tg:domain:a.test", "tenant", "t1", "backends", "127.0.0.1:9,localhost:10"};
     rt_redis_cmd(port, 6, set);
     const char *ten[] = {"HSET", "tg:tenant:t1", "cap_bytes", "5000", "suspended", "0"};
     rt_redis_cmd(port, 6, ten);
 
-    char url[64], err[256] = "";
-    snprintf(url, sizeof(url), "redis://127.0.0.1:%d", port);
+    char url[64];
     struct tg_config cfg;
-    static_cfg(&cfg, NULL, 0);
-    cfg.redis_url = url;
-    cfg.key_prefix = (char *)"tg:";
     struct event_base *base = event_base_new();
-    struct route_ctx *rc = route_ctx_new(base, &cfg, 0, err, sizeof(err));
-    ck_assert_msg(rc != NULL, "%s", err);
+    struct route_ctx *rc = rt_ctx(&cfg, url, sizeof(url), port, 0, base);
     ck_assert_int_eq(route_degraded(), 1);       /* not connected yet */
     rt_run(base, 0.5, NULL);
     ck_assert_int_eq(route_degraded(), 0);
@@ -779,6 +985,82 @@ START_TEST(redis_lookup_coalesce_cancel_teardown)
 }
 END_TEST
 
+/*
+ * Routes, tenants and unknown hosts have caches of their own: a route cache
+ * of N holds N routed hosts whatever their tenants, and random unknown hosts
+ * do not push routes out.  A hit reuses the tenant record the domain record
+ * used last, and a change to the tenant's policy still reaches it.
+ */
+START_TEST(redis_caches_routes_tenants_apart)
+{
+    struct rfx_srv srv = {0};
+    if (!rt_start(&srv, __func__))
+        return;
+    int port = srv.port;
+    char host[32], tenant[32];
+    for (int i = 0; i < 4; i++) {
+        snprintf(host, sizeof(host), "tg:domain:h%d.test", i);
+        snprintf(tenant, sizeof(tenant), "t%d", i);
+        const char *set[] = {"HSET", host, "tenant", tenant, "backends", "127.0.0.1:9"};
+        rt_redis_cmd(port, 6, set);
+    }
+    const char *ten[] = {"HSET", "tg:tenant:t0", "cap_bytes", "5000"};
+    rt_redis_cmd(port, 4, ten);
+
+    char url[64];
+    struct tg_config cfg;
+    struct event_base *base = event_base_new();
+    struct route_ctx *rc = rt_ctx(&cfg, url, sizeof(url), port, 4, base);
+    rt_run(base, 0.5, NULL);
+
+    /* Four routed hosts of four tenants, then 100 unknown hosts: the four stay cached. */
+    for (int round = 0; round < 2; round++) {
+        for (int i = 0; i < 4; i++) {
+            struct got g = {0};
+            snprintf(host, sizeof(host), "h%d.test", i);
+            struct route_lookup *lk = route_lookup(rc, host, strlen(host), "/", 1, got_cb, &g);
+            ck_assert_msg((lk == NULL) == (round == 1), "%s: round %d: %s", host, round,
+                          lk ? "not cached" : "cached");
+            if (lk)
+                rt_run(base, 2.0, &g.calls);
+            snprintf(tenant, sizeof(tenant), "t%d", i);
+            ck_assert_int_eq(g.res.status, ROUTE_OK);
+            ck_assert_str_eq(g.tenant, tenant);
+            ck_assert_int_eq((int)g.res.policy.cap_bytes, i == 0 ? 5000 : -1);
+        }
+        for (int i = 0; round == 0 && i < 100; i++) {
+            struct got g = {0};
+            snprintf(host, sizeof(host), "nx%d.test", i);
+            if (route_lookup(rc, host, strlen(host), "/", 1, got_cb, &g))
+                rt_run(base, 2.0, &g.calls);
+            ck_assert_int_eq(g.res.status, ROUTE_NOT_FOUND);
+        }
+    }
+
+    /* A policy change is seen by the next request (invalidation), though the domain record is unchanged. */
+    const char *ten2[] = {"HSET", "tg:tenant:t0", "cap_bytes", "7000"};
+    rt_redis_cmd(port, 4, ten2);
+    int64_t cap = 0;
+    for (int tries = 0; tries < 40 && cap != 7000; tries++) {
+        rt_run(base, 0.05, NULL);
+        struct got g = {0};
+        if (route_lookup(rc, "h0.test", 7, "/", 1, got_cb, &g))
+            rt_run(base, 2.0, &g.calls);
+        ck_assert_int_eq(g.res.status, ROUTE_OK);
+        cap = g.res.policy.cap_bytes;
+    }
+    ck_assert_int_eq((int)cap, 7000);
+    /* And the record that has it is used from then on without Redis. */
+    struct got g = {0};
+    ck_assert_ptr_null(route_lookup(rc, "h0.test", 7, "/", 1, got_cb, &g));
+    ck_assert_int_eq((int)g.res.policy.cap_bytes, 7000);
+
+    route_ctx_free(rc);
+    event_base_free(base);
+    rfx_stop(&srv);
+}
+END_TEST
+
 Suite *routing_suite(void)
 {
     Suite *s = suite_create("routing");
@@ -809,13 +1091,18 @@ Suite *routing_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("cache");
-    tcase_add_test(tc, lru_eviction);
+    tcase_add_test(tc, clock_second_chance);
+    tcase_add_test(tc, cache_replace_del_keys);
     tcase_add_test(tc, lru_many);
+    tcase_add_test(tc, cache_model);
+    tcase_add_test(tc, cache_keyed);
+    tcase_add_test(tc, cache_hash_bytes);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("redis");
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, redis_lookup_coalesce_cancel_teardown);
+    tcase_add_test(tc, redis_caches_routes_tenants_apart);
     suite_add_tcase(s, tc);
     return s;
 }
