@@ -3,6 +3,7 @@
 #define TG_TESTS_H
 #include <check.h>
 Suite *h1_suite(void);
+Suite *bev_suite(void);
 Suite *config_suite(void);
 Suite *routing_suite(void);
 Suite *meter_suite(void);
