@@ -245,7 +245,14 @@ static inline size_t cache_find(const struct cache *c, const char *key, size_t k
             *found = 0;
             return s;
         }
-        if (sl->hash == h32 && cache_key_eq(c, sl, key, klen)) {
+        if (sl->hash != h32)
+            continue;
+        if (c->key_fn) {
+            /* The key may not be in the value's first line: ask for both at once. */
+            __builtin_prefetch(sl->p);
+            __builtin_prefetch((const char *)sl->p + 64);
+        }
+        if (cache_key_eq(c, sl, key, klen)) {
             *found = 1;
             return s;
         }

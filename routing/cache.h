@@ -34,7 +34,8 @@ struct cache *cache_new(size_t capacity, cache_free_fn free_fn);
 /*
  * Same, for values that hold their own key: key_fn(val) must return, for
  * as long as val is in the cache, the key val was stored under.  val must
- * not be NULL.
+ * not be NULL.  The first 128 bytes of a value are prefetched before its key
+ * is read: a hit then waits for memory once for what the caller reads next.
  */
 struct cache *cache_new_keyed(size_t capacity, cache_free_fn free_fn, cache_key_fn key_fn);
 /* Frees every value (free_fn) and the cache. */

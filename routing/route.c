@@ -91,7 +91,8 @@ struct route_entry {
     union {
         struct {
             const char *tenant;    /* NUL-terminated: inside the record, or owned (static) */
-            struct route_backends *set;        /* the set when no path rule matches: likewise */
+            struct route_backends *set;        /* the set when no path rule matches: owned (static), or a
+                                                  shared set (route_pset) of the record */
             struct match_paths *paths;         /* owned, may be NULL (Redis path rules) */
             struct route_backends **path_sets; /* owned, one per path rule */
         };
@@ -107,15 +108,21 @@ struct route_static {
 };
 
 enum { REC_DOMAIN = 1, REC_TENANT = 2 };
+enum {
+    REC_STALE = 1,                 /* a key it was built from changed (found by name on invalidation) */
+    REC_UNCACHED = 2,              /* its cache let go of it (replaced or evicted) */
+};
 
 /*
  * A cached answer: a domain record (key: the host) or a tenant record (key:
  * the tenant id).  One 64-byte-aligned block: the first cache line holds
- * what a hit reads first, the key follows the stamps (a host of up to 35
- * bytes ends in the second line), then, for a routed domain, the backend
- * set and the tenant name.  Refcounted through e.refs: the cache holds one
- * reference, a fetch in flight may hold one, requests hold them through
- * route_entry_ref(), a domain record holds one on its tenant's record.
+ * what a hit reads first, then the stamps, the key and, for a routed
+ * domain, the tenant name (a host and tenant of 30 bytes together end in
+ * the second line).  The backend set is shared with the other routes to
+ * the same backends (route_pset).  Refcounted through e.refs: the cache
+ * holds one reference, a fetch in flight may hold one, requests hold them
+ * through route_entry_ref(), a domain record holds one on its tenant's
+ * record.
  */
 struct route_rec {
     struct route_entry e;          /* domain OK: the entry; tenant: the policy */
@@ -123,7 +130,7 @@ struct route_rec {
     uint8_t kind;
     uint8_t status;                /* domain: enum route_status OK, NOT_FOUND or BAD_DATA */
     uint8_t ndeps;
-    uint8_t superseded;            /* tenant: a newer record replaced it in the cache */
+    uint8_t flags;                 /* REC_STALE, REC_UNCACHED */
     double expires;
     union {
         struct route_rec *trec;    /* domain OK: the tenant record last used (a reference), may be NULL */
@@ -135,6 +142,34 @@ struct route_rec {
     uint16_t dep_slot[3];
     uint16_t klen;
     char key[];                    /* NUL-terminated */
+};
+
+/* What a hit reads first fits the record's first cache line. */
+_Static_assert(offsetof(struct route_rec, fetched) == 64, "route_rec: hot fields span one cache line");
+
+/*
+ * Backend sets of Redis routes are interned per worker: routes to the same
+ * backends (same lb, names and resolved addresses) share one set, so that a
+ * record stays two cache lines long, a popular set stays in the CPU caches
+ * and its round-robin cursor is shared.  A set is counted by the records
+ * that use it and leaves the pool with the last of them.
+ */
+struct route_pool;
+
+struct route_pset {
+    int refs;
+    uint64_t hash;
+    struct route_pool *pool;       /* NULL: not interned (yet, or the ctx is gone) */
+    struct route_pset *next;       /* pool chain */
+    /* the struct route_backends follows, at ROUTE_PSET_OFF */
+};
+
+#define ROUTE_PSET_OFF ((sizeof(struct route_pset) + 15) & ~(size_t)15)
+
+struct route_pool {
+    struct route_pset **b;
+    size_t mask;
+    size_t count;
 };
 
 /* The compiled tg:patterns list (one per worker, replaced as a whole). */
@@ -249,6 +284,7 @@ struct route_ctx {
     struct cache *tenants;         /* tenant records (a quarter of that) */
     struct cache *neg;             /* unknown and bad-data hosts (a quarter of that) */
     struct cache *dns;
+    struct route_pool *pool;       /* shared backend sets */
     struct evdns_base *dnsb;
     struct route_dns *dns_reqs;
     struct route_pats *pats;
@@ -731,11 +767,17 @@ static uint32_t route_slot(const struct route_ctx *rc, const char *key, size_t l
     return (uint32_t)(cache_hash(key, len) & (ROUTE_DEP_SLOTS - 1));
 }
 
-/* Bumps the invalidation counter of one Redis key. */
+static void route_mark_stale(struct route_ctx *rc, const char *key, size_t len);
+
+/*
+ * One Redis key changed: bumps its invalidation counter and marks stale the
+ * cached records named by it.
+ */
 static void route_invalidate_key(struct route_ctx *rc, const char *key, size_t len)
 {
     rc->depgen[route_slot(rc, key, len)]++;
     rc->m.invalidations++;
+    route_mark_stale(rc, key, len);
 }
 
 /* Every record becomes stale (revalidated on next use, still servable while Redis is down). */
@@ -761,20 +803,12 @@ static size_t route_align(size_t n, size_t a)
 
 /*
  * Allocates a record for key (klen <= HOST_MAX or MATCH_MAX_TENANT) with
- * one reference.  For a routed domain (nb backends, 1..BAL_MAX_BACKENDS)
- * the block also holds the set (named nb backends, zeroed) and the tenant
- * name, and the record's status is ROUTE_OK.  NULL on OOM.
+ * one reference; with tenant (tl bytes), the block also holds the tenant
+ * name (a routed domain).  NULL on OOM.
  */
-static struct route_rec *route_rec_alloc(int kind, const char *key, size_t klen, size_t nb, int lb,
-                                         const char *tenant, size_t tl)
+static struct route_rec *route_rec_alloc(int kind, const char *key, size_t klen, const char *tenant, size_t tl)
 {
-    size_t size = offsetof(struct route_rec, key) + klen + 1, set_off = 0, ten_off = 0;
-    if (nb) {
-        set_off = route_align(size, 16);
-        size = set_off + sizeof(struct route_backends) + nb * sizeof(struct bal_backend);
-        ten_off = size;
-        size += tl + 1;
-    }
+    size_t size = offsetof(struct route_rec, key) + klen + 1 + (tenant ? tl + 1 : 0);
     void *p;
     if (posix_memalign(&p, 64, route_align(size, 64)) != 0)
         return NULL;
@@ -787,17 +821,127 @@ static struct route_rec *route_rec_alloc(int kind, const char *key, size_t klen,
     memcpy(r->key, key, klen);
     if (kind == REC_TENANT)
         r->e.policy.cap_bytes = -1;
-    if (nb) {
-        struct route_backends *set = (struct route_backends *)((char *)p + set_off);
-        set->n = nb;
-        set->lb = lb;
-        char *t = (char *)p + ten_off;
+    if (tenant) {
+        char *t = r->key + klen + 1;
         memcpy(t, tenant, tl);
-        r->e.set = set;
         r->e.tenant = t;
-        r->status = ROUTE_OK;
     }
     return r;
+}
+
+/* ---- shared backend sets ---- */
+
+static struct route_pset *route_pset_of(const struct route_backends *set)
+{
+    return (struct route_pset *)(void *)((char *)set - ROUTE_PSET_OFF);
+}
+
+/* A new, not yet interned set of nb (1..BAL_MAX_BACKENDS) zeroed backends; NULL on OOM. */
+static struct route_backends *route_pset_new(size_t nb, int lb)
+{
+    struct route_pset *ps = calloc(1, ROUTE_PSET_OFF + sizeof(struct route_backends) +
+                                          nb * sizeof(struct bal_backend));
+    if (ps == NULL)
+        return NULL;
+    ps->refs = 1;
+    struct route_backends *set = (struct route_backends *)(void *)((char *)ps + ROUTE_PSET_OFF);
+    set->n = nb;
+    set->lb = lb;
+    return set;
+}
+
+static void route_pset_unref(struct route_backends *set)
+{
+    if (set == NULL)
+        return;
+    struct route_pset *ps = route_pset_of(set);
+    if (--ps->refs > 0)
+        return;
+    struct route_pool *pool = ps->pool;
+    if (pool) {
+        for (struct route_pset **pp = &pool->b[ps->hash & pool->mask]; *pp; pp = &(*pp)->next)
+            if (*pp == ps) {
+                *pp = ps->next;
+                pool->count--;
+                break;
+            }
+    }
+    free(ps);
+}
+
+static uint64_t route_pset_hash(const struct route_backends *set)
+{
+    uint64_t h = (uint64_t)set->lb * 0x9e3779b97f4a7c15ULL + set->n;
+    for (size_t i = 0; i < set->n; i++) {
+        const struct bal_backend *b = &set->b[i];
+        h = h * 31 + cache_hash(b->name, strlen(b->name));
+        h = h * 31 + cache_hash((const char *)&b->addr, b->addrlen);
+    }
+    return h;
+}
+
+static int route_pset_equal(const struct route_backends *a, const struct route_backends *b)
+{
+    if (a->lb != b->lb || a->n != b->n)
+        return 0;
+    for (size_t i = 0; i < a->n; i++)
+        if (a->b[i].addrlen != b->b[i].addrlen || strcmp(a->b[i].name, b->b[i].name) != 0 ||
+            memcmp(&a->b[i].addr, &b->b[i].addr, a->b[i].addrlen) != 0)
+            return 0;
+    return 1;
+}
+
+/*
+ * Replaces *setp (a new set, its addresses filled) by the pool's equal set
+ * when there is one, else interns it.
+ */
+static void route_pset_intern(struct route_pool *pool, struct route_backends **setp)
+{
+    struct route_pset *ps = route_pset_of(*setp);
+    if (ps->pool)
+        return;
+    ps->hash = route_pset_hash(*setp);
+    struct route_pset **head = &pool->b[ps->hash & pool->mask];
+    for (struct route_pset *o = *head; o; o = o->next) {
+        struct route_backends *os = (struct route_backends *)(void *)((char *)o + ROUTE_PSET_OFF);
+        if (o->hash == ps->hash && route_pset_equal(os, *setp)) {
+            o->refs++;
+            route_pset_unref(*setp);
+            *setp = os;
+            return;
+        }
+    }
+    ps->pool = pool;
+    ps->next = *head;
+    *head = ps;
+    pool->count++;
+}
+
+/* A pool with about one chain per two routes of a cache of capacity cap; NULL on OOM. */
+static struct route_pool *route_pool_new(size_t cap)
+{
+    struct route_pool *pool = calloc(1, sizeof(*pool));
+    size_t nb = 64;
+    while (nb < cap / 2)
+        nb <<= 1;
+    if (pool == NULL || (pool->b = calloc(nb, sizeof(*pool->b))) == NULL) {
+        free(pool);
+        return NULL;
+    }
+    pool->mask = nb - 1;
+    return pool;
+}
+
+/* Frees the pool; sets still used by records (held by requests) live on, detached. */
+static void route_pool_free(struct route_pool *pool)
+{
+    if (pool == NULL)
+        return;
+    for (size_t i = 0; i <= pool->mask; i++)
+        for (struct route_pset *ps = pool->b[i]; ps; ps = ps->next)
+            ps->pool = NULL;
+    free(pool->b);
+    free(pool);
 }
 
 /* Frees a record whose last reference went (route_entry_unref). */
@@ -805,6 +949,7 @@ static void route_rec_destroy(struct route_rec *r)
 {
     if (r->kind == REC_DOMAIN && r->status == ROUTE_OK) {
         route_entry_drop_paths(&r->e);
+        route_pset_unref(r->e.set);
         if (r->trec)
             route_entry_unref(&r->trec->e);
     }
@@ -817,14 +962,42 @@ static void route_rec_unref(struct route_rec *r)
         route_entry_unref(&r->e);
 }
 
+/* A cache lets go of a record: requests and other records may still hold it, but not use it for lookups. */
 static void route_rec_free_cb(void *v)
 {
-    route_rec_unref(v);
+    struct route_rec *r = v;
+    r->flags |= REC_UNCACHED;
+    route_rec_unref(r);
 }
 
-/* Records the stamp of one key r was built from (a stamp already there is not repeated). */
+/*
+ * The keys named after the record itself (<p>domain:<host> and
+ * <p>paths:<host> for a domain record, <p>tenant:<id> for a tenant record)
+ * mark it stale by name when they change (route_mark_stale): a hit does not
+ * check their counters.  Their stamps are checked once, when the fetch
+ * ends (route_rec_born), for changes made while it was in flight.
+ */
+static int route_dep_by_name(int which)
+{
+    return which == CMD_EXACT || which == CMD_PEXACT || which == CMD_TENANT;
+}
+
+/* Marks r stale if a key it is named after changed since f sent its command for it. */
+static void route_rec_born(struct route_ctx *rc, struct route_rec *r, const struct route_fetch *f, int which)
+{
+    if (rc->depgen[f->slot[which]] != f->val[which])
+        r->flags |= REC_STALE;
+}
+
+/*
+ * Records the stamp of one key r was built from, checked on every hit (a
+ * stamp already there is not repeated; keys r is named after are not
+ * stamped: see route_dep_by_name).
+ */
 static void route_rec_dep(struct route_rec *r, const struct route_fetch *f, int which)
 {
+    if (route_dep_by_name(which))
+        return;
     for (unsigned i = 0; i < r->ndeps; i++)
         if (r->dep_slot[i] == f->slot[which] && r->dep_val[i] == f->val[which])
             return;
@@ -843,7 +1016,7 @@ static double route_ttl_cap(const struct route_ctx *rc, double ttl)
 /* 1 when r may be used without asking Redis. */
 static int route_rec_fresh(const struct route_ctx *rc, const struct route_rec *r, double now)
 {
-    if (r->gen != rc->gen || now >= r->expires)
+    if (r->gen != rc->gen || (r->flags & REC_STALE) || now >= r->expires)
         return 0;
     if (!rc->tracking && now - r->fetched > ROUTE_NOTRACK_TTL)
         return 0;
@@ -876,13 +1049,14 @@ static struct route_rec *route_cached_tenant(struct route_ctx *rc, const char *t
 
 /*
  * The tenant record for routed domain record d, fresh at now, or NULL:
- * the one d used last when it is still fresh and current (no second hash
- * lookup on a hit), else the cached one, which d then keeps.
+ * the one d used last while it is fresh and still cached (no second hash
+ * lookup on a hit; an uncached one is not found by route_mark_stale), else
+ * the cached one, which d then keeps.
  */
 static struct route_rec *route_domain_tenant(struct route_ctx *rc, struct route_rec *d, double now)
 {
     struct route_rec *t = d->trec;
-    if (t && !t->superseded && route_rec_fresh(rc, t, now))
+    if (t && !(t->flags & REC_UNCACHED) && route_rec_fresh(rc, t, now))
         return t;
     t = route_cached_tenant(rc, d->e.tenant);
     if (t == NULL || !route_rec_fresh(rc, t, now))
@@ -912,9 +1086,6 @@ static void route_cache_store(struct route_ctx *rc, struct route_rec *r)
     struct cache *c;
     if (r->kind == REC_TENANT) {
         c = rc->tenants;
-        struct route_rec *old = cache_peek(c, r->key, r->klen);
-        if (old && old != r)
-            old->superseded = 1;           /* domain records holding it switch to r */
     } else if (r->status == ROUTE_OK) {
         c = rc->routes;
         cache_del(rc->neg, r->key, r->klen);
@@ -926,6 +1097,43 @@ static void route_cache_store(struct route_ctx *rc, struct route_rec *r)
     if (cache_put(c, r->key, r->klen, r) < 0)
         r->e.refs--;
     route_count_cache(rc);
+}
+
+/*
+ * Marks stale the cached records a changed key is named after: the host's
+ * domain records for <p>domain:<host> and <p>paths:<host>, the tenant's
+ * record for <p>tenant:<id>.  Wildcard keys and the pattern list are found
+ * through their counters instead (route_rec_dep).
+ */
+static void route_mark_stale(struct route_ctx *rc, const char *key, size_t len)
+{
+    static const char dom[] = SCHEMA_K_DOMAIN, pth[] = SCHEMA_K_PATHS, ten[] = SCHEMA_K_TENANT;
+    size_t pl = rc->prefix_len;
+    if (rc->routes == NULL || len <= pl || memcmp(key, rc->prefix, pl) != 0)
+        return;
+    const char *k = key + pl;
+    size_t kl = len - pl;
+    struct cache *c1 = NULL, *c2 = NULL;
+    size_t fl = 0;
+    if (kl > sizeof(dom) - 1 && memcmp(k, dom, sizeof(dom) - 1) == 0) {
+        fl = sizeof(dom) - 1;
+        c1 = rc->routes;
+        c2 = rc->neg;
+    } else if (kl > sizeof(pth) - 1 && memcmp(k, pth, sizeof(pth) - 1) == 0) {
+        fl = sizeof(pth) - 1;
+        c1 = rc->routes;
+        c2 = rc->neg;
+    } else if (kl > sizeof(ten) - 1 && memcmp(k, ten, sizeof(ten) - 1) == 0) {
+        fl = sizeof(ten) - 1;
+        c1 = rc->tenants;
+    } else {
+        return;
+    }
+    struct route_rec *r;
+    if ((r = cache_peek(c1, k + fl, kl - fl)) != NULL)
+        r->flags |= REC_STALE;
+    if (c2 && (r = cache_peek(c2, k + fl, kl - fl)) != NULL)
+        r->flags |= REC_STALE;
 }
 
 /* ---- answering ---- */
@@ -1075,14 +1283,19 @@ static struct route_rec *route_rec_routed(const char *host, size_t hl, const cha
         match_paths_free(paths);
         return NULL;
     }
-    struct route_rec *r = n > 0 ? route_rec_alloc(REC_DOMAIN, host, hl, (size_t)n, lb, tenant, tl) : NULL;
-    if (r == NULL) {
+    struct route_rec *r = route_rec_alloc(REC_DOMAIN, host, hl, tenant, tl);
+    struct route_backends *set = n > 0 ? route_pset_new((size_t)n, lb) : NULL;
+    if (r == NULL || set == NULL) {
         match_paths_free(paths);
+        free(r);
+        route_pset_unref(set);
         if (err[0] == '\0')
             snprintf(err, errlen, n > 0 ? "out of memory" : "no backends");
         return NULL;
     }
+    r->status = ROUTE_OK;
     struct route_entry *e = &r->e;
+    e->set = set;
     for (int i = 0; i < n; i++)
         snprintf(e->set->b[i].name, sizeof(e->set->b[i].name), "%s", addrs[i].text);
     e->redirect_https = (uint8_t)(redirect != 0);
@@ -1525,7 +1738,7 @@ static int route_pats_fresh(const struct route_ctx *rc, const struct route_pats 
 static void route_parse_tenant(struct route_fetch *f, const struct redis_reply *r)
 {
     struct route_ctx *rc = f->rc;
-    struct route_rec *t = route_rec_alloc(REC_TENANT, f->tenant, strlen(f->tenant), 0, 0, NULL, 0);
+    struct route_rec *t = route_rec_alloc(REC_TENANT, f->tenant, strlen(f->tenant), NULL, 0);
     if (t == NULL) {
         f->tenant_failed = 1;
         return;
@@ -1709,6 +1922,7 @@ static void route_decide_bad(struct route_fetch *f, const char *what, const char
     if (d->status == ROUTE_OK) {
         route_entry_drop_paths(&d->e);
         route_rec_unref(d->trec);
+        route_pset_unref(d->e.set);
         d->e.set = NULL;
         d->e.tenant = NULL;
     }
@@ -1819,7 +2033,7 @@ static void route_decide(struct route_fetch *f)
         }
     }
     if (d == NULL) {
-        d = route_rec_alloc(REC_DOMAIN, f->host, f->hl, 0, 0, NULL, 0);
+        d = route_rec_alloc(REC_DOMAIN, f->host, f->hl, NULL, 0);
         if (d == NULL) {
             f->failed = 1;
             return;
@@ -1851,7 +2065,7 @@ static void route_decide(struct route_fetch *f)
  */
 static void route_entry_carry(const struct route_entry *old, struct route_entry *e)
 {
-    if (old->set->n == e->set->n)
+    if (old->set != e->set && old->set->n == e->set->n)
         e->set->rr = old->set->rr;
     for (size_t i = 0; i < e->n_paths && i < old->n_paths; i++)
         if (old->path_sets[i]->n == e->path_sets[i]->n)
@@ -1866,13 +2080,20 @@ static void route_fetch_finish(struct route_fetch *f)
     route_pending_del(rc, f);            /* lookups from callbacks start afresh */
     if (!f->failed && f->drec) {
         if (f->need_domain) {
+            route_rec_born(rc, f->drec, f, CMD_EXACT);
+            if (f->exact.present)
+                route_rec_born(rc, f->drec, f, CMD_PEXACT);
+            if (f->drec->status == ROUTE_OK)
+                route_pset_intern(rc->pool, &f->drec->e.set);
             const struct route_rec *old = cache_peek(rc->routes, f->host, f->hl);
             if (old && old->status == ROUTE_OK && f->drec->status == ROUTE_OK)
                 route_entry_carry(&old->e, &f->drec->e);
             route_cache_store(rc, f->drec);
         }
-        if (f->trec)
+        if (f->trec) {
+            route_rec_born(rc, f->trec, f, CMD_TENANT);
             route_cache_store(rc, f->trec);
+        }
     }
     while (f->waiters) {
         struct route_lookup *w = f->waiters;
@@ -2209,6 +2430,7 @@ static void route_ctx_release(struct route_ctx *rc)
     cache_free(rc->tenants);
     cache_free(rc->neg);
     cache_free(rc->dns);
+    route_pool_free(rc->pool);
     free(rc->depgen);
     route_statics_free(rc->statics, rc->n_slots);
     bal_health_free(rc->health);
@@ -2252,9 +2474,10 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
         rc->tenants = cache_new_keyed(quarter, route_rec_free_cb, route_rec_key);
         rc->neg = cache_new_keyed(quarter, route_rec_free_cb, route_rec_key);
         rc->dns = cache_new(ROUTE_DNS_CACHE, free);
+        rc->pool = route_pool_new(cap);
         rc->depgen = calloc(ROUTE_DEP_SLOTS, sizeof(*rc->depgen));
         if (rc->routes == NULL || rc->tenants == NULL || rc->neg == NULL || rc->dns == NULL ||
-            rc->depgen == NULL) {
+            rc->pool == NULL || rc->depgen == NULL) {
             snprintf(err, errlen, "out of memory");
             goto fail;
         }
@@ -2356,10 +2579,6 @@ struct route_lookup *route_lookup(struct route_ctx *rc, const char *host, size_t
             route_answer_recs(rc, d, NULL, path, path_len, cb, arg);
             return NULL;
         }
-        /* The proxy reads the backend set and the tenant name next (route_pick, metering). */
-        const char *sp = (const char *)d->e.set;
-        for (int i = 0; i < 5; i++)
-            __builtin_prefetch(sp + 64 * i);
         struct route_rec *t = route_domain_tenant(rc, d, now);
         if (t) {
             rc->m.hits++;

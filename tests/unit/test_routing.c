@@ -1055,6 +1055,40 @@ START_TEST(redis_caches_routes_tenants_apart)
     ck_assert_ptr_null(route_lookup(rc, "h0.test", 7, "/", 1, got_cb, &g));
     ck_assert_int_eq((int)g.res.policy.cap_bytes, 7000);
 
+    /*
+     * Changes reach records by name (the host's own keys) and by counter (a
+     * wildcard the host matched): both within a second.
+     */
+    const char *w1[] = {"HSET", "tg:domain:*.w.test", "tenant", "t1", "backends", "127.0.0.1:11"};
+    rt_redis_cmd(port, 6, w1);
+    static const struct { const char *key, *backend, *host; } change[] = {
+        {"tg:domain:*.w.test", "127.0.0.1:12", "x.w.test"},
+        {"tg:domain:h1.test", "127.0.0.1:13", "h1.test"},
+    };
+    for (size_t c = 0; c < 2; c++) {
+        for (int step = 0; step < 2; step++) {
+            if (step == 1) {
+                const char *set[] = {"HSET", change[c].key, "backends", change[c].backend};
+                rt_redis_cmd(port, 4, set);
+            }
+            struct route_target t = {0};
+            for (int tries = 0; tries < 40; tries++) {
+                rt_run(base, step ? 0.025 : 0.0, NULL);
+                struct got gw = {0};
+                if (route_lookup(rc, change[c].host, strlen(change[c].host), "/", 1, got_cb, &gw))
+                    rt_run(base, 2.0, &gw.calls);
+                ck_assert_int_eq(gw.res.status, ROUTE_OK);
+                uint64_t tried = 0;
+                ck_assert_int_eq(route_pick(rc, gw.res.backends, &tried, &t), 0);
+                if (step == 0 || strcmp(t.name, change[c].backend) == 0)
+                    break;
+            }
+            if (step == 1)
+                ck_assert_msg(strcmp(t.name, change[c].backend) == 0, "%s still routes to %s", change[c].host,
+                              t.name);
+        }
+    }
+
     route_ctx_free(rc);
     event_base_free(base);
     rfx_stop(&srv);
