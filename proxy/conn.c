@@ -151,6 +151,7 @@ struct conn {
     struct timeval last_activity;     /* tunnel idleness; start of keep-alive idleness in CS_HEAD */
     struct event *park_ev;            /* set while parked (bev == NULL) */
     int fd;                           /* the client socket; the conn closes it */
+    float rto, wto;                   /* the bufferevent's timeouts (s, 0 = none): set_client_timeouts() */
     unsigned flags;
     unsigned char state;
     union {
@@ -484,10 +485,17 @@ static void reject(struct conn *c, int status)
 /* ---------------------------------------------------------------------- */
 /* Timeouts                                                               */
 
+/* Sets the client bufferevent's timeouts (0 = none), unless they are set
+ * already: each change re-adds its events to the timer heap. */
 static void set_client_timeouts(struct conn *c, double read_s, double write_s)
 {
+    float r = read_s > 0 ? (float)read_s : 0, w = write_s > 0 ? (float)write_s : 0;
+    if (r == c->rto && w == c->wto)
+        return;
+    c->rto = r;
+    c->wto = w;
     struct timeval rt = tv_of(read_s), wt = tv_of(write_s);
-    bufferevent_set_timeouts(c->bev, read_s > 0 ? &rt : NULL, write_s > 0 ? &wt : NULL);
+    bufferevent_set_timeouts(c->bev, r > 0 ? &rt : NULL, w > 0 ? &wt : NULL);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -608,8 +616,10 @@ static void conn_process(struct conn *c)
     if ((rq.flags & H1_F_CONN_CLOSE) || (rq.minor == 0 && !(rq.flags & H1_F_CONN_KEEPALIVE)))
         c->flags |= CF_CLOSE_AFTER;
 
-    /* The client may pause here while we route: no read timeout. */
-    set_client_timeouts(c, 0, 0);
+    /* The client may pause here while we route: no read timeout.  (The write
+     * timeout is the one the response will need; it runs only while writes
+     * wait, so setting it now saves re-arming the timers a second time.) */
+    set_client_timeouts(c, 0, cfg->client_body_timeout);
     set_state(c, CS_ROUTE);
     struct route_lookup *lk = route_lookup(worker_routes(c->w), rq.host.p, rq.host.len, rq.path.p,
                                            rq.path.len, route_done, c);
@@ -986,7 +996,8 @@ static void send_request(struct conn *c)
         set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
     }
     bufferevent_enable(r->up, EV_READ);
-    bufferevent_enable(c->bev, EV_READ);
+    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
+        bufferevent_enable(c->bev, EV_READ);
     if (r->flags & RF_HAS_BODY)
         relay_request_body(c);    /* flushes */
     else
@@ -1308,7 +1319,7 @@ static int read_response_head(struct conn *c)
             set_state(c, CS_TUNNEL);
             struct timeval it = tv_of(cfg->upstream_read_timeout);
             bufferevent_set_timeouts(r->up, &it, &it);
-            bufferevent_set_timeouts(c->bev, &it, &it);
+            set_client_timeouts(c, cfg->upstream_read_timeout, cfg->upstream_read_timeout);
             event_base_gettimeofday_cached(worker_base(c->w), &c->last_activity);
             bufferevent_enable(c->bev, EV_READ);
             route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_OK);
@@ -1516,7 +1527,8 @@ static void finish_request(struct conn *c)
     }
     set_state(c, CS_HEAD);
     c->flags &= ~(CF_CLIENT_PAUSED | CF_UP_PAUSED);
-    bufferevent_enable(c->bev, EV_READ);
+    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
+        bufferevent_enable(c->bev, EV_READ);
     conn_process(c);
 }
 
@@ -1849,6 +1861,7 @@ static int client_bev_open(struct conn *c)
     c->bev = bufferevent_socket_new(worker_base(c->w), c->fd, 0);
     if (!c->bev)
         return -1;
+    c->rto = c->wto = 0;
     bev_own_read(c->bev);
     bufferevent_set_max_single_read(c->bev, BEV_READ_HEAD);
     bufferevent_setcb(c->bev, client_read_cb, client_write_cb, client_event_cb, c);

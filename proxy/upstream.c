@@ -181,7 +181,8 @@ void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, st
         k->head->prev = ic;
     k->head = ic;
     k->n_idle++;
-    bufferevent_setwatermark(bev, EV_READ, 0, 0);
+    /* (No read watermark is ever set on a backend connection: clearing one
+     * would cost an event_add through libevent's unsuspend.) */
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     bufferevent_setcb(bev, idle_read_cb, NULL, idle_event_cb, ic);
     bufferevent_set_timeouts(bev, &p->idle_tv, NULL);
