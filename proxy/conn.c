@@ -995,7 +995,8 @@ static void send_request(struct conn *c)
         bufferevent_set_timeouts(r->up, NULL, &ut);
         set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
     }
-    bufferevent_enable(r->up, EV_READ);
+    if (!(bufferevent_get_enabled(r->up) & EV_READ))
+        bufferevent_enable(r->up, EV_READ);
     if (!(bufferevent_get_enabled(c->bev) & EV_READ))
         bufferevent_enable(c->bev, EV_READ);
     if (r->flags & RF_HAS_BODY)
