@@ -1856,7 +1856,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
 /* Life cycle                                                             */
 
 /* Gives the connection a bufferevent on its socket (at accept, and when a
- * parked connection becomes readable).  0 / -1. */
+ * parked connection becomes readable), reading with the head timeout.  0 / -1. */
 static int client_bev_open(struct conn *c)
 {
     c->bev = bufferevent_socket_new(worker_base(c->w), c->fd, 0);
@@ -1870,6 +1870,8 @@ static int client_bev_open(struct conn *c)
     bufferevent_set_max_single_write(c->bev, 262144);
     evbuffer_add_cb(bufferevent_get_output(c->bev), client_out_cb, c);
     bufferevent_disable(c->bev, EV_WRITE);   /* writes go through flush_now() */
+    /* The head timeout before reading is enabled: one event_add, not two. */
+    set_client_timeouts(c, worker_config(c->w)->client_header_timeout, 0);
     bufferevent_enable(c->bev, EV_READ);
     return 0;
 }
@@ -1883,7 +1885,6 @@ static void park_cb(evutil_socket_t fd, short what, void *arg)
         conn_close(c);
         return;
     }
-    set_client_timeouts(c, cfg_of(c)->client_header_timeout, 0);
     evutil_timerclear(&c->head_start);
     evutil_timerclear(&c->last_activity);
     /* The socket is readable: read now rather than wait an iteration for
@@ -1942,7 +1943,6 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
         free(c);
         return;
     }
-    set_client_timeouts(c, worker_config(w)->client_header_timeout, 0);
     struct tg_metrics *m = worker_metrics(w);
     m->connections_accepted++;
     m->connections_active++;
