@@ -37,6 +37,10 @@
  *     stale.  A collision only costs an extra revalidation.  Any
  *     (re)connection bumps the generation (invalidations may have been lost);
  *     while tracking is not confirmed, records count as fresh for 1 s only.
+ *   - The TTL is only a safety net while invalidations flow: a record whose
+ *     TTL ran out (and nothing else) is served once more while a fetch in
+ *     the background replaces it, for up to ROUTE_REFRESH_GRACE, so that a
+ *     hot host never waits for its periodic revalidation.
  *   - Redis down or slow (redis.c's per-command deadline): records are
  *     served stale up to cfg->route_stale_max_age; without a record the
  *     answer is ROUTE_UNAVAILABLE.
@@ -72,6 +76,7 @@
 #define ROUTE_PREFIX_MAX  SCHEMA_PREFIX_MAX
 #define ROUTE_DNS_CACHE   4096           /* resolved backend names per worker */
 #define ROUTE_NOTRACK_TTL 1.0            /* freshness while invalidations are not flowing */
+#define ROUTE_REFRESH_GRACE 10.0         /* a record past its TTL served while it is refetched, at most (s) */
 #define ROUTE_PENDING_BUCKETS 256
 
 /* Workers whose Redis is configured but down; route_degraded() reads it from any thread. */
@@ -257,7 +262,7 @@ struct route_fetch {
 
 /* Per-worker counters: written by the worker only, read by the admin thread. */
 struct route_counters {
-    uint64_t hits, misses, redis_errors, bad_data, stale_served, coalesced, invalidations;
+    uint64_t hits, misses, redis_errors, bad_data, stale_served, coalesced, invalidations, refreshes;
     uint64_t entries, evictions;
 };
 
@@ -599,6 +604,7 @@ static int route_statics_build(const struct tg_config *cfg, struct route_static 
  *   tollgate_route_cache_misses_total      counter  lookups that needed Redis
  *   tollgate_route_coalesced_total         counter  lookups that joined another's Redis round trip
  *   tollgate_route_stale_served_total      counter  lookups answered from a stale entry while Redis failed
+ *   tollgate_route_refreshes_total         counter  entries past their TTL refetched in the background
  *   tollgate_route_redis_errors_total      counter  routing commands that failed or timed out
  *   tollgate_route_bad_data_total          counter  invalid routing data found in Redis
  *   tollgate_route_invalidations_total     counter  key invalidations received
@@ -630,6 +636,7 @@ static void route_metrics_write(FILE *f, void *arg)
         t.stale_served += route_load(&rc->m.stale_served);
         t.coalesced += route_load(&rc->m.coalesced);
         t.invalidations += route_load(&rc->m.invalidations);
+        t.refreshes += route_load(&rc->m.refreshes);
         t.entries += route_load(&rc->m.entries);
         t.evictions += route_load(&rc->m.evictions);
     }
@@ -647,6 +654,9 @@ static void route_metrics_write(FILE *f, void *arg)
             "# HELP tollgate_route_stale_served_total Lookups answered from a stale entry while Redis failed.\n"
             "# TYPE tollgate_route_stale_served_total counter\n"
             "tollgate_route_stale_served_total %llu\n"
+            "# HELP tollgate_route_refreshes_total Entries past their TTL refetched in the background while served.\n"
+            "# TYPE tollgate_route_refreshes_total counter\n"
+            "tollgate_route_refreshes_total %llu\n"
             "# HELP tollgate_route_redis_errors_total Redis commands for routing that failed or timed out.\n"
             "# TYPE tollgate_route_redis_errors_total counter\n"
             "tollgate_route_redis_errors_total %llu\n"
@@ -663,7 +673,7 @@ static void route_metrics_write(FILE *f, void *arg)
             "# TYPE tollgate_route_cache_evictions_total counter\n"
             "tollgate_route_cache_evictions_total %llu\n",
             (unsigned long long)t.hits, (unsigned long long)t.misses, (unsigned long long)t.coalesced,
-            (unsigned long long)t.stale_served, (unsigned long long)t.redis_errors,
+            (unsigned long long)t.stale_served, (unsigned long long)t.refreshes, (unsigned long long)t.redis_errors,
             (unsigned long long)t.bad_data, (unsigned long long)t.invalidations,
             (unsigned long long)t.entries, (unsigned long long)t.evictions);
 }
@@ -1013,17 +1023,33 @@ static double route_ttl_cap(const struct route_ctx *rc, double ttl)
     return (!rc->tracking && ttl > ROUTE_NOTRACK_TTL) ? ROUTE_NOTRACK_TTL : ttl;
 }
 
+enum { REC_FRESH, REC_REFRESH, REC_OLD };
+
+/*
+ * REC_FRESH: r may be used without asking Redis.  REC_REFRESH: only its TTL
+ * ran out, less than ROUTE_REFRESH_GRACE (or its TTL) ago, while
+ * invalidations flow: nothing it was built from is known to have changed,
+ * so it may be used once more while a fetch replaces it.  REC_OLD: ask Redis.
+ */
+static int route_rec_state(const struct route_ctx *rc, const struct route_rec *r, double now)
+{
+    if (r->gen != rc->gen || (r->flags & REC_STALE))
+        return REC_OLD;
+    if (!rc->tracking && now - r->fetched > ROUTE_NOTRACK_TTL)
+        return REC_OLD;
+    for (unsigned i = 0; i < r->ndeps; i++)
+        if (rc->depgen[r->dep_slot[i]] != r->dep_val[i])
+            return REC_OLD;
+    if (now < r->expires)
+        return REC_FRESH;
+    double grace = r->expires - r->fetched < ROUTE_REFRESH_GRACE ? r->expires - r->fetched : ROUTE_REFRESH_GRACE;
+    return rc->tracking && now < r->expires + grace ? REC_REFRESH : REC_OLD;
+}
+
 /* 1 when r may be used without asking Redis. */
 static int route_rec_fresh(const struct route_ctx *rc, const struct route_rec *r, double now)
 {
-    if (r->gen != rc->gen || (r->flags & REC_STALE) || now >= r->expires)
-        return 0;
-    if (!rc->tracking && now - r->fetched > ROUTE_NOTRACK_TTL)
-        return 0;
-    for (unsigned i = 0; i < r->ndeps; i++)
-        if (rc->depgen[r->dep_slot[i]] != r->dep_val[i])
-            return 0;
-    return 1;
+    return route_rec_state(rc, r, now) == REC_FRESH;
 }
 
 /* 1 when r may be served while Redis cannot answer. */
@@ -1048,18 +1074,19 @@ static struct route_rec *route_cached_tenant(struct route_ctx *rc, const char *t
 }
 
 /*
- * The tenant record for routed domain record d, fresh at now, or NULL:
- * the one d used last while it is fresh and still cached (no second hash
- * lookup on a hit; an uncached one is not found by route_mark_stale), else
- * the cached one, which d then keeps.
+ * The tenant record for routed domain record d that may be used at now
+ * (*state REC_FRESH or REC_REFRESH), or NULL: the one d used last while it
+ * is usable and still cached (no second hash lookup on a hit; an uncached
+ * one is not found by route_mark_stale), else the cached one, which d then
+ * keeps.
  */
-static struct route_rec *route_domain_tenant(struct route_ctx *rc, struct route_rec *d, double now)
+static struct route_rec *route_domain_tenant(struct route_ctx *rc, struct route_rec *d, double now, int *state)
 {
     struct route_rec *t = d->trec;
-    if (t && !(t->flags & REC_UNCACHED) && route_rec_fresh(rc, t, now))
+    if (t && !(t->flags & REC_UNCACHED) && (*state = route_rec_state(rc, t, now)) != REC_OLD)
         return t;
     t = route_cached_tenant(rc, d->e.tenant);
-    if (t == NULL || !route_rec_fresh(rc, t, now))
+    if (t == NULL || (*state = route_rec_state(rc, t, now)) == REC_OLD)
         return NULL;
     if (d->trec != t) {
         route_entry_ref(&t->e);
@@ -2108,7 +2135,8 @@ static void route_fetch_finish(struct route_fetch *f)
         } else {
             const struct route_rec *t = f->trec;
             if (t == NULL) {
-                t = route_domain_tenant(rc, f->drec, now);
+                int ts;
+                t = route_domain_tenant(rc, f->drec, now, &ts);
                 if (t == NULL)
                     t = route_domain_tenant_any(rc, f->drec);
                 if (t && !route_rec_fresh(rc, t, now)) {
@@ -2549,6 +2577,19 @@ void route_ctx_free(struct route_ctx *rc)
 
 /* ---- lookup ---- */
 
+/*
+ * Starts a background fetch for host (of its tenant only when drec, its
+ * fresh record, is given) unless one is in flight or Redis is down; the
+ * fetch has no waiter and stores what it gets.
+ */
+static void route_refresh(struct route_ctx *rc, const char *host, size_t hl, struct route_rec *drec, double now)
+{
+    if (route_pending_find(rc, host, hl) || !redis_conn_is_up(rc->main))
+        return;
+    if (route_fetch_start(rc, host, hl, drec, now))
+        rc->m.refreshes++;
+}
+
 struct route_lookup *route_lookup(struct route_ctx *rc, const char *host, size_t host_len,
                                   const char *path, size_t path_len, route_cb cb, void *arg)
 {
@@ -2573,19 +2614,28 @@ struct route_lookup *route_lookup(struct route_ctx *rc, const char *host, size_t
     double now = route_now_coarse();
     struct route_rec *d = route_cached_domain(rc, h, (size_t)hl, hash);
     struct route_rec *tenant_only = NULL;
-    if (d && route_rec_fresh(rc, d, now)) {
+    int ds = d ? route_rec_state(rc, d, now) : REC_OLD;
+    if (ds != REC_OLD) {
         if (d->status != ROUTE_OK) {
             rc->m.hits++;
+            if (ds == REC_REFRESH)
+                route_refresh(rc, h, (size_t)hl, NULL, now);
             route_answer_recs(rc, d, NULL, path, path_len, cb, arg);
             return NULL;
         }
-        struct route_rec *t = route_domain_tenant(rc, d, now);
+        int ts;
+        struct route_rec *t = route_domain_tenant(rc, d, now, &ts);
         if (t) {
             rc->m.hits++;
+            if (ds == REC_REFRESH)
+                route_refresh(rc, h, (size_t)hl, NULL, now);    /* renews the tenant too if due */
+            else if (ts == REC_REFRESH)
+                route_refresh(rc, h, (size_t)hl, d, now);
             route_answer_recs(rc, d, t, path, path_len, cb, arg);
             return NULL;
         }
-        tenant_only = d;
+        if (ds == REC_FRESH)
+            tenant_only = d;
     }
     rc->m.misses++;
     struct route_fetch *f = route_pending_find(rc, h, (size_t)hl);

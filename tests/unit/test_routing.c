@@ -1095,6 +1095,58 @@ START_TEST(redis_caches_routes_tenants_apart)
 }
 END_TEST
 
+/*
+ * While invalidations flow, the TTL is a safety net: a record past it is
+ * served at once while a background fetch renews it (for up to its TTL
+ * more); after that, the lookup waits for Redis again.
+ */
+START_TEST(redis_ttl_renewed_in_background)
+{
+    struct rfx_srv srv = {0};
+    if (!rt_start(&srv, __func__))
+        return;
+    int port = srv.port;
+    const char *set[] = {"HSET", "tg:domain:r.test", "tenant", "t1", "backends", "127.0.0.1:9"};
+    rt_redis_cmd(port, 6, set);
+    char url[64];
+    struct tg_config cfg;
+    struct event_base *base = event_base_new();
+    struct route_ctx *rc = rt_ctx(&cfg, url, sizeof(url), port, 0, base);
+    cfg.route_cache_ttl = 1;
+    struct got g = {0};
+    for (int tries = 0; tries < 40; tries++) {   /* until CLIENT TRACKING is on: records live a full TTL */
+        rt_run(base, 0.05, NULL);
+        memset(&g, 0, sizeof(g));
+        if (route_lookup(rc, "r.test", 6, "/", 1, got_cb, &g))
+            rt_run(base, 2.0, &g.calls);
+        rt_run(base, 1.1, NULL);
+        memset(&g, 0, sizeof(g));
+        if (route_lookup(rc, "r.test", 6, "/", 1, got_cb, &g) == NULL)
+            break;
+        rt_run(base, 2.0, &g.calls);
+    }
+    /*
+     * Past its TTL: answered at once (above) and renewed behind the scenes:
+     * 1.4 s later the old record would be past its grace, the new one is not.
+     */
+    ck_assert_int_eq(g.calls, 1);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    rt_run(base, 1.4, NULL);
+    memset(&g, 0, sizeof(g));
+    ck_assert_ptr_null(route_lookup(rc, "r.test", 6, "/", 1, got_cb, &g));
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    /* Long past it (TTL + grace) with no lookup in between: the lookup waits for Redis. */
+    rt_run(base, 2.3, NULL);
+    memset(&g, 0, sizeof(g));
+    ck_assert_ptr_nonnull(route_lookup(rc, "r.test", 6, "/", 1, got_cb, &g));
+    rt_run(base, 2.0, &g.calls);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    route_ctx_free(rc);
+    event_base_free(base);
+    rfx_stop(&srv);
+}
+END_TEST
+
 Suite *routing_suite(void)
 {
     Suite *s = suite_create("routing");
@@ -1137,6 +1189,7 @@ Suite *routing_suite(void)
     tcase_set_timeout(tc, 30);
     tcase_add_test(tc, redis_lookup_coalesce_cancel_teardown);
     tcase_add_test(tc, redis_caches_routes_tenants_apart);
+    tcase_add_test(tc, redis_ttl_renewed_in_background);
     suite_add_tcase(s, tc);
     return s;
 }
