@@ -167,6 +167,16 @@ static __thread struct req *req_free_list;
 static __thread uint64_t conn_next_id;
 static __thread struct conn *conn_list;   /* this worker's connections */
 
+/*
+ * The request head conn_process() parsed last on this thread, and whose it
+ * is.  When send_request() follows in the same call chain (a cached route
+ * and a pooled backend connection, the common case) it uses this parse
+ * instead of parsing the head again; otherwise it parses again.
+ */
+static __thread struct h1_request parsed_rq;
+static __thread const struct req *parsed_req;
+static __thread const unsigned char *parsed_at;
+
 static void conn_close(struct conn *c);
 static void conn_park(struct conn *c, double left_s);
 static void conn_process(struct conn *c);
@@ -280,6 +290,8 @@ static struct req *req_new(void)
 /* Releases everything a request holds (not its upstream connection). */
 static void req_free(struct req *r)
 {
+    if (parsed_req == r)
+        parsed_req = NULL;
     if (r->mt)
         meter_tenant_put(r->mt);
     if (r->entry)
@@ -507,14 +519,22 @@ static int method_is(const struct h1_request *rq, const char *m)
     return rq->method.len == n && memcmp(rq->method.p, m, n) == 0;
 }
 
-/* Re-reads the current head from the client input (it is kept there). */
-static int reparse_head(struct conn *c, struct h1_request *rq)
+/* The current head, parsed (it is kept in the client input until sent).
+ * NULL when it cannot be read or parsed again. */
+static const struct h1_request *reparse_head(struct conn *c)
 {
     struct req *r = c->req;
     unsigned char *p = evbuffer_pullup(bufferevent_get_input(c->bev), (ev_ssize_t)r->head_len);
-    if (!p || h1_parse_request((const char *)p, r->head_len, rq) != 0)
-        return -1;
-    return 0;
+    if (!p)
+        return NULL;
+    if (parsed_req == r && parsed_at == p)
+        return &parsed_rq;
+    parsed_req = NULL;
+    if (h1_parse_request((const char *)p, r->head_len, &parsed_rq) != 0)
+        return NULL;
+    parsed_req = r;
+    parsed_at = p;
+    return &parsed_rq;
 }
 
 static void route_done(void *arg, const struct route_result *res);
@@ -574,8 +594,9 @@ static void conn_process(struct conn *c)
         reject(c, (int)-hl);
         return;
     }
-    struct h1_request rq;
-    int rc = h1_parse_request((const char *)buf, (size_t)hl, &rq);
+    struct h1_request *rq = &parsed_rq;
+    parsed_req = NULL;
+    int rc = h1_parse_request((const char *)buf, (size_t)hl, rq);
     if (rc < 0) {
         reject(c, -rc);
         return;
@@ -586,34 +607,36 @@ static void conn_process(struct conn *c)
         return;
     }
     c->req = r;
+    parsed_req = r;
+    parsed_at = buf;
     worker_metrics(c->w)->requests_total++;
     r->start = c->head_start;
     evutil_timerclear(&c->head_start);
     c->scanned = 0;
     r->head_len = (size_t)hl;
-    copy_str(r->method, sizeof(r->method), rq.method.p, rq.method.len);
-    copy_str(r->host, sizeof(r->host), rq.host.p, rq.host.len);
-    copy_str(r->path, sizeof(r->path), rq.target.p, rq.target.len);
-    if (rq.minor == 0)
+    copy_str(r->method, sizeof(r->method), rq->method.p, rq->method.len);
+    copy_str(r->host, sizeof(r->host), rq->host.p, rq->host.len);
+    copy_str(r->path, sizeof(r->path), rq->target.p, rq->target.len);
+    if (rq->minor == 0)
         r->flags |= RF_HTTP10;
-    if (method_is(&rq, "HEAD"))
+    if (method_is(rq, "HEAD"))
         r->flags |= RF_METHOD_HEAD;
-    if (method_is(&rq, "GET") || method_is(&rq, "HEAD") || method_is(&rq, "OPTIONS")
-        || method_is(&rq, "PUT") || method_is(&rq, "DELETE") || method_is(&rq, "TRACE"))
+    if (method_is(rq, "GET") || method_is(rq, "HEAD") || method_is(rq, "OPTIONS")
+        || method_is(rq, "PUT") || method_is(rq, "DELETE") || method_is(rq, "TRACE"))
         r->flags |= RF_IDEMPOTENT;
-    if (rq.flags & H1_F_UPGRADE)
+    if (rq->flags & H1_F_UPGRADE)
         r->flags |= RF_UPGRADE;
-    if (rq.flags & H1_F_CHUNKED) {
+    if (rq->flags & H1_F_CHUNKED) {
         r->req_mode = BODY_CHUNKED;
         h1_chunked_init(&r->req_chunk);
         r->flags |= RF_HAS_BODY;
-    } else if ((rq.flags & H1_F_HAS_CL) && rq.content_length > 0) {
+    } else if ((rq->flags & H1_F_HAS_CL) && rq->content_length > 0) {
         r->req_mode = BODY_LENGTH;
-        r->req_left = rq.content_length;
+        r->req_left = rq->content_length;
         r->flags |= RF_HAS_BODY;
     }
     /* RFC 9112 §9.3: HTTP/1.0 persists only with keep-alive; 1.1 unless close. */
-    if ((rq.flags & H1_F_CONN_CLOSE) || (rq.minor == 0 && !(rq.flags & H1_F_CONN_KEEPALIVE)))
+    if ((rq->flags & H1_F_CONN_CLOSE) || (rq->minor == 0 && !(rq->flags & H1_F_CONN_KEEPALIVE)))
         c->flags |= CF_CLOSE_AFTER;
 
     /* The client may pause here while we route: no read timeout.  (The write
@@ -621,8 +644,8 @@ static void conn_process(struct conn *c)
      * wait, so setting it now saves re-arming the timers a second time.) */
     set_client_timeouts(c, 0, cfg->client_body_timeout);
     set_state(c, CS_ROUTE);
-    struct route_lookup *lk = route_lookup(worker_routes(c->w), rq.host.p, rq.host.len, rq.path.p,
-                                           rq.path.len, route_done, c);
+    struct route_lookup *lk = route_lookup(worker_routes(c->w), rq->host.p, rq->host.len, rq->path.p,
+                                           rq->path.len, route_done, c);
     /* When the answer was synchronous, route_done ran and c may be gone. */
     if (lk)
         c->lookup = lk;
@@ -892,13 +915,13 @@ static int head_end(struct head_out *h)
 static void send_request(struct conn *c)
 {
     struct req *r = c->req;
-    struct h1_request rq;
-    if (reparse_head(c, &rq) != 0) {
+    const struct h1_request *rq = reparse_head(c);
+    if (!rq) {
         up_detach(c, 0);
         respond_local(c, 400, NULL, NULL, 1);
         return;
     }
-    const struct h1_header *ch = h1_find_header(rq.headers, rq.n_headers, "connection");
+    const struct h1_header *ch = h1_find_header(rq->headers, rq->n_headers, "connection");
     struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
     char ip[INET6_ADDRSTRLEN];
     peer_str(c, ip, sizeof(ip));
@@ -907,25 +930,25 @@ static void send_request(struct conn *c)
     /* What is added to the client's head: Host (absolute form), framing and
      * Connection lines, X-Forwarded-* and Forwarded. */
     struct head_out h;
-    if (head_begin(&h, bufferevent_get_output(r->up), r->head_len + 3 * rq.host.len + 2 * iplen + 256) != 0) {
+    if (head_begin(&h, bufferevent_get_output(r->up), r->head_len + 3 * rq->host.len + 2 * iplen + 256) != 0) {
         up_detach(c, 0);
         respond_local(c, 500, NULL, NULL, 1);
         return;
     }
     /* RFC 9112 §3.2.2: an absolute-form target replaces Host; the backend
      * gets the origin form. */
-    int absolute = rq.target.len > 0 && rq.target.p[0] != '/' && rq.target.p[0] != '*';
-    head_str(&h, rq.method);
+    int absolute = rq->target.len > 0 && rq->target.p[0] != '/' && rq->target.p[0] != '*';
+    head_str(&h, rq->method);
     HEAD_LIT(&h, " ");
     if (!absolute) {
-        head_str(&h, rq.target);
-    } else if (rq.path.p >= rq.target.p && rq.path.p < rq.target.p + rq.target.len) {
-        head_put(&h, rq.path.p, (size_t)(rq.target.p + rq.target.len - rq.path.p));
+        head_str(&h, rq->target);
+    } else if (rq->path.p >= rq->target.p && rq->path.p < rq->target.p + rq->target.len) {
+        head_put(&h, rq->path.p, (size_t)(rq->target.p + rq->target.len - rq->path.p));
     } else {
-        const char *q = memchr(rq.target.p, '?', rq.target.len);
+        const char *q = memchr(rq->target.p, '?', rq->target.len);
         HEAD_LIT(&h, "/");
         if (q)
-            head_put(&h, q, (size_t)(rq.target.p + rq.target.len - q));
+            head_put(&h, q, (size_t)(rq->target.p + rq->target.len - q));
     }
     /* HTTP/1.0 clients get an HTTP/1.0 exchange, so the backend never answers
      * with chunked framing that they could not read. */
@@ -935,11 +958,11 @@ static void send_request(struct conn *c)
         HEAD_LIT(&h, " HTTP/1.1\r\n");
     if (absolute) {
         HEAD_LIT(&h, "Host: ");
-        head_str(&h, rq.host);
+        head_str(&h, rq->host);
         HEAD_LIT(&h, "\r\n");
     }
-    for (size_t i = 0; i < rq.n_headers; i++) {
-        const struct h1_header *hd = &rq.headers[i];
+    for (size_t i = 0; i < rq->n_headers; i++) {
+        const struct h1_header *hd = &rq->headers[i];
         if (absolute && h1_str_ieq(hd->name, "host"))
             continue;
         if (skip_request_header(hd, conn_value)) {
@@ -962,7 +985,7 @@ static void send_request(struct conn *c)
     HEAD_LIT(&h, "X-Forwarded-For: ");
     head_put(&h, ip, iplen);
     HEAD_LIT(&h, "\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: ");
-    head_str(&h, rq.host);
+    head_str(&h, rq->host);
     HEAD_LIT(&h, "\r\nForwarded: for=");
     if (v6)
         HEAD_LIT(&h, "\"[");
@@ -970,7 +993,7 @@ static void send_request(struct conn *c)
     if (v6)
         HEAD_LIT(&h, "]\"");
     HEAD_LIT(&h, ";host=\"");
-    head_str(&h, rq.host);
+    head_str(&h, rq->host);
     HEAD_LIT(&h, "\";proto=http\r\n\r\n");
     if (head_end(&h) != 0) {
         up_detach(c, 0);
