@@ -136,22 +136,28 @@ int main(int argc, char **argv)
         order[k] = (long)(x % (uint64_t)hot);
     }
 
-    /* Fill: every hot host once, at most 500 in flight. */
+    /*
+     * Fill: every hot host once, at most 500 in flight; twice, because the
+     * records fetched before CLIENT TRACKING was confirmed are refetched.
+     */
     char tenant[128];
     cur = rrc;
-    long sent = 0;
-    answered = routed = 0;
-    t0 = now_s();
-    while (answered < hot && now_s() - t0 < 120) {
-        while (sent < hot && sent - answered < 500) {
-            route_lookup(rrc, names + (size_t)sent * stride, lens[sent], "/small.txt", 10, got, tenant);
-            sent++;
+    for (int pass = 0; pass < 2; pass++) {
+        long sent = 0;
+        answered = routed = 0;
+        t0 = now_s();
+        while (answered < hot && now_s() - t0 < 120) {
+            while (sent < hot && sent - answered < 500) {
+                route_lookup(rrc, names + (size_t)sent * stride, lens[sent], "/small.txt", 10, got, tenant);
+                sent++;
+            }
+            if (answered < hot)
+                event_base_loop(base, EVLOOP_ONCE);
         }
-        event_base_loop(base, EVLOOP_ONCE);
-    }
-    if (routed < hot) {
-        fprintf(stderr, "route-lookup: only %ld of %ld hot hosts routed\n", routed, hot);
-        return 1;
+        if (routed < hot) {
+            fprintf(stderr, "route-lookup: only %ld of %ld hot hosts routed\n", routed, hot);
+            return 1;
+        }
     }
 
     enum { M_STATIC, M_ONE, M_SEQ, M_RAND, M_N };

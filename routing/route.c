@@ -313,7 +313,8 @@ static double route_now(void)
 /*
  * The same clock at the kernel tick's resolution (a few ms, never ahead of
  * route_now()), without reading the TSC: what a cache hit checks freshness
- * against (TTLs are seconds; an answer may be used a tick past its TTL).
+ * against (TTLs are seconds; an answer may be used a tick past its TTL),
+ * and what passive health measures cool-downs with (seconds too).
  */
 static double route_now_coarse(void)
 {
@@ -2694,7 +2695,7 @@ int route_pick(struct route_ctx *rc, const struct route_backends *set, uint64_t 
                struct route_target *out)
 {
     /* The set's round-robin cursor is the only mutable part of an entry (worker-private). */
-    int i = bal_pick(rc->health, (struct route_backends *)set, tried, route_now());
+    int i = bal_pick(rc->health, (struct route_backends *)set, tried, route_now_coarse());
     if (i < 0)
         return -1;
     const struct bal_backend *b = &set->b[i];
@@ -2711,5 +2712,5 @@ void route_report(struct route_ctx *rc, const struct route_backends *set,
     if (outcome == ROUTE_OUTCOME_CONNECT_FAIL || outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT)
         log_debug("%s: backend %s: connect %s, cooling down %.1fs", __func__, t->name,
                   outcome == ROUTE_OUTCOME_CONNECT_FAIL ? "failed" : "timed out", rc->cooldown);
-    bal_report(rc->health, set, t->index, outcome, route_now(), rc->cooldown);
+    bal_report(rc->health, set, t->index, outcome, route_now_coarse(), rc->cooldown);
 }
