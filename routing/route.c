@@ -39,8 +39,10 @@
  *     while tracking is not confirmed, records count as fresh for 1 s only.
  *   - The TTL is only a safety net while invalidations flow: a record whose
  *     TTL ran out (and nothing else) is served once more while a fetch in
- *     the background replaces it, for up to ROUTE_REFRESH_GRACE, so that a
- *     hot host never waits for its periodic revalidation.
+ *     the background replaces it, for up to its TTL (at most
+ *     ROUTE_REFRESH_GRACE) past it, so that a host used at least once a TTL
+ *     never waits for its periodic revalidation.  A lost invalidation may
+ *     thus be served for up to two TTLs, to the requests of one round trip.
  *   - Redis down or slow (redis.c's per-command deadline): records are
  *     served stale up to cfg->route_stale_max_age; without a record the
  *     answer is ROUTE_UNAVAILABLE.
@@ -76,7 +78,7 @@
 #define ROUTE_PREFIX_MAX  SCHEMA_PREFIX_MAX
 #define ROUTE_DNS_CACHE   4096           /* resolved backend names per worker */
 #define ROUTE_NOTRACK_TTL 1.0            /* freshness while invalidations are not flowing */
-#define ROUTE_REFRESH_GRACE 10.0         /* a record past its TTL served while it is refetched, at most (s) */
+#define ROUTE_REFRESH_GRACE 60.0         /* a record past its TTL served while it is refetched, at most (s) */
 #define ROUTE_PENDING_BUCKETS 256
 
 /* Workers whose Redis is configured but down; route_degraded() reads it from any thread. */
