@@ -9,17 +9,19 @@
  * proxy does with an answer (holds the entry, copies the tenant name, picks
  * a backend and reports on it, releases the entry):
  *
- *   static      h0 through a context with one static route (no Redis)
- *   redis-1     h0 through Redis routing, over and over
- *   redis-seq   the hot set in order (what bench/routing.sh's wrk rotation does)
- *   redis-rand  the hot set in a random order (no help from the hardware prefetcher)
+ *   static       h0 through a context with one static route (no Redis)
+ *   redis-1      h0 through Redis routing, over and over
+ *   redis-seq    the hot set in order (what bench/routing.sh's wrk rotation does)
+ *   static-rand  h0 through the static route, reading the names at random
+ *   redis-rand   the hot set in a random order (no help from the hardware prefetcher)
  *
- * Every mode reads a host name of the set from the same array in the same
- * order (static and redis-1 then look up h0), so that the difference to
- * static is the lookup's own cost.  The event loop runs every 256 lookups,
- * as a worker's would.  Rounds are interleaved; the output is one line per
- * mode with the median ns per lookup, then
- *   LOOKUP static=... redis1=... seq=... rand=... (ns per lookup, medians)
+ * Every mode reads a host name of the set from the same array (in order, or
+ * at random for the two -rand modes; static and redis-1 then look up h0), so
+ * that redis-seq - static and redis-rand - static-rand are the lookup's own
+ * cost.  The event loop runs every 256 lookups, as a worker's would.  Rounds
+ * are interleaved; the output is one line per mode with the median ns per
+ * lookup, then
+ *   LOOKUP static=... redis1=... seq=... static_rand=... rand=... (medians)
  *
  * Usage: route-lookup --port P [--hot 100000] [--zone bench.test]
  *            [--iters 2000000] [--rounds 5] [--cache N]
@@ -160,8 +162,8 @@ int main(int argc, char **argv)
         }
     }
 
-    enum { M_STATIC, M_ONE, M_SEQ, M_RAND, M_N };
-    static const char *const mname[M_N] = {"static", "redis-1", "redis-seq", "redis-rand"};
+    enum { M_STATIC, M_ONE, M_SEQ, M_SRAND, M_RAND, M_N };
+    static const char *const mname[M_N] = {"static", "redis-1", "redis-seq", "static-rand", "redis-rand"};
     double *ns = calloc((size_t)rounds * M_N, sizeof(*ns));
     if (ns == NULL)
         return 1;
@@ -169,16 +171,16 @@ int main(int argc, char **argv)
     for (int r = 0; r < rounds; r++) {
         for (int mi = 0; mi < M_N; mi++) {
             int m = (r % 2) ? M_N - 1 - mi : mi;
-            struct route_ctx *rc = m == M_STATIC ? src : rrc;
+            struct route_ctx *rc = m == M_STATIC || m == M_SRAND ? src : rrc;
             cur = rc;
             long before_answered = 0;
             double a = now_s();
             for (long k = 0; k < iters; k++) {
-                long i = m == M_RAND ? order[k] : k % hot;
+                long i = m == M_RAND || m == M_SRAND ? order[k] : k % hot;
                 const char *name = names + (size_t)i * stride;
                 size_t len = lens[i];
                 memcpy(buf, name, len);          /* every mode reads a name of the set */
-                if (m == M_STATIC || m == M_ONE) {
+                if (m == M_STATIC || m == M_ONE || m == M_SRAND) {
                     name = h0;
                     len = strlen(h0);
                 } else {
@@ -205,10 +207,10 @@ int main(int argc, char **argv)
             v[r] = ns[r * M_N + m];
         qsort(v, (size_t)rounds, sizeof(v[0]), cmp_double);
         med[m] = rounds % 2 ? v[rounds / 2] : (v[rounds / 2 - 1] + v[rounds / 2]) / 2;
-        printf("%-10s %7.1f ns/lookup (median of %d rounds of %ld)\n", mname[m], med[m], rounds, iters);
+        printf("%-11s %7.1f ns/lookup (median of %d rounds of %ld)\n", mname[m], med[m], rounds, iters);
     }
-    printf("LOOKUP static=%.1f redis1=%.1f seq=%.1f rand=%.1f\n", med[M_STATIC], med[M_ONE], med[M_SEQ],
-           med[M_RAND]);
+    printf("LOOKUP static=%.1f redis1=%.1f seq=%.1f static_rand=%.1f rand=%.1f\n", med[M_STATIC], med[M_ONE],
+           med[M_SEQ], med[M_SRAND], med[M_RAND]);
     route_ctx_free(rrc);
     route_ctx_free(src);
     event_base_free(base);

@@ -224,7 +224,7 @@ if [ "$LOOKUP_ITERS" -gt 0 ]; then
     lk_bin=$(route_lookup_build)
     if [ -n "$lk_bin" ]; then
         lk_cache=$(sed -n 's/.*--route-cache-size[ =]\([0-9][0-9]*\).*/\1/p' <<<"${TG_REDIS_ARGS:-}")
-        log "timing route_lookup() in process ($LOOKUP_ITERS lookups x 4 modes x $ROUNDS rounds)"
+        log "timing route_lookup() in process ($LOOKUP_ITERS lookups x 5 modes x $ROUNDS rounds)"
         lookup=$("$lk_bin" --port "$REDIS_PORT" --hot "$HOT" --zone "$ZONE" --iters "$LOOKUP_ITERS" \
             --rounds "$ROUNDS" ${lk_cache:+--cache "$lk_cache"} 2>"$WORK/route-lookup.log") ||
             { cat "$WORK/route-lookup.log" >&2; die "route-lookup failed"; }
@@ -290,11 +290,12 @@ print("route cache misses per request: hot %.5f (target 0: no Redis round trip),
          med("hot", "redis-hot", "lranges"), med("cold", "redis-cold", "lranges")))
 if len(sys.argv) > 2 and sys.argv[2].startswith("LOOKUP"):
     lk = dict(x.split("=") for x in sys.argv[2].split()[1:])
-    st = float(lk["static"])
-    print("in process, ns per route_lookup() with the answer handled as the proxy does: static %s, redis-1 %s, "
-          "hot set in order %s, at random %s; over static: redis-1 %+.0f ns, in order %+.0f ns, at random %+.0f ns"
-          % (lk["static"], lk["redis1"], lk["seq"], lk["rand"], float(lk["redis1"]) - st,
-             float(lk["seq"]) - st, float(lk["rand"]) - st))
+    st, sr = float(lk["static"]), float(lk["static_rand"])
+    print("in process, ns per route_lookup() with the answer handled as the proxy does: static %s (names read at "
+          "random: %s), redis-1 %s, hot set in order %s, at random %s; over static: redis-1 %+.0f ns, "
+          "in order %+.0f ns, at random %+.0f ns"
+          % (lk["static"], lk["static_rand"], lk["redis1"], lk["seq"], lk["rand"], float(lk["redis1"]) - st,
+             float(lk["seq"]) - st, float(lk["rand"]) - sr))
 if len(sys.argv) > 3 and sys.argv[3].strip():
     per = defaultdict(lambda: ([], []))
     for item in sys.argv[3].split():
