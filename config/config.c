@@ -114,7 +114,7 @@ static const struct key_def keys[] = {
     { "buffer-size", K_SIZE, OFF(buffer_size), 0, 4096, 67108864, 0,
       "BYTES", "262144", "per-direction buffer high watermark; k/m suffixes allowed" },
     { "route-cache-size", K_SIZE, OFF(route_cache_size), 0, 1, 100000000, 0,
-      "N", "100000", "routes cached per worker" },
+      "N", "150000", "routes cached per worker" },
     { "route-cache-ttl", K_SECONDS, OFF(route_cache_ttl), 0, 0, CFG_MAX_SECONDS, F_POSITIVE,
       "S", "60", "a cached route is re-read from Redis after this long" },
     { "route-negative-ttl", K_SECONDS, OFF(route_negative_ttl), 0, 0, 86400, 0,

@@ -60,7 +60,7 @@ struct tg_config {
     size_t buffer_size;             /* 262144: per-direction high watermark */
 
     /* Routing (Redis). */
-    size_t route_cache_size;        /* 100000 entries */
+    size_t route_cache_size;        /* 150000 entries: a 100,000-host hot set with headroom */
     double route_cache_ttl;         /* 60 s safety net */
     double route_negative_ttl;      /* 5 s */
     double route_stale_max_age;     /* 3600 s served while Redis unreachable */

@@ -143,7 +143,7 @@ START_TEST(cfg_defaults_are_documented_values)
     ck_assert(c.client_body_timeout == 60);
     ck_assert_uint_eq(c.max_header_size, 65536);
     ck_assert_uint_eq(c.buffer_size, 262144);
-    ck_assert_uint_eq(c.route_cache_size, 100000);
+    ck_assert_uint_eq(c.route_cache_size, 150000);
     ck_assert(c.route_cache_ttl == 60);
     ck_assert(c.route_negative_ttl == 5);
     ck_assert(c.route_stale_max_age == 3600);
