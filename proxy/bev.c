@@ -120,6 +120,12 @@ static void bev_readcb(evutil_socket_t fd, short what, void *arg)
         bev->readcb(bev, bev->cbarg);
 }
 
+void bev_enable_read(struct bufferevent *bev)
+{
+    if (!(bufferevent_get_enabled(bev) & EV_READ))
+        bufferevent_enable(bev, EV_READ);
+}
+
 void bev_own_read(struct bufferevent *bev)
 {
     struct event *e = &bev->ev_read;

@@ -25,6 +25,12 @@
 void bev_own_read(struct bufferevent *bev);
 
 /*
+ * Enables reading unless it is enabled already: bufferevent_enable() on an
+ * enabled bufferevent still re-adds its read event (and timer).
+ */
+void bev_enable_read(struct bufferevent *bev);
+
+/*
  * One readv of up to max bytes from bev's socket into its input buffer
  * (reserved space, no copy).  Returns the bytes read (0 on EAGAIN); sets *ev
  * to BEV_EVENT_EOF or BEV_EVENT_ERROR (with BEV_EVENT_READING) when the

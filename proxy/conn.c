@@ -1018,10 +1018,8 @@ static void send_request(struct conn *c)
         bufferevent_set_timeouts(r->up, NULL, &ut);
         set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
     }
-    if (!(bufferevent_get_enabled(r->up) & EV_READ))
-        bufferevent_enable(r->up, EV_READ);
-    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
-        bufferevent_enable(c->bev, EV_READ);
+    bev_enable_read(r->up);
+    bev_enable_read(c->bev);
     if (r->flags & RF_HAS_BODY)
         relay_request_body(c);    /* flushes */
     else
@@ -1551,8 +1549,7 @@ static void finish_request(struct conn *c)
     }
     set_state(c, CS_HEAD);
     c->flags &= ~(CF_CLIENT_PAUSED | CF_UP_PAUSED);
-    if (!(bufferevent_get_enabled(c->bev) & EV_READ))
-        bufferevent_enable(c->bev, EV_READ);
+    bev_enable_read(c->bev);
     conn_process(c);
 }
 

@@ -186,8 +186,7 @@ void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, st
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     bufferevent_setcb(bev, idle_read_cb, NULL, idle_event_cb, ic);
     bufferevent_set_timeouts(bev, &p->idle_tv, NULL);
-    if (!(bufferevent_get_enabled(bev) & EV_READ))
-        bufferevent_enable(bev, EV_READ);
+    bev_enable_read(bev);
 }
 
 struct bufferevent *upstream_connect(struct event_base *base, const struct route_target *t)
