@@ -58,6 +58,7 @@ struct tg_config {
 
     size_t max_header_size;         /* 65536 */
     size_t buffer_size;             /* 262144: per-direction high watermark */
+    size_t splice_min_body;         /* 16384: longer response bodies move by splice(2); 0 = never */
 
     /* Routing (Redis). */
     size_t route_cache_size;        /* 150000 entries: a 100,000-host hot set with headroom */

@@ -27,6 +27,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_struct.h>
+#include <event2/event_struct.h>
 
 #include "proxy/bev.h"
 
@@ -136,4 +137,34 @@ void bev_own_read(struct bufferevent *bev)
     event_assign(e, bev->ev_base, fd, EV_READ | EV_PERSIST | EV_FINALIZE, bev_readcb, bev);
     if (pending)
         event_add(e, evutil_timerisset(&bev->timeout_read) ? &bev->timeout_read : NULL);
+}
+
+/*
+ * Diverting writes the callback of the bufferevent's struct event in place
+ * (libevent reads it when the event runs): deleting, assigning and adding
+ * the event again would cost two epoll_ctl calls each way.  The argument
+ * stays the bufferevent: libevent passes it to bufferevent_finalize_cb_
+ * when the bufferevent is freed.  Every socket bufferevent has the same
+ * write callback, kept here on the first divert.
+ */
+static __thread event_callback_fn socket_writecb;
+
+void bev_divert(struct bufferevent *bev, short which, event_callback_fn fn)
+{
+    if (which & EV_READ)
+        bev->ev_read.ev_evcallback.evcb_cb_union.evcb_callback = fn;
+    if (which & EV_WRITE) {
+        event_callback_fn cur = event_get_callback(&bev->ev_write);
+        if (cur != fn)
+            socket_writecb = cur;
+        bev->ev_write.ev_evcallback.evcb_cb_union.evcb_callback = fn;
+    }
+}
+
+void bev_undivert(struct bufferevent *bev, short which)
+{
+    if (which & EV_READ)
+        bev->ev_read.ev_evcallback.evcb_cb_union.evcb_callback = bev_readcb;
+    if ((which & EV_WRITE) && socket_writecb)
+        bev->ev_write.ev_evcallback.evcb_cb_union.evcb_callback = socket_writecb;
 }

@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <event2/bufferevent.h>
+#include <event2/event.h>
 
 /* Bytes read per call at most: 64 KiB evbuffer chains, header included. */
 #define BEV_READ_CHUNK (65536 - 128)
@@ -47,5 +48,20 @@ size_t bev_read(struct bufferevent *bev, size_t max, short *ev);
  */
 #define BEV_GATHER_ROUNDS 4
 short bev_gather(struct bufferevent *bev, size_t limit);
+
+/*
+ * Points bev's read event (which = EV_READ) or write event (EV_WRITE) at
+ * fn(fd, what, bev) instead of the bufferevent's own reading or writing,
+ * until bev_undivert().  Enabling, disabling and timeouts stay the
+ * bufferevent's (bufferevent_enable(), bufferevent_set_timeouts()); only
+ * the callback changes, with no system call.  fn's argument stays the
+ * bufferevent (its callbacks' cbarg is at hand through bufferevent_getcb()),
+ * because libevent hands that argument to its finalizer when the
+ * bufferevent is freed: a diverted bufferevent may be freed.  For relays
+ * that move bytes past the buffers (splice): they must stay empty meanwhile.
+ */
+void bev_divert(struct bufferevent *bev, short which, event_callback_fn fn);
+/* Gives the event back to the bufferevent. */
+void bev_undivert(struct bufferevent *bev, short which);
 
 #endif

@@ -50,6 +50,7 @@
 #include "proxy/log.h"
 #include "proxy/metrics.h"
 #include "proxy/server.h"
+#include "proxy/splice.h"
 #include "proxy/upstream.h"
 #include "routing/meter.h"
 #include "routing/route.h"
@@ -97,6 +98,7 @@ enum {
     RF_HAS_BODY      = 1 << 13, /* request has a body */
     RF_HEAD_CONSUMED = 1 << 14, /* head drained from the client input and counted */
     RF_UP_EOF        = 1 << 15, /* backend closed; its buffered bytes are still being relayed */
+    RF_SPLICE        = 1 << 16, /* the body moves by splice (pipe held, events diverted) */
 };
 
 /* struct conn flags */
@@ -107,6 +109,7 @@ enum {
     CF_UP_PAUSED     = 1 << 3,  /* upstream reading stopped for backpressure */
     CF_V6            = 1 << 4,
     CF_CLIENT_EOF    = 1 << 5,  /* tunnel: client closed its sending side */
+    CF_PLAIN         = 1 << 6,  /* the client is a plain TCP socket: bytes may be spliced to it */
 };
 
 struct req {
@@ -124,6 +127,8 @@ struct req {
     struct h1_chunked req_chunk;
     struct h1_chunked resp_chunk;
     size_t resp_scanned;
+    struct splice_pipe pipe;        /* RF_SPLICE: the body's way through the kernel */
+    size_t pipe_ok;                 /* bytes in the pipe the tenant's allowance let pass */
     unsigned flags;
     unsigned char req_mode;         /* enum body_mode */
     unsigned char resp_mode;
@@ -189,6 +194,7 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void start_upstream(struct conn *c);
 static void tunnel_half_close(struct conn *c);
 static void finish_request(struct conn *c);
+static void splice_end(struct conn *c);
 
 static void set_state(struct conn *c, enum conn_state s)
 {
@@ -365,19 +371,24 @@ static void count_in(struct conn *c, size_t n)
     }
 }
 
+/* n bytes went to the client: the kernel took them. */
+static void count_out(struct conn *c, size_t n)
+{
+    struct req *r = c->req;
+    worker_metrics(c->w)->bytes_out += n;
+    if (r) {
+        r->bytes_out += n;
+        if (r->mt)
+            meter_count_out(r->mt, n);
+    }
+}
+
 /* Client output callback: bytes leave the buffer when the kernel takes them. */
 static void client_out_cb(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
-    struct conn *c = arg;
-    if (info->n_deleted == 0)
-        return;
-    worker_metrics(c->w)->bytes_out += info->n_deleted;
-    struct req *r = c->req;
-    if (r) {
-        r->bytes_out += info->n_deleted;
-        if (r->mt)
-            meter_count_out(r->mt, info->n_deleted);
-    }
+    (void)buf;
+    if (info->n_deleted > 0)
+        count_out(arg, info->n_deleted);
 }
 
 /*
@@ -790,6 +801,7 @@ static void up_detach(struct conn *c, int reusable)
     struct req *r = c->req;
     if (!r || !r->up)
         return;
+    splice_end(c);
     struct bufferevent *up = r->up;
     r->up = NULL;
     c->flags &= ~(CF_UP_PAUSED | CF_CLIENT_PAUSED);
@@ -808,6 +820,10 @@ static void up_setup(struct conn *c, struct bufferevent *up)
     bufferevent_setcb(up, up_read_cb, up_write_cb, up_event_cb, c);
     bufferevent_setwatermark(up, EV_WRITE, hwm_of(c) / 2, 0);
     bufferevent_set_max_single_write(up, 262144);   /* default 16 KiB per event */
+    /* The response head's read: short when the body may be spliced, so
+     * that a long body stays in the socket for splice(2). */
+    bufferevent_set_max_single_read(up, cfg_of(c)->splice_min_body && (c->flags & CF_PLAIN)
+                                            ? BEV_READ_HEAD : BEV_READ_CHUNK);
 }
 
 static void send_request(struct conn *c);
@@ -1404,10 +1420,191 @@ static ssize_t dechunk_step(struct req *r, struct evbuffer *in, size_t room, int
     return 1;
 }
 
+/* ---------------------------------------------------------------------- */
+/* Splicing                                                               */
+/*
+ * The rest of a long Content-Length response body moves backend -> pipe ->
+ * client inside the kernel (proxy/splice.c), never copied through the
+ * process.  The backend's read event and the client's write event are
+ * diverted to the pump (bev_divert), keeping their timeouts: the upstream
+ * read timeout and the client write timeout work as on the copying path.
+ * Everything else is as on that path: bytes are counted as the client's
+ * socket takes them, the tenant's allowance is asked before they go, and
+ * at most the pipe's size (the direction's buffer budget) is held.
+ */
+
+/* Pump rounds per event: one busy connection cannot starve the others. */
+#define SPLICE_ROUNDS 8
+
+static void splice_event_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * May the rest of this response move by splice?  A plain client socket and
+ * a Content-Length body with at least splice-min-body bytes still to come
+ * from the backend's socket.
+ */
+static int splice_wanted(struct conn *c)
+{
+    struct req *r = c->req;
+    size_t min = cfg_of(c)->splice_min_body;
+    if (min == 0 || !(c->flags & CF_PLAIN) || r->resp_mode != BODY_LENGTH
+        || (r->flags & (RF_RESP_DONE | RF_UP_EOF | RF_SPLICE | RF_THROTTLED | RF_CUT)))
+        return 0;
+    size_t buffered = evbuffer_get_length(bufferevent_get_input(r->up));
+    return r->resp_left - (int64_t)buffered >= (int64_t)min;
+}
+
+/* Takes a pipe and diverts the events; 0, or -1: stay on the copying path. */
+static int splice_begin(struct conn *c)
+{
+    struct req *r = c->req;
+    if (splice_pipe_get(&r->pipe, hwm_of(c)) != 0) {
+        log_debug("%s: conn %llu: no pipe (%s), copying", __func__, (unsigned long long)c->id, strerror(errno));
+        return -1;
+    }
+    r->flags |= RF_SPLICE;
+    r->pipe_ok = 0;
+    bev_divert(r->up, EV_READ, splice_event_cb);
+    bev_divert(c->bev, EV_WRITE, splice_event_cb);
+    return 0;
+}
+
+/* Gives the events back and the pipe (closed if bytes are left in it). */
+static void splice_end(struct conn *c)
+{
+    struct req *r = c->req;
+    if (!r || !(r->flags & RF_SPLICE))
+        return;
+    r->flags &= ~RF_SPLICE;
+    splice_pipe_put(&r->pipe);
+    if (r->up)
+        bev_undivert(r->up, EV_READ);
+    if (c->bev) {
+        if (bufferevent_get_enabled(c->bev) & EV_WRITE)
+            bufferevent_disable(c->bev, EV_WRITE);
+        bev_undivert(c->bev, EV_WRITE);
+    }
+}
+
+/*
+ * Moves body bytes backend -> pipe -> client as far as both sockets and
+ * the allowance let them, then arms what it waits for: the backend's read
+ * event while the client keeps up, the client's write event while allowed
+ * bytes wait in the pipe, or the throttle timer.  A full pipe and an empty
+ * backend socket both make splice_fill() say EAGAIN; the backend is read
+ * only while the client is not blocked, when the pipe has just been
+ * emptied, so EAGAIN then means an empty socket.
+ */
+static int splice_pump(struct conn *c)
+{
+    struct req *r = c->req;
+    struct splice_pipe *p = &r->pipe;
+    int up_fd = bufferevent_getfd(r->up);
+    int blocked = 0;
+    for (int round = 0; round < SPLICE_ROUNDS; round++) {
+        int moved = 0;
+        if (r->pipe_ok > 0) {
+            ssize_t n = splice_drain(p, c->fd, r->pipe_ok);
+            if (n > 0) {
+                r->pipe_ok -= (size_t)n;
+                count_out(c, (size_t)n);
+                worker_metrics(c->w)->bytes_spliced += (size_t)n;
+                moved = 1;
+            } else if (errno == EAGAIN || errno == EINTR) {
+                blocked = 1;
+            } else {
+                log_info("%s: conn %llu: client write failed: %s", __func__, (unsigned long long)c->id,
+                         strerror(errno));
+                conn_close(c);
+                return -1;
+            }
+        }
+        if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF))) {
+            ssize_t n = splice_fill(p, up_fd, (size_t)r->resp_left);
+            if (n > 0) {
+                r->resp_left -= n;
+                moved = 1;
+            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                /* The body is cut short; what the backend did send is
+                 * still delivered, then the client's connection closes. */
+                if (n < 0) {
+                    worker_metrics(c->w)->upstream_resets++;
+                    route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+                }
+                r->flags |= RF_UP_EOF;
+                r->flags &= ~RF_UP_KEEPALIVE;
+                moved = 1;
+            }
+        }
+        if (p->len > r->pipe_ok && !(r->flags & RF_THROTTLED)) {
+            size_t ok = allowance(c, p->len - r->pipe_ok);
+            if (ok == 0 && (r->flags & RF_CUT)) {
+                conn_close(c);
+                return -1;
+            }
+            r->pipe_ok += ok;
+        }
+        if (r->resp_left == 0 && p->len == 0) {
+            splice_end(c);
+            r->flags |= RF_RESP_DONE;
+            finish_request(c);
+            return -1;
+        }
+        if ((r->flags & RF_UP_EOF) && p->len == 0) {
+            log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
+                     r->target.name);
+            conn_close(c);
+            return -1;
+        }
+        if (!moved)
+            break;
+    }
+    if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF))) {
+        c->flags &= ~CF_UP_PAUSED;
+        bev_enable_read(r->up);
+    } else if (!(c->flags & CF_UP_PAUSED)) {
+        bufferevent_disable(r->up, EV_READ);
+        c->flags |= CF_UP_PAUSED;
+    }
+    int writing = (bufferevent_get_enabled(c->bev) & EV_WRITE) != 0;
+    if (r->pipe_ok > 0 && !writing)
+        bufferevent_enable(c->bev, EV_WRITE);
+    else if (r->pipe_ok == 0 && writing)
+        bufferevent_disable(c->bev, EV_WRITE);
+    return 0;
+}
+
+/* The conn of a bufferevent whose event was diverted (its callbacks' argument). */
+static struct conn *conn_of(struct bufferevent *bev)
+{
+    void *arg = NULL;
+    bufferevent_getcb(bev, NULL, NULL, NULL, &arg);
+    return arg;
+}
+
+/* The backend's read event and the client's write event while splicing. */
+static void splice_event_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct bufferevent *bev = arg;
+    struct conn *c = conn_of(bev);
+    (void)fd;
+    if (what != EV_TIMEOUT) {
+        splice_pump(c);
+    } else if (bev == c->bev) {
+        bufferevent_disable(bev, EV_WRITE);
+        client_event_cb(bev, BEV_EVENT_WRITING | BEV_EVENT_TIMEOUT, c);
+    } else {
+        bufferevent_disable(bev, EV_READ);
+        up_event_cb(bev, BEV_EVENT_READING | BEV_EVENT_TIMEOUT, c);
+    }
+}
+
 /* Moves response body bytes backend -> client. */
 static int relay_response_body(struct conn *c)
 {
     struct req *r = c->req;
+    if (r->flags & RF_SPLICE)
+        return splice_pump(c);
     struct evbuffer *in = bufferevent_get_input(r->up);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t hwm = hwm_of(c);
@@ -1466,6 +1663,10 @@ static int relay_response_body(struct conn *c)
             r->flags |= RF_RESP_DONE;
     }
     flush_now(c->bev);
+    /* Bytes go out in order: the copying path hands over to splicing when
+     * both buffers are empty. */
+    if (evbuffer_get_length(in) == 0 && evbuffer_get_length(out) == 0 && splice_wanted(c) && splice_begin(c) == 0)
+        return splice_pump(c);
     if ((r->flags & RF_UP_EOF) && !(r->flags & RF_RESP_DONE) && evbuffer_get_length(in) == 0) {
         /* Everything the backend sent has been relayed. */
         if (r->resp_mode != BODY_CLOSE && r->resp_mode != BODY_DECHUNK) {
@@ -1736,7 +1937,13 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
             return;
         }
     }
-    short ev = (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || (c->flags & CF_UP_PAUSED)
+    /* The head was read with a short read (up_setup): when the body is to
+     * be spliced, what came with it is relayed and the rest stays in the
+     * socket; otherwise reads go on at full size. */
+    int splice = (r->flags & RF_SPLICE) || splice_wanted(c);
+    if (!splice && bufferevent_get_max_single_read(bev) != (ev_ssize_t)BEV_READ_CHUNK)
+        bufferevent_set_max_single_read(bev, BEV_READ_CHUNK);
+    short ev = splice || (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || (c->flags & CF_UP_PAUSED)
                    ? 0 : bev_gather(bev, hwm_of(c));
     if (relay_response_body(c) < 0)
         return;
@@ -1958,6 +2165,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
         c->peer.v4 = ((const struct sockaddr_in *)sa)->sin_addr;
     }
     c->fd = fd;   /* TCP_NODELAY comes from the listener (server.c) */
+    c->flags |= CF_PLAIN;
     if (client_bev_open(c) != 0) {
         evutil_closesocket(fd);
         free(c);
@@ -1984,6 +2192,7 @@ static void conn_close(struct conn *c)
     }
     struct req *r = c->req;
     if (r) {
+        splice_end(c);
         if (r->up) {
             bufferevent_free(r->up);
             r->up = NULL;
@@ -2041,6 +2250,7 @@ void conn_abort_all(void)
 
 void conn_thread_cleanup(void)
 {
+    splice_thread_cleanup();
     free(cap_page_body);
     cap_page_body = NULL;
     cap_page_path[0] = '\0';

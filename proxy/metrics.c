@@ -82,6 +82,7 @@ static void metrics_sum(struct tg_metrics *sum)
         sum->upstream_reused += LOAD(upstream_reused);
         sum->bytes_in += LOAD(bytes_in);
         sum->bytes_out += LOAD(bytes_out);
+        sum->bytes_spliced += LOAD(bytes_spliced);
         sum->bad_requests += LOAD(bad_requests);
         sum->websocket_upgrades += LOAD(websocket_upgrades);
     }
@@ -125,6 +126,8 @@ void metrics_write(FILE *f)
     header(f, "tollgate_bytes_total", "counter", "Bytes exchanged with clients.");
     fprintf(f, "tollgate_bytes_total{direction=\"in\"} %" PRIu64 "\n", s.bytes_in);
     fprintf(f, "tollgate_bytes_total{direction=\"out\"} %" PRIu64 "\n", s.bytes_out);
+    counter(f, "tollgate_spliced_bytes_total", "Response body bytes moved to clients by splice(2) (part of bytes out).",
+            s.bytes_spliced);
     counter(f, "tollgate_bad_requests_total", "Requests rejected as malformed.", s.bad_requests);
     counter(f, "tollgate_websocket_upgrades_total", "Connections upgraded to WebSocket tunnels.",
             s.websocket_upgrades);

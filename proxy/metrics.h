@@ -22,6 +22,7 @@ struct tg_metrics {
     uint64_t upstream_reused;        /* requests served on a pooled connection */
     uint64_t bytes_in;               /* from clients */
     uint64_t bytes_out;              /* to clients */
+    uint64_t bytes_spliced;          /* of bytes_out: moved by splice(2), never copied */
     uint64_t bad_requests;           /* 400-class rejections by the parser */
     uint64_t websocket_upgrades;
 };

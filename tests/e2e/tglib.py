@@ -810,6 +810,15 @@ class RawConn:
             self.eof = True
         return d
 
+    def read_to_eof(self):
+        """Every byte until the peer closes (what is buffered first)."""
+        out = []
+        while True:
+            d = self.recv_some()
+            if not d:
+                return b"".join(out)
+            out.append(d)
+
     def _fill(self):
         try:
             d = self.sock.recv(262144)

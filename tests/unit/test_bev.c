@@ -246,6 +246,93 @@ START_TEST(bev_read_reports_eagain_as_nothing)
 }
 END_TEST
 
+/* A diverted event's own callback: counts runs and keeps the last what. */
+static struct {
+    int calls;
+    short what;
+    struct bufferevent *arg;   /* what the callback was given */
+    short disable;             /* the callback disables this after running (a one-shot) */
+} d;
+
+static void divert_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    d.calls++;
+    d.what = what;
+    d.arg = arg;
+    if (d.disable)
+        bufferevent_disable(arg, d.disable);
+}
+
+START_TEST(diverted_read_runs_the_callback_and_leaves_the_bytes_in_the_socket)
+{
+    struct rig g;
+    rig_open(&g);
+    memset(&d, 0, sizeof(d));
+    d.disable = EV_READ;
+    bev_divert(g.bev, EV_READ, divert_cb);
+    send_bytes(g.peer, 1000);
+    event_base_loop(g.base, EVLOOP_ONCE);
+    ck_assert_int_eq(d.calls, 1);
+    ck_assert_int_eq(d.what, EV_READ);
+    ck_assert_ptr_eq(d.arg, g.bev);
+    ck_assert_int_eq(g.reads, 0);
+    ck_assert_uint_eq(evbuffer_get_length(bufferevent_get_input(g.bev)), 0);
+    /* given back: the bufferevent reads the bytes as before */
+    bev_undivert(g.bev, EV_READ);
+    bufferevent_enable(g.bev, EV_READ);
+    event_base_loop(g.base, EVLOOP_ONCE);
+    ck_assert_int_eq(d.calls, 1);
+    ck_assert_int_eq(g.reads, 1);
+    ck_assert_uint_eq(evbuffer_get_length(bufferevent_get_input(g.bev)), 1000);
+    rig_close(&g);
+}
+END_TEST
+
+START_TEST(diverted_read_keeps_the_read_timeout)
+{
+    struct rig g;
+    rig_open(&g);
+    memset(&d, 0, sizeof(d));
+    d.disable = EV_READ;
+    struct timeval tv = { 0, 20000 };
+    bufferevent_set_timeouts(g.bev, &tv, NULL);
+    bev_divert(g.bev, EV_READ, divert_cb);
+    event_base_dispatch(g.base);
+    ck_assert_int_eq(d.calls, 1);
+    ck_assert_int_eq(d.what, EV_TIMEOUT);
+    ck_assert_int_eq(g.event_calls, 0);
+    /* freed while diverted: libevent's finalizer still gets the bufferevent */
+    rig_close(&g);
+}
+END_TEST
+
+START_TEST(diverted_write_runs_when_enabled_and_undiverted_write_sends_the_output)
+{
+    struct rig g;
+    rig_open(&g);
+    memset(&d, 0, sizeof(d));
+    d.disable = EV_WRITE;
+    bufferevent_disable(g.bev, EV_READ);
+    bev_divert(g.bev, EV_WRITE, divert_cb);
+    bufferevent_enable(g.bev, EV_WRITE);
+    event_base_loop(g.base, EVLOOP_ONCE);
+    ck_assert_int_eq(d.calls, 1);
+    ck_assert_int_eq(d.what, EV_WRITE);
+    /* a second divert of the same bufferevent must not lose libevent's callback */
+    bev_divert(g.bev, EV_WRITE, divert_cb);
+    bev_undivert(g.bev, EV_WRITE);
+    bufferevent_enable(g.bev, EV_WRITE);
+    bufferevent_write(g.bev, "hello", 5);
+    event_base_loop(g.base, EVLOOP_ONCE);
+    ck_assert_int_eq(d.calls, 1);
+    char buf[8];
+    ck_assert_int_eq(read(g.peer, buf, sizeof(buf)), 5);
+    ck_assert_int_eq(memcmp(buf, "hello", 5), 0);
+    rig_close(&g);
+}
+END_TEST
+
 Suite *bev_suite(void)
 {
     Suite *s = suite_create("bev");
@@ -260,6 +347,9 @@ Suite *bev_suite(void)
     tcase_add_test(tc, disabled_bufferevent_is_not_read);
     tcase_add_test(tc, read_callback_may_free_the_bufferevent);
     tcase_add_test(tc, bev_read_reports_eagain_as_nothing);
+    tcase_add_test(tc, diverted_read_runs_the_callback_and_leaves_the_bytes_in_the_socket);
+    tcase_add_test(tc, diverted_read_keeps_the_read_timeout);
+    tcase_add_test(tc, diverted_write_runs_when_enabled_and_undiverted_write_sends_the_output);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -4,6 +4,7 @@
 #include <check.h>
 Suite *h1_suite(void);
 Suite *bev_suite(void);
+Suite *splice_suite(void);
 Suite *config_suite(void);
 Suite *routing_suite(void);
 Suite *meter_suite(void);

@@ -1,0 +1,181 @@
+"""Spliced response bodies (issue 2, performance): the rest of a Content-Length
+body longer than --splice-min-body moves backend -> pipe -> client in the
+kernel.  These tests prove that the path is taken (tollgate_spliced_bytes_total)
+and that everything the copying path guarantees still holds on it: bytes
+intact and in order, counted exactly, the backend connection reused at the
+right place, pipelined requests answered after it, a backend that dies or
+stalls mid-body ending the client connection, and the knob that turns it off."""
+
+import hashlib
+import socket
+import threading
+import time
+
+from tglib import *
+
+ROUTE = "app.test"
+
+
+def _metrics(tg):
+    values = {}
+    for line in tg.admin("/metrics")[2].decode().splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    return values
+
+
+def _spliced(tg):
+    return _metrics(tg).get("tollgate_spliced_bytes_total", -1)
+
+
+def _get(path, close=False):
+    return ("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, ROUTE, "Connection: close\r\n" if close else "")).encode()
+
+
+def _read_sha(c):
+    h = hashlib.sha256()
+    n = [0]
+
+    def sink(d):
+        n[0] += len(d)
+        h.update(d)
+    r = c.read_response(sink=sink)
+    return r, n[0], h.hexdigest()
+
+
+def test_long_body_is_spliced_intact_and_counted_exactly():
+    n = 3 * 1000 * 1000
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        assert _spliced(tg) == 0
+        with RawConn(tg.port, timeout=20) as c:
+            c.send(_get("/bytes/%d" % n, close=True))
+            r, got, sha = _read_sha(c)
+            head_len = len(r.raw)
+        assert r.status == 200 and got == n and sha == pattern_sha256(n)
+        # all but what came with the head (one short read) moved in the kernel
+        spliced = _spliced(tg)
+        assert n - 16384 <= spliced <= n, spliced
+        # bytes out as metered: the whole response, head and body, once
+        wait_until(lambda: tg.access_log_lines(), 3, "an access log line")
+        line = tg.access_log_lines()[-1]
+        total = head_len + n
+        assert str(total) in line.split() or any(f.endswith("=%d" % total) for f in line.split()), \
+            "bytes out %d not in %r" % (total, line)
+        m = _metrics(tg)
+        assert m['tollgate_bytes_total{direction="out"}'] == total, m
+
+
+def test_short_body_is_copied():
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        st, _, body = http(tg.port, "GET", "/bytes/12000", ROUTE)
+        assert st == 200 and body == pattern(12000)
+        assert _spliced(tg) == 0
+
+
+def test_splice_min_body_zero_turns_splicing_off():
+    n = 2 * 1000 * 1000
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], args=["--splice-min-body", "0"]) as tg:
+        with RawConn(tg.port, timeout=20) as c:
+            c.send(_get("/bytes/%d" % n, close=True))
+            r, got, sha = _read_sha(c)
+        assert r.status == 200 and got == n and sha == pattern_sha256(n)
+        assert _spliced(tg) == 0
+
+
+def test_spliced_responses_reuse_the_backend_connection_and_pipeline_in_order():
+    # one client connection: spliced, small, spliced, small... sent all at once
+    sizes = [200000, 10, 150000, 0, 1000000, 64]
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1) as tg:
+        with RawConn(tg.port, timeout=20) as c:
+            c.send(b"".join(_get("/bytes/%d" % s) for s in sizes))
+            for s in sizes:
+                r = c.read_response()
+                assert r.status == 200 and r.body == pattern(s), (s, r.status, len(r.body))
+        assert _spliced(tg) > 1000000
+        # the backend connection went back to the pool at the body's end each time
+        assert _metrics(tg)["tollgate_upstream_reused_total"] >= len(sizes) - 1
+
+
+def test_backend_dying_mid_spliced_body_closes_the_client():
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        with RawConn(tg.port, timeout=10) as c:
+            c.send(_get("/truncate/2000000"))
+            r = c.read_head()
+            assert r.status == 200 and r.header("content-length") == "2000000"
+            got = c.read_to_eof()
+        # truncation shows as a closed connection, never a hang or made-up bytes
+        assert len(got) == 1000000 and got == pattern(len(got))
+        assert _spliced(tg) > 0
+        assert any("mid-response" in l for l in tg.log_text().splitlines())
+
+
+def _stalling_backend(body_sent, total):
+    """A backend that sends a head with Content-Length total, body_sent bytes,
+    then says nothing more and keeps the connection open."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(4)
+    held = []
+
+    def serve():
+        try:
+            s, _ = srv.accept()
+        except OSError:
+            return
+        held.append(s)
+        s.recv(65536)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total + pattern(body_sent))
+
+    threading.Thread(target=serve, daemon=True).start()
+    return srv, held
+
+
+def test_backend_stalling_mid_spliced_body_is_cut_after_the_read_timeout():
+    srv, held = _stalling_backend(300000, 5000000)
+    addr = "127.0.0.1:%d" % srv.getsockname()[1]
+    try:
+        with Tollgate(routes=[ROUTE + "=" + addr], args=["--upstream-read-timeout", "1"]) as tg:
+            with RawConn(tg.port, timeout=scale(15)) as c:
+                c.send(_get("/"))
+                r = c.read_head()
+                assert r.status == 200
+                t0 = time.time()
+                got = len(c.read_to_eof())
+                waited = time.time() - t0
+            assert got == 300000
+            assert 0.8 <= waited < scale(10), waited
+            assert _spliced(tg) > 0
+            assert _metrics(tg)['tollgate_upstream_errors_total{kind="timeout"}'] == 1
+    finally:
+        srv.close()
+        for s in held:
+            s.close()
+
+
+def test_slow_reader_of_a_spliced_body_gets_everything():
+    # the pipe fills, the proxy stops reading the backend, the client drains
+    # at its own pace: every byte arrives, in order
+    n = 20 * 1000 * 1000
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        with RawConn(tg.port, timeout=30) as c:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+            c.send(_get("/bytes/%d" % n, close=True))
+            r = c.read_head()
+            assert r.status == 200
+            h = hashlib.sha256()
+            got = len(c.buf)
+            h.update(c.buf)
+            c.buf = b""
+            pauses = 0
+            while True:
+                d = c.recv_some(8192)
+                if not d:
+                    break
+                got += len(d)
+                h.update(d)
+                if pauses < 20 and got > pauses * 500000:
+                    time.sleep(0.05)
+                    pauses += 1
+        assert got == n and h.hexdigest() == pattern_sha256(n)
+        assert _spliced(tg) > n // 2
