@@ -4,7 +4,10 @@
 Input (file argument or stdin): one line per measured run,
     <scenario> <contender> <round> key=value key=value ...
 Output: for each scenario and each requested key, the median over rounds of
-every contender, and the ratio of the first contender to the second.
+every contender, and the ratio of each contender to the base.  Then the same
+ratios paired by round (each round runs the contenders back to back, so a
+paired ratio cancels the machine's slow drifts): their median, range, and in
+how many rounds the contender was at least as good as the base.
 
 Usage: report.py RESULTS --keys rps,p99_ms,cpu_us --base nginx [--title T]
 """
@@ -39,6 +42,7 @@ def main():
     args = ap.parse_args()
 
     data = defaultdict(lambda: defaultdict(list))   # (scen, cont) -> key -> values
+    by_round = defaultdict(dict)                    # (scen, cont, key) -> round -> value
     scenarios = OrderedDict()
     contenders = OrderedDict()
     with open(args.results) as f:
@@ -53,6 +57,7 @@ def main():
                 k, _, v = kv.partition("=")
                 try:
                     data[(scen, cont)][k].append(float(v))
+                    by_round[(scen, cont, k)][parts[2]] = float(v)
                 except ValueError:
                     pass
 
@@ -93,7 +98,31 @@ def main():
     if others:
         note += "; ratios = contender / %s" % args.base
     print("(%s)" % note)
+    if others and n > 1:
+        paired(scenarios, others, args.base, [k for k in keys if k in RATIO_KEYS], by_round)
     return 0
+
+
+def paired(scenarios, others, base, keys, by_round):
+    """Per-round ratios contender/base: median [min-max], rounds at least as good."""
+    print()
+    print("paired by round: median ratio [min-max], rounds at least as good as %s" % base)
+    for scen in scenarios:
+        for k in keys:
+            row = "%-10s %-24s" % (scen, LABELS.get(k, (k,))[0])
+            shown = False
+            for c in others:
+                a, b = by_round.get((scen, c, k), {}), by_round.get((scen, base, k), {})
+                rs = [a[r] / b[r] for r in a if r in b and b[r]]
+                if not rs:
+                    row += "%30s" % "-"
+                    continue
+                shown = True
+                higher = "higher" in LABELS.get(k, ("", ""))[1]
+                good = sum(1 for x in rs if (x >= 1 if higher else x <= 1))
+                row += "%30s" % ("%.3f [%.2f-%.2f] %d/%d" % (statistics.median(rs), min(rs), max(rs), good, len(rs)))
+            if shown:
+                print(row)
 
 
 def fmt(v):
