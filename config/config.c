@@ -113,7 +113,7 @@ static const struct key_def keys[] = {
       "BYTES", "65536", "largest request head (431 above); k/m suffixes allowed" },
     { "buffer-size", K_SIZE, OFF(buffer_size), 0, 4096, 67108864, 0,
       "BYTES", "262144", "per-direction buffer high watermark; k/m suffixes allowed" },
-    { "splice-min-body", K_SIZE, OFF(splice_min_body), 0, 0, (size_t)1 << 40, 0,
+    { "splice-min-body", K_SIZE, OFF(splice_min_body), 0, 0, 1073741824, 0,
       "BYTES", "16384", "response bodies longer than this move in the kernel (splice); 0 = never" },
     { "route-cache-size", K_SIZE, OFF(route_cache_size), 0, 1, 100000000, 0,
       "N", "150000", "routes cached per worker" },

@@ -143,6 +143,7 @@ START_TEST(cfg_defaults_are_documented_values)
     ck_assert(c.client_body_timeout == 60);
     ck_assert_uint_eq(c.max_header_size, 65536);
     ck_assert_uint_eq(c.buffer_size, 262144);
+    ck_assert_uint_eq(c.splice_min_body, 16384);
     ck_assert_uint_eq(c.route_cache_size, 150000);
     ck_assert(c.route_cache_ttl == 60);
     ck_assert(c.route_negative_ttl == 5);
@@ -185,6 +186,7 @@ static const char every_key[] =
     "client-body-timeout 45\n"
     "max-header-size 32k\n"
     "buffer-size 1m\n"
+    "splice-min-body 0\n"
     "route-cache-size 5000\n"
     "route-cache-ttl 30\n"
     "route-negative-ttl 0\n"
@@ -227,6 +229,7 @@ static void check_every_key(const struct tg_config *c)
     ck_assert(c->client_body_timeout == 45);
     ck_assert_uint_eq(c->max_header_size, 32768);
     ck_assert_uint_eq(c->buffer_size, 1048576);
+    ck_assert_uint_eq(c->splice_min_body, 0);
     ck_assert_uint_eq(c->route_cache_size, 5000);
     ck_assert(c->route_cache_ttl == 30);
     ck_assert(c->route_negative_ttl == 0);
@@ -263,7 +266,7 @@ START_TEST(cfg_cli_sets_every_key)
         "--client-header-timeout", "2.5", "--keepalive-timeout", "30s",
         "--upstream-connect-timeout", "250ms", "--upstream-read-timeout", "120",
         "--drain-timeout", "0", "--client-body-timeout", "45", "--max-header-size", "32k",
-        "--buffer-size", "1m", "--route-cache-size", "5000", "--route-cache-ttl", "30",
+        "--buffer-size", "1m", "--splice-min-body", "0", "--route-cache-size", "5000", "--route-cache-ttl", "30",
         "--route-negative-ttl", "0", "--route-stale-max-age", "7200", "--redis-timeout", "0.5",
         "--backend-cooldown", "20", "--meter-flush-interval", "2", "--cap-status", "429",
         "--cap-page", "/etc/tollgate/cap.html", "--instance-id", "edge-1", "-t", NULL);
@@ -335,6 +338,8 @@ START_TEST(cfg_errors_carry_file_and_line)
         { "max-header-size 10\n", "t.conf:1: max-header-size: '10' out of range" },
         { "max-header-size 12g\n", "t.conf:1: max-header-size: expected a number of bytes" },
         { "buffer-size k\n", "t.conf:1: buffer-size: expected a number of bytes" },
+        { "splice-min-body 1025m\n", "t.conf:1: splice-min-body: '1025m' out of range 0..1073741824" },
+        { "splice-min-body -1\n", "t.conf:1: splice-min-body: expected a number of bytes" },
         { "route-cache-size 0\n", "t.conf:1: route-cache-size: '0' out of range" },
         { "cap-status 200\n", "t.conf:1: cap-status: '200' out of range 400..599" },
         { "route example.com\n", "t.conf:1: route: expected HOST=BACKEND" },
@@ -583,7 +588,7 @@ START_TEST(cfg_help_and_version)
         "--redis", "--key-prefix", "--route", "--workers", "--access-log", "--log-level",
         "--client-header-timeout", "--keepalive-timeout", "--upstream-connect-timeout",
         "--upstream-read-timeout", "--drain-timeout", "--check-config", "-t,", "--version", "--help",
-        "--error-log", "--client-body-timeout", "--max-header-size", "--buffer-size",
+        "--error-log", "--client-body-timeout", "--max-header-size", "--buffer-size", "--splice-min-body",
         "--route-cache-size", "--route-cache-ttl", "--route-negative-ttl", "--route-stale-max-age",
         "--redis-timeout", "--backend-cooldown", "--meter-flush-interval", "--cap-status",
         "--cap-page", "--instance-id", "[default: 0.0.0.0:8080]", "[default: 127.0.0.1:9180]",
