@@ -99,6 +99,7 @@ enum {
     RF_HEAD_CONSUMED = 1 << 14, /* head drained from the client input and counted */
     RF_UP_EOF        = 1 << 15, /* backend closed; its buffered bytes are still being relayed */
     RF_SPLICE        = 1 << 16, /* the body moves by splice (pipe held, events diverted) */
+    RF_NO_SPLICE     = 1 << 17, /* splicing failed for this response: copy the rest */
 };
 
 /* struct conn flags */
@@ -1435,6 +1436,8 @@ static ssize_t dechunk_step(struct req *r, struct evbuffer *in, size_t room, int
 
 /* Pump rounds per event: one busy connection cannot starve the others. */
 #define SPLICE_ROUNDS 8
+/* The largest pipe asked for: Linux's default pipe-max-size. */
+#define SPLICE_PIPE_MAX (1024 * 1024)
 
 static void splice_event_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -1448,7 +1451,7 @@ static int splice_wanted(struct conn *c)
     struct req *r = c->req;
     size_t min = cfg_of(c)->splice_min_body;
     if (min == 0 || !(c->flags & CF_PLAIN) || r->resp_mode != BODY_LENGTH
-        || (r->flags & (RF_RESP_DONE | RF_UP_EOF | RF_SPLICE | RF_THROTTLED | RF_CUT)))
+        || (r->flags & (RF_RESP_DONE | RF_UP_EOF | RF_SPLICE | RF_NO_SPLICE | RF_THROTTLED | RF_CUT)))
         return 0;
     size_t buffered = evbuffer_get_length(bufferevent_get_input(r->up));
     return r->resp_left - (int64_t)buffered >= (int64_t)min;
@@ -1458,8 +1461,12 @@ static int splice_wanted(struct conn *c)
 static int splice_begin(struct conn *c)
 {
     struct req *r = c->req;
-    if (splice_pipe_get(&r->pipe, hwm_of(c)) != 0) {
+    /* A pipe holds what the direction's buffer would, up to the size an
+     * unprivileged process may set (/proc/sys/fs/pipe-max-size). */
+    size_t size = hwm_of(c) < SPLICE_PIPE_MAX ? hwm_of(c) : SPLICE_PIPE_MAX;
+    if (splice_pipe_get(&r->pipe, size) != 0) {
         log_debug("%s: conn %llu: no pipe (%s), copying", __func__, (unsigned long long)c->id, strerror(errno));
+        r->flags |= RF_NO_SPLICE;
         return -1;
     }
     r->flags |= RF_SPLICE;
@@ -1493,9 +1500,12 @@ static void splice_end(struct conn *c)
  * bytes wait in the pipe, or the throttle timer.  A full pipe and an empty
  * backend socket both make splice_fill() say EAGAIN; the backend is read
  * only while the client is not blocked, when the pipe has just been
- * emptied, so EAGAIN then means an empty socket.
+ * emptied, so EAGAIN then means an empty socket — or an urgent (TCP OOB)
+ * mark, where splice(2) stops for good while epoll keeps saying readable:
+ * readable (woken by the backend's read event) tells that case apart, and
+ * the rest of the body is then copied (readv steps over the mark).
  */
-static int splice_pump(struct conn *c)
+static int splice_pump(struct conn *c, int readable)
 {
     struct req *r = c->req;
     struct splice_pipe *p = &r->pipe;
@@ -1524,6 +1534,15 @@ static int splice_pump(struct conn *c)
             if (n > 0) {
                 r->resp_left -= n;
                 moved = 1;
+            } else if (n < 0 && errno == EAGAIN && readable && p->len == 0 && splice_stalled(up_fd)) {
+                log_info("%s: conn %llu: splice stopped at urgent data from %s, copying the rest", __func__,
+                         (unsigned long long)c->id, r->target.name);
+                r->flags |= RF_NO_SPLICE;
+                splice_end(c);
+                bufferevent_set_max_single_read(r->up, BEV_READ_CHUNK);
+                c->flags &= ~CF_UP_PAUSED;
+                bev_enable_read(r->up);
+                return 0;
             } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
                 /* The body is cut short; what the backend did send is
                  * still delivered, then the client's connection closes. */
@@ -1535,6 +1554,7 @@ static int splice_pump(struct conn *c)
                 r->flags &= ~RF_UP_KEEPALIVE;
                 moved = 1;
             }
+            readable = 0;   /* only the first fill after the wake-up tells */
         }
         if (p->len > r->pipe_ok && !(r->flags & RF_THROTTLED)) {
             size_t ok = allowance(c, p->len - r->pipe_ok);
@@ -1589,7 +1609,7 @@ static void splice_event_cb(evutil_socket_t fd, short what, void *arg)
     struct conn *c = conn_of(bev);
     (void)fd;
     if (what != EV_TIMEOUT) {
-        splice_pump(c);
+        splice_pump(c, bev != c->bev);
     } else if (bev == c->bev) {
         bufferevent_disable(bev, EV_WRITE);
         client_event_cb(bev, BEV_EVENT_WRITING | BEV_EVENT_TIMEOUT, c);
@@ -1604,7 +1624,7 @@ static int relay_response_body(struct conn *c)
 {
     struct req *r = c->req;
     if (r->flags & RF_SPLICE)
-        return splice_pump(c);
+        return splice_pump(c, 0);
     struct evbuffer *in = bufferevent_get_input(r->up);
     struct evbuffer *out = bufferevent_get_output(c->bev);
     size_t hwm = hwm_of(c);
@@ -1666,7 +1686,7 @@ static int relay_response_body(struct conn *c)
     /* Bytes go out in order: the copying path hands over to splicing when
      * both buffers are empty. */
     if (evbuffer_get_length(in) == 0 && evbuffer_get_length(out) == 0 && splice_wanted(c) && splice_begin(c) == 0)
-        return splice_pump(c);
+        return splice_pump(c, 0);
     if ((r->flags & RF_UP_EOF) && !(r->flags & RF_RESP_DONE) && evbuffer_get_length(in) == 0) {
         /* Everything the backend sent has been relayed. */
         if (r->resp_mode != BODY_CLOSE && r->resp_mode != BODY_DECHUNK) {
@@ -1925,7 +1945,9 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
             gathered_event(c, bev, ev, 0);
         return;
     }
+    size_t head_read = 0;   /* what the read that brought the head brought */
     if (!(r->flags & RF_RESP_HEAD)) {
+        head_read = evbuffer_get_length(bufferevent_get_input(bev));
         int rc = read_response_head(c);
         if (rc <= 0)
             return;
@@ -1939,12 +1961,17 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
     }
     /* The head was read with a short read (up_setup): when the body is to
      * be spliced, what came with it is relayed and the rest stays in the
-     * socket; otherwise reads go on at full size. */
+     * socket; otherwise reads go on at full size, starting now when that
+     * short read came back full. */
     int splice = (r->flags & RF_SPLICE) || splice_wanted(c);
-    if (!splice && bufferevent_get_max_single_read(bev) != (ev_ssize_t)BEV_READ_CHUNK)
+    short ev = 0;
+    if (!splice && bufferevent_get_max_single_read(bev) != (ev_ssize_t)BEV_READ_CHUNK) {
         bufferevent_set_max_single_read(bev, BEV_READ_CHUNK);
-    short ev = splice || (r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) || (c->flags & CF_UP_PAUSED)
-                   ? 0 : bev_gather(bev, hwm_of(c));
+        if (head_read >= BEV_READ_HEAD && !(r->flags & (RF_THROTTLED | RF_RESP_DONE)))
+            bev_read(bev, BEV_READ_CHUNK, &ev);
+    }
+    if (!ev && !splice && !(r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) && !(c->flags & CF_UP_PAUSED))
+        ev = bev_gather(bev, hwm_of(c));
     if (relay_response_body(c) < 0)
         return;
     if (ev)

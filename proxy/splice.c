@@ -16,6 +16,7 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "proxy/splice.h"
@@ -39,9 +40,16 @@ static int pipe_size(struct splice_pipe *p, size_t size)
 {
     int got = fcntl(p->wr, F_SETPIPE_SZ, (int)size);
     if (got < 0)
-        got = fcntl(p->wr, F_GETPIPE_SZ);   /* over /proc/sys/fs/pipe-max-size: keep the size it has */
+        got = fcntl(p->wr, F_GETPIPE_SZ);   /* over /proc/sys/fs/pipe-max-size: see below */
     if (got <= 0)
         return -1;
+    if ((size_t)got < size) {
+        /* Over the user's pipe-buffer allowance (pipe-user-pages-soft) the
+         * kernel hands out small pipes: splicing through one would cost more
+         * system calls than copying. */
+        errno = ENOBUFS;
+        return -1;
+    }
     p->cap = (size_t)got;
     p->asked = size;
     return 0;
@@ -121,6 +129,12 @@ ssize_t splice_drain(struct splice_pipe *p, int fd, size_t max)
     if (n > 0)
         p->len -= (size_t)n;
     return n;
+}
+
+int splice_stalled(int fd)
+{
+    char b;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
 }
 
 void splice_thread_cleanup(void)

@@ -40,6 +40,13 @@ ssize_t splice_fill(struct splice_pipe *p, int fd, size_t max);
 /* One splice(2) of up to max bytes of p into the socket fd: as splice_fill. */
 ssize_t splice_drain(struct splice_pipe *p, int fd, size_t max);
 
+/*
+ * After splice_fill() said EAGAIN on a socket that epoll reports readable:
+ * 1 when bytes wait there that splice(2) cannot take — it stops at a TCP
+ * urgent (OOB) mark for good — so the caller must read them otherwise.
+ */
+int splice_stalled(int fd);
+
 /* Closes the thread's pooled pipes (at worker exit). */
 void splice_thread_cleanup(void);
 

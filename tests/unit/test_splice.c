@@ -163,6 +163,31 @@ START_TEST(fill_says_eagain_on_an_empty_socket_and_zero_at_eof)
 }
 END_TEST
 
+START_TEST(an_urgent_mark_stalls_splice_and_is_told_apart_from_an_empty_socket)
+{
+    int up, up_peer;
+    tcp_pair(&up, &up_peer);
+    struct splice_pipe p;
+    ck_assert_int_eq(splice_pipe_get(&p, 65536), 0);
+    ck_assert_int_eq(splice_stalled(up), 0);   /* empty socket */
+    ck_assert_int_eq(write(up_peer, "abc", 3), 3);
+    ck_assert_int_eq(send(up_peer, "X", 1, MSG_OOB), 1);
+    ck_assert_int_eq(write(up_peer, "def", 3), 3);
+    usleep(20000);
+    ck_assert_int_eq(splice_fill(&p, up, 100), 3);      /* up to the mark */
+    ck_assert_int_eq(splice_fill(&p, up, 100), -1);     /* and never past it */
+    ck_assert_int_eq(errno, EAGAIN);
+    ck_assert_int_eq(splice_stalled(up), 1);
+    char buf[8];
+    ck_assert_int_eq(read(up, buf, sizeof(buf)), 3);    /* a read steps over it */
+    ck_assert_int_eq(memcmp(buf, "def", 3), 0);
+    ck_assert_int_eq(splice_stalled(up), 0);
+    splice_pipe_put(&p);   /* closed with its 3 bytes */
+    close(up); close(up_peer);
+    splice_thread_cleanup();
+}
+END_TEST
+
 START_TEST(empty_pipes_are_pooled_and_pipes_with_bytes_are_closed)
 {
     struct splice_pipe a, b;
@@ -200,6 +225,7 @@ Suite *splice_suite(void)
     tcase_add_test(tc, fill_then_drain_relays_every_byte_in_order);
     tcase_add_test(tc, fill_takes_no_more_than_max_and_the_room);
     tcase_add_test(tc, fill_says_eagain_on_an_empty_socket_and_zero_at_eof);
+    tcase_add_test(tc, an_urgent_mark_stalls_splice_and_is_told_apart_from_an_empty_socket);
     tcase_add_test(tc, empty_pipes_are_pooled_and_pipes_with_bytes_are_closed);
     suite_add_tcase(s, tc);
     return s;
