@@ -1615,14 +1615,20 @@ static void redis_state(void *arg, int up)
     }
 }
 
-static void flusher_run(struct meter *m, int tick)
+/* Takes what the workers handed off and sends it (a no-op while a batch is
+ * in flight: the reply cuts what piled up meanwhile). */
+static void flusher_flush(struct meter *m)
 {
     flusher_drain(m);
     flusher_policies(m);
-    /* A poke after a handoff sends too (no-op while a batch is in flight: the
-     * reply cuts what piled up meanwhile); the tick retries after an outage. */
     flusher_cut(m);
     flusher_send(m);
+}
+
+/* A poke after a handoff sends at once; the tick retries after an outage. */
+static void flusher_run(struct meter *m, int tick)
+{
+    flusher_flush(m);
     flusher_leases(m, tick);
 }
 
@@ -1646,10 +1652,7 @@ static void flusher_poke_cb(evutil_socket_t fd, short what, void *arg)
         if (m->final_phase == 0) {
             /* Final flush: everything the workers handed off goes now. */
             m->final_phase = 1;
-            flusher_drain(m);
-            flusher_policies(m);
-            flusher_cut(m);
-            flusher_send(m);
+            flusher_flush(m);
             struct timeval tv = { 0, 50000 };
             event_del(m->tick_ev);
             event_add(m->tick_ev, &tv);
