@@ -3,7 +3,6 @@ refused or reset before the response 502, backend timeout 504, each a small
 clear page; a backend failing mid-response cuts the client connection."""
 
 import socket
-import threading
 import time
 
 from tglib import *
@@ -119,27 +118,15 @@ def test_backend_dies_mid_response():
 
 def test_backend_dies_mid_chunked_response():
     # a chunked response cut by the backend must not be completed with a last-chunk
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
-
-    def serve():
-        s, _ = srv.accept()
+    def serve(s, n):
         s.recv(65536)
         s.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
         time.sleep(0.3)
-        s.close()
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        with Tollgate(routes=["app.test=" + addr]) as tg:
-            out = raw(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", timeout=5)
-            assert out.startswith(b"HTTP/1.1 200"), out
-            assert not out.endswith(b"0\r\n\r\n"), "truncated response completed: %r" % out
-    finally:
-        srv.close()
+    with RawBackend(serve) as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        out = raw(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n", timeout=5)
+        assert out.startswith(b"HTTP/1.1 200"), out
+        assert not out.endswith(b"0\r\n\r\n"), "truncated response completed: %r" % out
 
 
 def test_backend_status_codes_pass_through():
@@ -163,55 +150,29 @@ def test_errors_in_metrics_and_log():
 
 def _one_shot_backend(answer, hold=0.3):
     """A raw backend that reads one request head, writes `answer` and closes."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(answer)
+        time.sleep(hold)
 
-    def serve():
-        while True:
-            try:
-                s, _ = srv.accept()
-            except OSError:
-                return
-            s.settimeout(5)
-            try:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    data += d
-                s.sendall(answer)
-                time.sleep(hold)
-            except OSError:
-                pass
-            s.close()
-
-    threading.Thread(target=serve, daemon=True).start()
-    return srv, "127.0.0.1:%d" % srv.getsockname()[1]
+    return RawBackend(serve)
 
 
 def test_backend_response_head_too_large_502():
-    srv, addr = _one_shot_backend(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 100000 + b"\r\nContent-Length: 2\r\n\r\nok")
-    try:
-        with Tollgate(routes=["app.test=" + addr]) as tg:
+    with _one_shot_backend(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 100000 + b"\r\nContent-Length: 2\r\n\r\nok") as b:
+        with Tollgate(routes=["app.test=" + b.addr]) as tg:
             status, headers, body = http(tg.port, "GET", "/", "app.test")
             check_page(status, headers, body, 502)
-    finally:
-        srv.close()
 
 
 def test_backend_interim_103_then_final_response():
-    srv, addr = _one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-                                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-    try:
-        with Tollgate(routes=["app.test=" + addr]) as tg:
+    with _one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                           b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as b:
+        with Tollgate(routes=["app.test=" + b.addr]) as tg:
             with RawConn(tg.port) as c:
                 c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
                 r = c.read_response()       # a forwarded 103 is skipped here
                 assert r.status == 200 and r.body == b"ok", r
-    finally:
-        srv.close()
 
 
 def test_expect_100_continue_to_unknown_host():

@@ -267,35 +267,16 @@ def test_rejection_counted_in_access_log():
 
 def test_bad_response_from_backend_gives_502():
     """A backend answering garbage is the backend's fault: 502, not a crash."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(8)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
-    import threading
+    answers = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
+               b"NOT HTTP AT ALL\r\n\r\n",
+               b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n")
 
-    def serve():
-        for answer in (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
-                       b"NOT HTTP AT ALL\r\n\r\n",
-                       b"HTTP/1.1 200 OK\r\nX-A: a\x00b\r\nContent-Length: 0\r\n\r\n"):
-            try:
-                s, _ = srv.accept()
-            except OSError:
-                return
-            s.settimeout(5)
-            try:
-                s.recv(65536)
-                s.sendall(answer)
-                time.sleep(0.2)
-            except OSError:
-                pass
-            s.close()
+    def serve(s, n):
+        s.recv(65536)
+        s.sendall(answers[n % len(answers)])
+        time.sleep(0.2)
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
-    try:
-        with Tollgate(routes=["bad.test=" + addr]) as tg:
-            for _ in range(3):
-                status, _, _ = http(tg.port, "GET", "/", "bad.test")
-                assert status == 502, status
-    finally:
-        srv.close()
+    with RawBackend(serve) as b, Tollgate(routes=["bad.test=" + b.addr]) as tg:
+        for _ in range(3):
+            status, _, _ = http(tg.port, "GET", "/", "bad.test")
+            assert status == 502, status

@@ -9,7 +9,6 @@ client closes must first deliver what the client sent to the backend.
 """
 
 import socket
-import threading
 import time
 
 from tglib import *
@@ -100,31 +99,14 @@ def test_throttled_download_holds_bounded_memory():
 
 # ------------------------------------------------------------------ tunnel
 
-class SlowUpgradeBackend:
+def _slow_upgrade_backend(received):
     """Answers one Upgrade request with 101, then reads the tunnel slowly to
-    EOF and records how many bytes arrived."""
-
-    def __init__(self):
-        self.lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.lsock.bind(("127.0.0.1", 0))
-        self.lsock.listen(8)
-        self.port = self.lsock.getsockname()[1]
-        self.addr = "127.0.0.1:%d" % self.port
-        self.received = None
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
-
-    def run(self):
-        self.lsock.settimeout(30)
-        c, _ = self.lsock.accept()
+    EOF and records how many bytes arrived in received["n"]."""
+    def serve(c, k):
         c.settimeout(30)
-        buf = b""
-        while b"\r\n\r\n" not in buf:
-            d = c.recv(4096)
-            if not d:
-                return
-            buf += d
+        buf = read_request_head(c)
+        if b"\r\n\r\n" not in buf:
+            return
         rest = buf.split(b"\r\n\r\n", 1)[1]
         c.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: slowproto\r\nConnection: Upgrade\r\n\r\n")
         time.sleep(0.5)
@@ -138,11 +120,9 @@ class SlowUpgradeBackend:
                 break
             total += len(d)
             time.sleep(0.002)
-        self.received = total
-        c.close()
+        received["n"] = total
 
-    def close(self):
-        self.lsock.close()
+    return RawBackend(serve)
 
 
 def test_tunnel_client_close_delivers_pending_bytes_to_backend():
@@ -150,8 +130,8 @@ def test_tunnel_client_close_delivers_pending_bytes_to_backend():
     # conn_close(), which frees the upstream bufferevent with up to a
     # watermark of the client's bytes still queued in its output.
     n = 16 * 1024 * 1024
-    be = SlowUpgradeBackend()
-    try:
+    received = {}
+    with _slow_upgrade_backend(received) as be:
         with Tollgate(routes=["tun.test=" + be.addr]) as tg:
             with socket.create_connection(("127.0.0.1", tg.port), timeout=10) as s:
                 s.sendall(b"GET /t HTTP/1.1\r\nHost: tun.test\r\nConnection: Upgrade\r\nUpgrade: slowproto\r\n\r\n")
@@ -166,10 +146,8 @@ def test_tunnel_client_close_delivers_pending_bytes_to_backend():
                     s.sendall(chunk)
                 s.shutdown(socket.SHUT_WR)
                 read_to_eof(s, scale(30))
-            be.thread.join(scale(30))
-            assert be.received == n, "backend got %s of %d tunnelled bytes" % (be.received, n)
-    finally:
-        be.close()
+            wait_until(lambda: "n" in received, scale(30), "the backend reading to EOF")
+            assert received["n"] == n, "backend got %s of %d tunnelled bytes" % (received["n"], n)
 
 
 # ------------------------------------------------------------------ absolute-form

@@ -9,7 +9,6 @@ stalls mid-body ending the client connection, and the knob that turns it off."""
 import hashlib
 import os
 import socket
-import threading
 import time
 
 from tglib import *
@@ -115,30 +114,20 @@ def _stalling_backend(body_sent, total, urgent_at=None):
     """A backend that sends a head with Content-Length total, body_sent bytes,
     then says nothing more and keeps the connection open.  urgent_at: one
     TCP urgent (OOB) byte is sent after that many body bytes."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(4)
-    held = []
-
-    def serve():
-        try:
-            s, _ = srv.accept()
-        except OSError:
-            return
-        held.append(s)
+    def serve(s, n):
         s.recv(65536)
         body = pattern(body_sent)
         head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total
         if urgent_at is None:
             s.sendall(head + body)
-            return
+            return True
         s.sendall(head + body[:urgent_at])
         time.sleep(0.2)
         s.send(b"X", socket.MSG_OOB)
         s.sendall(body[urgent_at:])
+        return True
 
-    threading.Thread(target=serve, daemon=True).start()
-    return srv, held
+    return RawBackend(serve)
 
 
 def _cpu_s(pid):
@@ -148,10 +137,8 @@ def _cpu_s(pid):
 
 
 def test_backend_stalling_mid_spliced_body_is_cut_after_the_read_timeout():
-    srv, held = _stalling_backend(300000, 5000000)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
-    try:
-        with Tollgate(routes=[ROUTE + "=" + addr], args=["--upstream-read-timeout", "1"]) as tg:
+    with _stalling_backend(300000, 5000000) as b:
+        with Tollgate(routes=[ROUTE + "=" + b.addr], args=["--upstream-read-timeout", "1"]) as tg:
             with RawConn(tg.port, timeout=scale(15)) as c:
                 c.send(_get("/"))
                 r = c.read_head()
@@ -163,20 +150,14 @@ def test_backend_stalling_mid_spliced_body_is_cut_after_the_read_timeout():
             assert 0.8 <= waited < scale(10), waited
             assert _spliced(tg) > 0
             assert _metrics(tg)['tollgate_upstream_errors_total{kind="timeout"}'] == 1
-    finally:
-        srv.close()
-        for s in held:
-            s.close()
 
 
 def test_urgent_byte_mid_spliced_body_does_not_spin_a_worker():
     # splice(2) stops at a TCP urgent mark for good while epoll keeps saying
     # readable; the proxy must copy the rest (the kernel drops the urgent
     # byte, as on the copying path) instead of waking up forever
-    srv, held = _stalling_backend(400000, 400001, urgent_at=100000)
-    addr = "127.0.0.1:%d" % srv.getsockname()[1]
-    try:
-        with Tollgate(routes=[ROUTE + "=" + addr], args=["--upstream-read-timeout", "2"]) as tg:
+    with _stalling_backend(400000, 400001, urgent_at=100000) as b:
+        with Tollgate(routes=[ROUTE + "=" + b.addr], args=["--upstream-read-timeout", "2"]) as tg:
             with RawConn(tg.port, timeout=scale(15)) as c:
                 c.send(_get("/"))
                 assert c.read_head().status == 200
@@ -188,10 +169,6 @@ def test_urgent_byte_mid_spliced_body_does_not_spin_a_worker():
             assert cpu < 1.0 * (5 if SANITIZED else 1), "proxy burned %.2f s of CPU" % cpu
             assert _spliced(tg) >= 100000 - 16384
             assert any("urgent" in l for l in tg.log_text().splitlines())
-    finally:
-        srv.close()
-        for s in held:
-            s.close()
 
 
 def test_slow_reader_of_a_spliced_body_gets_everything():

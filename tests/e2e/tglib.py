@@ -22,6 +22,12 @@ Processes
                     .pause() (SIGSTOP) .resume() .stop()
   Backend(name)     tests/e2e/backend.py (see its docstring for the routes).
                     .port .addr ("127.0.0.1:P") .name .stop()
+  RawBackend(serve) a hand-written backend for answers backend.py would never
+                    give: serve(sock, n) runs for the n-th accepted connection
+                    (one at a time, in a thread; sock has a 5 s timeout); the
+                    connection is closed when serve returns, unless it returns
+                    True (then held open until the backend stops).  .addr .port
+                    .close(); read_request_head(sock) reads up to the blank line.
   Tollgate(routes=[...], redis=url, args=[...], config="text", drain_timeout=5,
            workers=2, log_level="info", check_exit=True, env={...})
                     the built binary with --listen/--admin-listen on free ports,
@@ -78,7 +84,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["Redis", "RedisError", "Backend", "Tollgate", "http", "raw", "RawConn", "Response",
+__all__ = ["Redis", "RedisError", "Backend", "RawBackend", "read_request_head", "Tollgate", "http", "raw", "RawConn", "Response",
            "parse_responses", "free_port", "wait_port", "wait_until", "pattern", "pattern_sha256",
            "scale", "SANITIZED", "RssSampler", "Skip", "BUILDDIR", "SRCDIR", "TOLLGATE", "TOLLGATE_CTL", "PYTHON", "E2E_DIR",
            "tmpdir"]
@@ -468,6 +474,62 @@ SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime e
                    "WARNING: ThreadSanitizer", "Invalid read of size", "Invalid write of size",
                    "Invalid free()", "Conditional jump or move depends on uninitialised",
                    "are definitely lost in loss record")
+
+
+def read_request_head(sock):
+    """Reads from sock until the end of a request head (or EOF); returns the bytes."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        d = sock.recv(65536)
+        if not d:
+            break
+        data += d
+    return data
+
+
+class RawBackend:
+    """A raw loopback backend driven by a function; see the module docstring."""
+
+    def __init__(self, serve, backlog=8):
+        import threading
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(backlog)
+        self.port = self.srv.getsockname()[1]
+        self.addr = "127.0.0.1:%d" % self.port
+        self.held = []
+        self._serve = serve
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self):
+        n = 0
+        while True:
+            try:
+                s, _ = self.srv.accept()
+            except OSError:
+                return
+            s.settimeout(5)
+            try:
+                keep = self._serve(s, n)
+            except OSError:
+                keep = False
+            n += 1
+            if keep:
+                self.held.append(s)
+            else:
+                s.close()
+
+    def close(self):
+        self.srv.close()
+        for s in self.held:
+            s.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 class Tollgate:
