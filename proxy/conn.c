@@ -1501,9 +1501,11 @@ static void splice_end(struct conn *c)
  * backend socket both make splice_fill() say EAGAIN; the backend is read
  * only while the client is not blocked, when the pipe has just been
  * emptied, so EAGAIN then means an empty socket — or an urgent (TCP OOB)
- * mark, where splice(2) stops for good while epoll keeps saying readable:
- * readable (woken by the backend's read event) tells that case apart, and
- * the rest of the body is then copied (readv steps over the mark).
+ * mark, where splice(2) stops for good (EAGAIN, or 0 when a FIN follows)
+ * while epoll keeps saying readable.  After a read wake-up that spliced
+ * nothing (readable), and on 0, the mark is checked (splice_stalled); at
+ * the mark the pipe is emptied and the rest of the body is copied (readv
+ * steps over the mark).
  */
 static int splice_pump(struct conn *c, int readable)
 {
@@ -1529,21 +1531,18 @@ static int splice_pump(struct conn *c, int readable)
                 return -1;
             }
         }
-        if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF))) {
+        if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF | RF_NO_SPLICE))) {
             ssize_t n = splice_fill(p, up_fd, (size_t)r->resp_left);
+            int err = errno;
             if (n > 0) {
                 r->resp_left -= n;
                 moved = 1;
-            } else if (n < 0 && errno == EAGAIN && readable && p->len == 0 && splice_stalled(up_fd)) {
+            } else if ((n == 0 || (err == EAGAIN && readable)) && splice_stalled(up_fd)) {
                 log_info("%s: conn %llu: splice stopped at urgent data from %s, copying the rest", __func__,
                          (unsigned long long)c->id, r->target.name);
                 r->flags |= RF_NO_SPLICE;
-                splice_end(c);
-                bufferevent_set_max_single_read(r->up, BEV_READ_CHUNK);
-                c->flags &= ~CF_UP_PAUSED;
-                bev_enable_read(r->up);
-                return 0;
-            } else if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+                moved = 1;
+            } else if (n == 0 || (err != EAGAIN && err != EINTR)) {
                 /* The body is cut short; what the backend did send is
                  * still delivered, then the client's connection closes. */
                 if (n < 0) {
@@ -1555,6 +1554,14 @@ static int splice_pump(struct conn *c, int readable)
                 moved = 1;
             }
             readable = 0;   /* only the first fill after the wake-up tells */
+        }
+        if ((r->flags & RF_NO_SPLICE) && p->len == 0) {
+            /* Back to copying: the backend's reads are bev.c's again. */
+            splice_end(c);
+            bufferevent_set_max_single_read(r->up, BEV_READ_CHUNK);
+            c->flags &= ~CF_UP_PAUSED;
+            bev_enable_read(r->up);
+            return 0;
         }
         if (p->len > r->pipe_ok && !(r->flags & RF_THROTTLED)) {
             size_t ok = allowance(c, p->len - r->pipe_ok);
@@ -1579,7 +1586,7 @@ static int splice_pump(struct conn *c, int readable)
         if (!moved)
             break;
     }
-    if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF))) {
+    if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF | RF_NO_SPLICE))) {
         c->flags &= ~CF_UP_PAUSED;
         bev_enable_read(r->up);
     } else if (!(c->flags & CF_UP_PAUSED)) {
@@ -1964,13 +1971,15 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
      * socket; otherwise reads go on at full size, starting now when that
      * short read came back full. */
     int splice = (r->flags & RF_SPLICE) || splice_wanted(c);
+    int gather = !splice && !(r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) && !(c->flags & CF_UP_PAUSED);
     short ev = 0;
     if (!splice && bufferevent_get_max_single_read(bev) != (ev_ssize_t)BEV_READ_CHUNK) {
         bufferevent_set_max_single_read(bev, BEV_READ_CHUNK);
-        if (head_read >= BEV_READ_HEAD && !(r->flags & (RF_THROTTLED | RF_RESP_DONE)))
-            bev_read(bev, BEV_READ_CHUNK, &ev);
+        /* (a short read: the socket is empty, nothing to gather) */
+        if (gather)
+            gather = head_read >= BEV_READ_HEAD && bev_read(bev, BEV_READ_CHUNK, &ev) == BEV_READ_CHUNK;
     }
-    if (!ev && !splice && !(r->flags & (RF_THROTTLED | RF_RESP_DONE | RF_UP_EOF)) && !(c->flags & CF_UP_PAUSED))
+    if (gather && !ev)
         ev = bev_gather(bev, hwm_of(c));
     if (relay_response_body(c) < 0)
         return;

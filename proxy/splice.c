@@ -16,12 +16,14 @@
 #endif
 #include <errno.h>
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include "proxy/splice.h"
 
 /* Idle pipes kept per thread: two descriptors and no memory each. */
+#define SPLICE_PIPE_MIN 65536   /* a smaller pipe is not worth splicing through */
 #define POOL_MAX 64
 
 static __thread struct {
@@ -43,10 +45,11 @@ static int pipe_size(struct splice_pipe *p, size_t size)
         got = fcntl(p->wr, F_GETPIPE_SZ);   /* over /proc/sys/fs/pipe-max-size: see below */
     if (got <= 0)
         return -1;
-    if ((size_t)got < size) {
+    if ((size_t)got < size && got < SPLICE_PIPE_MIN) {
         /* Over the user's pipe-buffer allowance (pipe-user-pages-soft) the
-         * kernel hands out small pipes: splicing through one would cost more
-         * system calls than copying. */
+         * kernel hands out tiny pipes: splicing through one would cost more
+         * system calls than copying.  (A pipe-max-size set below size only
+         * makes the pipe smaller.) */
         errno = ENOBUFS;
         return -1;
     }
@@ -133,8 +136,8 @@ ssize_t splice_drain(struct splice_pipe *p, int fd, size_t max)
 
 int splice_stalled(int fd)
 {
-    char b;
-    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+    int at = 0;
+    return ioctl(fd, SIOCATMARK, &at) == 0 && at;
 }
 
 void splice_thread_cleanup(void)

@@ -21,9 +21,10 @@ struct splice_pipe {
 };
 
 /*
- * Takes an empty pipe of at least size bytes (rounded by the kernel) from
- * the thread's pool, or makes one.  0, or -1 with errno (EMFILE...): the
- * caller then relays by copying.
+ * Takes an empty pipe of size bytes (rounded up by the kernel; smaller, but
+ * at least 64 KiB, where /proc/sys/fs/pipe-max-size is lower) from the
+ * thread's pool, or makes one.  0, or -1 with errno (EMFILE, ENOBUFS when
+ * the kernel only gives tiny pipes): the caller then relays by copying.
  */
 int splice_pipe_get(struct splice_pipe *p, size_t size);
 
@@ -41,9 +42,10 @@ ssize_t splice_fill(struct splice_pipe *p, int fd, size_t max);
 ssize_t splice_drain(struct splice_pipe *p, int fd, size_t max);
 
 /*
- * After splice_fill() said EAGAIN on a socket that epoll reports readable:
- * 1 when bytes wait there that splice(2) cannot take — it stops at a TCP
- * urgent (OOB) mark for good — so the caller must read them otherwise.
+ * After splice_fill() moved nothing (EAGAIN on a socket epoll reports
+ * readable, or 0): 1 when the socket's read position is at a TCP urgent
+ * (OOB) mark (SIOCATMARK), where splice(2) stops for good; the caller must
+ * read on otherwise (a read steps over the mark).
  */
 int splice_stalled(int fd);
 

@@ -8,6 +8,7 @@ stalls mid-body ending the client connection, and the knob that turns it off."""
 
 import hashlib
 import os
+import subprocess
 import socket
 import time
 
@@ -110,22 +111,22 @@ def test_backend_dying_mid_spliced_body_closes_the_client():
         assert any("mid-response" in l for l in tg.log_text().splitlines())
 
 
-def _stalling_backend(body_sent, total, urgent_at=None):
+def _stalling_backend(body_sent, total, urgent_at=None, close=False):
     """A backend that sends a head with Content-Length total, body_sent bytes,
-    then says nothing more and keeps the connection open.  urgent_at: one
-    TCP urgent (OOB) byte is sent after that many body bytes."""
+    then says nothing more and keeps the connection open (close: closes it).
+    urgent_at: one TCP urgent (OOB) byte is sent after that many body bytes."""
     def serve(s, n):
         s.recv(65536)
         body = pattern(body_sent)
         head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total
         if urgent_at is None:
             s.sendall(head + body)
-            return True
+            return not close
         s.sendall(head + body[:urgent_at])
         time.sleep(0.2)
         s.send(b"X", socket.MSG_OOB)
         s.sendall(body[urgent_at:])
-        return True
+        return not close
 
     return RawBackend(serve)
 
@@ -169,6 +170,45 @@ def test_urgent_byte_mid_spliced_body_does_not_spin_a_worker():
             assert cpu < 1.0 * (5 if SANITIZED else 1), "proxy burned %.2f s of CPU" % cpu
             assert _spliced(tg) >= 100000 - 16384
             assert any("urgent" in l for l in tg.log_text().splitlines())
+
+
+def test_urgent_byte_then_close_mid_spliced_body_delivers_what_was_sent():
+    # at an urgent mark with the FIN behind it splice(2) says 0 (EOF): the
+    # bytes after the mark must still reach the client, as on the copying path
+    with _stalling_backend(150000, 400001, urgent_at=100000, close=True) as b:
+        with Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+            with RawConn(tg.port, timeout=scale(15)) as c:
+                c.send(_get("/"))
+                assert c.read_head().status == 200
+                got = c.read_to_eof()
+            assert got == pattern(150000), len(got)
+            assert any("urgent" in l for l in tg.log_text().splitlines())
+
+
+def test_response_without_a_pipe_is_copied():
+    # no descriptors left for a pipe: the body is copied, intact; splicing
+    # comes back once descriptors are free again
+    n = 1000000
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1) as tg:
+        st, _, body = http(tg.port, "GET", "/bytes/10", ROUTE)    # the backend connection is pooled
+        assert st == 200
+        time.sleep(0.5)    # that client's connection closed on both sides
+        fds = len(os.listdir("/proc/%d/fd" % tg.pid))
+        soft = subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile", "--raw", "--noheadings", "-o", "SOFT"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        # room for the client's socket and one more, not for a pipe's two
+        subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%d:" % (fds + 2)], check=True)
+        with RawConn(tg.port, timeout=20) as c:
+            c.send(_get("/bytes/%d" % n, close=True))
+            r, got, sha = _read_sha(c)
+        subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%s:" % soft], check=True)
+        assert r.status == 200 and got == n and sha == pattern_sha256(n)
+        assert _spliced(tg) == 0
+        with RawConn(tg.port, timeout=20) as c:
+            c.send(_get("/bytes/%d" % n, close=True))
+            r, got, sha = _read_sha(c)
+        assert r.status == 200 and got == n and sha == pattern_sha256(n)
+        assert _spliced(tg) > 0
 
 
 def test_slow_reader_of_a_spliced_body_gets_everything():
