@@ -136,16 +136,9 @@ def test_slow_reader_bounded_buffering():
             if not SANITIZED:
                 assert growth < 20 * 1024, "proxy buffered %d KiB for a stalled reader" % growth
             # then the whole body still arrives intact
-            import hashlib
-            h = hashlib.sha256()
-            count = [0]
-
-            def sink(d):
-                count[0] += len(d)
-                h.update(d)
-            r = c.read_response(sink=sink)
-            assert r.status == 200 and count[0] == n
-            assert h.hexdigest() == pattern_sha256(n)
+            r, count, sha = c.read_response_sha()
+            assert r.status == 200 and count == n
+            assert sha == pattern_sha256(n)
 
 
 def test_stalled_backend_upload_bounded_buffering():

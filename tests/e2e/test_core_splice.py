@@ -17,32 +17,12 @@ from tglib import *
 ROUTE = "app.test"
 
 
-def _metrics(tg):
-    values = {}
-    for line in tg.admin("/metrics")[2].decode().splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            values[name] = float(value)
-    return values
-
-
 def _spliced(tg):
-    return _metrics(tg).get("tollgate_spliced_bytes_total", -1)
+    return tg.metrics().get("tollgate_spliced_bytes_total", -1)
 
 
 def _get(path, close=False):
     return ("GET %s HTTP/1.1\r\nHost: %s\r\n%s\r\n" % (path, ROUTE, "Connection: close\r\n" if close else "")).encode()
-
-
-def _read_sha(c):
-    h = hashlib.sha256()
-    n = [0]
-
-    def sink(d):
-        n[0] += len(d)
-        h.update(d)
-    r = c.read_response(sink=sink)
-    return r, n[0], h.hexdigest()
 
 
 def test_long_body_is_spliced_intact_and_counted_exactly():
@@ -51,7 +31,7 @@ def test_long_body_is_spliced_intact_and_counted_exactly():
         assert _spliced(tg) == 0
         with RawConn(tg.port, timeout=20) as c:
             c.send(_get("/bytes/%d" % n, close=True))
-            r, got, sha = _read_sha(c)
+            r, got, sha = c.read_response_sha()
             head_len = len(r.raw)
         assert r.status == 200 and got == n and sha == pattern_sha256(n)
         # all but what came with the head (one short read) moved in the kernel
@@ -63,7 +43,7 @@ def test_long_body_is_spliced_intact_and_counted_exactly():
         total = head_len + n
         assert str(total) in line.split() or any(f.endswith("=%d" % total) for f in line.split()), \
             "bytes out %d not in %r" % (total, line)
-        m = _metrics(tg)
+        m = tg.metrics()
         assert m['tollgate_bytes_total{direction="out"}'] == total, m
 
 
@@ -79,7 +59,7 @@ def test_splice_min_body_zero_turns_splicing_off():
     with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], args=["--splice-min-body", "0"]) as tg:
         with RawConn(tg.port, timeout=20) as c:
             c.send(_get("/bytes/%d" % n, close=True))
-            r, got, sha = _read_sha(c)
+            r, got, sha = c.read_response_sha()
         assert r.status == 200 and got == n and sha == pattern_sha256(n)
         assert _spliced(tg) == 0
 
@@ -95,7 +75,7 @@ def test_spliced_responses_reuse_the_backend_connection_and_pipeline_in_order():
                 assert r.status == 200 and r.body == pattern(s), (s, r.status, len(r.body))
         assert _spliced(tg) > 1000000
         # the backend connection went back to the pool at the body's end each time
-        assert _metrics(tg)["tollgate_upstream_reused_total"] >= len(sizes) - 1
+        assert tg.metrics()["tollgate_upstream_reused_total"] >= len(sizes) - 1
 
 
 def test_backend_dying_mid_spliced_body_closes_the_client():
@@ -150,7 +130,7 @@ def test_backend_stalling_mid_spliced_body_is_cut_after_the_read_timeout():
             assert got == 300000
             assert 0.8 <= waited < scale(10), waited
             assert _spliced(tg) > 0
-            assert _metrics(tg)['tollgate_upstream_errors_total{kind="timeout"}'] == 1
+            assert tg.metrics()['tollgate_upstream_errors_total{kind="timeout"}'] == 1
 
 
 def test_urgent_byte_mid_spliced_body_does_not_spin_a_worker():
@@ -200,13 +180,13 @@ def test_response_without_a_pipe_is_copied():
         subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%d:" % (fds + 2)], check=True)
         with RawConn(tg.port, timeout=20) as c:
             c.send(_get("/bytes/%d" % n, close=True))
-            r, got, sha = _read_sha(c)
+            r, got, sha = c.read_response_sha()
         subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%s:" % soft], check=True)
         assert r.status == 200 and got == n and sha == pattern_sha256(n)
         assert _spliced(tg) == 0
         with RawConn(tg.port, timeout=20) as c:
             c.send(_get("/bytes/%d" % n, close=True))
-            r, got, sha = _read_sha(c)
+            r, got, sha = c.read_response_sha()
         assert r.status == 200 and got == n and sha == pattern_sha256(n)
         assert _spliced(tg) > 0
 

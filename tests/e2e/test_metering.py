@@ -196,12 +196,8 @@ def ws_read_frame(c):
 
 
 def metric(tg, name, labels):
-    _, _, body = tg.admin("/metrics")
-    want = "%s{%s} " % (name, labels)
-    for line in body.decode().splitlines():
-        if line.startswith(want):
-            return int(float(line.split()[-1]))
-    return None
+    v = tg.metrics().get("%s{%s}" % (name, labels))
+    return None if v is None else int(v)
 
 
 # ---------------------------------------------------------------- byte-exact counters

@@ -60,11 +60,7 @@ def lookups(r):
 
 
 def metric(tg, name):
-    _, _, body = tg.admin("/metrics")
-    for line in body.decode().splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+    return tg.metrics().get(name)
 
 
 def wait_backend(tg, host, want, timeout, path="/echo"):

@@ -36,6 +36,7 @@ Processes
                     .stop() -> exit code (SIGTERM, wait) .kill() .signal(sig)
                     .log_text() .access_log_lines() .write_config(text) .rss_kb()
                     .admin(path) -> (status, headers, body)
+                    .metrics() -> {"name{labels}": value} from /metrics
                     On leaving the `with` block it is stopped with SIGTERM; when
                     check_exit is true and the block raised nothing, a non-zero
                     exit code or a sanitizer report in the log fails the test.
@@ -52,6 +53,8 @@ Clients
                     .send(bytes) .read_response(head=False) -> Response
                     (.status .reason .version .headers [(name, value)] .header(name)
                     .body .raw) .read_until(b"...") .recv_some() .is_closed(timeout)
+                    .read_response_sha() -> (Response, length, sha256 hex)
+                    .read_to_eof()
                     .close()
   parse_responses(data) -> [Response] for a byte string holding several
 
@@ -668,6 +671,15 @@ class Tollgate:
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
 
+    def metrics(self):
+        """/metrics as {"name{labels}": value}."""
+        values = {}
+        for line in self.admin("/metrics")[2].decode().splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                values[name] = float(value)
+        return values
+
     def admin(self, path, timeout=5):
         return http(self.admin_port, "GET", path, "127.0.0.1:%d" % self.admin_port, timeout=timeout)
 
@@ -871,6 +883,18 @@ class RawConn:
         if not d:
             self.eof = True
         return d
+
+    def read_response_sha(self):
+        """Reads one response without keeping its body -> (Response, body
+        length, body sha256 hex)."""
+        h = hashlib.sha256()
+        n = [0]
+
+        def sink(d):
+            n[0] += len(d)
+            h.update(d)
+        r = self.read_response(sink=sink)
+        return r, n[0], h.hexdigest()
 
     def read_to_eof(self):
         """Every byte until the peer closes (what is buffered first)."""
