@@ -99,6 +99,8 @@ static const struct key_def keys[] = {
       "err, warn, notice, info or debug" },
     { "client-header-timeout", K_SECONDS, OFF(client_header_timeout), 0, 0, 3600, F_POSITIVE,
       "S", "10", "seconds a client has to send a whole request head" },
+    { "defer-accept", K_SECONDS, OFF(defer_accept), 0, 0, 60, 0,
+      "S", "1", "the kernel holds a new connection until its first bytes or this long; 0 = off" },
     { "client-body-timeout", K_SECONDS, OFF(client_body_timeout), 0, 0, 86400, F_POSITIVE,
       "S", "60", "client silent mid-body while the proxy waits for it" },
     { "keepalive-timeout", K_SECONDS, OFF(keepalive_timeout), 0, 0, 86400, F_POSITIVE,

@@ -55,6 +55,7 @@ struct tg_config {
     double upstream_read_timeout;   /* 300 */
     double drain_timeout;           /* 30 */
     double client_body_timeout;     /* 60: client silent mid-body while the proxy waits for it */
+    double defer_accept;            /* 1: TCP_DEFER_ACCEPT on listeners; 0 = off */
 
     size_t max_header_size;         /* 65536 */
     size_t buffer_size;             /* 262144: per-direction high watermark */

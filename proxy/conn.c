@@ -2139,6 +2139,22 @@ static int client_bev_open(struct conn *c)
     return 0;
 }
 
+/* Reads the socket now rather than wait an iteration for the new
+ * bufferevent's own read event: the client has spoken (a parked connection
+ * woke up, or the listener defers accept until the request's first bytes). */
+static void client_read_now(struct conn *c)
+{
+    short ev;
+    size_t got = bev_read(c->bev, BEV_READ_HEAD, &ev);
+    if (ev) {
+        bufferevent_disable(c->bev, EV_READ);
+        client_event_cb(c->bev, ev, c);
+        return;
+    }
+    if (got)
+        client_read_cb(c->bev, c);
+}
+
 static void park_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
@@ -2150,17 +2166,7 @@ static void park_cb(evutil_socket_t fd, short what, void *arg)
     }
     evutil_timerclear(&c->head_start);
     evutil_timerclear(&c->last_activity);
-    /* The socket is readable: read now rather than wait an iteration for
-     * the new bufferevent's own read event. */
-    short ev;
-    size_t got = bev_read(c->bev, BEV_READ_HEAD, &ev);
-    if (ev) {
-        bufferevent_disable(c->bev, EV_READ);
-        client_event_cb(c->bev, ev, c);
-        return;
-    }
-    if (got)
-        client_read_cb(c->bev, c);
+    client_read_now(c);
 }
 
 /*
@@ -2217,6 +2223,7 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
     conn_list = c;
     if (log_level_enabled(LOG_DEBUG))
         log_debug("%s: conn %llu: accepted (salen %u)", __func__, (unsigned long long)c->id, (unsigned)salen);
+    client_read_now(c);
 }
 
 /* The one teardown path: frees everything the connection owns. */

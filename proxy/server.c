@@ -125,7 +125,7 @@ void worker_conn_remove(struct worker *w)
 /* Listening sockets                                                      */
 
 /* Opens a non-blocking SO_REUSEPORT listening socket. -1 with err on failure. */
-static int listen_socket(const struct cfg_addr *a, char *err, size_t errlen)
+static int listen_socket(const struct cfg_addr *a, double defer_s, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
     socklen_t len;
@@ -155,6 +155,17 @@ static int listen_socket(const struct cfg_addr *a, char *err, size_t errlen)
     /* Accepted sockets inherit TCP_NODELAY from the listener on Linux: no
      * setsockopt per connection. */
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+    /* TCP_DEFER_ACCEPT: accept() returns a connection once its request has
+     * begun to arrive (conn_accept() reads it at once) or, for a silent
+     * client, after about defer_s; the connection costs the kernel a
+     * request sock meanwhile and tollgate nothing. */
+    if (defer_s > 0) {
+        int secs = (int)defer_s;
+        if (secs < defer_s)
+            secs++;
+        if (setsockopt(fd, IPPROTO_TCP, TCP_DEFER_ACCEPT, &secs, sizeof(secs)) < 0)
+            log_warn("%s: TCP_DEFER_ACCEPT: %s (accepting at once)", __func__, strerror(errno));
+    }
     if (ss.ss_family == AF_INET6)   /* [::]:P and 0.0.0.0:P may both be given */
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, (struct sockaddr *)&ss, len) < 0 || listen(fd, 4096) < 0) {
@@ -282,7 +293,7 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
         return -1;
     }
     for (size_t i = 0; i < cfg->n_listen && i < MAX_LISTENERS; i++) {
-        int fd = listen_socket(&cfg->listen[i], err, errlen);
+        int fd = listen_socket(&cfg->listen[i], cfg->defer_accept, err, errlen);
         if (fd < 0)
             return -1;
         struct evconnlistener *l = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);

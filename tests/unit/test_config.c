@@ -40,16 +40,17 @@ static int parse(struct tg_config *c, const char *text, char *err)
 /* Runs cfg_from_args on a NULL-terminated list of arguments after argv[0]. */
 static int args(struct tg_config *c, char *err, const char *first, ...)
 {
-    char *argv[64];
+    char *argv[96];
     int argc = 0;
     va_list ap;
     const char *a;
 
     argv[argc++] = (char *)"tollgate";
     va_start(ap, first);
-    for (a = first; a && argc < 63; a = va_arg(ap, const char *))
+    for (a = first; a && argc < 95; a = va_arg(ap, const char *))
         argv[argc++] = (char *)a;
     va_end(ap);
+    ck_assert_msg(a == NULL, "args(): more than 94 arguments; enlarge argv");
     argv[argc] = NULL;
     cfg_defaults(c);
     err[0] = '\0';
@@ -141,6 +142,7 @@ START_TEST(cfg_defaults_are_documented_values)
     ck_assert(c.upstream_read_timeout == 300);
     ck_assert(c.drain_timeout == 30);
     ck_assert(c.client_body_timeout == 60);
+    ck_assert(c.defer_accept == 1);
     ck_assert_uint_eq(c.max_header_size, 65536);
     ck_assert_uint_eq(c.buffer_size, 262144);
     ck_assert_uint_eq(c.splice_min_body, 16384);
@@ -184,6 +186,7 @@ static const char every_key[] =
     "upstream-read-timeout 120\n"
     "drain-timeout 0\n"
     "client-body-timeout 45\n"
+    "defer-accept 0\n"
     "max-header-size 32k\n"
     "buffer-size 1m\n"
     "splice-min-body 0\n"
@@ -227,6 +230,7 @@ static void check_every_key(const struct tg_config *c)
     ck_assert(c->upstream_read_timeout == 120);
     ck_assert(c->drain_timeout == 0);
     ck_assert(c->client_body_timeout == 45);
+    ck_assert(c->defer_accept == 0);
     ck_assert_uint_eq(c->max_header_size, 32768);
     ck_assert_uint_eq(c->buffer_size, 1048576);
     ck_assert_uint_eq(c->splice_min_body, 0);
@@ -265,7 +269,7 @@ START_TEST(cfg_cli_sets_every_key)
         "--access-log", "/var/log/tollgate/access.log", "--error-log", "-", "--log-level", "debug",
         "--client-header-timeout", "2.5", "--keepalive-timeout", "30s",
         "--upstream-connect-timeout", "250ms", "--upstream-read-timeout", "120",
-        "--drain-timeout", "0", "--client-body-timeout", "45", "--max-header-size", "32k",
+        "--drain-timeout", "0", "--client-body-timeout", "45", "--defer-accept", "0", "--max-header-size", "32k",
         "--buffer-size", "1m", "--splice-min-body", "0", "--route-cache-size", "5000", "--route-cache-ttl", "30",
         "--route-negative-ttl", "0", "--route-stale-max-age", "7200", "--redis-timeout", "0.5",
         "--backend-cooldown", "20", "--meter-flush-interval", "2", "--cap-status", "429",
@@ -340,6 +344,8 @@ START_TEST(cfg_errors_carry_file_and_line)
         { "buffer-size k\n", "t.conf:1: buffer-size: expected a number of bytes" },
         { "splice-min-body 1025m\n", "t.conf:1: splice-min-body: '1025m' out of range 0..1073741824" },
         { "splice-min-body -1\n", "t.conf:1: splice-min-body: expected a number of bytes" },
+        { "defer-accept 61\n", "t.conf:1: defer-accept: '61' out of range" },
+        { "defer-accept soon\n", "t.conf:1: defer-accept: expected seconds" },
         { "route-cache-size 0\n", "t.conf:1: route-cache-size: '0' out of range" },
         { "cap-status 200\n", "t.conf:1: cap-status: '200' out of range 400..599" },
         { "route example.com\n", "t.conf:1: route: expected HOST=BACKEND" },
@@ -588,7 +594,7 @@ START_TEST(cfg_help_and_version)
         "--redis", "--key-prefix", "--route", "--workers", "--access-log", "--log-level",
         "--client-header-timeout", "--keepalive-timeout", "--upstream-connect-timeout",
         "--upstream-read-timeout", "--drain-timeout", "--check-config", "-t,", "--version", "--help",
-        "--error-log", "--client-body-timeout", "--max-header-size", "--buffer-size", "--splice-min-body",
+        "--error-log", "--client-body-timeout", "--defer-accept", "--max-header-size", "--buffer-size", "--splice-min-body",
         "--route-cache-size", "--route-cache-ttl", "--route-negative-ttl", "--route-stale-max-age",
         "--redis-timeout", "--backend-cooldown", "--meter-flush-interval", "--cap-status",
         "--cap-page", "--instance-id", "[default: 0.0.0.0:8080]", "[default: 127.0.0.1:9180]",
