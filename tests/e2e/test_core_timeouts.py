@@ -81,7 +81,9 @@ def _status_in(data):
 
 
 def test_silent_client_after_connect():
-    with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1"]) as tg:
+    # Accept at once (no deferral): the timer starts at connect here; the
+    # deferred case is in test_core_accept.py.
+    with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1", "--defer-accept", "0"]) as tg:
         with RawConn(tg.port) as c:
             took, status, _ = _wait_close_or_408(c, scale(4))
             assert took < scale(2.5)
