@@ -1436,8 +1436,6 @@ static ssize_t dechunk_step(struct req *r, struct evbuffer *in, size_t room, int
 
 /* Pump rounds per event: one busy connection cannot starve the others. */
 #define SPLICE_ROUNDS 8
-/* The largest pipe asked for: Linux's default pipe-max-size. */
-#define SPLICE_PIPE_MAX (1024 * 1024)
 
 static void splice_event_cb(evutil_socket_t fd, short what, void *arg);
 
@@ -1461,10 +1459,8 @@ static int splice_wanted(struct conn *c)
 static int splice_begin(struct conn *c)
 {
     struct req *r = c->req;
-    /* A pipe holds what the direction's buffer would, up to the size an
-     * unprivileged process may set (/proc/sys/fs/pipe-max-size). */
-    size_t size = hwm_of(c) < SPLICE_PIPE_MAX ? hwm_of(c) : SPLICE_PIPE_MAX;
-    if (splice_pipe_get(&r->pipe, size) != 0) {
+    /* A pipe holds what the direction's buffer would (splice.c caps it). */
+    if (splice_pipe_get(&r->pipe, hwm_of(c)) != 0) {
         log_debug("%s: conn %llu: no pipe (%s), copying", __func__, (unsigned long long)c->id, strerror(errno));
         r->flags |= RF_NO_SPLICE;
         return -1;
@@ -2223,7 +2219,9 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
     conn_list = c;
     if (log_level_enabled(LOG_DEBUG))
         log_debug("%s: conn %llu: accepted (salen %u)", __func__, (unsigned long long)c->id, (unsigned)salen);
-    client_read_now(c);
+    /* A deferring listener hands over connections with bytes to read. */
+    if (worker_config(w)->defer_accept > 0)
+        client_read_now(c);
 }
 
 /* The one teardown path: frees everything the connection owns. */

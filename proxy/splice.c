@@ -24,6 +24,7 @@
 
 /* Idle pipes kept per thread: two descriptors and no memory each. */
 #define SPLICE_PIPE_MIN 65536   /* a smaller pipe is not worth splicing through */
+#define SPLICE_PIPE_MAX (1024 * 1024)   /* Linux's default pipe-max-size for unprivileged users */
 #define POOL_MAX 64
 
 static __thread struct {
@@ -60,6 +61,8 @@ static int pipe_size(struct splice_pipe *p, size_t size)
 
 int splice_pipe_get(struct splice_pipe *p, size_t size)
 {
+    if (size > SPLICE_PIPE_MAX)
+        size = SPLICE_PIPE_MAX;
     p->len = 0;
     if (pool_n > 0) {
         pool_n--;

@@ -21,8 +21,9 @@ struct splice_pipe {
 };
 
 /*
- * Takes an empty pipe of size bytes (rounded up by the kernel; smaller, but
- * at least 64 KiB, where /proc/sys/fs/pipe-max-size is lower) from the
+ * Takes an empty pipe of size bytes (at most 1 MiB, Linux's default
+ * pipe-max-size; rounded up by the kernel; smaller, but at least 64 KiB,
+ * where /proc/sys/fs/pipe-max-size is lower) from the
  * thread's pool, or makes one.  0, or -1 with errno (EMFILE, ENOBUFS when
  * the kernel only gives tiny pipes): the caller then relays by copying.
  */

@@ -40,7 +40,10 @@ def test_silent_connection_is_held_by_the_kernel_until_its_request_arrives():
 
 
 def test_accept_is_immediate_with_defer_accept_off():
-    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], args=["--defer-accept", "0"]) as tg:
+    # "--defer-accept 60" first: were the final 0 not honoured, the silent
+    # connection would wait 60 s in the kernel, past the deadline below.
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr],
+                                      args=["--defer-accept", "60", "--defer-accept", "0"]) as tg:
         before = _settled(tg)
         with RawConn(tg.port, timeout=scale(10)):
             deadline = time.monotonic() + scale(3)

@@ -11,6 +11,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -218,6 +219,30 @@ START_TEST(empty_pipes_are_pooled_and_pipes_with_bytes_are_closed)
 }
 END_TEST
 
+START_TEST(a_pipe_asked_over_one_mebibyte_gets_one_mebibyte)
+{
+    /* A large buffer-size asks for more than an unprivileged process may
+     * have (pipe-max-size, 1 MiB by default): the pipe is 1 MiB, neither the
+     * 64 KiB a refused resize leaves nor more (root could have more). */
+    long max = 0;
+    FILE *f = fopen("/proc/sys/fs/pipe-max-size", "r");
+    if (f) {
+        if (fscanf(f, "%ld", &max) != 1)
+            max = 0;
+        fclose(f);
+    }
+    struct splice_pipe p;
+    ck_assert_int_eq(splice_pipe_get(&p, 8u << 20), 0);
+    if (max >= 1L << 20)
+        ck_assert_uint_eq(p.cap, 1u << 20);
+    else
+        ck_assert_uint_le(p.cap, 1u << 20);
+    ck_assert_uint_eq((size_t)fcntl(p.wr, F_GETPIPE_SZ), p.cap);
+    splice_pipe_put(&p);
+    splice_thread_cleanup();
+}
+END_TEST
+
 Suite *splice_suite(void)
 {
     Suite *s = suite_create("splice");
@@ -227,6 +252,7 @@ Suite *splice_suite(void)
     tcase_add_test(tc, fill_says_eagain_on_an_empty_socket_and_zero_at_eof);
     tcase_add_test(tc, an_urgent_mark_stalls_splice_and_is_told_apart_from_an_empty_socket);
     tcase_add_test(tc, empty_pipes_are_pooled_and_pipes_with_bytes_are_closed);
+    tcase_add_test(tc, a_pipe_asked_over_one_mebibyte_gets_one_mebibyte);
     suite_add_tcase(s, tc);
     return s;
 }
