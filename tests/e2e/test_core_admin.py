@@ -135,6 +135,21 @@ def test_access_log_one_line_per_request():
         assert sum(1 for l in tg.access_log_lines() if " 404 " in l) == 1
 
 
+def test_access_log_duration_has_sub_tick_precision():
+    """The duration comes from a precise clock, not the event loop's cached
+    one (coarse: whole 4 ms steps), so a backend that takes 1.5 ms never
+    shows as 0.000 and not every duration is a whole number of 4 ms steps."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        with RawConn(tg.port) as c:
+            for _ in range(20):
+                c.send(b"GET /sleep/0.0015 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                assert c.read_response().status == 200
+        wait_until(lambda: len(tg.access_log_lines()) == 20, 3, "20 access log lines")
+        secs = [float(l.split()[9]) for l in tg.access_log_lines()]
+        assert all(0.0015 <= s < 1.0 for s in secs), secs
+        assert any(round(s * 1000) % 4 != 0 for s in secs), secs
+
+
 def test_error_log_levels():
     with Backend("b1") as b:
         with Tollgate(routes=["app.test=" + b.addr], log_level="debug") as tg:
