@@ -870,15 +870,6 @@ static void start_upstream(struct conn *c)
     }
 }
 
-/* Header names the proxy sets itself or that must not cross it. */
-static int skip_request_header(const struct h1_header *h, struct h1_str conn_value)
-{
-    if (h1_is_hop_by_hop(h->name, conn_value))
-        return 1;
-    return h1_str_ieq(h->name, "x-forwarded-for") || h1_str_ieq(h->name, "x-forwarded-proto")
-        || h1_str_ieq(h->name, "x-forwarded-host") || h1_str_ieq(h->name, "forwarded");
-}
-
 /*
  * A head written straight into space reserved at the end of an output buffer
  * (one reservation and one commit, so the buffer's callbacks run once per
@@ -942,8 +933,6 @@ static void send_request(struct conn *c)
         respond_local(c, 400, NULL, NULL, 1);
         return;
     }
-    const struct h1_header *ch = h1_find_header(rq->headers, rq->n_headers, "connection");
-    struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
     char ip[INET6_ADDRSTRLEN];
     peer_str(c, ip, sizeof(ip));
     size_t iplen = strlen(ip);
@@ -984,13 +973,14 @@ static void send_request(struct conn *c)
     }
     for (size_t i = 0; i < rq->n_headers; i++) {
         const struct h1_header *hd = &rq->headers[i];
-        if (absolute && h1_str_ieq(hd->name, "host"))
+        if (absolute && (hd->kind & H1_H_HOST))
             continue;
-        if (skip_request_header(hd, conn_value)) {
-            /* Upgrade crosses when the client asked for one (WebSocket). */
-            if (!((r->flags & RF_UPGRADE) && h1_str_ieq(hd->name, "upgrade")))
-                continue;
-        }
+        /* Hop-by-hop fields stop here, and the proxy sets the forwarding
+         * ones itself; Upgrade crosses when the client asked for one
+         * (WebSocket). */
+        if ((hd->kind & (H1_H_HOP | H1_H_FORWARDED))
+            && !((r->flags & RF_UPGRADE) && (hd->kind & H1_H_UPGRADE)))
+            continue;
         head_str(&h, hd->name);
         HEAD_LIT(&h, ": ");
         head_str(&h, hd->value);
@@ -1260,8 +1250,6 @@ static void tunnel_half_close(struct conn *c)
 static int send_response_head(struct conn *c, const struct h1_response *rs)
 {
     struct req *r = c->req;
-    const struct h1_header *ch = h1_find_header(rs->headers, rs->n_headers, "connection");
-    struct h1_str conn_value = ch ? ch->value : (struct h1_str){"", 0};
     int upgrade = rs->status == 101;
 
     size_t cap = 128 + rs->reason.len;
@@ -1281,7 +1269,7 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
     HEAD_LIT(&h, "\r\n");
     for (size_t i = 0; i < rs->n_headers; i++) {
         const struct h1_header *hd = &rs->headers[i];
-        if (h1_is_hop_by_hop(hd->name, conn_value) && !(upgrade && h1_str_ieq(hd->name, "upgrade")))
+        if ((hd->kind & H1_H_HOP) && !(upgrade && (hd->kind & H1_H_UPGRADE)))
             continue;
         head_str(&h, hd->name);
         HEAD_LIT(&h, ": ");

@@ -13,7 +13,10 @@
  * bare LF, whitespace before the colon, CTLs in values, bad chunk sizes).
  *
  * Scanning is table driven (one 256-entry class table, one lookup per byte,
- * no per-byte calls) and line ends are located with memchr().
+ * no per-byte calls), 16 bytes per step with SSE2, and line ends are located
+ * with memchr().  The parsers also tell each header's kind to a proxy
+ * (hop-by-hop, forwarding, Host, Upgrade), so that the connection code
+ * never compares names itself.
  */
 #include "proxy/h1.h"
 
@@ -48,6 +51,84 @@ static const uint8_t h1_cls[256] = {
 };
 
 #define CLS(ch, bit) (h1_cls[(unsigned char)(ch)] & (bit))
+
+/*
+ * Scanners: the first byte at or after p that is not of a class, or end.
+ * With SSE2 (every x86-64) they test 16 bytes per step; the tail, and
+ * other machines, use the table.
+ */
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+static inline __m128i load16(const char *p)
+{
+    return _mm_loadu_si128((const __m128i *)(const void *)p);
+}
+
+/* Bytes of v that are <= max (unsigned). */
+static inline __m128i le_u8(__m128i v, char max)
+{
+    return _mm_cmpeq_epi8(_mm_min_epu8(v, _mm_set1_epi8(max)), v);
+}
+#endif
+
+/*
+ * Visible bytes (VCHAR, obs-text), and with blanks also SP and HTAB: C_FIELD
+ * (with blanks) or C_TARGET (without).  Stops at CTLs and DEL: CR, LF, NUL.
+ */
+static inline const char *skip_visible(const char *p, const char *end, int blanks)
+{
+#if defined(__SSE2__)
+    while (end - p >= 16) {
+        __m128i v = load16(p);
+        __m128i ctl = le_u8(v, blanks ? 0x1f : 0x20);
+        if (blanks)
+            ctl = _mm_andnot_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8('\t')), ctl);
+        unsigned m = (unsigned)_mm_movemask_epi8(_mm_or_si128(ctl, _mm_cmpeq_epi8(v, _mm_set1_epi8(0x7f))));
+        if (m)
+            return p + __builtin_ctz(m);
+        p += 16;
+    }
+#endif
+    unsigned cls = blanks ? C_FIELD : C_TARGET;
+    while (p < end && CLS(*p, cls))
+        p++;
+    return p;
+}
+
+#define skip_field(p, end) skip_visible((p), (end), 1)
+#define skip_target(p, end) skip_visible((p), (end), 0)
+
+/* C_TCHAR.  The vector step passes letters, digits and '-' (nearly every
+ * field name); at any other byte the table decides. */
+static inline const char *skip_token(const char *p, const char *end)
+{
+#if defined(__SSE2__)
+    while (end - p >= 16) {
+        __m128i v = load16(p);
+        /* x in [lo, lo + n): x - lo + 0x80 < 0x80 + n, compared signed. */
+        __m128i lc = _mm_or_si128(v, _mm_set1_epi8(0x20));
+        __m128i alpha = _mm_cmplt_epi8(_mm_add_epi8(lc, _mm_set1_epi8((char)(0x80 - 'a'))),
+                                       _mm_set1_epi8((char)(0x80 + 26)));
+        __m128i digit = _mm_cmplt_epi8(_mm_add_epi8(v, _mm_set1_epi8((char)(0x80 - '0'))),
+                                       _mm_set1_epi8((char)(0x80 + 10)));
+        __m128i dash = _mm_cmpeq_epi8(v, _mm_set1_epi8('-'));
+        unsigned ok = (unsigned)_mm_movemask_epi8(_mm_or_si128(_mm_or_si128(alpha, digit), dash));
+        unsigned m = ~ok & 0xffffu;
+        if (m == 0) {
+            p += 16;
+            continue;
+        }
+        p += __builtin_ctz(m);
+        if (!CLS(*p, C_TCHAR))
+            return p;
+        p++;
+    }
+#endif
+    while (p < end && CLS(*p, C_TCHAR))
+        p++;
+    return p;
+}
 
 static inline unsigned char lower(unsigned char c)
 {
@@ -135,48 +216,6 @@ int64_t h1_parse_content_length(struct h1_str v)
     return n;
 }
 
-int h1_is_hop_by_hop(struct h1_str name, struct h1_str conn_value)
-{
-    /* RFC 9110 §7.6.1 plus the de-facto ones (Keep-Alive, Proxy-*). */
-    switch (name.len) {
-    case 2:
-        if (IEQ(name, "te")) return 1;
-        break;
-    case 7:
-        if (IEQ(name, "trailer") || IEQ(name, "upgrade")) return 1;
-        break;
-    case 10:
-        if (IEQ(name, "connection") || IEQ(name, "keep-alive")) return 1;
-        break;
-    case 16:
-        if (IEQ(name, "proxy-connection")) return 1;
-        break;
-    case 17:
-        if (IEQ(name, "transfer-encoding")) return 1;
-        break;
-    case 18:
-        if (IEQ(name, "proxy-authenticate")) return 1;
-        break;
-    case 19:
-        if (IEQ(name, "proxy-authorization")) return 1;
-        break;
-    }
-    if (conn_value.len == 0 || conn_value.p == NULL)
-        return 0;
-    const char *pos = conn_value.p, *end = conn_value.p + conn_value.len;
-    struct h1_str el;
-    while (list_next(&pos, end, &el)) {
-        if (el.len == 0 || el.len != name.len)
-            continue;
-        size_t i = 0;
-        while (i < el.len && lower((unsigned char)el.p[i]) == lower((unsigned char)name.p[i]))
-            i++;
-        if (i == el.len)
-            return 1;
-    }
-    return 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* Head boundary                                                        */
 
@@ -237,6 +276,9 @@ struct h1_fields {
     int conn_close, conn_keepalive, conn_upgrade;
     int has_upgrade;
     int expect_continue;
+    size_t n_conn_tokens;   /* other names listed in Connection fields */
+    int conn_tokens_over;
+    struct h1_str conn_tokens[H1_MAX_CONN_TOKENS];
 };
 
 static void fields_content_length(struct h1_fields *f, struct h1_str v)
@@ -293,16 +335,27 @@ static void fields_connection(struct h1_fields *f, struct h1_str v)
             f->conn_keepalive = 1;
         else if (IEQ(el, "upgrade"))
             f->conn_upgrade = 1;
+        else if (el.len > 0 && f->n_conn_tokens < H1_MAX_CONN_TOKENS)
+            f->conn_tokens[f->n_conn_tokens++] = el;
+        else if (el.len > 0)
+            f->conn_tokens_over = 1;
     }
 }
 
-static void fields_note(struct h1_fields *f, struct h1_str name, struct h1_str value)
+/* Notes what a field says about framing and the connection, and returns its
+ * kind (H1_H_*) as far as its name tells. */
+static unsigned fields_note(struct h1_fields *f, struct h1_str name, struct h1_str value)
 {
     switch (name.len) {
+    case 2:
+        if (IEQ(name, "te"))
+            return H1_H_HOP;
+        break;
     case 4:
         if (IEQ(name, "host")) {
             f->host_count++;
             f->host = value;
+            return H1_H_HOST;
         }
         break;
     case 6:
@@ -310,21 +363,78 @@ static void fields_note(struct h1_fields *f, struct h1_str name, struct h1_str v
             f->expect_continue = 1;
         break;
     case 7:
-        if (IEQ(name, "upgrade"))
+        if (IEQ(name, "upgrade")) {
             f->has_upgrade = 1;
+            return H1_H_HOP | H1_H_UPGRADE;
+        }
+        if (IEQ(name, "trailer"))
+            return H1_H_HOP;
+        break;
+    case 9:
+        if (IEQ(name, "forwarded"))
+            return H1_H_FORWARDED;
         break;
     case 10:
-        if (IEQ(name, "connection"))
+        if (IEQ(name, "connection")) {
             fields_connection(f, value);
+            return H1_H_HOP;
+        }
+        if (IEQ(name, "keep-alive"))
+            return H1_H_HOP;
         break;
     case 14:
         if (IEQ(name, "content-length"))
             fields_content_length(f, value);
         break;
-    case 17:
-        if (IEQ(name, "transfer-encoding"))
-            fields_transfer_encoding(f, value);
+    case 15:
+        if (IEQ(name, "x-forwarded-for"))
+            return H1_H_FORWARDED;
         break;
+    case 16:
+        if (IEQ(name, "proxy-connection"))
+            return H1_H_HOP;
+        if (IEQ(name, "x-forwarded-host"))
+            return H1_H_FORWARDED;
+        break;
+    case 17:
+        if (IEQ(name, "transfer-encoding")) {
+            fields_transfer_encoding(f, value);
+            return H1_H_HOP;
+        }
+        if (IEQ(name, "x-forwarded-proto"))
+            return H1_H_FORWARDED;
+        break;
+    case 18:
+        if (IEQ(name, "proxy-authenticate"))
+            return H1_H_HOP;
+        break;
+    case 19:
+        if (IEQ(name, "proxy-authorization"))
+            return H1_H_HOP;
+        break;
+    }
+    return 0;
+}
+
+/* Marks the fields a Connection field lists as hop-by-hop (RFC 9110
+ * §7.6.1); the list may come before or after them. */
+static void fields_mark_listed(const struct h1_fields *f, struct h1_header *hs, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (hs[i].kind & H1_H_HOP)
+            continue;
+        for (size_t t = 0; t < f->n_conn_tokens; t++) {
+            const struct h1_str *tok = &f->conn_tokens[t];
+            size_t k = 0;
+            if (tok->len != hs[i].name.len)
+                continue;
+            while (k < tok->len && lower((unsigned char)tok->p[k]) == lower((unsigned char)hs[i].name.p[k]))
+                k++;
+            if (k == tok->len) {
+                hs[i].kind |= H1_H_HOP;
+                break;
+            }
+        }
     }
 }
 
@@ -352,8 +462,7 @@ static int parse_fields(const char *p, const char *end, struct h1_header *hs,
         if (CLS(*p, C_OWS))
             return -400;
         const char *name = p;
-        while (p < end && CLS(*p, C_TCHAR))
-            p++;
+        p = skip_token(p, end);
         /* No whitespace between name and colon (§5.1); name is a token. */
         if (p == name || p >= end || *p != ':')
             return -400;
@@ -362,8 +471,7 @@ static int parse_fields(const char *p, const char *end, struct h1_header *hs,
         while (p < end && CLS(*p, C_OWS))
             p++;
         const char *val = p;
-        while (p < end && CLS(*p, C_FIELD))
-            p++;
+        p = skip_field(p, end);
         /* The value stops at the first byte that is not HTAB/SP/VCHAR/
          * obs-text; it must be the CRLF (NUL, bare CR, LF, CTLs: §5.5). */
         if (end - p < 2 || p[0] != '\r' || p[1] != '\n')
@@ -378,10 +486,14 @@ static int parse_fields(const char *p, const char *end, struct h1_header *hs,
         hs[n].name.len = name_len;
         hs[n].value.p = val;
         hs[n].value.len = (size_t)(vend - val);
-        fields_note(f, hs[n].name, hs[n].value);
+        hs[n].kind = fields_note(f, hs[n].name, hs[n].value);
         n++;
         *n_out = n;
     }
+    if (f->conn_tokens_over)
+        return -400;
+    if (f->n_conn_tokens > 0)
+        fields_mark_listed(f, hs, n);
     return 0;
 }
 
@@ -412,16 +524,14 @@ int h1_parse_request(const char *head, size_t len, struct h1_request *req)
 
     /* request-line = method SP request-target SP HTTP-version CRLF (§3) */
     const char *m = p;
-    while (p < end && CLS(*p, C_TCHAR))
-        p++;
+    p = skip_token(p, end);
     if (p == m || p >= end || *p != ' ')
         return -400;
     req->method.p = m;
     req->method.len = (size_t)(p - m);
     p++;
     const char *t = p;
-    while (p < end && CLS(*p, C_TARGET))
-        p++;
+    p = skip_target(p, end);
     if (p == t || p >= end || *p != ' ')
         return -400;
     req->target.p = t;
@@ -551,8 +661,7 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
     if (*p == ' ') {
         p++;
         const char *r = p;
-        while (p < end && CLS(*p, C_FIELD))
-            p++;
+        p = skip_field(p, end);
         resp->reason.p = r;
         resp->reason.len = (size_t)(p - r);
     } else {

@@ -26,7 +26,23 @@ struct h1_str {
 struct h1_header {
     struct h1_str name;
     struct h1_str value;   /* leading/trailing OWS stripped */
+    unsigned kind;         /* H1_H_*: what the field is to a proxy */
 };
+
+/* Header kinds, set by the parsers (bits of h1_header.kind). */
+enum {
+    H1_H_HOP       = 1 << 0,  /* hop-by-hop (RFC 9110 §7.6.1): Connection, Keep-Alive,
+                                 Proxy-Connection, TE, Trailer, Transfer-Encoding,
+                                 Upgrade, Proxy-Authenticate, Proxy-Authorization, or a
+                                 name listed in any Connection field of the message */
+    H1_H_FORWARDED = 1 << 1,  /* X-Forwarded-For, -Proto, -Host, Forwarded */
+    H1_H_HOST      = 1 << 2,  /* Host */
+    H1_H_UPGRADE   = 1 << 3,  /* Upgrade */
+};
+
+/* Most names a message's Connection fields may list besides close,
+ * keep-alive and upgrade; more makes the message invalid (400 / 502). */
+#define H1_MAX_CONN_TOKENS 16
 
 /* Framing/semantics flags derived from the head. */
 enum {
@@ -81,7 +97,8 @@ ssize_t h1_find_head_end(const char *buf, size_t len, size_t *scanned, size_t ma
  * Content-Length is rejected (§6.3); Transfer-Encoding other than a final
  * "chunked" is rejected for requests (501 for unknown codings, 400 if chunked
  * is not last); HTTP/1.1 without exactly one Host is rejected (§3.2); more
- * than H1_MAX_HEADERS headers gives -431.
+ * than H1_MAX_HEADERS headers gives -431; Connection fields listing more
+ * than H1_MAX_CONN_TOKENS other names give -400.  Every header's kind is set.
  * Returns 0 or a negative status.
  */
 int h1_parse_request(const char *head, size_t len, struct h1_request *req);
@@ -98,13 +115,6 @@ int h1_str_ieq(struct h1_str s, const char *lit);
 /* Returns the first header named name (case-insensitive) or NULL. */
 const struct h1_header *h1_find_header(const struct h1_header *hs, size_t n, const char *name);
 
-/*
- * 1 when header name is hop-by-hop for a proxy (RFC 9110 §7.6.1):
- * Connection, Keep-Alive, Proxy-Connection, TE, Trailer, Transfer-Encoding,
- * Upgrade, Proxy-Authorization... or any name listed in the message's
- * Connection header (conn_value = that header's value, may be empty).
- */
-int h1_is_hop_by_hop(struct h1_str name, struct h1_str conn_value);
 
 /*
  * Incremental chunked-body tracker.  Feed it the body bytes as they arrive;

@@ -664,6 +664,56 @@ START_TEST(test_chunked_trailer_invalid_400)
 }
 END_TEST
 
+/* ---- the scanners (16 bytes per step with SSE2, a table for the rest) ---- */
+
+static int is_tchar(int b)
+{
+    return (b >= '0' && b <= '9') || (b >= 'a' && b <= 'z') || (b >= 'A' && b <= 'Z')
+        || (b != 0 && strchr("!#$%&'*+-.^_`|~", b) != NULL);
+}
+
+/* Parses a request whose head is pre + 40 x 'a' with byte b at pos + post. */
+static int parse_with_byte(const char *pre, int b, size_t pos, const char *post)
+{
+    char head[256];
+    size_t n = strlen(pre);
+    memcpy(head, pre, n);
+    memset(head + n, 'a', 40);
+    head[n + pos] = (char)b;
+    memcpy(head + n + 40, post, strlen(post));
+    return h1_parse_request(head, n + 40 + strlen(post), &req);
+}
+
+START_TEST(test_scanners_agree_with_the_rules_at_every_offset)
+{
+    /* Offsets in the first vector, on its last byte, in the second, and
+     * in the table-scanned tail. */
+    static const size_t offs[] = { 1, 5, 15, 16, 17, 31, 32, 38 };
+    for (int b = 0; b < 256; b++) {
+        for (size_t i = 0; i < sizeof(offs) / sizeof(offs[0]); i++) {
+            size_t pos = offs[i];
+            /* Field value: HTAB, SP, VCHAR, obs-text (RFC 9110 §5.5). */
+            int field_ok = b == '\t' || b == ' ' || (b >= 0x21 && b != 0x7f);
+            ck_assert_msg(parse_with_byte("GET / HTTP/1.1\r\nHost: h\r\nX-V: ", b, pos, "\r\n\r\n")
+                          == (field_ok ? 0 : -400), "value byte 0x%02x at %zu", b, pos);
+            /* Field name: a token; a ':' just ends it early. */
+            int name_ok = is_tchar(b) || b == ':';
+            ck_assert_msg(parse_with_byte("GET / HTTP/1.1\r\nHost: h\r\nX", b, pos, ": v\r\n\r\n")
+                          == (name_ok ? 0 : -400), "name byte 0x%02x at %zu", b, pos);
+            /* Request target: VCHAR or obs-text, no SP or CTL (§3.2). */
+            int target_ok = b >= 0x21 && b != 0x7f;
+            ck_assert_msg(parse_with_byte("GET /", b, pos, " HTTP/1.1\r\nHost: h\r\n\r\n")
+                          == (target_ok ? 0 : -400), "target byte 0x%02x at %zu", b, pos);
+            /* Method: a token. */
+            if (b != ' ') {
+                int rc = parse_with_byte("", b, pos, " / HTTP/1.1\r\nHost: h\r\n\r\n");
+                ck_assert_msg(is_tchar(b) ? rc == 0 : rc == -400, "method byte 0x%02x at %zu: %d", b, pos, rc);
+            }
+        }
+    }
+}
+END_TEST
+
 /* ---- hop-by-hop helper ---- */
 
 static struct h1_str S(const char *s)
@@ -672,20 +722,83 @@ static struct h1_str S(const char *s)
     return r;
 }
 
-START_TEST(test_hop_by_hop)
+/* The kind of the header called name in the last parsed request (or
+ * response), or -1 when it is not there. */
+static int kind_of(const struct h1_header *hs, size_t n, const char *name)
+{
+    const struct h1_header *h = h1_find_header(hs, n, name);
+    return h ? (int)h->kind : -1;
+}
+
+START_TEST(test_hop_by_hop_names)
 {
     const char *hop[] = { "Connection", "keep-alive", "Proxy-Connection", "TE", "Trailer",
                           "Transfer-Encoding", "UPGRADE", "Proxy-Authorization",
                           "Proxy-Authenticate" };
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        ck_assert_msg(h1_is_hop_by_hop(S(hop[i]), S("")), "%s", hop[i]);
-    ck_assert(!h1_is_hop_by_hop(S("Content-Length"), S("")));
-    ck_assert(!h1_is_hop_by_hop(S("Host"), S("close")));
-    ck_assert(h1_is_hop_by_hop(S("X-Secret"), S("close, x-secret ,foo")));
-    ck_assert(h1_is_hop_by_hop(S("foo"), S("close, x-secret ,FOO")));
-    ck_assert(!h1_is_hop_by_hop(S("x-secre"), S("x-secret")));
-    struct h1_str none = { NULL, 0 };
-    ck_assert(!h1_is_hop_by_hop(S("X-A"), none));
+    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++) {
+        char head[256];
+        /* Transfer-Encoding needs a valid coding; the others any value. */
+        snprintf(head, sizeof(head), "POST / HTTP/1.1\r\nHost: h\r\n%s: %s\r\n\r\n", hop[i],
+                 h1_str_ieq(S(hop[i]), "transfer-encoding") ? "chunked" : "x");
+        ck_assert_int_eq(preq(head), 0);
+        ck_assert_msg(kind_of(req.headers, req.n_headers, hop[i]) & H1_H_HOP, "%s", hop[i]);
+    }
+    ck_assert_int_eq(preq("GET / HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nX-A: 1\r\n"
+                          "Connection: close\r\n\r\n"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "content-length"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-a"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "host"), H1_H_HOST);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "upgrade"), -1);
+}
+END_TEST
+
+START_TEST(test_forwarding_kinds)
+{
+    ck_assert_int_eq(preq("GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 1.2.3.4\r\n"
+                          "x-forwarded-proto: https\r\nX-FORWARDED-HOST: a\r\nForwarded: for=x\r\n"
+                          "X-Forwarded-Fo: no\r\nUpgrade: websocket\r\n\r\n"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-forwarded-for"), H1_H_FORWARDED);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-forwarded-proto"), H1_H_FORWARDED);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-forwarded-host"), H1_H_FORWARDED);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "forwarded"), H1_H_FORWARDED);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-forwarded-fo"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "upgrade"), H1_H_HOP | H1_H_UPGRADE);
+}
+END_TEST
+
+START_TEST(test_connection_listed_names_are_hop_by_hop)
+{
+    /* Listed before or after the field, in any case, across two Connection
+     * fields; a name that only starts like a listed one is not. */
+    ck_assert_int_eq(preq("GET / HTTP/1.1\r\nHost: h\r\nX-Secret: 1\r\n"
+                          "Connection: close, x-secret ,foo\r\nFOO: 2\r\nX-Secre: 3\r\n"
+                          "Connection: Bar\r\nbar: 4\r\n\r\n"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-secret"), H1_H_HOP);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "foo"), H1_H_HOP);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "bar"), H1_H_HOP);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "x-secre"), 0);
+    ck_assert_int_eq(kind_of(req.headers, req.n_headers, "host"), H1_H_HOST);
+    ck_assert(req.flags & H1_F_CONN_CLOSE);
+    /* The same in a response. */
+    ck_assert_int_eq(presp("HTTP/1.1 200 OK\r\nX-Private: 1\r\nConnection: keep-alive, X-Private\r\n"
+                           "Content-Length: 0\r\n\r\n"), 0);
+    ck_assert_int_eq(kind_of(resp.headers, resp.n_headers, "x-private"), H1_H_HOP);
+    ck_assert_int_eq(kind_of(resp.headers, resp.n_headers, "content-length"), 0);
+}
+END_TEST
+
+START_TEST(test_connection_listing_too_many_names_rejected)
+{
+    char head[1024], list[512] = "";
+    for (int i = 0; i < H1_MAX_CONN_TOKENS; i++)
+        snprintf(list + strlen(list), sizeof(list) - strlen(list), "%sx-%d", i ? ", " : "", i);
+    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: h\r\nConnection: close, %s, keep-alive\r\n\r\n", list);
+    ck_assert_int_eq(preq(head), 0);                     /* the limit itself */
+    snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: h\r\nConnection: %s, one-more\r\n\r\n", list);
+    ck_assert_int_eq(preq(head), -400);
+    snprintf(head, sizeof(head), "HTTP/1.1 200 OK\r\nConnection: %s, one-more\r\nContent-Length: 0\r\n\r\n",
+             list);
+    ck_assert_int_eq(presp(head), -502);
 }
 END_TEST
 
@@ -748,7 +861,11 @@ Suite *h1_suite(void)
     tcase_add_test(tc, test_chunked_request_every_split);
     tcase_add_test(tc, test_chunked_bulk_data);
     tcase_add_test(tc, test_chunked_trailer_invalid_400);
-    tcase_add_test(tc, test_hop_by_hop);
+    tcase_add_test(tc, test_scanners_agree_with_the_rules_at_every_offset);
+    tcase_add_test(tc, test_hop_by_hop_names);
+    tcase_add_test(tc, test_forwarding_kinds);
+    tcase_add_test(tc, test_connection_listed_names_are_hop_by_hop);
+    tcase_add_test(tc, test_connection_listing_too_many_names_rejected);
     tcase_add_test(tc, test_find_header_ieq);
     suite_add_tcase(s, tc);
     return s;
