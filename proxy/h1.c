@@ -20,6 +20,7 @@
  */
 #include "proxy/h1.h"
 
+#include <stddef.h>
 #include <string.h>
 
 /* At most this many empty lines before a request line (RFC 9112 §2.2 asks
@@ -140,13 +141,27 @@ static inline unsigned hexval(unsigned char c)
     return c <= '9' ? (unsigned)(c - '0') : (unsigned)((c | 0x20) - 'a' + 10);
 }
 
-/* Case-insensitive comparison of p[0..n) with the lowercase literal lit. */
+/*
+ * Case-insensitive comparison of p[0..n) with lit, 8 bytes per step.  lit
+ * holds only lowercase letters, digits and "-:/".  Setting bit 0x20 lowers a
+ * letter and leaves those others as they are; the bytes it could turn into
+ * one of them (CTLs: 0x0d into '-', 0x1a into ':', 0x10-0x19 into digits)
+ * never reach here: names, values and targets are validated first.
+ */
 static inline int ieq_n(const char *p, size_t n, const char *lit, size_t litlen)
 {
     if (n != litlen)
         return 0;
-    for (size_t i = 0; i < n; i++)
-        if (lower((unsigned char)p[i]) != (unsigned char)lit[i])
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        uint64_t a, b;
+        memcpy(&a, p + i, 8);
+        memcpy(&b, lit + i, 8);
+        if ((a | 0x2020202020202020ULL) != b)
+            return 0;
+    }
+    for (; i < n; i++)
+        if (((unsigned char)p[i] | 0x20) != (unsigned char)lit[i])
             return 0;
     return 1;
 }
@@ -278,6 +293,7 @@ struct h1_fields {
     int expect_continue;
     size_t n_conn_tokens;   /* other names listed in Connection fields */
     int conn_tokens_over;
+    /* Not cleared: only conn_tokens[0..n_conn_tokens) is ever read. */
     struct h1_str conn_tokens[H1_MAX_CONN_TOKENS];
 };
 
@@ -447,7 +463,7 @@ static int parse_fields(const char *p, const char *end, struct h1_header *hs,
                         size_t *n_out, struct h1_fields *f)
 {
     size_t n = 0;
-    memset(f, 0, sizeof(*f));
+    memset(f, 0, offsetof(struct h1_fields, conn_tokens));
     *n_out = 0;
     for (;;) {
         if (p >= end)
