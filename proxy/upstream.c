@@ -6,6 +6,13 @@
  * still open on the backend's side).  An idle connection keeps EV_READ
  * enabled: any byte or EOF from the backend means it is no longer clean, and
  * it is closed at once, so a half-read connection is never handed out.
+ *
+ * Idle connections also sit on one list per pool in the order they came
+ * back, and one timer, armed for the oldest, closes those idle longer than
+ * the pool's idle time.  A put or a get touches no timer (a bufferevent
+ * timeout per put would cost a timer-heap insertion per request); the
+ * connection keeps the timeouts its last request set, so one may also go
+ * earlier, at the upstream read timeout, when that is shorter.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -28,8 +35,10 @@
 struct idle_conn {
     struct bufferevent *bev;
     struct upstream_key *key;
-    struct idle_conn *next, *prev;
+    struct idle_conn *next, *prev;    /* the key's list, newest first */
+    struct idle_conn *newer, *older;  /* the pool's list, oldest first */
     struct upstream_pool *pool;
+    struct timeval since;             /* back in the pool at (loop time) */
 };
 
 struct upstream_key {
@@ -43,17 +52,29 @@ struct upstream_key {
 struct upstream_pool {
     struct event_base *base;
     struct timeval idle_tv;
+    struct idle_conn *spare;     /* unused entries (linked by next): no malloc per put */
+    struct idle_conn *oldest, *newest;
+    struct event *expiry;        /* armed for the oldest entry while any is idle */
     struct upstream_key keys[POOL_MAX_KEYS]; /* open addressing by address hash */
     unsigned n_keys;
 };
 
+/* The address's bytes hashed 8 at a time (a multiply and a shift each). */
 static uint32_t addr_hash(const struct sockaddr_storage *a, socklen_t len)
 {
     const unsigned char *p = (const unsigned char *)a;
-    uint32_t h = 2166136261u;
-    for (socklen_t i = 0; i < len; i++)
-        h = (h ^ p[i]) * 16777619u;
-    return h;
+    uint64_t h = 0x9e3779b97f4a7c15ULL ^ (uint64_t)len;
+    socklen_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t w;
+        memcpy(&w, p + i, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    for (; i < len; i++)
+        h = (h ^ p[i]) * 0x100000001b3ULL;
+    h ^= h >> 29;
+    return (uint32_t)h;
 }
 
 /*
@@ -87,6 +108,8 @@ static struct upstream_key *key_find(struct upstream_pool *p, const struct route
     return free_slot;
 }
 
+static void expiry_cb(evutil_socket_t fd, short what, void *arg);
+
 struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s)
 {
     struct upstream_pool *p = calloc(1, sizeof(*p));
@@ -95,11 +118,36 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s)
     p->base = base;
     p->idle_tv.tv_sec = (time_t)idle_s;
     p->idle_tv.tv_usec = (suseconds_t)((idle_s - (double)(time_t)idle_s) * 1e6);
+    p->expiry = evtimer_new(base, expiry_cb, p);
+    if (!p->expiry) {
+        free(p);
+        return NULL;
+    }
     return p;
+}
+
+/* Arms the timer for when the oldest idle connection has been idle long enough. */
+static void expiry_arm(struct upstream_pool *p)
+{
+    struct timeval now, due, wait = { 0, 0 };
+    event_base_gettimeofday_cached(p->base, &now);
+    evutil_timeradd(&p->oldest->since, &p->idle_tv, &due);
+    if (evutil_timercmp(&due, &now, >))
+        evutil_timersub(&due, &now, &wait);
+    evtimer_add(p->expiry, &wait);
 }
 
 static void idle_unlink(struct idle_conn *ic)
 {
+    struct upstream_pool *p = ic->pool;
+    if (ic->older)
+        ic->older->newer = ic->newer;
+    else
+        p->oldest = ic->newer;
+    if (ic->newer)
+        ic->newer->older = ic->older;
+    else
+        p->newest = ic->older;
     struct upstream_key *k = ic->key;
     if (ic->prev)
         ic->prev->next = ic->next;
@@ -114,11 +162,19 @@ static void idle_unlink(struct idle_conn *ic)
     }
 }
 
+/* Keeps an unlinked entry for the next put (at most as many as were ever idle at once). */
+static void idle_recycle(struct idle_conn *ic)
+{
+    struct upstream_pool *p = ic->pool;
+    ic->next = p->spare;
+    p->spare = ic;
+}
+
 static void idle_close(struct idle_conn *ic)
 {
     idle_unlink(ic);
     bufferevent_free(ic->bev);
-    free(ic);
+    idle_recycle(ic);
 }
 
 /* Bytes, EOF, an error or the idle timeout on an idle connection: drop it. */
@@ -132,11 +188,28 @@ static void idle_event_cb(struct bufferevent *bev, short what, void *arg)
     idle_close(arg);
 }
 
+/* Closes the connections idle for the pool's idle time, oldest first. */
+static void expiry_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct upstream_pool *p = arg;
+    struct timeval now, due;
+    event_base_gettimeofday_cached(p->base, &now);
+    while (p->oldest) {
+        evutil_timeradd(&p->oldest->since, &p->idle_tv, &due);
+        if (evutil_timercmp(&due, &now, >))
+            break;
+        idle_close(p->oldest);
+    }
+    if (p->oldest)
+        expiry_arm(p);
+}
+
 void upstream_pool_flush(struct upstream_pool *p)
 {
     for (unsigned i = 0; i < POOL_MAX_KEYS; i++)
         while (p->keys[i].head)
             idle_close(p->keys[i].head);
+    evtimer_del(p->expiry);
 }
 
 void upstream_pool_free(struct upstream_pool *p)
@@ -144,6 +217,12 @@ void upstream_pool_free(struct upstream_pool *p)
     if (!p)
         return;
     upstream_pool_flush(p);
+    event_free(p->expiry);
+    while (p->spare) {
+        struct idle_conn *ic = p->spare;
+        p->spare = ic->next;
+        free(ic);
+    }
     free(p);
 }
 
@@ -155,7 +234,7 @@ struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct rout
     struct idle_conn *ic = k->head;
     struct bufferevent *bev = ic->bev;
     idle_unlink(ic);
-    free(ic);
+    idle_recycle(ic);
     bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
     return bev;
 }
@@ -165,10 +244,19 @@ void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, st
     struct idle_conn *ic = NULL;
     struct upstream_key *k = NULL;
     if (evbuffer_get_length(bufferevent_get_input(bev)) != 0
-        || evbuffer_get_length(bufferevent_get_output(bev)) != 0
-        || !(ic = malloc(sizeof(*ic)))
-        || !(k = key_find(p, t, 1)) || k->n_idle >= POOL_MAX_IDLE_PER_KEY) {
-        free(ic);
+        || evbuffer_get_length(bufferevent_get_output(bev)) != 0) {
+        bufferevent_free(bev);
+        return;
+    }
+    if ((ic = p->spare) != NULL)
+        p->spare = ic->next;
+    else
+        ic = malloc(sizeof(*ic));
+    if (!ic || !(k = key_find(p, t, 1)) || k->n_idle >= POOL_MAX_IDLE_PER_KEY) {
+        if (ic) {
+            ic->pool = p;
+            idle_recycle(ic);
+        }
         bufferevent_free(bev);
         return;
     }
@@ -181,11 +269,20 @@ void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, st
         k->head->prev = ic;
     k->head = ic;
     k->n_idle++;
+    event_base_gettimeofday_cached(p->base, &ic->since);
+    ic->newer = NULL;
+    ic->older = p->newest;
+    if (p->newest)
+        p->newest->newer = ic;
+    else
+        p->oldest = ic;
+    p->newest = ic;
+    if (!evtimer_pending(p->expiry, NULL))
+        expiry_arm(p);
     /* (No read watermark is ever set on a backend connection: clearing one
      * would cost an event_add through libevent's unsuspend.) */
     bufferevent_setwatermark(bev, EV_WRITE, 0, 0);
     bufferevent_setcb(bev, idle_read_cb, NULL, idle_event_cb, ic);
-    bufferevent_set_timeouts(bev, &p->idle_tv, NULL);
     bev_enable_read(bev);
 }
 

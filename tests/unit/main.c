@@ -7,6 +7,7 @@ int main(void)
     SRunner *sr = srunner_create(h1_suite());
     srunner_add_suite(sr, bev_suite());
     srunner_add_suite(sr, splice_suite());
+    srunner_add_suite(sr, upstream_suite());
     srunner_add_suite(sr, config_suite());
     srunner_add_suite(sr, routing_suite());
     srunner_add_suite(sr, meter_suite());

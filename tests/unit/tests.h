@@ -9,4 +9,5 @@ Suite *config_suite(void);
 Suite *routing_suite(void);
 Suite *meter_suite(void);
 Suite *redis_suite(void);
+Suite *upstream_suite(void);
 #endif
