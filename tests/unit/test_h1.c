@@ -159,6 +159,32 @@ START_TEST(test_pipelined_heads)
 }
 END_TEST
 
+START_TEST(test_head_end_at_every_offset_of_a_16_byte_step)
+{
+    /* The LF search tests 16 bytes at a time: the end and a bare LF must be
+     * found wherever they fall in or across a step, whole or piece by
+     * piece, and a bare LF after the end is not the head's. */
+    for (size_t pad = 0; pad < 40; pad++) {
+        char head[128];
+        int n = snprintf(head, sizeof(head), "GET / HTTP/1.1\r\nHost: h\r\nX: %.*s\r\n\r\n\nNEXT", (int)pad,
+                         "0123456789012345678901234567890123456789");
+        size_t total = (size_t)n - 5, scanned = 0;
+        ck_assert_int_eq(h1_find_head_end(head, (size_t)n, &scanned, MAX_HEAD), (ssize_t)total);
+        scanned = 0;
+        for (size_t k = 1; k < total; k++)
+            ck_assert_int_eq(h1_find_head_end(head, k, &scanned, MAX_HEAD), 0);
+        ck_assert_int_eq(h1_find_head_end(head, (size_t)n, &scanned, MAX_HEAD), (ssize_t)total);
+        for (size_t at = 0; at < pad; at++) {
+            char bad[128];
+            memcpy(bad, head, (size_t)n);
+            bad[28 + at] = '\n';               /* inside X's value */
+            scanned = 0;
+            ck_assert_int_eq(h1_find_head_end(bad, (size_t)n, &scanned, MAX_HEAD), -400);
+        }
+    }
+}
+END_TEST
+
 START_TEST(test_head_end_incremental_every_split)
 {
     /* Byte by byte, and every two-piece split: the CRLFCRLF straddling the
@@ -827,6 +853,7 @@ Suite *h1_suite(void)
     tcase_add_test(tc, test_leading_empty_line);
     tcase_add_test(tc, test_pipelined_heads);
     tcase_add_test(tc, test_head_end_incremental_every_split);
+    tcase_add_test(tc, test_head_end_at_every_offset_of_a_16_byte_step);
     tcase_add_test(tc, test_expect_continue);
     tcase_add_test(tc, test_options_asterisk);
     tcase_add_test(tc, test_cl_and_te_400);
