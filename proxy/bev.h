@@ -40,6 +40,16 @@ void bev_enable_read(struct bufferevent *bev);
 size_t bev_read(struct bufferevent *bev, size_t max, short *ev);
 
 /*
+ * Writes what bev's output holds (up to BEV_WRITE_IOV pieces) with one
+ * send(2), or writev(2) for several pieces, and drains what the socket
+ * took (the output's callbacks see it as the bufferevent's own write).
+ * Returns 0 (EAGAIN included: what is left stays), or -1 with errno on a
+ * socket error.  Calls no bufferevent callback.
+ */
+#define BEV_WRITE_IOV 64
+int bev_write(struct bufferevent *bev);
+
+/*
  * After the read callback's own read came back full (the socket probably
  * holds more), reads on until a short read, limit bytes buffered or
  * BEV_GATHER_ROUNDS reads (one busy connection cannot starve the others),

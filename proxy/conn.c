@@ -250,10 +250,7 @@ static int flush_now(struct bufferevent *bev)
         return 1;
     if (bufferevent_get_enabled(bev) & EV_WRITE)
         return 0;                /* the bufferevent is already on it */
-    /* The output's start is frozen except while the bufferevent writes. */
-    evbuffer_unfreeze(out, 1);
-    evbuffer_write(out, bufferevent_getfd(bev));
-    evbuffer_freeze(out, 1);
+    bev_write(bev);
     if (evbuffer_get_length(out) == 0)
         return 1;
     /* EAGAIN, a partial write or an error: the bufferevent takes over and
