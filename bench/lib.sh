@@ -205,6 +205,7 @@ backend_start() {
 # that both proxies do the same work (NGINX_FWD_HEADERS=0 turns that off).
 # keepalive_requests is raised on both sides so that nginx does not pay for
 # periodic reconnects (tollgate has no such limit).
+# NGINX_ACCESS_LOG=FILE: log "\$request_time \$upstream_header_time" per request.
 # Sets NGINX_PORT and NGINX_WORKER.
 nginx_proxy_start() {
     NGINX_PORT=$(free_port)
@@ -220,7 +221,13 @@ nginx_proxy_start() {
             proxy_set_header X-Forwarded-Host $host;
             proxy_set_header Forwarded "for=$remote_addr;proto=$scheme;host=$host";'
     fi
+    local fmt= log=
+    if [ -n "${NGINX_ACCESS_LOG:-}" ]; then
+        fmt="log_format split '\$request_time \$upstream_header_time';"
+        log="access_log $NGINX_ACCESS_LOG split buffer=256k;"
+    fi
     nginx_start proxy "
+    $fmt
     upstream be {
         server 127.0.0.1:$BACKEND_PORT;
         keepalive 64;
@@ -228,6 +235,7 @@ nginx_proxy_start() {
     }
     server {
         listen 127.0.0.1:$NGINX_PORT backlog=4096;
+        $log
         keepalive_requests 10000000;
         keepalive_timeout 75s;
         location = /small.txt { $common }

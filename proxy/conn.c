@@ -139,6 +139,8 @@ struct req {
     int status;
     uint64_t bytes_in, bytes_out;
     struct timeval start;
+    struct timeval up_start;        /* access log: the last backend attempt began */
+    struct timeval up_head;         /* access log: its response head came (unset: none) */
     char method[16];
     char host[96];
     char path[192];
@@ -342,20 +344,25 @@ static void log_request(struct conn *c, struct req *r)
         return;
     /* Precise clock for the duration (the event loop's cached time comes
      * from a coarse clock: 4 ms steps on most kernels). */
-    struct timeval now, d;
+    struct timeval now, d, u;
     evutil_gettimeofday(&now, NULL);
     evutil_timersub(&now, &r->start, &d);
+    char up[24] = "-";
+    if (evutil_timerisset(&r->up_head)) {
+        evutil_timersub(&r->up_head, &r->up_start, &u);
+        snprintf(up, sizeof(up), "%.3f", (double)u.tv_sec + (double)u.tv_usec / 1e6);
+    }
     char ip[INET6_ADDRSTRLEN], ts[32], line[1024];
     struct tm tm;
     time_t t = now.tv_sec;
     gmtime_r(&t, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
     peer_str(c, ip, sizeof(ip));
-    int n = snprintf(line, sizeof(line), "%s %s %s \"%s %s\" %d %llu %llu %s %.3f %s%s\n", ts, ip,
+    int n = snprintf(line, sizeof(line), "%s %s %s \"%s %s\" %d %llu %llu %s %.3f %s %s%s\n", ts, ip,
                      r->host[0] ? r->host : "-", r->method[0] ? r->method : "-", r->path[0] ? r->path : "-",
                      r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
                      r->target.name[0] ? r->target.name : "-", (double)d.tv_sec + (double)d.tv_usec / 1e6,
-                     r->tenant[0] ? r->tenant : "-", (r->flags & RF_CUT) ? " cut" : "");
+                     r->tenant[0] ? r->tenant : "-", up, (r->flags & RF_CUT) ? " cut" : "");
     if (n > 0)
         log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
 }
@@ -842,6 +849,10 @@ static void start_upstream(struct conn *c)
             return;
         }
         r->attempts++;
+        if (log_access_enabled()) {
+            evutil_gettimeofday(&r->up_start, NULL);
+            evutil_timerclear(&r->up_head);
+        }
         struct bufferevent *up = upstream_pool_get(worker_pool(c->w), &r->target);
         if (up) {
             worker_metrics(c->w)->upstream_reused++;
@@ -1330,6 +1341,8 @@ static int read_response_head(struct conn *c)
             continue;
         }
         r->status = rs.status;
+        if (evutil_timerisset(&r->up_start))
+            evutil_gettimeofday(&r->up_head, NULL);
         if (rs.status == 101) {
             if (!(r->flags & RF_UPGRADE)) {
                 up_detach(c, 0);

@@ -150,6 +150,23 @@ def test_access_log_duration_has_sub_tick_precision():
         assert any(round(s * 1000) % 4 != 0 for s in secs), secs
 
 
+def test_access_log_upstream_header_time():
+    """The field after the tenant is the backend's time to its response
+    head (nginx's $upstream_header_time): at least the backend's delay, at
+    most the whole duration, and "-" when no backend answered."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /sleep/0.2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().status == 200
+        http(tg.port, "GET", "/x", "nope.test")
+        wait_until(lambda: len(tg.access_log_lines()) == 2, 3, "2 access log lines")
+        slow, unknown = tg.access_log_lines()
+        f = slow.split()
+        assert f[10] == "default", slow
+        assert 0.2 <= float(f[11]) <= float(f[9]) < 1.0, slow
+        assert " 404 " in unknown and unknown.split()[11] == "-", unknown
+
+
 def test_error_log_levels():
     with Backend("b1") as b:
         with Tollgate(routes=["app.test=" + b.addr], log_level="debug") as tg:
