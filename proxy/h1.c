@@ -373,13 +373,19 @@ static void fields_connection(struct h1_fields *f, struct h1_str v)
     const char *pos = v.p, *end = v.p + v.len;
     struct h1_str el;
     while (list_next(&pos, end, &el)) {
+        /* Keep-Alive and Upgrade fields are hop-by-hop by name; any other
+         * name listed (a field called "Close" too) is looked for. */
+        if (IEQ(el, "keep-alive")) {
+            f->conn_keepalive = 1;
+            continue;
+        }
+        if (IEQ(el, "upgrade")) {
+            f->conn_upgrade = 1;
+            continue;
+        }
         if (IEQ(el, "close"))
             f->conn_close = 1;
-        else if (IEQ(el, "keep-alive"))
-            f->conn_keepalive = 1;
-        else if (IEQ(el, "upgrade"))
-            f->conn_upgrade = 1;
-        else if (el.len > 0 && f->n_conn_tokens < H1_MAX_CONN_TOKENS)
+        if (el.len > 0 && f->n_conn_tokens < H1_MAX_CONN_TOKENS)
             f->conn_tokens[f->n_conn_tokens++] = el;
         else if (el.len > 0)
             f->conn_tokens_over = 1;
@@ -427,8 +433,10 @@ static unsigned fields_note(struct h1_fields *f, struct h1_str name, struct h1_s
             return H1_H_HOP;
         break;
     case 14:
-        if (IEQ(name, "content-length"))
+        if (IEQ(name, "content-length")) {
             fields_content_length(f, value);
+            return H1_H_LENGTH;
+        }
         break;
     case 15:
         if (IEQ(name, "x-forwarded-for"))
@@ -461,11 +469,14 @@ static unsigned fields_note(struct h1_fields *f, struct h1_str name, struct h1_s
 }
 
 /* Marks the fields a Connection field lists as hop-by-hop (RFC 9110
- * §7.6.1); the list may come before or after them. */
+ * §7.6.1); the list may come before or after them.  Content-Length and Host
+ * are never dropped so: the message crosses with the framing the proxy
+ * reads it by (a listed Content-Length would let a request body reach the
+ * backend as further requests), and with its Host. */
 static void fields_mark_listed(const struct h1_fields *f, struct h1_header *hs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
-        if (hs[i].kind & H1_H_HOP)
+        if (hs[i].kind & (H1_H_HOP | H1_H_LENGTH | H1_H_HOST))
             continue;
         for (size_t t = 0; t < f->n_conn_tokens; t++) {
             const struct h1_str *tok = &f->conn_tokens[t];

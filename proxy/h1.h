@@ -34,14 +34,16 @@ enum {
     H1_H_HOP       = 1 << 0,  /* hop-by-hop (RFC 9110 §7.6.1): Connection, Keep-Alive,
                                  Proxy-Connection, TE, Trailer, Transfer-Encoding,
                                  Upgrade, Proxy-Authenticate, Proxy-Authorization, or a
-                                 name listed in any Connection field of the message */
+                                 name listed in any Connection field of the message
+                                 other than Content-Length and Host */
     H1_H_FORWARDED = 1 << 1,  /* X-Forwarded-For, -Proto, -Host, Forwarded */
-    H1_H_HOST      = 1 << 2,  /* Host */
+    H1_H_HOST      = 1 << 2,  /* Host (never hop-by-hop, even when listed) */
     H1_H_UPGRADE   = 1 << 3,  /* Upgrade */
+    H1_H_LENGTH    = 1 << 4,  /* Content-Length (never hop-by-hop, even when listed) */
 };
 
-/* Most names a message's Connection fields may list besides close,
- * keep-alive and upgrade; more makes the message invalid (400 / 502). */
+/* Most names a message's Connection fields may list besides keep-alive
+ * and upgrade; more makes the message invalid (400 / 502). */
 #define H1_MAX_CONN_TOKENS 16
 
 /* Framing/semantics flags derived from the head. */

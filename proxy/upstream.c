@@ -16,6 +16,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <event2/event.h>
@@ -38,7 +39,7 @@ struct idle_conn {
     struct idle_conn *next, *prev;    /* the key's list, newest first */
     struct idle_conn *newer, *older;  /* the pool's list, oldest first */
     struct upstream_pool *pool;
-    struct timeval since;             /* back in the pool at (loop time) */
+    struct timeval since;             /* back in the pool at (mono_now) */
 };
 
 struct upstream_key {
@@ -110,6 +111,16 @@ static struct upstream_key *key_find(struct upstream_pool *p, const struct route
 
 static void expiry_cb(evutil_socket_t fd, short what, void *arg);
 
+/* Idle times are read from the monotonic clock (a coarse read, as the event
+ * loop's own): a step of the wall clock neither keeps nor drops connections. */
+static void mono_now(struct timeval *tv)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+    tv->tv_sec = ts.tv_sec;
+    tv->tv_usec = (suseconds_t)(ts.tv_nsec / 1000);
+}
+
 struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s)
 {
     struct upstream_pool *p = calloc(1, sizeof(*p));
@@ -130,7 +141,7 @@ struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s)
 static void expiry_arm(struct upstream_pool *p)
 {
     struct timeval now, due, wait = { 0, 0 };
-    event_base_gettimeofday_cached(p->base, &now);
+    mono_now(&now);
     evutil_timeradd(&p->oldest->since, &p->idle_tv, &due);
     if (evutil_timercmp(&due, &now, >))
         evutil_timersub(&due, &now, &wait);
@@ -193,7 +204,7 @@ static void expiry_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct upstream_pool *p = arg;
     struct timeval now, due;
-    event_base_gettimeofday_cached(p->base, &now);
+    mono_now(&now);
     while (p->oldest) {
         evutil_timeradd(&p->oldest->since, &p->idle_tv, &due);
         if (evutil_timercmp(&due, &now, >))
@@ -269,7 +280,7 @@ void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, st
         k->head->prev = ic;
     k->head = ic;
     k->n_idle++;
-    event_base_gettimeofday_cached(p->base, &ic->since);
+    mono_now(&ic->since);
     ic->newer = NULL;
     ic->older = p->newest;
     if (p->newest)

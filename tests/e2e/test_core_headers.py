@@ -144,3 +144,57 @@ def test_response_headers_kept():
             assert r.header_all("set-cookie") == ["a=1", "b=2"], r.headers
             assert r.header("cache-control") == "no-store"
             assert r.header("x-backend") == "b1"
+
+
+def _backend_sees(request, reply=b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"):
+    """Sends one request through tollgate to a raw backend; returns (the
+    client's response, every byte the backend received)."""
+    import time
+    got = []
+
+    def serve(s, n):
+        data = b""
+        s.settimeout(0.5)
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                data += d
+                if b"\r\n\r\n" in data and b"HTTP/1.1 200" not in b"".join(got):
+                    got.append(b"HTTP/1.1 200")
+                    s.sendall(reply)
+        except OSError:
+            pass
+        got.append(data)
+        return False
+    with RawBackend(serve) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(request)
+            r = c.read_response()
+        wait_until(lambda: len(got) >= 2, 3, "the backend's bytes")
+    return r, got[-1]
+
+
+def test_connection_listing_content_length_cannot_smuggle_a_request():
+    """RFC 9110 §7.6.1 removes what Connection lists, but never the framing:
+    the body of a POST whose Connection lists Content-Length reaches the
+    backend as that POST's body (with its Content-Length), not as a second
+    request."""
+    body = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    r, seen = _backend_sees(b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n"
+                            b"Connection: content-length, host\r\n\r\n" % len(body) + body)
+    assert r.status == 200, r
+    head, _, rest = seen.partition(b"\r\n\r\n")
+    lines = [l.lower() for l in head.split(b"\r\n")]
+    assert b"content-length: %d" % len(body) in lines, head
+    assert b"host: app.test" in lines, head
+    assert rest == body, seen
+
+
+def test_a_field_named_close_is_removed_when_listed():
+    r, seen = _backend_sees(b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\nClose: yes\r\n"
+                            b"X-Kept: 1\r\n\r\n")
+    assert r.status == 200, r
+    head = seen.split(b"\r\n\r\n")[0].lower()
+    assert b"\r\nclose:" not in head and b"\r\nx-kept: 1" in head, head
