@@ -984,9 +984,9 @@ static void send_request(struct conn *c)
         if (absolute && (hd->kind & H1_H_HOST))
             continue;
         /* Hop-by-hop fields stop here, and the proxy sets the forwarding
-         * ones itself; Upgrade crosses when the client asked for one
-         * (WebSocket). */
-        if ((hd->kind & (H1_H_HOP | H1_H_FORWARDED))
+         * ones itself (their underscore twins stop too); Upgrade crosses
+         * when the client asked for one (WebSocket). */
+        if ((hd->kind & (H1_H_HOP | H1_H_FORWARDED | H1_H_ALIAS))
             && !((r->flags & RF_UPGRADE) && (hd->kind & H1_H_UPGRADE)))
             continue;
         head_str(&h, hd->name);
@@ -1344,7 +1344,11 @@ static int read_response_head(struct conn *c)
         if (evutil_timerisset(&r->up_start))
             evutil_gettimeofday(&r->up_head, NULL);
         if (rs.status == 101) {
-            if (!(r->flags & RF_UPGRADE)) {
+            /* Only a switch the client asked for, and one that says what it
+             * switches to (RFC 9110 §7.8: Connection: upgrade and Upgrade):
+             * a bare 101 -- a backend path that reflects a status code --
+             * must not make the client's connection a pipe past routing. */
+            if (!(r->flags & RF_UPGRADE) || !(rs.flags & H1_F_UPGRADE)) {
                 up_detach(c, 0);
                 respond_local(c, 502, "The backend switched protocols without being asked.", NULL, 1);
                 return -1;

@@ -315,7 +315,7 @@ struct h1_fields {
     int te_last_chunked;
     int te_chunked_twice;
     int te_chunked_not_last;
-    int te_unknown;
+    int te_other;           /* codings other than chunked: tollgate relays none */
     int conn_close, conn_keepalive, conn_upgrade;
     int has_upgrade;
     int expect_continue;
@@ -362,9 +362,7 @@ static void fields_transfer_encoding(struct h1_fields *f, struct h1_str v)
         if (f->te_last_chunked)
             f->te_chunked_not_last = 1;
         f->te_last_chunked = 0;
-        if (!(IEQ(el, "gzip") || IEQ(el, "x-gzip") || IEQ(el, "deflate") ||
-              IEQ(el, "compress") || IEQ(el, "x-compress")))
-            f->te_unknown = 1;
+        f->te_other = 1;
     }
 }
 
@@ -468,6 +466,30 @@ static unsigned fields_note(struct h1_fields *f, struct h1_str name, struct h1_s
     return 0;
 }
 
+/*
+ * H1_H_ALIAS for a name with '_' that reads, '_' taken for '-', as a field
+ * the proxy controls or removes: CGI-style backends (PHP, WSGI, Rack) see
+ * X_Forwarded_For and X-Forwarded-For both as HTTP_X_FORWARDED_FOR and join
+ * them, so a client's twin would stand beside the proxy's own value.
+ */
+static unsigned alias_kind(struct h1_str name)
+{
+    static const char *const controlled[] = {
+        "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "content-length",
+        "transfer-encoding", "keep-alive", "proxy-connection", "proxy-authorization",
+        "proxy-authenticate",
+    };
+    char norm[24];
+    if (name.len >= sizeof(norm) || memchr(name.p, '_', name.len) == NULL)
+        return 0;
+    for (size_t i = 0; i < name.len; i++)
+        norm[i] = name.p[i] == '_' ? '-' : (char)lower((unsigned char)name.p[i]);
+    for (size_t i = 0; i < sizeof(controlled) / sizeof(controlled[0]); i++)
+        if (strlen(controlled[i]) == name.len && memcmp(norm, controlled[i], name.len) == 0)
+            return H1_H_ALIAS;
+    return 0;
+}
+
 /* Marks the fields a Connection field lists as hop-by-hop (RFC 9110
  * §7.6.1); the list may come before or after them.  Content-Length and Host
  * are never dropped so: the message crosses with the framing the proxy
@@ -542,6 +564,8 @@ static int parse_fields(const char *p, const char *end, struct h1_header *hs,
         hs[n].value.p = val;
         hs[n].value.len = (size_t)(vend - val);
         hs[n].kind = fields_note(f, hs[n].name, hs[n].value);
+        if (hs[n].kind == 0)
+            hs[n].kind = alias_kind(hs[n].name);
         n++;
         *n_out = n;
     }
@@ -660,11 +684,14 @@ int h1_parse_request(const char *head, size_t len, struct h1_request *req)
     if (f.has_te) {
         if (f.has_cl || req->minor == 0)
             return -400;                        /* faulty framing */
-        if (f.te_unknown)
-            return -501;
         if (f.te_codings == 0 || !f.te_last_chunked || f.te_chunked_twice ||
             f.te_chunked_not_last)
-            return -400;
+            return -400;                        /* chunked not final: MUST 400 */
+        /* Any other coding (gzip before chunked...): the body is relayed
+         * de-framed of nothing but chunked, so a backend told "chunked"
+         * only would take compressed bytes for the content.  501, as nginx. */
+        if (f.te_other)
+            return -501;
         req->flags |= H1_F_CHUNKED;
     } else if (f.has_cl) {
         req->content_length = f.cl;
@@ -736,10 +763,11 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
          * an HTTP/1.0 message means faulty framing (§6.1). */
         if (f.has_cl || resp->minor == 0)
             return -502;
-        /* Final chunked: chunked framing.  Otherwise the body runs to the
-         * close of the connection (§6.3 (4)): no flag, no length. */
-        if (f.te_last_chunked)
-            resp->flags |= H1_F_CHUNKED;
+        /* Only "chunked", as nginx: tollgate writes its own framing fields,
+         * so another coding would reach the client unannounced (§6.1). */
+        if (f.te_other || !f.te_last_chunked || f.te_chunked_twice)
+            return -502;
+        resp->flags |= H1_F_CHUNKED;
     } else if (f.has_cl) {
         /* Also parsed for 1xx/204/304, where the caller ignores it. */
         resp->content_length = f.cl;

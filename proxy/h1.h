@@ -40,6 +40,8 @@ enum {
     H1_H_HOST      = 1 << 2,  /* Host (never hop-by-hop, even when listed) */
     H1_H_UPGRADE   = 1 << 3,  /* Upgrade */
     H1_H_LENGTH    = 1 << 4,  /* Content-Length (never hop-by-hop, even when listed) */
+    H1_H_ALIAS     = 1 << 5,  /* '_' for '-' makes it one of the X-Forwarded-* or
+                                 hop-by-hop or framing fields (X_Forwarded_For) */
 };
 
 /* Most names a message's Connection fields may list besides keep-alive

@@ -14,9 +14,11 @@
  * connection keeps the timeouts its last request set, so one may also go
  * earlier, at the upstream read timeout, when that is shorter.
  */
+#include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <event2/event.h>
@@ -237,17 +239,39 @@ void upstream_pool_free(struct upstream_pool *p)
     free(p);
 }
 
+/*
+ * 1 when nothing waits on an idle connection's socket.  A byte there (the
+ * rest of a response longer than its framing said, a body sent after a HEAD
+ * or 204 answer) or an EOF that the idle read event has not seen yet --
+ * they may have come since the last read, or in this very loop iteration --
+ * makes it unfit to carry another exchange: those bytes would be read as
+ * the next request's response (RFC 9112 §6.3).
+ */
+static int idle_clean(struct bufferevent *bev)
+{
+    char b;
+    ssize_t n = recv(bufferevent_getfd(bev), &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct route_target *t)
 {
     struct upstream_key *k = key_find(p, t, 0);
-    if (!k || !k->head)
-        return NULL;
-    struct idle_conn *ic = k->head;
-    struct bufferevent *bev = ic->bev;
-    idle_unlink(ic);
-    idle_recycle(ic);
-    bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
-    return bev;
+    /* A closed last entry empties k->head (and may retire the key). */
+    while (k && k->head) {
+        struct idle_conn *ic = k->head;
+        struct bufferevent *bev = ic->bev;
+        if (!idle_clean(bev)) {
+            log_debug("%s: closing an idle connection with bytes or EOF waiting", __func__);
+            idle_close(ic);
+            continue;
+        }
+        idle_unlink(ic);
+        idle_recycle(ic);
+        bufferevent_setcb(bev, NULL, NULL, NULL, NULL);
+        return bev;
+    }
+    return NULL;
 }
 
 void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, struct bufferevent *bev)

@@ -187,6 +187,27 @@ START_TEST(bytes_from_an_idle_backend_close_its_connection)
 }
 END_TEST
 
+START_TEST(bytes_or_eof_waiting_keep_an_idle_connection_from_being_handed_out)
+{
+    /* Before the loop has run: the idle read event has not seen them. */
+    struct prig g;
+    prig_open(&g, 30);
+    struct route_target a = target("10.0.0.10", 80);
+    int clean = prig_conn(&g), extra = prig_conn(&g), eof = prig_conn(&g);
+    upstream_pool_put(g.pool, &a, g.bev[clean]);
+    upstream_pool_put(g.pool, &a, g.bev[extra]);
+    upstream_pool_put(g.pool, &a, g.bev[eof]);
+    ck_assert_int_eq(write(g.peer[extra], "HTTP/1.1 200 OK\r\n", 17), 17);
+    ck_assert_int_eq(shutdown(g.peer[eof], SHUT_WR), 0);
+    struct bufferevent *got = upstream_pool_get(g.pool, &a);
+    ck_assert_ptr_eq(got, g.bev[clean]);   /* the two newer ones were skipped */
+    ck_assert(prig_closed(&g, extra));
+    ck_assert(prig_closed(&g, eof));
+    ck_assert_ptr_null(upstream_pool_get(g.pool, &a));
+    prig_close(&g, &got, 1);
+}
+END_TEST
+
 START_TEST(at_most_64_idle_connections_per_backend)
 {
     struct prig g;
@@ -235,6 +256,7 @@ Suite *upstream_suite(void)
     tcase_add_test(tc, idle_connections_close_after_the_idle_time_oldest_first);
     tcase_add_test(tc, a_connection_taken_and_put_back_starts_its_idle_time_again);
     tcase_add_test(tc, bytes_from_an_idle_backend_close_its_connection);
+    tcase_add_test(tc, bytes_or_eof_waiting_keep_an_idle_connection_from_being_handed_out);
     tcase_add_test(tc, at_most_64_idle_connections_per_backend);
     tcase_add_test(tc, flushing_closes_every_idle_connection_and_stops_the_timer);
     suite_add_tcase(s, tc);

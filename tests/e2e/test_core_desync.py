@@ -1,0 +1,174 @@
+"""Desynchronisation between client, proxy and backend (RFC 9112 §6.3, §6.1,
+RFC 9110 §7.6.1, §7.8): bytes a backend sends past the end of a response
+never become another request's response; a 101 without Upgrade opens no
+tunnel; transfer codings other than chunked are refused rather than
+dropped; underscore twins of the fields the proxy controls never reach the
+backend."""
+
+import socket
+import threading
+import time
+
+from tglib import *
+
+ROUTE = "app.test"
+
+
+class ScriptBackend(RawBackend):
+    """A raw backend that answers each request head on each connection with
+    answer(conn_index, request_index, head) -> bytes, and records what it
+    received per connection."""
+
+    def __init__(self, answer):
+        self.received = []
+        self.lock = threading.Lock()
+
+        def serve(s, n):
+            with self.lock:
+                self.received.append(b"")
+            data, k = b"", 0
+            s.settimeout(3)
+            while True:
+                while data.count(b"\r\n\r\n") <= k:
+                    try:
+                        d = s.recv(65536)
+                    except OSError:
+                        d = b""
+                    if not d:
+                        return False
+                    data += d
+                    with self.lock:
+                        self.received[n] += d
+                head = data.split(b"\r\n\r\n")[k]
+                s.sendall(answer(n, k, head))
+                k += 1
+        super().__init__(serve)
+
+
+def _client(port, data, wait=1.0):
+    """Sends data, reads until the connection is quiet for wait seconds."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=5)
+    s.sendall(data)
+    s.settimeout(wait)
+    out = b""
+    try:
+        while True:
+            d = s.recv(65536)
+            if not d:
+                break
+            out += d
+    except socket.timeout:
+        pass
+    s.close()
+    return out
+
+
+def _over_long_first_answer(body_len):
+    def answer(n, k, head):
+        if n == 0 and k == 0:
+            return (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % body_len + b"a" * body_len +
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED")
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nREAL"
+    return answer
+
+
+def test_bytes_past_a_spliced_response_never_answer_the_next_request():
+    """The body is spliced: exactly Content-Length bytes leave the backend's
+    socket, the extra response stays in it; the pipelined request must go
+    to a clean connection."""
+    with ScriptBackend(_over_long_first_answer(200000)) as b, \
+            Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /1 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+                               b"GET /2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert b"POISONED" not in out, out[-200:]
+        assert out.endswith(b"REAL"), out[-200:]
+        assert len(b.received) == 2, b.received          # /2 went on a new connection
+
+
+def test_bytes_past_a_copied_response_never_answer_the_next_request():
+    with ScriptBackend(_over_long_first_answer(100)) as b, \
+            Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /1 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+                               b"GET /2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert b"POISONED" not in out, out[-200:]
+        assert out.endswith(b"REAL"), out[-200:]
+
+
+def test_a_body_after_a_head_answer_never_answers_the_next_request():
+    """A HEAD answer whose head fills the first read exactly, followed by a
+    body it must not have."""
+    def answer(n, k, head):
+        if head.startswith(b"HEAD"):
+            base = b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\nX-Pad: "
+            pad = (16384 - 128) - len(base) - 4
+            return base + b"p" * pad + b"\r\n\r\n" + b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nPOISONED"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nREAL"
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"HEAD /1 HTTP/1.1\r\nHost: app.test\r\n\r\n"
+                               b"GET /2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        assert b"POISONED" not in out, out[-200:]
+        assert out.endswith(b"REAL"), out[-200:]
+
+
+def test_a_101_without_upgrade_opens_no_tunnel():
+    """RFC 9110 §7.8: a 101 must say what it switches to.  A backend path that
+    reflects a status code must not turn the client's connection into a raw
+    pipe past the proxy's routing and forwarding fields."""
+    def answer(n, k, head):
+        return b"HTTP/1.1 101 Switching Protocols\r\nContent-Length: 0\r\n\r\n"
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /status?code=101 HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: websocket\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 502"), out[:200]
+
+
+def test_a_101_naming_the_upgrade_still_opens_the_tunnel():
+    def answer(n, k, head):
+        return b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: websocket\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 101"), out[:200]
+
+
+def test_request_transfer_codings_other_than_chunked_are_refused():
+    """RFC 9112 §6.1: tollgate relays only chunked framing; a coding it would
+    drop (gzip before chunked) is answered 501 instead of forwarded as if
+    the body were plain."""
+    seen = []
+
+    def answer(n, k, head):
+        seen.append(head)
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        for te in (b"gzip, chunked", b"gzip\r\nTransfer-Encoding: chunked", b"deflate,chunked"):
+            out = _client(tg.port, b"POST /x HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: " + te +
+                          b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n", wait=0.5)
+            assert out.startswith(b"HTTP/1.1 501"), (te, out[:200])
+        assert seen == [], seen
+
+
+def test_response_transfer_codings_other_than_chunked_are_refused():
+    """A response whose codings tollgate would drop is a 502, as in nginx."""
+    for te in (b"gzip, chunked", b"gzip"):
+        def answer(n, k, head, te=te):
+            body = b"5\r\nhello\r\n0\r\n\r\n" if te.endswith(b"chunked") else b"hello"
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: " + te + b"\r\n\r\n" + body
+        with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+            out = _client(tg.port, b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n", wait=0.5)
+            assert out.startswith(b"HTTP/1.1 502"), (te, out[:200])
+
+
+def test_underscore_twins_of_forwarding_fields_do_not_reach_the_backend():
+    """CGI-style backends read X_Forwarded_For as X-Forwarded-For (both become
+    HTTP_X_FORWARDED_FOR): the client's would be merged with tollgate's."""
+    with ScriptBackend(lambda n, k, h: b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as b, \
+            Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /x HTTP/1.1\r\nHost: app.test\r\nX_Forwarded_For: 6.6.6.6\r\n"
+                               b"x_forwarded_host: evil.example\r\nX_FORWARDED_PROTO: https\r\n"
+                               b"Content_Length: 5\r\nX_Custom_Key: kept\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+        head = b.received[0].lower()
+        for bad in (b"6.6.6.6", b"evil.example", b"x_forwarded_proto", b"content_length"):
+            assert bad not in head, head
+        assert b"x_custom_key: kept" in head, head
