@@ -1253,6 +1253,44 @@ static void tunnel_half_close(struct conn *c)
         shutdown(bufferevent_getfd(r->up), SHUT_WR);
 }
 
+/* "HTTP/1.x NNN reason" CRLF: the client's version, the backend's status. */
+static void head_status_line(struct head_out *h, const struct h1_response *rs, int http10)
+{
+    char line[16] = "HTTP/1.1 000 ";
+    if (http10)
+        line[7] = '0';
+    line[9] = (char)('0' + rs->status / 100 % 10);
+    line[10] = (char)('0' + rs->status / 10 % 10);
+    line[11] = (char)('0' + rs->status % 10);
+    head_put(h, line, 13);
+    head_str(h, rs->reason);
+    HEAD_LIT(h, "\r\n");
+}
+
+/* Writes an interim (1xx) response head for the client: its fields but the
+ * hop-by-hop ones (RFC 9110 §7.6.1, §15.2).  0, or -1 (out of memory). */
+static int send_interim_head(struct conn *c, const struct h1_response *rs)
+{
+    size_t cap = 32 + rs->reason.len;
+    for (size_t i = 0; i < rs->n_headers; i++)
+        cap += rs->headers[i].name.len + rs->headers[i].value.len + 4;
+    struct head_out h;
+    if (head_begin(&h, bufferevent_get_output(c->bev), cap) != 0)
+        return -1;
+    head_status_line(&h, rs, 0);
+    for (size_t i = 0; i < rs->n_headers; i++) {
+        const struct h1_header *hd = &rs->headers[i];
+        if (hd->kind & H1_H_HOP)
+            continue;
+        head_str(&h, hd->name);
+        HEAD_LIT(&h, ": ");
+        head_str(&h, hd->value);
+        HEAD_LIT(&h, "\r\n");
+    }
+    HEAD_LIT(&h, "\r\n");
+    return head_end(&h);
+}
+
 /* Builds the client's response head from the backend's.  0, or -1 when it
  * could not be written (out of memory). */
 static int send_response_head(struct conn *c, const struct h1_response *rs)
@@ -1266,15 +1304,7 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
     struct head_out h;
     if (head_begin(&h, bufferevent_get_output(c->bev), cap) != 0)
         return -1;
-    char line[16] = "HTTP/1.1 000 ";
-    if (r->flags & RF_HTTP10)
-        line[7] = '0';
-    line[9] = (char)('0' + rs->status / 100 % 10);
-    line[10] = (char)('0' + rs->status / 10 % 10);
-    line[11] = (char)('0' + rs->status % 10);
-    head_put(&h, line, 13);
-    head_str(&h, rs->reason);
-    HEAD_LIT(&h, "\r\n");
+    head_status_line(&h, rs, (r->flags & RF_HTTP10) != 0);
     for (size_t i = 0; i < rs->n_headers; i++) {
         const struct h1_header *hd = &rs->headers[i];
         if ((hd->kind & H1_H_HOP) && !(upgrade && (hd->kind & H1_H_UPGRADE)))
@@ -1332,12 +1362,12 @@ static int read_response_head(struct conn *c)
         if (rs.status >= 100 && rs.status < 200 && rs.status != 101) {
             /* Interim response (100 Continue, 103 Early Hints): pass it on to
              * HTTP/1.1 clients (RFC 9110 §15.2), drop it for HTTP/1.0 ones. */
-            if (!(r->flags & RF_HTTP10)) {
-                evbuffer_remove_buffer(in, bufferevent_get_output(c->bev), (size_t)hl);
-                flush_now(c->bev);
-            } else {
-                evbuffer_drain(in, (size_t)hl);
+            if (!(r->flags & RF_HTTP10) && send_interim_head(c, &rs) != 0) {
+                conn_close(c);
+                return -1;
             }
+            evbuffer_drain(in, (size_t)hl);
+            flush_now(c->bev);
             continue;
         }
         r->status = rs.status;
@@ -1698,7 +1728,17 @@ static int relay_response_body(struct conn *c)
         return splice_pump(c, 0);
     if ((r->flags & RF_UP_EOF) && !(r->flags & RF_RESP_DONE) && evbuffer_get_length(in) == 0) {
         /* Everything the backend sent has been relayed. */
-        if (r->resp_mode != BODY_CLOSE && r->resp_mode != BODY_DECHUNK) {
+        if (r->resp_mode == BODY_DECHUNK) {
+            /* The HTTP/1.0 client reads to the close: a plain close would
+             * make a cut chunked body look whole (RFC 9112 §8).  Reset. */
+            log_info("%s: conn %llu: backend %s closed mid-response (chunked, for an HTTP/1.0 client): reset",
+                     __func__, (unsigned long long)c->id, r->target.name);
+            struct linger lg = { 1, 0 };
+            setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            conn_close(c);
+            return -1;
+        }
+        if (r->resp_mode != BODY_CLOSE) {
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);
             conn_close(c);

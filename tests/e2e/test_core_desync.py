@@ -172,3 +172,47 @@ def test_underscore_twins_of_forwarding_fields_do_not_reach_the_backend():
         for bad in (b"6.6.6.6", b"evil.example", b"x_forwarded_proto", b"content_length"):
             assert bad not in head, head
         assert b"x_custom_key: kept" in head, head
+
+
+def test_interim_responses_lose_their_hop_by_hop_fields():
+    """RFC 9110 §7.6.1 applies to 1xx answers too: Connection and what it
+    lists go; the rest (Link of 103 Early Hints) crosses."""
+    def answer(n, k, head):
+        return (b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\nConnection: close, X-Hop\r\n"
+                b"X-Hop: 1\r\nKeep-Alive: timeout=1\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /x HTTP/1.1\r\nHost: app.test\r\n\r\n", wait=0.5)
+        interim, _, rest = out.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n"), out[:300]
+        low = interim.lower()
+        assert b"link: </a.css>; rel=preload" in low, interim
+        for gone in (b"connection:", b"x-hop:", b"keep-alive:"):
+            assert gone not in low, interim
+        assert rest.startswith(b"HTTP/1.1 200 OK") and rest.endswith(b"ok"), rest
+
+
+def test_a_cut_chunked_body_resets_an_http10_client():
+    """An HTTP/1.0 client reads the de-chunked body to the close, so a plain
+    close after a backend cut the chunked body short would look complete
+    (RFC 9112 §8): tollgate resets the connection instead."""
+    def answer(n, k, head):
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n"
+    def serve_then_close(s, n):
+        read_request_head(s)
+        s.sendall(answer(n, 0, b""))
+        return False                       # the backend closes mid-body
+    with RawBackend(serve_then_close) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
+        s.sendall(b"GET /x HTTP/1.0\r\nHost: app.test\r\n\r\n")
+        got, reset = b"", False
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += d
+        except ConnectionResetError:
+            reset = True
+        s.close()
+        assert reset, "clean close after a cut body: %r" % got
