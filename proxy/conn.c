@@ -7,7 +7,10 @@
  *      └──keep-alive── CS_LOCAL ◀──────────────┘                    CS_TUNNEL
  *                        │ close
  *                        ▼
- *                    CS_CLOSING ──output flushed──▶ conn_close()
+ *                    CS_CLOSING ──output flushed──▶ conn_end() ──▶ conn_close()
+ *                                                       │ client bytes unread
+ *                                                       ▼
+ *                                   CS_LINGER ──client EOF, quiet 5 s or 30 s──▶ conn_close()
  *
  * Bytes live in the bufferevents' evbuffers and are moved between them with
  * evbuffer_remove_buffer(), never copied into our own buffers.  The request
@@ -63,11 +66,12 @@ enum conn_state {
     CS_TUNNEL,     /* upgraded: bytes both ways */
     CS_LOCAL,      /* a local response is being written; then next request */
     CS_CLOSING,    /* flushing the last bytes, then close */
+    CS_LINGER,     /* response out: half-closed, dropping what the client still sends */
 };
 
 static const char *conn_state_name(enum conn_state s)
 {
-    static const char *const names[] = {"head", "route", "connect", "proxy", "tunnel", "local", "closing"};
+    static const char *const names[] = {"head", "route", "connect", "proxy", "tunnel", "local", "closing", "linger"};
     return (unsigned)s < sizeof(names) / sizeof(names[0]) ? names[s] : "?";
 }
 
@@ -111,6 +115,7 @@ enum {
     CF_V6            = 1 << 4,
     CF_CLIENT_EOF    = 1 << 5,  /* tunnel: client closed its sending side */
     CF_PLAIN         = 1 << 6,  /* the client is a plain TCP socket: bytes may be spliced to it */
+    CF_UNREAD        = 1 << 7,  /* closing with a request body not read: linger (conn_end) */
 };
 
 struct req {
@@ -198,6 +203,7 @@ static void start_upstream(struct conn *c);
 static void tunnel_half_close(struct conn *c);
 static void finish_request(struct conn *c);
 static void splice_end(struct conn *c);
+static void conn_end(struct conn *c);
 
 static void set_state(struct conn *c, enum conn_state s)
 {
@@ -472,8 +478,10 @@ static void respond_body(struct conn *c, int status, const char *body, size_t bl
         || worker_draining(c->w) || (c->flags & CF_CLOSE_AFTER))
         close_after = 1;
     /* A request body we did not read would be taken for the next request. */
-    if (r && (r->flags & RF_HAS_BODY) && !(r->flags & RF_REQ_DONE))
+    if (r && (r->flags & RF_HAS_BODY) && !(r->flags & RF_REQ_DONE)) {
         close_after = 1;
+        c->flags |= CF_UNREAD;
+    }
     if (close_after)
         c->flags |= CF_CLOSE_AFTER;
     int http10 = r && (r->flags & RF_HTTP10);
@@ -508,7 +516,10 @@ static void reject(struct conn *c, int status)
             return;
         }
         evutil_gettimeofday(&c->req->start, NULL);
+        /* What was read of the rejected head is the request's bytes in. */
+        c->req->head_len = evbuffer_get_length(bufferevent_get_input(c->bev));
     }
+    c->flags |= CF_UNREAD;   /* the rest of it may still be coming */
     respond_local(c, status, NULL, NULL, 1);
 }
 
@@ -1729,16 +1740,14 @@ static int relay_response_body(struct conn *c)
     if ((r->flags & RF_UP_EOF) && !(r->flags & RF_RESP_DONE) && evbuffer_get_length(in) == 0) {
         /* Everything the backend sent has been relayed. */
         if (r->resp_mode == BODY_DECHUNK) {
-            /* The HTTP/1.0 client reads to the close: a plain close would
-             * make a cut chunked body look whole (RFC 9112 §8).  Reset. */
-            log_info("%s: conn %llu: backend %s closed mid-response (chunked, for an HTTP/1.0 client): reset",
-                     __func__, (unsigned long long)c->id, r->target.name);
-            struct linger lg = { 1, 0 };
-            setsockopt(c->fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
-            conn_close(c);
-            return -1;
-        }
-        if (r->resp_mode != BODY_CLOSE) {
+            /* The HTTP/1.0 client reads to the close, so it cannot tell this
+             * body was cut (RFC 9112 §8).  A reset would tell it, but would
+             * also throw away what its kernel holds unread -- bytes already
+             * billed -- so it gets every byte and the usual close, as from
+             * nginx; the log says what happened. */
+            log_info("%s: conn %llu: backend %s cut a chunked body short (HTTP/1.0 client: closing)", __func__,
+                     (unsigned long long)c->id, r->target.name);
+        } else if (r->resp_mode != BODY_CLOSE) {
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);
             conn_close(c);
@@ -1809,12 +1818,12 @@ static void finish_request(struct conn *c)
     up_detach(c, reusable);
     consume_head(c);
     if (!(r->flags & RF_REQ_DONE))
-        c->flags |= CF_CLOSE_AFTER;
+        c->flags |= CF_CLOSE_AFTER | CF_UNREAD;
     log_request(c, r);
     c->req = NULL;
     req_free(r);
     if ((c->flags & CF_CLOSE_AFTER) || worker_draining(c->w)) {
-        conn_close(c);
+        conn_end(c);
         return;
     }
     set_state(c, CS_HEAD);
@@ -1882,7 +1891,7 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
     switch ((enum conn_state)c->state) {
     case CS_CLOSING:
         if (left == 0)
-            conn_close(c);
+            conn_end(c);
         return;
     case CS_LOCAL:
         if (left == 0)
@@ -2271,6 +2280,64 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
 }
 
 /* The one teardown path: frees everything the connection owns. */
+/* ---------------------------------------------------------------------- */
+/* Ending a connection after its last response                            */
+
+/* A lingering close waits this long for quiet, and this long in all
+ * (nginx's lingering_timeout and lingering_time). */
+#define LINGER_QUIET 5.0
+#define LINGER_MAX 30
+
+static double since_s(const struct timeval *t0)
+{
+    struct timeval now, d;
+    evutil_gettimeofday(&now, NULL);
+    evutil_timersub(&now, t0, &d);
+    return (double)d.tv_sec + (double)d.tv_usec / 1e6;
+}
+
+static void linger_read_cb(struct bufferevent *bev, void *arg)
+{
+    struct conn *c = arg;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    evbuffer_drain(in, evbuffer_get_length(in));
+    if (since_s(&c->head_start) >= LINGER_MAX)
+        conn_close(c);
+}
+
+static void linger_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+    (void)bev;
+    (void)what;
+    conn_close(arg);   /* EOF, quiet for LINGER_QUIET, an error */
+}
+
+/*
+ * Ends the connection once its last response is in the kernel's hands (the
+ * output buffer empty).  What the kernel still holds for the client was
+ * counted as sent when it took it; closing while client bytes wait unread
+ * makes Linux answer with a reset that throws those away, undelivered but
+ * billed.  So when the client may still be sending (CF_UNREAD: a request
+ * body not read; or bytes already buffered), the connection half-closes and
+ * reads and drops what comes until the client closes, is quiet for
+ * LINGER_QUIET or LINGER_MAX has passed: nginx's lingering close.
+ */
+static void conn_end(struct conn *c)
+{
+    struct evbuffer *in = bufferevent_get_input(c->bev);
+    if (!(c->flags & CF_UNREAD) && evbuffer_get_length(in) == 0) {
+        conn_close(c);
+        return;
+    }
+    set_state(c, CS_LINGER);
+    evutil_gettimeofday(&c->head_start, NULL);   /* the wait's start */
+    evbuffer_drain(in, evbuffer_get_length(in));
+    bufferevent_setcb(c->bev, linger_read_cb, NULL, linger_event_cb, c);
+    shutdown(c->fd, SHUT_WR);
+    set_client_timeouts(c, LINGER_QUIET, 0);
+    bev_enable_read(c->bev);
+}
+
 static void conn_close(struct conn *c)
 {
     if (c->lookup) {

@@ -260,9 +260,16 @@ def test_garbage_does_not_break_the_proxy():
 
 
 def test_rejection_counted_in_access_log():
+    """A rejected head is logged with the bytes read of it as its bytes in
+    (they were 0), and counted in tollgate_bytes_total."""
     with Backend("b1") as b, _tg(b) as tg:
-        rejected(tg.port, b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A : 1\r\n\r\n")
-        wait_until(lambda: any(" 400 " in l for l in tg.access_log_lines()), 3, "a 400 in the access log")
+        before = tg.metrics().get('tollgate_bytes_total{direction="in"}', 0)
+        bad = b"GET / HTTP/1.1\r\nHost: app.test\r\nX-A : 1\r\n\r\n"
+        rejected(tg.port, bad)
+        line = wait_until(lambda: [l for l in tg.access_log_lines() if " 400 " in l], 3,
+                          "a 400 in the access log")[0]
+        assert line.split()[6] == str(len(bad)), line
+        assert tg.metrics()['tollgate_bytes_total{direction="in"}'] - before == len(bad)
 
 
 def test_bad_response_from_backend_gives_502():
