@@ -149,7 +149,7 @@ struct req {
     char method[16];
     char host[96];
     char path[192];
-    char tenant[64];
+    char tenant[129];               /* up to 128 bytes (docs/redis-schema.md) */
 };
 
 struct conn {

@@ -437,3 +437,15 @@ def test_bad_patterns_and_wrong_pattern_type():
         r.cmd("SET", "tg:patterns", "oops")
         wait_backend(tg, "ok3.test", 502, scale(3))
         assert who(tg, "exact.test")[:2] == (200, "b1")
+
+
+def test_a_128_byte_tenant_id_is_logged_whole():
+    """Tenant ids are up to 128 bytes (docs/redis-schema.md); the access log
+    shows them whole (it cut them at 63)."""
+    tenant = "t" + "x" * 126 + "z"
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        domain(r, "long.example.test", tenant, b1.addr)
+        assert who(tg, "long.example.test")[:2] == (200, "b1")
+        line = wait_until(lambda: [l for l in tg.access_log_lines() if "long.example.test" in l], 3,
+                          "the access log line")[0]
+        assert line.split()[10] == tenant, line
