@@ -204,6 +204,7 @@ static void tunnel_half_close(struct conn *c);
 static void finish_request(struct conn *c);
 static void splice_end(struct conn *c);
 static void conn_end(struct conn *c);
+static void conn_release_req(struct conn *c);
 
 static void set_state(struct conn *c, enum conn_state s)
 {
@@ -2329,6 +2330,8 @@ static void conn_end(struct conn *c)
         conn_close(c);
         return;
     }
+    /* Nothing of the request may run on while the connection lingers. */
+    conn_release_req(c);
     set_state(c, CS_LINGER);
     evutil_gettimeofday(&c->head_start, NULL);   /* the wait's start */
     evbuffer_drain(in, evbuffer_get_length(in));
@@ -2338,25 +2341,34 @@ static void conn_end(struct conn *c)
     bev_enable_read(c->bev);
 }
 
-static void conn_close(struct conn *c)
+/* Ends the connection's request, if any: its backend connection, route
+ * lookup and timers go, and it is logged (499 when nothing was answered). */
+static void conn_release_req(struct conn *c)
 {
     if (c->lookup) {
         route_lookup_cancel(c->lookup);
         c->lookup = NULL;
     }
     struct req *r = c->req;
-    if (r) {
-        splice_end(c);
-        if (r->up) {
-            bufferevent_free(r->up);
-            r->up = NULL;
-        }
-        if (r->status == 0)
-            r->status = 499;   /* client closed before an answer (nginx's convention) */
-        consume_head(c);
-        /* Count what the kernel already took before the buffer goes away. */
-        log_request(c, r);
+    if (!r)
+        return;
+    splice_end(c);
+    if (r->up) {
+        bufferevent_free(r->up);
+        r->up = NULL;
     }
+    if (r->status == 0)
+        r->status = 499;   /* client closed before an answer (nginx's convention) */
+    consume_head(c);
+    /* Count what the kernel already took before the buffer goes away. */
+    log_request(c, r);
+    c->req = NULL;
+    req_free(r);
+}
+
+static void conn_close(struct conn *c)
+{
+    conn_release_req(c);
     if (c->bev) {
         evbuffer_remove_cb(bufferevent_get_output(c->bev), client_out_cb, c);
         bufferevent_free(c->bev);
@@ -2367,10 +2379,6 @@ static void conn_close(struct conn *c)
         c->park_ev = NULL;
     }
     evutil_closesocket(c->fd);
-    if (r) {
-        c->req = NULL;
-        req_free(r);
-    }
     struct tg_metrics *m = worker_metrics(c->w);
     m->connections_active--;
     if (c->prev)
