@@ -227,6 +227,12 @@ static struct timeval tv_of(double s)
     return tv;
 }
 
+/* tv_of()'s inverse: a timeval as seconds. */
+static double tv_s(struct timeval tv)
+{
+    return (double)tv.tv_sec + (double)tv.tv_usec / 1e6;
+}
+
 static size_t hwm_of(struct conn *c)
 {
     /* Half of the per-connection budget for each direction. */
@@ -357,7 +363,7 @@ static void log_request(struct conn *c, struct req *r)
     char up[24] = "-";
     if (evutil_timerisset(&r->up_head)) {
         evutil_timersub(&r->up_head, &r->up_start, &u);
-        snprintf(up, sizeof(up), "%.3f", (double)u.tv_sec + (double)u.tv_usec / 1e6);
+        snprintf(up, sizeof(up), "%.3f", tv_s(u));
     }
     char ip[INET6_ADDRSTRLEN], ts[32], line[1024];
     struct tm tm;
@@ -368,7 +374,7 @@ static void log_request(struct conn *c, struct req *r)
     int n = snprintf(line, sizeof(line), "%s %s %s \"%s %s\" %d %llu %llu %s %.3f %s %s%s\n", ts, ip,
                      r->host[0] ? r->host : "-", r->method[0] ? r->method : "-", r->path[0] ? r->path : "-",
                      r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
-                     r->target.name[0] ? r->target.name : "-", (double)d.tv_sec + (double)d.tv_usec / 1e6,
+                     r->target.name[0] ? r->target.name : "-", tv_s(d),
                      r->tenant[0] ? r->tenant : "-", up, (r->flags & RF_CUT) ? " cut" : "");
     if (n > 0)
         log_access_line(line, (size_t)n < sizeof(line) ? (size_t)n : sizeof(line) - 1);
@@ -614,7 +620,7 @@ static void conn_process(struct conn *c)
          * of its first byte, however slowly it trickles (slowloris). */
         struct timeval d;
         evutil_timersub(&now, &c->head_start, &d);
-        double left = cfg->client_header_timeout - ((double)d.tv_sec + (double)d.tv_usec / 1e6);
+        double left = cfg->client_header_timeout - tv_s(d);
         if (left <= 0) {
             reject(c, 408);
             return;
@@ -1955,7 +1961,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             struct timeval now, d;
             event_base_gettimeofday_cached(worker_base(c->w), &now);
             evutil_timersub(&now, &c->last_activity, &d);
-            double left = cfg_of(c)->keepalive_timeout - ((double)d.tv_sec + (double)d.tv_usec / 1e6);
+            double left = cfg_of(c)->keepalive_timeout - tv_s(d);
             if (left > 0.001) {
                 conn_park(c, left);
                 return;
@@ -2280,7 +2286,6 @@ void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t 
         client_read_now(c);
 }
 
-/* The one teardown path: frees everything the connection owns. */
 /* ---------------------------------------------------------------------- */
 /* Ending a connection after its last response                            */
 
@@ -2294,7 +2299,7 @@ static double since_s(const struct timeval *t0)
     struct timeval now, d;
     evutil_gettimeofday(&now, NULL);
     evutil_timersub(&now, t0, &d);
-    return (double)d.tv_sec + (double)d.tv_usec / 1e6;
+    return tv_s(d);
 }
 
 static void linger_read_cb(struct bufferevent *bev, void *arg)
@@ -2366,6 +2371,7 @@ static void conn_release_req(struct conn *c)
     req_free(r);
 }
 
+/* The one teardown path: frees everything the connection owns. */
 static void conn_close(struct conn *c)
 {
     conn_release_req(c);

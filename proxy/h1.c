@@ -13,10 +13,10 @@
  * bare LF, whitespace before the colon, CTLs in values, bad chunk sizes).
  *
  * Scanning is table driven (one 256-entry class table, one lookup per byte,
- * no per-byte calls), 16 bytes per step with SSE2, and line ends are located
- * with memchr().  The parsers also tell each header's kind to a proxy
- * (hop-by-hop, forwarding, Host, Upgrade), so that the connection code
- * never compares names itself.
+ * no per-byte calls), 16 bytes per step with SSE2 (line ends too; memchr()
+ * for the tail).  The parsers also tell each header's kind to a proxy
+ * (hop-by-hop, forwarding, Host, Upgrade, Content-Length, underscore twins),
+ * so that the connection code never compares names itself.
  */
 #include "proxy/h1.h"
 

@@ -98,9 +98,9 @@ ssize_t h1_find_head_end(const char *buf, size_t len, size_t *scanned, size_t ma
  * with no whitespace before the colon (§5.1); values contain no NUL/CR/LF or
  * other CTL except HTAB (§5.5); obs-fold is rejected (§5.2); Content-Length
  * with Transfer-Encoding is rejected (§6.1); differing or malformed
- * Content-Length is rejected (§6.3); Transfer-Encoding other than a final
- * "chunked" is rejected for requests (501 for unknown codings, 400 if chunked
- * is not last); HTTP/1.1 without exactly one Host is rejected (§3.2); more
+ * Content-Length is rejected (§6.3); Transfer-Encoding must end in
+ * "chunked" (400 otherwise) and name no other coding (501: tollgate relays
+ * chunked framing only); HTTP/1.1 without exactly one Host is rejected (§3.2); more
  * than H1_MAX_HEADERS headers gives -431; Connection fields listing more
  * than H1_MAX_CONN_TOKENS other names give -400.  Every header's kind is set.
  * Returns 0 or a negative status.
@@ -108,8 +108,9 @@ ssize_t h1_find_head_end(const char *buf, size_t len, size_t *scanned, size_t ma
 int h1_parse_request(const char *head, size_t len, struct h1_request *req);
 
 /*
- * Parses a complete response head from a backend.  Same line and field rules.
- * Returns 0 or -502 (a malformed response is the backend's fault).
+ * Parses a complete response head from a backend.  Same line and field rules;
+ * Transfer-Encoding must be "chunked" alone (as nginx).  Returns 0 or -502
+ * (a malformed response is the backend's fault).
  */
 int h1_parse_response(const char *head, size_t len, struct h1_response *resp);
 
