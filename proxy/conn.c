@@ -1184,6 +1184,7 @@ static int relay_request_body(struct conn *c)
         if (have >= hwm)
             break;
         int done;
+        uint64_t trailer = r->req_chunk.trailer;
         ssize_t n = plan_move(c, in, hwm - have, r->req_mode, r->req_left, &r->req_chunk, &done);
         if (n == -2) {
             conn_close(c);
@@ -1202,7 +1203,19 @@ static int relay_request_body(struct conn *c)
         }
         if (n == 0)
             break;
-        evbuffer_remove_buffer(in, out, (size_t)n);
+        /* The trailer section of a chunked request is read, counted and
+         * dropped, as nginx does (RFC 9110 §6.5.1 lets a proxy discard
+         * trailer fields): a field there (X-Forwarded-For, Host) would
+         * otherwise reach a backend that merges trailers into the header
+         * section, past the rewriting of the head.  The tracker counts the
+         * section's bytes, which come last; the final CRLF is put back. */
+        size_t drop = r->req_mode == BODY_CHUNKED ? (size_t)(r->req_chunk.trailer - trailer) : 0;
+        if ((size_t)n > drop)
+            evbuffer_remove_buffer(in, out, (size_t)n - drop);
+        if (drop)
+            evbuffer_drain(in, drop);
+        if (done && r->req_mode == BODY_CHUNKED)
+            evbuffer_add(out, "\r\n", 2);
         count_in(c, (size_t)n);
         if (r->req_mode == BODY_LENGTH)
             r->req_left -= n;

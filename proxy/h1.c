@@ -29,6 +29,8 @@
 
 /* Longest chunk-size line (extensions included) or trailer line. */
 #define H1_CHUNK_LINE_MAX 4096
+/* Longest trailer section, final CRLF included (the default header limit). */
+#define H1_TRAILER_MAX 65536
 
 /* Character classes (bits of h1_cls[]). */
 enum {
@@ -806,6 +808,7 @@ void h1_chunked_init(struct h1_chunked *c)
     c->remaining = 0;
     c->line_len = 0;
     c->saw_digit = 0;
+    c->trailer = 0;
 }
 
 ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *done)
@@ -829,12 +832,24 @@ ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *
                 c->state = CS_DATA_CR;
             continue;
         }
+        case CS_TRAILER_START:
+        case CS_TRAILER:
+        case CS_TRAILER_LF:
+        case CS_END_LF:
+            if (++c->trailer > H1_TRAILER_MAX)
+                return -400;
+            break;
+        default:
+            break;
+        }
+        switch (c->state) {
         case CS_SIZE:
             if (CLS(ch, C_HEX)) {
                 if (c->remaining >> 59)
                     return -400;                /* would reach 2^63 */
                 c->remaining = (c->remaining << 4) | hexval(ch);
-                c->saw_digit = 1;
+                if (++c->saw_digit > H1_CHUNK_SIZE_DIGITS)
+                    return -400;
             } else if (!c->saw_digit) {
                 return -400;
             } else if (ch == '\r') {

@@ -131,8 +131,14 @@ struct h1_chunked {
     int state;                 /* private */
     uint64_t remaining;        /* private: data bytes left in this chunk */
     unsigned line_len;         /* private: bytes of the current size/trailer line */
-    int saw_digit;             /* private */
+    int saw_digit;             /* private: size digits so far; in a trailer line, colon seen */
+    uint64_t trailer;          /* bytes of the trailer section consumed so far: what
+                                  follows the last-chunk line, final CRLF included */
 };
+
+/* Most hex digits a chunk-size may have, leading zeros included: a size
+ * that a backend reading 16 digits (64 bits) would take otherwise is 400. */
+#define H1_CHUNK_SIZE_DIGITS 16
 
 void h1_chunked_init(struct h1_chunked *c);
 
@@ -141,8 +147,12 @@ void h1_chunked_init(struct h1_chunked *c);
  * *done is set to 1 when the message ended at that point (the rest of buf
  * belongs to the next message).  Returns -400 for invalid framing: a size
  * that is not hex, overflows 2^63, a missing CRLF after data, a line over
- * 4 KiB (chunk extensions included).  Data bytes are consumed in bulk so
- * that a large chunk costs O(1).
+ * 4 KiB (chunk extensions included), a size of more than
+ * H1_CHUNK_SIZE_DIGITS digits, a trailer section over 64 KiB.  Data bytes
+ * are consumed in bulk so that a large chunk costs O(1).  The trailer
+ * section (RFC 9112 §7.1.2) comes last in the bytes consumed; c->trailer
+ * counts its bytes, so that a caller can drop it: a relay that does ends
+ * the body with the CRLF itself.
  */
 ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *done);
 

@@ -248,3 +248,51 @@ def test_an_early_answer_reaches_a_client_still_sending_its_body():
             assert head.startswith(b"HTTP/1.1 200") and len(body) == size, (splice, head[:80], len(body))
             line = wait_until(lambda: tg.access_log_lines(), 3, "an access log line")[-1]
             assert line.split()[7] == str(len(got)), (splice, line, len(got))
+
+
+def _body_backend(got):
+    """A raw backend that reads one chunked request to its end (the empty
+    line after the last chunk), records it whole in got, and answers 200."""
+    def serve(s, n):
+        data = b""
+        while b"\r\n0\r\n" not in data or not data.endswith(b"\r\n\r\n") or \
+                data.count(b"\r\n\r\n") < 2:
+            d = s.recv(65536)
+            if not d:
+                break
+            data += d
+        got.append(data)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        return False
+    return serve
+
+
+def test_request_trailers_are_dropped_and_the_body_arrives_whole():
+    """A trailer field (X-Forwarded-For here) would reach a backend that
+    merges trailers into the header section past tollgate's rewriting of the
+    head: the section is dropped, the chunks and the final CRLF arrive, and
+    every byte the client sent is counted in the access log."""
+    got = []
+    with RawBackend(_body_backend(got)) as b, \
+            Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        req = (b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Forwarded-For\r\n"
+               b"\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nX-Other: 1\r\n\r\n")
+        out = _client(tg.port, req, wait=0.5)
+        assert out.startswith(b"HTTP/1.1 200"), out[:200]
+        assert len(got) == 1, got
+        head, _, body = got[0].partition(b"\r\n\r\n")
+        assert body == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", body
+        assert b"6.6.6.6" not in got[0] and b"x-other" not in got[0].lower(), got[0]
+        line = wait_until(lambda: tg.access_log_lines(), 3, "an access log line")[-1]
+        assert line.split()[6] == str(len(req)), (len(req), line)
+
+
+def test_a_chunk_size_longer_than_16_digits_is_refused():
+    """Leading zeros past 16 hex digits: a backend that reads 64 bits of
+    "00000000000000001" would see a last chunk where tollgate sees data."""
+    got = []
+    with RawBackend(_body_backend(got)) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                               b"00000000000000001\r\nA\r\n0\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 400"), out[:200]
+        assert all(b"\r\nA\r\n" not in g for g in got), got

@@ -686,6 +686,59 @@ START_TEST(test_chunked_bulk_data)
 }
 END_TEST
 
+START_TEST(test_chunked_size_digits_limited)
+{
+    /* 16 hex digits, leading zeros included, are the most a size may have:
+     * a backend reading 64 bits of "00000000000000001" would see 0. */
+    int done;
+    const char *ok = "0000000000000001\r\nx\r\n0\r\n\r\n";
+    ck_assert_int_eq(chunked_all(ok, strlen(ok), &done), (ssize_t)strlen(ok));
+    ck_assert_int_eq(done, 1);
+    const char *bad[] = { "00000000000000001\r\nx\r\n0\r\n\r\n", "00000000000000000\r\n\r\n",
+                          "10000000000000000\r\n" };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(chunked_all(bad[i], strlen(bad[i]), &done) == -400, "accepted '%s'", bad[i]);
+}
+END_TEST
+
+START_TEST(test_chunked_trailer_bytes_counted)
+{
+    /* c.trailer counts what follows the last-chunk line, final CRLF
+     * included, whatever the split; nothing before it. */
+    const char *body = "3\r\nabc\r\n0\r\nX-Forwarded-For: 6.6.6.6\r\nA: b\r\n\r\n";
+    size_t len = strlen(body), tlen = strlen("X-Forwarded-For: 6.6.6.6\r\nA: b\r\n\r\n");
+    for (size_t cut = 0; cut <= len; cut++) {
+        struct h1_chunked c;
+        int done = 0;
+        h1_chunked_init(&c);
+        ssize_t a = h1_chunked_feed(&c, body, cut, &done);
+        ck_assert_int_eq(a, (ssize_t)cut);
+        size_t before = cut > len - tlen ? cut - (len - tlen) : 0;
+        ck_assert_uint_eq(c.trailer, before);
+        ssize_t b = h1_chunked_feed(&c, body + cut, len - cut, &done);
+        ck_assert_int_eq(a + b, (ssize_t)len);
+        ck_assert_int_eq(done, 1);
+        ck_assert_uint_eq(c.trailer, tlen);
+    }
+    /* no trailer fields: the final CRLF alone */
+    struct h1_chunked c;
+    int done;
+    h1_chunked_init(&c);
+    ck_assert_int_eq(h1_chunked_feed(&c, "1\r\nx\r\n0\r\n\r\n", 13, &done), 13);
+    ck_assert_uint_eq(c.trailer, 2);
+    /* a trailer section over 64 KiB is refused */
+    static char big[70000];
+    h1_chunked_init(&c);
+    ck_assert_int_eq(h1_chunked_feed(&c, "0\r\n", 3, &done), 3);
+    int refused = 0;
+    for (int i = 0; i < 40 && !refused; i++) {
+        size_t n = (size_t)snprintf(big, sizeof(big), "X-%d: %04000d\r\n", i, 0);
+        refused = h1_chunked_feed(&c, big, n, &done) == -400;
+    }
+    ck_assert(refused);
+}
+END_TEST
+
 START_TEST(test_chunked_trailer_invalid_400)
 {
     int done;
@@ -929,6 +982,8 @@ Suite *h1_suite(void)
     tcase_add_test(tc, test_chunked_request_every_split);
     tcase_add_test(tc, test_chunked_bulk_data);
     tcase_add_test(tc, test_chunked_trailer_invalid_400);
+    tcase_add_test(tc, test_chunked_size_digits_limited);
+    tcase_add_test(tc, test_chunked_trailer_bytes_counted);
     tcase_add_test(tc, test_scanners_agree_with_the_rules_at_every_offset);
     tcase_add_test(tc, test_hop_by_hop_names);
     tcase_add_test(tc, test_forwarding_kinds);
