@@ -24,7 +24,9 @@
  *    script for a slice of what remains of the month's cap after the usage
  *    and the budget the other instances hold; workers reserve from it with
  *    meter_allow.  When the script says nothing remains and the lease is
- *    used up the tenant is over cap.
+ *    used up the tenant is over cap.  A leased byte stays in what this
+ *    instance reports as held until the flush script adds its count to the
+ *    usage and takes it off the held budget in the same step.
  *
  * Threads: workers touch only their own struct meter_worker and the atomics
  * of struct meter_gt; the global tenant table and the policy "dirty" list
@@ -83,6 +85,7 @@ struct meter_gt {
     _Atomic int known;            /* a lease reply or a local budget exists for this month */
     _Atomic int renew;            /* a worker wants the lease renewed (set once, cleared by flusher) */
     _Atomic int64_t low_water;    /* renew when avail drops below this */
+    _Atomic int epoch;            /* bumped when the lease state starts afresh (new month) */
     _Atomic int64_t tb_tokens;    /* throttle bucket */
     _Atomic int64_t tb_last_ns;
 
@@ -116,8 +119,10 @@ struct meter_tenant {
     int on_active;
     int idle_ticks;
     struct tenant_policy pol;     /* last policy this worker passed on */
-    uint64_t d_in, d_out, d_req, d_rsv;
+    uint64_t d_in, d_out, d_req;
+    uint64_t d_rsv;               /* counted bytes that were taken from the lease (see charge_unreserved) */
     uint64_t rsv_open;            /* reserved by meter_allow, not yet matched by a count */
+    int rsv_epoch;                /* g->epoch that rsv_open was reserved in */
     struct meter_tenant *next;    /* hash chain */
     struct meter_tenant *anext;   /* active list */
 };
@@ -207,22 +212,36 @@ struct meter {
 
 /*
  * Flush script.  KEYS[1] = <prefix>meter:applied (HASH run id -> last seq),
- * then per record KEYS[2i], KEYS[2i+1] = month key, day key.
- * ARGV[1] = run id, ARGV[2] = seq, then per record bytes_in, bytes_out,
- * requests.  Returns 1 when applied, 0 when this seq was already applied.
+ * then per record KEYS[3i+2], KEYS[3i+3], KEYS[3i+4] = month key, day key,
+ * lease key of the month.  ARGV[1] = run id, ARGV[2] = seq, then per record
+ * bytes_in, bytes_out, requests, rsv.  rsv is the part of the record's bytes
+ * that this run had taken from its lease: they move, in the same atomic
+ * step, from the budget the run holds (its field of the lease hash) to the
+ * usage, so that no other instance ever sees them in both or in neither.
+ * Returns 1 when applied, 0 when this seq was already applied.
  */
 static const char flush_lua[] =
     "local last = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') or 0\n"
     "local seq = tonumber(ARGV[2])\n"
     "if seq <= last then return 0 end\n"
-    "local n = (#KEYS - 1) / 2\n"
+    "local n = (#KEYS - 1) / 3\n"
     "for i = 0, n - 1 do\n"
-    "  local bi, bo, rq = ARGV[3 + 3*i], ARGV[4 + 3*i], ARGV[5 + 3*i]\n"
+    "  local bi, bo, rq, rs = ARGV[3 + 4*i], ARGV[4 + 4*i], ARGV[5 + 4*i], ARGV[6 + 4*i]\n"
     "  for j = 2, 3 do\n"
-    "    local k = KEYS[j + 2*i]\n"
+    "    local k = KEYS[j + 3*i]\n"
     "    if bi ~= '0' then redis.call('HINCRBY', k, 'bytes_in', bi) end\n"
     "    if bo ~= '0' then redis.call('HINCRBY', k, 'bytes_out', bo) end\n"
     "    if rq ~= '0' then redis.call('HINCRBY', k, 'requests', rq) end\n"
+    "  end\n"
+    "  if rs ~= '0' then\n"
+    "    local lk = KEYS[4 + 3*i]\n"
+    "    local v = redis.call('HGET', lk, ARGV[1])\n"
+    "    local b, e = string.match(v or '', '^(%d+):(%d+)$')\n"
+    "    if b then\n"
+    "      local h = tonumber(b) - tonumber(rs)\n"
+    "      if h < 0 then h = 0 end\n"
+    "      redis.call('HSET', lk, ARGV[1], string.format('%d:%s', h, e))\n"
+    "    end\n"
     "  end\n"
     "end\n"
     "redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])\n"
@@ -230,9 +249,13 @@ static const char flush_lua[] =
 
 /*
  * Lease script.  KEYS[1] = month usage key, KEYS[2] = <prefix>lease:<tenant>:<YYYYMM>
- * (HASH run id -> "<held>:<expiry ms>").  ARGV: run id, cap, held (budget
- * this instance still holds: unreserved lease + reserved bytes not yet in
- * the usage), min_slice, k, want, ttl_ms, release (0/1).
+ * (HASH run id -> "<held>:<expiry ms>"), KEYS[3] = <prefix>meter:applied.
+ * ARGV: run id, cap, held (budget this instance still holds: unreserved
+ * lease + reserved bytes not yet in the usage, as far as the flush replies
+ * it has had tell), min_slice, k, want, ttl_ms, release (0/1), seq and rsv
+ * of the flush batch it has sent and not yet seen acknowledged (0 0 when
+ * none): when Redis has applied that batch already, its rsv bytes are in the
+ * usage and no longer held.  (KEYS[3], ARGV[9], ARGV[10] are optional.)
  * remaining = cap - usage - held(others, unexpired) - held(self);
  * slice = min(max(min_slice, remaining / (k * active)), want, remaining).
  * Returns {slice, remaining - slice, active instances, usage}.
@@ -245,6 +268,13 @@ static const char lease_lua[] =
     "local want = tonumber(ARGV[6])\n"
     "local ttl = tonumber(ARGV[7])\n"
     "local rel = ARGV[8] == '1'\n"
+    "if KEYS[3] and ARGV[10] and tonumber(ARGV[10]) > 0 then\n"
+    "  local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') or 0\n"
+    "  if last >= tonumber(ARGV[9]) then\n"
+    "    held = held - tonumber(ARGV[10])\n"
+    "    if held < 0 then held = 0 end\n"
+    "  end\n"
+    "end\n"
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)\n"
     "local u = (tonumber(redis.call('HGET', KEYS[1], 'bytes_in') or '0') or 0)\n"
@@ -878,10 +908,31 @@ int meter_state_known(struct meter_tenant *t)
     return 0;
 }
 
+/*
+ * When the worker's last request of the tenant lets go, bytes it reserved
+ * and will never count (a response cut or abandoned with bytes still in its
+ * buffers) go back to the lease: until then they count as held.
+ */
 void meter_tenant_put(struct meter_tenant *t)
 {
-    if (t && t->refs > 0)
-        t->refs--;
+    if (!t || t->refs <= 0)
+        return;
+    if (--t->refs == 0 && t->rsv_open) {
+        struct meter_gt *g = t->g;
+        if (t->rsv_epoch == atomic_load_explicit(&g->epoch, RELAXED))
+            atomic_fetch_add_explicit(&g->avail, (int64_t)t->rsv_open, RELAXED);
+        t->rsv_open = 0;
+    }
+}
+
+/* Reservations of an earlier lease epoch (an earlier month) are no longer ours to match. */
+static inline void rsv_sync_epoch(struct meter_tenant *t)
+{
+    int e = atomic_load_explicit(&t->g->epoch, RELAXED);
+    if (t->rsv_epoch != e) {
+        t->rsv_epoch = e;
+        t->rsv_open = 0;
+    }
 }
 
 static inline void mark_active(struct meter_tenant *t)
@@ -902,26 +953,41 @@ void meter_count_request(struct meter_tenant *t)
 }
 
 /*
- * Counted bytes that meter_allow did not reserve (request and response heads,
- * local responses) are taken from the lease too, so that the budget every
- * instance reports to Redis covers them at once rather than at the next
- * flush.  They are never refused (they have been or will be sent): when the
- * lease is empty the debt makes avail negative, and the next slice pays it
- * before any body byte passes.  Bytes reserved earlier on this worker
- * (rsv_open) are matched first.  Not while the tenant's state is unknown
- * (first sight, or served without limit while Redis is away) or over the cap:
- * there is no lease to take from then.
+ * Matches n counted bytes with the lease.  Bytes reserved earlier on this
+ * worker (rsv_open) are matched first.  Counted bytes that meter_allow did
+ * not reserve (request and response heads, local responses) are taken from
+ * the lease too, so that the budget every instance reports to Redis covers
+ * them at once rather than at the next flush.  They are never refused (they
+ * have been or will be sent): when the lease is empty the debt makes avail
+ * negative, and the next slice pays it before any body byte passes.  Not
+ * while the tenant's state is unknown (first sight, or served without limit
+ * while Redis is away) or over the cap with the lease used up: there is no
+ * lease to take from then.  (Over the cap with some lease left, the heads of
+ * the requests that lease still admits are taken from it like any byte.)
+ *
+ * d_rsv gets every counted byte that came out of the lease, matched or
+ * charged, and nothing else: it travels to Redis in the same record as the
+ * count, and the flush script moves exactly those bytes from this run's
+ * held budget to the usage in one atomic step.  (Handing off reservations
+ * instead let bytes reserved in one interval and counted in the next, those
+ * still in the client's socket buffer at the handoff, leave the held budget
+ * one flush before they reached the usage: another instance could be
+ * granted them again.)
  */
 static void charge_unreserved(struct meter_tenant *t, size_t n)
 {
+    rsv_sync_epoch(t);
     if (t->rsv_open >= n) {
         t->rsv_open -= n;
+        t->d_rsv += n;
         return;
     }
     int64_t extra = (int64_t)(n - t->rsv_open);
+    t->d_rsv += t->rsv_open;
     t->rsv_open = 0;
     struct meter_gt *g = t->g;
-    if (atomic_load_explicit(&g->cap, RELAXED) < 0 || atomic_load_explicit(&g->over, RELAXED) ||
+    if (atomic_load_explicit(&g->cap, RELAXED) < 0 ||
+        (atomic_load_explicit(&g->over, RELAXED) && atomic_load_explicit(&g->avail, RELAXED) <= 0) ||
         !atomic_load_explicit(&g->known, RELAXED) || !t->mw->m->started)
         return;
     int64_t left = atomic_fetch_sub_explicit(&g->avail, extra, RELAXED) - extra;
@@ -1019,11 +1085,12 @@ size_t meter_allow(struct meter_tenant *t, size_t want, unsigned *retry_ms)
         return 0;
     if (atomic_load_explicit(&g->cap, RELAXED) < 0)
         return want;
+    rsv_sync_epoch(t);
     int64_t a = atomic_load_explicit(&g->avail, RELAXED);
     while (a > 0) {
         int64_t n = a < (int64_t)want ? a : (int64_t)want;
         if (atomic_compare_exchange_weak(&g->avail, &a, a - n)) {
-            t->d_rsv += (uint64_t)n;
+            /* held (granted - avail - acked_rsv) until counted and flushed */
             t->rsv_open += (uint64_t)n;
             mark_active(t);
             if (a - n < atomic_load_explicit(&g->low_water, RELAXED) &&
@@ -1128,14 +1195,14 @@ static struct meter_batch *batch_build(struct meter *m, const struct meter_rec *
     b->seq = ++m->next_seq;
     b->n = n;
     b->recs = malloc(n * sizeof(*recs));
-    b->argc = 3 + 1 + 2 * (int)n + 2 + 3 * (int)n;
+    b->argc = 3 + 1 + 3 * (int)n + 2 + 4 * (int)n;
     b->argv = calloc((size_t)b->argc, sizeof(char *));
     b->lens = calloc((size_t)b->argc, sizeof(size_t));
     if (!b->recs || !b->argv || !b->lens)
         goto fail;
     memcpy(b->recs, recs, n * sizeof(*recs));
     int a = 2;
-    if (asprintf(&b->argv[a++], "%zu", 1 + 2 * n) < 0)
+    if (asprintf(&b->argv[a++], "%zu", 1 + 3 * n) < 0)
         goto fail;
     if (!(b->argv[a++] = key_applied(m)))
         goto fail;
@@ -1144,6 +1211,8 @@ static struct meter_batch *batch_build(struct meter *m, const struct meter_rec *
             goto fail;
         if (!(b->argv[a++] = key_usage(m, recs[i].g->name, recs[i].day)))
             goto fail;
+        if (!(b->argv[a++] = key_lease(m, recs[i].g->name, recs[i].day / 100)))
+            goto fail;
     }
     if (!(b->argv[a++] = strdup(m->run_id)))
         goto fail;
@@ -1151,7 +1220,7 @@ static struct meter_batch *batch_build(struct meter *m, const struct meter_rec *
         goto fail;
     for (size_t i = 0; i < n; i++) {
         if (!(b->argv[a++] = str_of_u64(recs[i].in)) || !(b->argv[a++] = str_of_u64(recs[i].out)) ||
-            !(b->argv[a++] = str_of_u64(recs[i].req)))
+            !(b->argv[a++] = str_of_u64(recs[i].req)) || !(b->argv[a++] = str_of_u64(recs[i].rsv)))
             goto fail;
     }
     for (int i = 2; i < b->argc; i++)
@@ -1299,7 +1368,12 @@ static int current_month(void)
     return meter_utc_day(time(NULL)) / 100;
 }
 
-/* What this instance holds against the cap: unreserved lease + reserved bytes Redis has not counted yet. */
+/*
+ * What this instance holds against the cap: unreserved lease + bytes taken
+ * from the lease that Redis has not counted yet (reserved and not counted,
+ * or counted and not flushed; acked_rsv only grows by bytes that reached the
+ * usage in the same flush).
+ */
 static int64_t gt_held(struct meter_gt *g)
 {
     int64_t avail = atomic_load_explicit(&g->avail, RELAXED);
@@ -1331,6 +1405,7 @@ static void gt_set_low_water(struct meter *m, struct meter_gt *g)
 static void gt_lease_reset(struct meter *m, struct meter_gt *g, int month)
 {
     int64_t cap = atomic_load_explicit(&g->cap, RELAXED);
+    atomic_fetch_add_explicit(&g->epoch, 1, RELAXED);
     atomic_store_explicit(&g->avail, 0, RELAXED);
     atomic_store_explicit(&g->over, 0, RELAXED);
     g->granted = 0;
@@ -1385,9 +1460,21 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     lr->release = release;
     lr->cap = atomic_load_explicit(&g->cap, RELAXED);
     int64_t held = gt_held(g);
+    /* The batch at the head of the queue may have been applied by Redis
+     * (its reply on its way, or lost) without acked_rsv knowing yet: the
+     * script takes its rsv out of held if so.  Only the head can be: batches
+     * are sent one at a time, in order, on this same connection. */
+    uint64_t iseq = 0, irsv = 0;
+    if (m->queue && m->queue->tries > 0) {
+        iseq = m->queue->seq;
+        for (size_t i = 0; i < m->queue->n; i++)
+            if (m->queue->recs[i].g == g && m->queue->recs[i].day / 100 == g->lease_month)
+                irsv += m->queue->recs[i].rsv;
+    }
     char *k1 = key_usage(m, g->name, g->lease_month);
     char *k2 = key_lease(m, g->name, g->lease_month);
-    char cap[32], helds[32], minsl[32], kk[16], want[32], ttl[32];
+    char *k3 = key_applied(m);
+    char cap[32], helds[32], minsl[32], kk[16], want[32], ttl[32], iseqs[32], irsvs[32];
     snprintf(cap, sizeof(cap), "%" PRId64, lr->cap);
     snprintf(helds, sizeof(helds), "%" PRId64, held);
     snprintf(minsl, sizeof(minsl), "%d", METER_MIN_SLICE);
@@ -1398,13 +1485,16 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     int64_t w = gt_want(m, g) - atomic_load_explicit(&g->avail, RELAXED);
     snprintf(want, sizeof(want), "%" PRId64, w > 0 ? w : 0);
     snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
-    const char *argv[13] = { m->sha_lease[0] ? "EVALSHA" : "EVAL", m->sha_lease[0] ? m->sha_lease : lease_lua,
-                             "2", k1, k2, m->run_id, cap, helds, minsl, kk, want, ttl, release ? "1" : "0" };
-    size_t lens[13];
-    for (int i = 0; i < 13; i++)
+    snprintf(iseqs, sizeof(iseqs), "%" PRIu64, iseq);
+    snprintf(irsvs, sizeof(irsvs), "%" PRIu64, irsv);
+    const char *argv[16] = { m->sha_lease[0] ? "EVALSHA" : "EVAL", m->sha_lease[0] ? m->sha_lease : lease_lua,
+                             "3", k1, k2, k3, m->run_id, cap, helds, minsl, kk, want, ttl, release ? "1" : "0",
+                             iseqs, irsvs };
+    size_t lens[16];
+    for (int i = 0; i < 16; i++)
         lens[i] = argv[i] ? strlen(argv[i]) : 0;
     int rc = -1;
-    if (k1 && k2 && redis_cmd(m->rc, lease_reply, lr, 13, argv, lens) == 0) {
+    if (k1 && k2 && k3 && redis_cmd(m->rc, lease_reply, lr, 16, argv, lens) == 0) {
         rc = 0;
         g->lease_inflight = 1;
         g->last_lease = mono_now();
@@ -1416,6 +1506,7 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     }
     free(k1);
     free(k2);
+    free(k3);
     return rc;
 }
 

@@ -3,8 +3,10 @@
  * bucket, UTC days, label escaping), counting and the worker -> flusher
  * handoff, local cap enforcement and throttle pacing without Redis, and,
  * against a real redis-server started here on a free port, the idempotent
- * flush script (the same batch applied twice counts once), the flush path
- * end to end and budget leases for one and two instances sharing a cap.
+ * flush script (the same batch applied twice counts once, and moves the
+ * leased bytes of its counts from the run's held budget to the usage), the
+ * flush path end to end and budget leases for one and two instances sharing
+ * a cap (a byte is never both held and used, or neither).
  * The Redis cases print "SKIP" and pass when redis-server is not installed.
  */
 #include <pthread.h>
@@ -318,6 +320,36 @@ START_TEST(local_cap_without_redis)
 }
 END_TEST
 
+/* Bytes reserved and never counted (a response abandoned with bytes still in
+ * its buffers) go back to the lease when the worker's last request of the
+ * tenant lets go: the whole cap can still be spent. */
+START_TEST(unsent_reservation_given_back)
+{
+    struct one_meter o;
+    one_meter_start(&o, NULL, NULL, 0);
+    struct tenant_policy p = { 1000000, CAP_BLOCK, 0, 0 };
+    struct meter_tenant *t = meter_tenant_get(o.w, "abandon", &p);
+    int64_t reserved = 0;
+    double end = now_s() + 3;
+    while (reserved < 300000 && now_s() < end) {
+        unsigned retry = 0;
+        size_t n = meter_allow(t, (size_t)(300000 - reserved), &retry);
+        reserved += (int64_t)n;
+        if (!n)
+            sleep_ms(retry ? retry : 1);
+    }
+    ck_assert_int_eq(reserved, 300000);
+    meter_count_out(t, 100000);   /* only a third of it reached the client */
+    meter_tenant_put(t);          /* the request ends: 200 000 reserved bytes were never sent */
+    t = meter_tenant_get(o.w, "abandon", &p);
+    int64_t got = drain_allowance(t, 16384, 5, 1);
+    ck_assert_int_eq(100000 + got, 1000000);
+    ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
+    meter_tenant_put(t);
+    one_meter_stop(&o, 1);
+}
+END_TEST
+
 START_TEST(throttle_pace)
 {
     struct one_meter o;
@@ -408,15 +440,17 @@ START_TEST(flush_script_is_idempotent)
 {
     NEED_REDIS();
     struct redis_sync *s = rconn();
-    const char *argv[] = { "EVAL", meter_flush_lua(), "5", "u1:meter:applied", "u1:meter:t:202501",
-                           "u1:meter:t:20250131", "u1:meter:t2:202501", "u1:meter:t2:20250131", "run-a", "1",
-                           "100", "2000", "3", "0", "9", "0" };
-    struct redis_reply *r = rcmd(s, 16, argv);
+    const char *argv[] = { "EVAL", meter_flush_lua(), "7", "u1:meter:applied", "u1:meter:t:202501",
+                           "u1:meter:t:20250131", "u1:lease:t:202501", "u1:meter:t2:202501",
+                           "u1:meter:t2:20250131", "u1:lease:t2:202501", "run-a", "1",
+                           "100", "2000", "3", "0", "0", "9", "0", "0" };
+    const int argc = (int)(sizeof(argv) / sizeof(argv[0]));
+    struct redis_reply *r = rcmd(s, argc, argv);
     ck_assert_int_eq(redis_reply_type(r), REDIS_T_INTEGER);
     ck_assert_int_eq(redis_reply_int(r), 1);
     redis_sync_reply_free(r);
     /* The same batch again (a retry after a lost reply): not applied. */
-    r = rcmd(s, 16, argv);
+    r = rcmd(s, argc, argv);
     ck_assert_int_eq(redis_reply_int(r), 0);
     redis_sync_reply_free(r);
     ck_assert_int_eq(hget_int(s, "u1:meter:t:202501", "bytes_in"), 100);
@@ -425,17 +459,91 @@ START_TEST(flush_script_is_idempotent)
     ck_assert_int_eq(hget_int(s, "u1:meter:t2:202501", "bytes_out"), 9);
     ck_assert_int_eq(hget_int(s, "u1:meter:applied", "run-a"), 1);
     /* Another instance's seq 1 is its own. */
-    argv[8] = "run-b";
-    r = rcmd(s, 16, argv);
+    argv[10] = "run-b";
+    r = rcmd(s, argc, argv);
     ck_assert_int_eq(redis_reply_int(r), 1);
     redis_sync_reply_free(r);
     ck_assert_int_eq(hget_int(s, "u1:meter:t:202501", "bytes_in"), 200);
     /* Big values are exact (no float rounding). */
-    const char *big[] = { "EVAL", meter_flush_lua(), "3", "u1:meter:applied", "u1:meter:big:202501",
-                          "u1:meter:big:20250101", "run-a", "2", "9007199254740993", "0", "1" };
-    r = rcmd(s, 11, big);
+    const char *big[] = { "EVAL", meter_flush_lua(), "4", "u1:meter:applied", "u1:meter:big:202501",
+                          "u1:meter:big:20250101", "u1:lease:big:202501", "run-a", "2", "9007199254740993", "0",
+                          "1", "0" };
+    r = rcmd(s, 13, big);
     redis_sync_reply_free(r);
     ck_assert_int_eq(hget_int(s, "u1:meter:big:202501", "bytes_in"), 9007199254740993LL);
+    redis_sync_free(s);
+}
+END_TEST
+
+/* A flushed record's rsv bytes leave the run's held budget (its lease field)
+ * in the same atomic step as they enter the usage; a replay moves nothing. */
+START_TEST(flush_script_moves_rsv_from_held_to_usage)
+{
+    NEED_REDIS();
+    struct redis_sync *s = rconn();
+    const char *seed[] = { "HSET", "u8:lease:t:202501", "run-a", "1000:99999999999999", "run-b",
+                           "500:99999999999999" };
+    redis_sync_reply_free(rcmd(s, 6, seed));
+    const char *argv[] = { "EVAL", meter_flush_lua(), "7", "u8:meter:applied", "u8:meter:t:202501",
+                           "u8:meter:t:20250131", "u8:lease:t:202501", "u8:meter:n:202501",
+                           "u8:meter:n:20250131", "u8:lease:n:202501", "run-a", "1",
+                           "100", "250", "1", "300", "5", "0", "0", "5" };
+    const int argc = (int)(sizeof(argv) / sizeof(argv[0]));
+    struct redis_reply *r = rcmd(s, argc, argv);
+    ck_assert_int_eq(redis_reply_int(r), 1);
+    redis_sync_reply_free(r);
+    ck_assert_int_eq(hget_int(s, "u8:meter:t:202501", "bytes_out"), 250);
+    ck_assert_int_eq(hget_int(s, "u8:lease:t:202501", "run-a"), 700);   /* 1000 - 300 */
+    ck_assert_int_eq(hget_int(s, "u8:lease:t:202501", "run-b"), 500);   /* another run's: untouched */
+    const char *get[] = { "HGET", "u8:lease:t:202501", "run-a" };
+    r = rcmd(s, 3, get);
+    ck_assert_str_eq(redis_reply_str(r, NULL), "700:99999999999999");   /* expiry kept */
+    redis_sync_reply_free(r);
+    const char *ex[] = { "EXISTS", "u8:lease:n:202501" };
+    r = rcmd(s, 2, ex);
+    ck_assert_int_eq(redis_reply_int(r), 0);   /* no lease held: nothing created */
+    redis_sync_reply_free(r);
+    /* Replayed (lost reply): neither usage nor held move again. */
+    r = rcmd(s, argc, argv);
+    ck_assert_int_eq(redis_reply_int(r), 0);
+    redis_sync_reply_free(r);
+    ck_assert_int_eq(hget_int(s, "u8:meter:t:202501", "bytes_out"), 250);
+    ck_assert_int_eq(hget_int(s, "u8:lease:t:202501", "run-a"), 700);
+    /* Never below zero. */
+    argv[11] = "2";
+    argv[15] = "5000";
+    redis_sync_reply_free(rcmd(s, argc, argv));
+    ck_assert_int_eq(hget_int(s, "u8:lease:t:202501", "run-a"), 0);
+    redis_sync_free(s);
+}
+END_TEST
+
+/* A lease request that reports held before the reply to its in-flight flush
+ * batch arrived: the script takes that batch's rsv out of held only when
+ * Redis has applied the batch, so the bytes count once either way. */
+START_TEST(lease_script_counts_inflight_batch_once)
+{
+    NEED_REDIS();
+    struct redis_sync *s = rconn();
+    /* held 400 000 of which 300 000 are in batch seq 5, not applied yet. */
+    const char *a[] = { "EVAL", meter_lease_lua(), "3", "u9:meter:x:202501", "u9:lease:x:202501", "u9:meter:applied",
+                        "A", "1000000", "400000", "65536", "4", "0", "30000", "0", "5", "300000" };
+    struct redis_reply *r = rcmd(s, 16, a);
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 1)), 600000);
+    redis_sync_reply_free(r);
+    ck_assert_int_eq(hget_int(s, "u9:lease:x:202501", "A"), 400000);
+    /* Batch 5 is applied (the flush script moves its rsv from held to usage)... */
+    const char *f[] = { "EVAL", meter_flush_lua(), "4", "u9:meter:applied", "u9:meter:x:202501",
+                        "u9:meter:x:20250131", "u9:lease:x:202501", "A", "5", "0", "300000", "3", "300000" };
+    redis_sync_reply_free(rcmd(s, 13, f));
+    ck_assert_int_eq(hget_int(s, "u9:lease:x:202501", "A"), 100000);
+    /* ...and a lease request computed before its reply came back reports the
+     * same 400 000: the remaining budget is unchanged, not 300 000 less. */
+    r = rcmd(s, 16, a);
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 1)), 600000);
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 3)), 300000);
+    redis_sync_reply_free(r);
+    ck_assert_int_eq(hget_int(s, "u9:lease:x:202501", "A"), 100000);
     redis_sync_free(s);
 }
 END_TEST
@@ -702,6 +810,121 @@ START_TEST(lease_two_instances_share_a_cap)
 }
 END_TEST
 
+static long long metric_value(struct meter *m, const char *name)
+{
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    meter_write_metrics(f, m);
+    fclose(f);
+    char needle[128];
+    snprintf(needle, sizeof(needle), "\n%s ", name);
+    const char *p = strstr(buf, needle);
+    long long v = p ? atoll(p + strlen(needle)) : -1;
+    free(buf);
+    return v;
+}
+
+/*
+ * What another instance sees of this one in Redis (the month usage it added
+ * plus its field of the lease hash) is always every byte it was granted:
+ * bytes reserved in one flush interval and counted in the next (still in the
+ * client's socket buffer at the handoff) stay held until they are in the
+ * usage, in neither place never, in both never.
+ */
+START_TEST(reserved_bytes_stay_held_until_counted)
+{
+    NEED_REDIS();
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u10:", 0);
+    const long long base = 50000000 - 5000000;
+    set_usage("u10:", "r", base);
+    struct tenant_policy p = { 50000000, CAP_BLOCK, 0, 0 };
+    struct meter_tenant *t = meter_tenant_get(o.w, "r", &p);
+    sleep_ms(300);   /* connected, and the first lease is here */
+    int64_t reserved = 0;
+    double end = now_s() + 3;
+    while (reserved < 100000 && now_s() < end) {
+        unsigned retry = 0;
+        size_t n = meter_allow(t, (size_t)(100000 - reserved), &retry);
+        reserved += (int64_t)n;
+        if (!n)
+            sleep_ms(retry ? retry : 1);
+    }
+    ck_assert_int_eq(reserved, 100000);
+    struct redis_sync *s = rconn();
+    char ku[64], kl[64];
+    int month = meter_utc_day(time(NULL)) / 100;
+    snprintf(ku, sizeof(ku), "u10:meter:r:%d", month);
+    snprintf(kl, sizeof(kl), "u10:lease:r:%d", month);
+    for (int round = 0; round < 2; round++) {
+        /* Round 0: 30 000 of the reserved bytes reached the client in this
+         * interval, 70 000 are still on their way.  Round 1: the rest. */
+        meter_count_out(t, round == 0 ? 30000 : 70000);
+        meter_worker_tick(o.w);
+        long long counted = round == 0 ? 30000 : 100000;
+        long long used = 0, held = 0, granted = 0;
+        int ok = 0;
+        end = now_s() + 3;
+        while (now_s() < end && !ok) {
+            sleep_ms(150);   /* a flush, then a lease refresh (interval 0.1 s) */
+            granted = metric_value(o.m, "tollgate_meter_lease_granted_bytes_total");
+            used = hget_int(s, ku, "bytes_out") - base;
+            held = hget_int(s, kl, meter_run_id(o.m));
+            ok = used == counted && used + held == granted &&
+                 granted == metric_value(o.m, "tollgate_meter_lease_granted_bytes_total");
+        }
+        ck_assert_msg(ok, "round %d: usage %lld + held %lld != granted %lld (counted %lld)", round, used, held,
+                      granted, counted);
+    }
+    meter_tenant_put(t);
+    one_meter_stop(&o, 2);
+    ck_assert_int_eq(hget_int(s, ku, "bytes_out"), base + 100000);
+    redis_sync_free(s);
+}
+END_TEST
+
+/*
+ * Redis says nothing remains while this instance still holds some lease: the
+ * requests that lease admits are served from it, and their heads (counted
+ * without a reservation) are taken from it too, so the usage ends at the cap.
+ */
+START_TEST(heads_charged_while_lease_outlives_the_cap)
+{
+    NEED_REDIS();
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u11:", 0);
+    const long long cap = 50000000, left = 200000;
+    set_usage("u11:", "h", cap - left);
+    struct tenant_policy p = { cap, CAP_BLOCK, 0, 0 };
+    struct meter_tenant *t = meter_tenant_get(o.w, "h", &p);
+    sleep_ms(300);
+    /* Keep the tenant active with no traffic: each refresh tops the lease up
+     * until the whole remainder is held here and Redis denies the next one. */
+    double end = now_s() + 5;
+    while (metric_value(o.m, "tollgate_meter_lease_denied_total") < 1 && now_s() < end) {
+        meter_count_request(t);
+        meter_worker_tick(o.w);
+        sleep_ms(20);
+    }
+    ck_assert_int_gt(metric_value(o.m, "tollgate_meter_lease_denied_total"), 0);
+    ck_assert_int_eq(metric_value(o.m, "tollgate_meter_lease_granted_bytes_total"), left);
+    ck_assert_int_eq(meter_admit(t), METER_ALLOW);   /* the lease still admits */
+    meter_count_in(t, 80);                           /* a request head */
+    meter_count_out(t, 120);                         /* its response head */
+    int64_t got = drain_allowance(t, 16384, 2, 1);
+    ck_assert_int_eq(200 + got, left);
+    ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
+    meter_tenant_put(t);
+    one_meter_stop(&o, 2);
+    struct redis_sync *s = rconn();
+    char k[64];
+    snprintf(k, sizeof(k), "u11:meter:h:%d", meter_utc_day(time(NULL)) / 100);
+    ck_assert_int_eq(hget_int(s, k, "bytes_in") + hget_int(s, k, "bytes_out"), cap);
+    redis_sync_free(s);
+}
+END_TEST
+
 START_TEST(lease_script_accounts_other_instances)
 {
     NEED_REDIS();
@@ -764,6 +987,7 @@ Suite *meter_suite(void)
     tcase_add_test(tc, counting_and_handoff);
     tcase_add_test(tc, suspended_tenant);
     tcase_add_test(tc, local_cap_without_redis);
+    tcase_add_test(tc, unsent_reservation_given_back);
     tcase_add_test(tc, throttle_pace);
     suite_add_tcase(s, tc);
 
@@ -771,11 +995,15 @@ Suite *meter_suite(void)
     tcase_set_timeout(tc, 60);
     tcase_add_unchecked_fixture(tc, redis_setup, redis_teardown);
     tcase_add_test(tc, flush_script_is_idempotent);
+    tcase_add_test(tc, flush_script_moves_rsv_from_held_to_usage);
+    tcase_add_test(tc, lease_script_counts_inflight_batch_once);
     tcase_add_test(tc, flush_end_to_end);
     tcase_add_test(tc, flush_lost_reply_counted_once);
     tcase_add_test(tc, lease_script_accounts_other_instances);
     tcase_add_test(tc, lease_single_instance);
     tcase_add_test(tc, lease_two_instances_share_a_cap);
+    tcase_add_test(tc, reserved_bytes_stay_held_until_counted);
+    tcase_add_test(tc, heads_charged_while_lease_outlives_the_cap);
     tcase_add_test(tc, caps_enforced_while_redis_unreachable);
     suite_add_tcase(s, tc);
     return s;
