@@ -146,6 +146,14 @@ static void bev_readcb(evutil_socket_t fd, short what, void *arg)
         bev->readcb(bev, bev->cbarg);
 }
 
+int bev_read_fired(const struct bufferevent *bev)
+{
+    /* A fired timeout also takes the event out of epoll (libevent's
+     * timeout_process), so re-arming the timeout through
+     * bufferevent_set_timeouts() no longer cancels it: only this tells. */
+    return (bev->ev_read.ev_evcallback.evcb_flags & EVLIST_ACTIVE) != 0;
+}
+
 void bev_enable_read(struct bufferevent *bev)
 {
     if (!(bufferevent_get_enabled(bev) & EV_READ))

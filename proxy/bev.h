@@ -26,6 +26,15 @@
 void bev_own_read(struct bufferevent *bev);
 
 /*
+ * 1 when bev's read event has fired (bytes, EOF or its read timeout) and
+ * its callback has not run yet: it will run later in this loop iteration.
+ * A bufferevent handed to new callbacks meanwhile would get that event --
+ * a read timeout armed for an earlier exchange, say -- as its own.  No
+ * system call.
+ */
+int bev_read_fired(const struct bufferevent *bev);
+
+/*
  * Enables reading unless it is enabled already: bufferevent_enable() on an
  * enabled bufferevent still re-adds its read event (and timer).
  */

@@ -2173,6 +2173,9 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             start_upstream(c);
             return;
         }
+        /* As nginx's "upstream timed out" / "upstream prematurely closed". */
+        log_warn("%s: conn %llu: backend %s %s before the response head", __func__, (unsigned long long)c->id,
+                 r->target.name, (what & BEV_EVENT_TIMEOUT) ? "timed out" : "closed the connection");
         up_detach(c, 0);
         if (what & BEV_EVENT_TIMEOUT)
             respond_local(c, 504, "The backend did not answer in time.", NULL, 0);

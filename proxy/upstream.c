@@ -261,8 +261,8 @@ struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct rout
     while (k && k->head) {
         struct idle_conn *ic = k->head;
         struct bufferevent *bev = ic->bev;
-        if (!idle_clean(bev)) {
-            log_debug("%s: closing an idle connection with bytes or EOF waiting", __func__);
+        if (bev_read_fired(bev) || !idle_clean(bev)) {
+            log_debug("%s: closing an idle connection with bytes, EOF or its timeout waiting", __func__);
             idle_close(ic);
             continue;
         }

@@ -25,7 +25,9 @@ void upstream_pool_flush(struct upstream_pool *p);
  * Takes an idle connection to t out of the pool: the caller owns it and must
  * set its callbacks and its timeouts before the event loop runs again (its
  * read event is still enabled, with the timeouts its last request left).
- * A connection with bytes or an EOF waiting on its socket is closed instead
+ * A connection with bytes or an EOF waiting on its socket, or whose read
+ * event has fired in this loop iteration (its last request's read timeout
+ * falling due: it would reach the next request as a 504), is closed instead
  * (one recv(MSG_PEEK) per connection looked at).  NULL when none is clean.
  */
 struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct route_target *t);

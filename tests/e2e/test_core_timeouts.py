@@ -155,3 +155,26 @@ def test_stream_silent_longer_than_read_timeout_cut():
             took = time.monotonic() - t0
             assert b"event 0" in got and b"event 1" not in got, got
             assert took < scale(2.5), "cut after %.1fs" % took
+
+
+def test_a_pooled_connection_whose_read_timeout_falls_due_is_not_reused():
+    """A pooled backend connection keeps the read timeout of its last
+    request; a request taking it in the loop iteration where that timeout
+    falls due got the timeout as its own: a 504 at once, the backend's
+    answer lost.  Requests sent across the moment the timeout falls due
+    (0.2 s after the backend's last bytes, 0.5 ms apart; on the old code
+    several of them got 504 at 0.194-0.199 s) must all be answered."""
+    with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1,
+                                      args=["--upstream-read-timeout", "0.2"]) as tg:
+        statuses = []
+        d = 0.185
+        while d <= 0.207:
+            with RawConn(tg.port, timeout=5) as c:
+                c.send(b"GET /bytes/10 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                assert c.read_response().status == 200
+                t0 = time.monotonic()
+                time.sleep(max(0.0, d - (time.monotonic() - t0)))
+                c.send(b"GET /bytes/20 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                statuses.append(c.read_response().status)
+            d += 0.0005
+        assert statuses == [200] * len(statuses), statuses
