@@ -16,6 +16,8 @@
 #include <stdint.h>
 
 #define CFG_ERRLEN 512
+#define CFG_MAX_KEYS 64             /* room in origin_line[] for every key */
+#define CFG_ORIGIN_CLI 0xffffffffu  /* origin_line[]: set by a command-line flag */
 
 /* A listener address as written: host is "0.0.0.0", "::1", ... (no brackets). */
 struct cfg_addr {
@@ -76,6 +78,12 @@ struct tg_config {
     char *instance_id;              /* NULL = hostname:pid */
 
     int check_only;                 /* -t */
+
+    /* Where each key was last set, so that checks made after parsing
+     * (cfg_validate, cfg_check_files, start-up) can name the line.  Filled
+     * by the parsers; read it through cfg_key_origin(). */
+    char *origin_file;              /* the file origin_line refers to, or NULL */
+    unsigned origin_line[CFG_MAX_KEYS]; /* per key: file line, CFG_ORIGIN_CLI, or 0 = default */
 };
 
 /* Fills cfg with every default.  Never fails. */
@@ -94,6 +102,25 @@ int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, si
 
 /* Checks cross-field rules (ranges, at least one listener, parseable routes). */
 int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen);
+
+/*
+ * Where key (a key name, e.g. "access-log") was last set: writes
+ * "FILE:LINE: key" when the config file set it, "--key" for a command-line
+ * flag, and "key" for a default, so that an error reads "ORIGIN: message".
+ * Returns 1 for the file, 2 for the command line, 0 for a default or an
+ * unknown key.
+ */
+int cfg_key_origin(const struct tg_config *cfg, const char *key, char *buf, size_t len);
+
+/*
+ * Checks the files the configuration names, as start-up will use them, as
+ * `nginx -t` does: access-log and error-log are opened for appending
+ * (created if missing, never truncated; "-" is stderr and needs no check),
+ * and cap-page is opened and read.  Touches the file system; call it after
+ * cfg_validate().  0 / -1 with err "ORIGIN: cannot open PATH: strerror"
+ * (ORIGIN as cfg_key_origin() writes it).
+ */
+int cfg_check_files(const struct tg_config *cfg, char *err, size_t errlen);
 
 /* Parses "ADDR:PORT" or "[v6]:PORT" into out. 0 / -1. */
 int cfg_parse_addr(const char *s, struct cfg_addr *out);

@@ -1,10 +1,17 @@
 /*
  * main: parses the configuration, answers -t/--help/--version, and hands
  * over to the server.  Fatal errors happen only here, at start-up.
+ *
+ * -t and start-up run the same checks (cfg_validate, then cfg_check_files,
+ * which opens the log files and reads cap-page), so a configuration -t
+ * calls ok does not then fail to start for a reason -t could have seen.
+ * Binding the listeners is left to start-up, as nginx -t does.
  */
+#include <errno.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "config/config.h"
 #include "proxy/log.h"
@@ -31,6 +38,8 @@ int main(int argc, char **argv)
     }
     if (rc == 0)
         rc = cfg_validate(&cfg, err, sizeof(err));
+    if (rc == 0)
+        rc = cfg_check_files(&cfg, err, sizeof(err));
     if (rc != 0) {
         fprintf(stderr, "tollgate: %s\n", err);
         if (cfg.check_only)
@@ -44,8 +53,20 @@ int main(int argc, char **argv)
         cfg_free(&cfg);
         return 0;
     }
-    if (log_open(cfg.error_log, cfg.log_level) != 0 || log_access_open(cfg.access_log) != 0) {
-        fprintf(stderr, "tollgate: cannot open the log files\n");
+    /* cfg_check_files() has just opened both; this fails only on a race. */
+    const char *key = NULL, *path = NULL;
+    if (log_open(cfg.error_log, cfg.log_level) != 0) {
+        key = "error-log";
+        path = cfg.error_log;
+    } else if (log_access_open(cfg.access_log) != 0) {
+        key = "access-log";
+        path = cfg.access_log;
+    }
+    if (key) {
+        int e = errno;
+        char where[CFG_ERRLEN];
+        cfg_key_origin(&cfg, key, where, sizeof(where));
+        fprintf(stderr, "tollgate: %s: cannot open '%s': %s\n", where, path ? path : "-", strerror(e));
         cfg_free(&cfg);
         return 1;
     }

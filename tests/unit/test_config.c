@@ -252,7 +252,11 @@ START_TEST(cfg_file_sets_every_key)
     char err[CFG_ERRLEN] = "";
     ck_assert_msg(parse(&c, every_key, err) == 0, "%s", err);
     check_every_key(&c);
-    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), 0);
+    /* tls-listen parses, but validation refuses it until TLS exists. */
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:5: tls-listen: TLS termination is not available in this version");
+    c.n_tls_listen = 0;
+    ck_assert_msg(cfg_validate(&c, err, sizeof(err)) == 0, "%s", err);
     cfg_free(&c);
 }
 END_TEST
@@ -274,7 +278,9 @@ START_TEST(cfg_cli_sets_every_key)
         "--route-negative-ttl", "0", "--route-stale-max-age", "7200", "--redis-timeout", "0.5",
         "--backend-cooldown", "20", "--meter-flush-interval", "2", "--cap-status", "429",
         "--cap-page", "/etc/tollgate/cap.html", "--instance-id", "edge-1", "-t", NULL);
-    ck_assert_msg(rc == 0, "%s", err);
+    /* Every value is parsed, then validation refuses tls-listen (no TLS yet). */
+    ck_assert_int_eq(rc, -1);
+    ck_assert_str_eq(err, "--tls-listen: TLS termination is not available in this version");
     check_every_key(&c);
     ck_assert_int_eq(c.check_only, 1);
     cfg_free(&c);
@@ -449,7 +455,8 @@ START_TEST(cfg_off_values)
     ck_assert_int_eq(c.admin_listen.port, 0);
     ck_assert_ptr_null(c.access_log);
     ck_assert_uint_eq(c.n_listen, 0);
-    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);   /* TLS only: no TLS layer yet */
+    ck_assert_str_eq(err, "t.conf:5: tls-listen: TLS termination is not available in this version");
     cfg_free(&c);
 
     ck_assert_int_eq(parse(&c, "listen off\n", err), 0);
@@ -478,6 +485,149 @@ START_TEST(cfg_validate_cross_field)
 }
 END_TEST
 
+START_TEST(cfg_validate_errors_name_the_line)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    /* max-header-size against the default buffer-size: the max-header-size line */
+    ck_assert_int_eq(parse(&c, "# big heads\nmax-header-size 512k\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:2: max-header-size (524288) must not exceed buffer-size (262144)");
+    cfg_free(&c);
+    /* both in the file: whichever of the two comes later */
+    ck_assert_int_eq(parse(&c, "max-header-size 64k\nworkers 1\nbuffer-size 32k\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:3: max-header-size (65536) must not exceed buffer-size (32768)");
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "buffer-size 8k\nmax-header-size 16k\nbuffer-size 4k\nmax-header-size 8k\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:4: max-header-size (8192) must not exceed buffer-size (4096)");
+    cfg_free(&c);
+    /* a flag has no line: the flag is named */
+    ck_assert_int_eq(args(&c, err, "--max-header-size", "512k", NULL), -1);
+    ck_assert_str_eq(err, "--max-header-size: max-header-size (524288) must not exceed buffer-size (262144)");
+    cfg_free(&c);
+    const char *path = write_tmp("mh.conf", "workers 2\nmax-header-size 16k\n");
+    ck_assert_int_eq(args(&c, err, "-c", path, "--buffer-size", "8k", NULL), -1);
+    ck_assert_str_eq(err, "--buffer-size: max-header-size (16384) must not exceed buffer-size (8192)");
+    cfg_free(&c);
+    ck_assert_int_eq(args(&c, err, "--buffer-size", "8k", "-c", path, NULL), -1);   /* flag still after the file */
+    ck_assert_str_eq(err, "--buffer-size: max-header-size (16384) must not exceed buffer-size (8192)");
+    cfg_free(&c);
+    /* the listener cross-checks name the later line too */
+    ck_assert_int_eq(parse(&c, "listen 127.0.0.1:80\nworkers 1\ntls-listen 127.0.0.1:80\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:3: 127.0.0.1:80 is both a listen and a tls-listen address");
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "admin-listen 127.0.0.1:81\n\nlisten 127.0.0.1:81\n", err), 0);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:3: admin-listen 127.0.0.1:81 is also a proxy listener");
+    cfg_free(&c);
+    /* tls-listen is refused by validation, with its line, until TLS exists */
+    ck_assert_int_eq(parse(&c, "listen 127.0.0.1:80\n\ntls-listen 127.0.0.1:8443\n", err), 0);
+    ck_assert_uint_eq(c.n_tls_listen, 1);
+    ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:3: tls-listen: TLS termination is not available in this version");
+    cfg_free(&c);
+    ck_assert_int_eq(args(&c, err, "--tls-listen", "127.0.0.1:8443", NULL), -1);
+    ck_assert_str_eq(err, "--tls-listen: TLS termination is not available in this version");
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "tls-listen 127.0.0.1:8443\ntls-listen off\n", err), 0);
+    ck_assert_msg(cfg_validate(&c, err, sizeof(err)) == 0, "%s", err);
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_key_origin_file_flag_default)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN], buf[256];
+    const char *path = write_tmp("org.conf", "# c\nworkers 2\naccess-log /a\nworkers 3\n");
+    ck_assert_msg(args(&c, err, "-c", path, "--access-log", "/b", NULL) == 0, "%s", err);
+    ck_assert_int_eq(cfg_key_origin(&c, "workers", buf, sizeof(buf)), 1);
+    char want[256];
+    snprintf(want, sizeof(want), "%s:4: workers", path);   /* the last line that set it */
+    ck_assert_str_eq(buf, want);
+    ck_assert_int_eq(cfg_key_origin(&c, "access-log", buf, sizeof(buf)), 2);
+    ck_assert_str_eq(buf, "--access-log");
+    ck_assert_int_eq(cfg_key_origin(&c, "cap-page", buf, sizeof(buf)), 0);
+    ck_assert_str_eq(buf, "cap-page");
+    ck_assert_int_eq(cfg_key_origin(&c, "no-such-key", buf, sizeof(buf)), 0);
+    ck_assert_str_eq(buf, "no-such-key");
+    cfg_free(&c);
+    ck_assert_ptr_null(c.origin_file);
+    /* a fresh parse of text names the text's name */
+    ck_assert_int_eq(parse(&c, "\n\ncap-status 429\n", err), 0);
+    ck_assert_int_eq(cfg_key_origin(&c, "cap-status", buf, sizeof(buf)), 1);
+    ck_assert_str_eq(buf, "t.conf:3: cap-status");
+    cfg_free(&c);
+}
+END_TEST
+
+START_TEST(cfg_check_files_opens_logs_and_cap_page)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN], text[512], want[512], dir[128];
+    const char *p = write_tmp("existing.log", "kept\n");
+    char existing[128];
+    snprintf(existing, sizeof(existing), "%s", p);
+    p = write_tmp("cap.html", "<p>over</p>\n");
+    char cap[128];
+    snprintf(cap, sizeof(cap), "%s", p);
+    snprintf(dir, sizeof(dir), "%s", tmpdir);
+
+    /* good: an existing log is appended to, not truncated; a missing one is created */
+    snprintf(text, sizeof(text), "access-log %s\nerror-log %s/new-error.log\ncap-page %s\n", existing, dir, cap);
+    ck_assert_int_eq(parse(&c, text, err), 0);
+    ck_assert_msg(cfg_check_files(&c, err, sizeof(err)) == 0, "%s", err);
+    cfg_free(&c);
+    struct stat st;
+    ck_assert_int_eq(stat(existing, &st), 0);
+    ck_assert_int_eq((int)st.st_size, 5);
+    snprintf(text, sizeof(text), "%s/new-error.log", dir);
+    ck_assert_int_eq(stat(text, &st), 0);
+
+    /* "-" and off need no file; the defaults are fine */
+    ck_assert_int_eq(parse(&c, "access-log -\nerror-log -\n", err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), 0);
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "access-log /nonexistent/dir/a.log\naccess-log off\n", err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), 0);
+    cfg_free(&c);
+
+    /* bad: FILE:LINE, the key, the path and strerror */
+    ck_assert_int_eq(parse(&c, "workers 1\naccess-log /nonexistent/dir/a.log\n", err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:2: access-log: cannot open '/nonexistent/dir/a.log': No such file or directory");
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "\n\n\nerror-log /nonexistent/e.log\n", err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:4: error-log: cannot open '/nonexistent/e.log': No such file or directory");
+    cfg_free(&c);
+    ck_assert_int_eq(parse(&c, "cap-page /nonexistent.html\n", err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "t.conf:1: cap-page: cannot read '/nonexistent.html': No such file or directory");
+    cfg_free(&c);
+    snprintf(text, sizeof(text), "cap-page %s\n", dir);
+    ck_assert_int_eq(parse(&c, text, err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want), "t.conf:1: cap-page: cannot read '%s': Is a directory", dir);
+    ck_assert_str_eq(err, want);
+    cfg_free(&c);
+    snprintf(text, sizeof(text), "access-log %s\n", dir);
+    ck_assert_int_eq(parse(&c, text, err), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), -1);
+    snprintf(want, sizeof(want), "t.conf:1: access-log: cannot open '%s': Is a directory", dir);
+    ck_assert_str_eq(err, want);
+    cfg_free(&c);
+    /* a flag: named, no line */
+    ck_assert_int_eq(args(&c, err, "--error-log", "/nonexistent/e.log", NULL), 0);
+    ck_assert_int_eq(cfg_check_files(&c, err, sizeof(err)), -1);
+    ck_assert_str_eq(err, "--error-log: cannot open '/nonexistent/e.log': No such file or directory");
+    cfg_free(&c);
+}
+END_TEST
+
 /* ---- config: command line ---- */
 
 START_TEST(cfg_repeatable_keys_replace_then_append)
@@ -495,8 +645,10 @@ START_TEST(cfg_repeatable_keys_replace_then_append)
     const char *path = write_tmp("rep.conf",
         "listen 127.0.0.1:1\nlisten 127.0.0.1:2\nroute a.com=x:1\nroute b.com=y:2\n"
         "tls-listen 127.0.0.1:443\nworkers 3\nkey-prefix file:\n");
-    ck_assert_msg(args(&c, err, "-c", path, "--listen", "127.0.0.1:7", "--listen", "[::1]:8",
-                       "--route", "c.com=z:3", "--workers", "5", NULL) == 0, "%s", err);
+    /* The file's tls-listen stays, so validation refuses it (no TLS yet) after parsing all. */
+    ck_assert_int_eq(args(&c, err, "-c", path, "--listen", "127.0.0.1:7", "--listen", "[::1]:8",
+                          "--route", "c.com=z:3", "--workers", "5", NULL), -1);
+    ck_assert_msg(strstr(err, "rep.conf:5: tls-listen: TLS termination is not available") != NULL, "%s", err);
     ck_assert_str_eq(c.config_path, path);
     ck_assert_uint_eq(c.n_listen, 2);
     ck_assert_int_eq(c.listen[0].port, 7);
@@ -540,7 +692,7 @@ START_TEST(cfg_cli_errors)
         { "--redis", "redis://h", "--redis: 'redis://h': missing :port" },
         { "-c", "/nonexistent/tollgate.conf", "/nonexistent/tollgate.conf: cannot open:" },
         { "-c", "/tmp", "/tmp: is a directory" },
-        { "--listen", "127.0.0.1:9180", "admin-listen 127.0.0.1:9180 is also a proxy listener" },
+        { "--listen", "127.0.0.1:9180", "--listen: admin-listen 127.0.0.1:9180 is also a proxy listener" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_config c;
@@ -986,6 +1138,9 @@ Suite *config_suite(void)
     tcase_add_test(tc, cfg_redis_urls);
     tcase_add_test(tc, cfg_off_values);
     tcase_add_test(tc, cfg_validate_cross_field);
+    tcase_add_test(tc, cfg_validate_errors_name_the_line);
+    tcase_add_test(tc, cfg_key_origin_file_flag_default);
+    tcase_add_test(tc, cfg_check_files_opens_logs_and_cap_page);
     tcase_add_test(tc, cfg_repeatable_keys_replace_then_append);
     tcase_add_test(tc, cfg_cli_overrides_file_whatever_the_order);
     tcase_add_test(tc, cfg_cli_errors);
