@@ -15,7 +15,16 @@
  * Config generations are refcounted: SIGHUP parses the files again into a
  * new generation and hands it to every worker, which drops its reference to
  * the old one; in-flight requests read timeouts from their worker's current
- * generation.
+ * generation.  Listeners are bound once, from the first generation; a reload
+ * that changes listen or admin-listen is applied but warns that the change
+ * waits for a restart.
+ *
+ * SO_REUSEPORT would let a second tollgate (same user) bind an address this
+ * one listens on and take part of its traffic.  So, before binding an
+ * address the process does not already hold (at start, and for an address a
+ * reload adds), it is probed with a socket that has SO_REUSEADDR but not
+ * SO_REUSEPORT: that bind fails with EADDRINUSE when anyone listens there.
+ * Start-up then fails; a reload keeps the running configuration.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -85,6 +94,7 @@ struct server {
     int argc;
     char **argv;
     struct cfg_gen *gen;        /* current generation (main thread's reference) */
+    const struct tg_config *bound;  /* the generation whose addresses are bound (the first) */
 };
 
 static struct cfg_gen *gen_ref(struct cfg_gen *g)
@@ -124,23 +134,127 @@ void worker_conn_remove(struct worker *w)
 /* ---------------------------------------------------------------------- */
 /* Listening sockets                                                      */
 
+/* a as a socket address; the length, or 0 when the host is not a numeric address. */
+static socklen_t addr_sockaddr(const struct cfg_addr *a, struct sockaddr_storage *ss)
+{
+    memset(ss, 0, sizeof(*ss));
+    struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+    if (inet_pton(AF_INET, a->host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)a->port);
+        return sizeof(*s4);
+    }
+    if (inet_pton(AF_INET6, a->host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)a->port);
+        return sizeof(*s6);
+    }
+    return 0;
+}
+
+/* "127.0.0.1:8080" or "[::1]:8080" */
+static void addr_str(const struct cfg_addr *a, char *buf, size_t len)
+{
+    int v6 = strchr(a->host, ':') != NULL;
+    snprintf(buf, len, "%s%s%s:%d", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
+}
+
+/*
+ * Fails when a socket already listens on a (see the file header): binds a
+ * probe with SO_REUSEADDR (TIME_WAIT leftovers do not count) and without
+ * SO_REUSEPORT, then closes it.  what is the key for the message ("listen").
+ * 0 / -1 with err "listen 127.0.0.1:8080: address already in use".
+ */
+static int probe_address(const char *what, const struct cfg_addr *a, char *err, size_t errlen)
+{
+    struct sockaddr_storage ss;
+    char as[96];
+    socklen_t len = addr_sockaddr(a, &ss);
+    addr_str(a, as, sizeof(as));
+    if (len == 0) {
+        snprintf(err, errlen, "%s %s: not a numeric IPv4 or IPv6 address", what, as);
+        return -1;
+    }
+    int fd = socket(ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s %s: socket: %s", what, as, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)   /* as the listeners: [::]:P does not cover 0.0.0.0:P */
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    int rc = bind(fd, (struct sockaddr *)&ss, len);
+    int e = errno;
+    close(fd);
+    if (rc == 0)
+        return 0;
+    if (e == EADDRINUSE)
+        snprintf(err, errlen, "%s %s: address already in use", what, as);
+    else
+        snprintf(err, errlen, "%s %s: %s", what, as, strerror(e));
+    return -1;
+}
+
+/* Whether a listener of this process on held covers a (same port and family; same or wildcard host). */
+static int addr_covers(const struct cfg_addr *held, const struct cfg_addr *a)
+{
+    struct sockaddr_storage hs, as;
+    if (held->port != a->port || !addr_sockaddr(held, &hs) || !addr_sockaddr(a, &as) ||
+        hs.ss_family != as.ss_family)
+        return 0;
+    if (hs.ss_family == AF_INET) {
+        in_addr_t h = ((struct sockaddr_in *)&hs)->sin_addr.s_addr, x = ((struct sockaddr_in *)&as)->sin_addr.s_addr;
+        return h == x || h == htonl(INADDR_ANY) || x == htonl(INADDR_ANY);
+    }
+    const struct in6_addr *h6 = &((struct sockaddr_in6 *)&hs)->sin6_addr;
+    const struct in6_addr *x6 = &((struct sockaddr_in6 *)&as)->sin6_addr;
+    return IN6_ARE_ADDR_EQUAL(h6, x6) || IN6_IS_ADDR_UNSPECIFIED(h6) || IN6_IS_ADDR_UNSPECIFIED(x6);
+}
+
+/*
+ * Probes every address of cfg (listen and admin-listen) that held, the
+ * configuration whose addresses this process has bound (NULL at start),
+ * does not cover.  Sets *changed when the addresses differ from held's.
+ * 0 / -1 with err.
+ */
+static int probe_addresses(const struct tg_config *cfg, const struct tg_config *held, int *changed,
+                           char *err, size_t errlen)
+{
+    int diff = 0;
+    for (size_t i = 0; i < cfg->n_listen; i++) {
+        int covered = 0;
+        for (size_t j = 0; held && j < held->n_listen && !covered; j++)
+            covered = addr_covers(&held->listen[j], &cfg->listen[i]);
+        if (!held || !covered) {
+            diff = 1;
+            if (probe_address("listen", &cfg->listen[i], err, errlen) != 0)
+                return -1;
+        }
+    }
+    if (held && held->n_listen != cfg->n_listen)
+        diff = 1;
+    if (cfg->admin_listen.port != 0 &&
+        (!held || held->admin_listen.port != cfg->admin_listen.port ||
+         strcmp(held->admin_listen.host, cfg->admin_listen.host) != 0)) {
+        diff = 1;
+        if (probe_address("admin-listen", &cfg->admin_listen, err, errlen) != 0)
+            return -1;
+    }
+    if (held && cfg->admin_listen.port == 0 && held->admin_listen.port != 0)
+        diff = 1;
+    if (changed)
+        *changed = diff;
+    return 0;
+}
+
 /* Opens a non-blocking SO_REUSEPORT listening socket. -1 with err on failure. */
 static int listen_socket(const struct cfg_addr *a, double defer_s, char *err, size_t errlen)
 {
     struct sockaddr_storage ss;
-    socklen_t len;
-    memset(&ss, 0, sizeof(ss));
-    struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-    if (inet_pton(AF_INET, a->host, &s4->sin_addr) == 1) {
-        s4->sin_family = AF_INET;
-        s4->sin_port = htons((uint16_t)a->port);
-        len = sizeof(*s4);
-    } else if (inet_pton(AF_INET6, a->host, &s6->sin6_addr) == 1) {
-        s6->sin6_family = AF_INET6;
-        s6->sin6_port = htons((uint16_t)a->port);
-        len = sizeof(*s6);
-    } else {
+    socklen_t len = addr_sockaddr(a, &ss);
+    if (len == 0) {
         snprintf(err, errlen, "listen %s:%d: not a numeric IPv4 or IPv6 address", a->host, a->port);
         return -1;
     }
@@ -382,8 +496,13 @@ static void reload(struct server *s)
         return;
     cfg_defaults(&g->cfg);
     int rc = cfg_from_args(&g->cfg, s->argc, s->argv, err, sizeof(err));
+    int addrs_changed = 0;
     if (rc == 0)
         rc = cfg_validate(&g->cfg, err, sizeof(err));
+    if (rc == 0)
+        rc = cfg_check_files(&g->cfg, err, sizeof(err));
+    if (rc == 0)
+        rc = probe_addresses(&g->cfg, s->bound, &addrs_changed, err, sizeof(err));
     if (rc != 0) {
         log_err("%s: reload failed, keeping the running configuration: %s", __func__, err);
         cfg_free(&g->cfg);
@@ -394,6 +513,8 @@ static void reload(struct server *s)
     log_set_level(g->cfg.log_level);
     log_reopen();
     log_notice("%s: configuration reloaded", __func__);
+    if (addrs_changed)
+        log_warn("%s: listen and admin-listen changes take effect at the next restart", __func__);
     for (int i = 0; i < s->n_workers; i++)
         worker_post(&s->workers[i], g, 0, 0);
     gen_unref(s->gen);
@@ -456,15 +577,16 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
         gen_unref(s.gen);
         return 1;
     }
-    if (cfg->n_tls_listen > 0) {
-        /* The flag is in the contract; the TLS layer (tls/) is not built yet.
-         * Refuse rather than silently not listen. */
-        log_err("tollgate: tls-listen: TLS termination is not available in this version");
+    /* tls-listen was refused by cfg_validate() (no TLS layer yet).  Nothing
+     * is bound before every address has been probed. */
+    if (probe_addresses(cfg, NULL, NULL, err, sizeof(err)) != 0) {
+        log_err("tollgate: %s", err);
         meter_stop(m, 0);
         gen_unref(first);
         gen_unref(s.gen);
         return 1;
     }
+    s.bound = cfg;
     s.n_workers = cfg->workers;
     s.workers = calloc((size_t)s.n_workers, sizeof(*s.workers));
     s.base = event_base_new();
