@@ -790,7 +790,17 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
 enum {
     CS_SIZE,            /* chunk-size hex digits */
     CS_SIZE_WS,         /* BWS after the size, before ';' or CR */
-    CS_EXT,             /* chunk extensions up to CR */
+    CS_EXT,             /* chunk extensions up to CR (lenient: a backend's) */
+    /* strict chunk-ext (RFC 9112 §7.1.1): *( BWS ";" BWS name [ BWS "=" BWS value ] ) */
+    CS_X_NAME0,         /* after ';': BWS, then the name's first byte */
+    CS_X_NAME,          /* inside chunk-ext-name (token) */
+    CS_X_AFTER_NAME,    /* BWS after the name: '=' or ';' must follow */
+    CS_X_VAL0,          /* after '=': BWS, then a token or a quoted-string */
+    CS_X_TOKEN,         /* inside a token value */
+    CS_X_QS,            /* inside a quoted-string */
+    CS_X_QP,            /* after '\\' in a quoted-string */
+    CS_X_AFTER_VAL,     /* BWS after a value: ';' must follow */
+    CS_X_AFTER_QS,      /* right after the closing '"' */
     CS_SIZE_LF,         /* LF ending the size line */
     CS_DATA,            /* chunk-data */
     CS_DATA_CR,         /* CRLF after chunk-data */
@@ -809,6 +819,55 @@ void h1_chunked_init(struct h1_chunked *c)
     c->line_len = 0;
     c->saw_digit = 0;
     c->trailer = 0;
+    c->strict = 0;
+}
+
+void h1_chunked_init_strict(struct h1_chunked *c)
+{
+    h1_chunked_init(c);
+    c->strict = 1;
+}
+
+/* One byte of a strict chunk-ext; returns the next state, or -1. */
+static int chunk_ext_step(int state, unsigned char ch)
+{
+    int ows = ch == ' ' || ch == '\t';
+    switch (state) {
+    case CS_X_NAME0:
+        return ows ? CS_X_NAME0 : CLS(ch, C_TCHAR) ? CS_X_NAME : -1;
+    case CS_X_NAME:
+    case CS_X_TOKEN:
+        if (CLS(ch, C_TCHAR))
+            return state;
+        if (ch == ';')
+            return CS_X_NAME0;
+        if (ch == '\r')
+            return CS_SIZE_LF;
+        if (ch == '=' && state == CS_X_NAME)
+            return CS_X_VAL0;
+        return ows ? (state == CS_X_NAME ? CS_X_AFTER_NAME : CS_X_AFTER_VAL) : -1;
+    case CS_X_AFTER_NAME:
+        return ows ? state : ch == '=' ? CS_X_VAL0 : ch == ';' ? CS_X_NAME0 : -1;
+    case CS_X_VAL0:
+        return ows ? state : ch == '"' ? CS_X_QS : CLS(ch, C_TCHAR) ? CS_X_TOKEN : -1;
+    case CS_X_QS:
+        /* qdtext = HTAB / SP / %x21 / %x23-5B / %x5D-7E / obs-text */
+        if (ch == '"')
+            return CS_X_AFTER_QS;
+        if (ch == '\\')
+            return CS_X_QP;
+        return CLS(ch, C_FIELD) ? state : -1;
+    case CS_X_QP:
+        return CLS(ch, C_FIELD) ? CS_X_QS : -1;
+    case CS_X_AFTER_QS:
+        if (ch == '\r')
+            return CS_SIZE_LF;
+        return ch == ';' ? CS_X_NAME0 : ows ? CS_X_AFTER_VAL : -1;
+    case CS_X_AFTER_VAL:
+        return ows ? state : ch == ';' ? CS_X_NAME0 : -1;
+    default:
+        return -1;
+    }
 }
 
 ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *done)
@@ -856,7 +915,7 @@ ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *
                 c->state = CS_SIZE_LF;
                 break;
             } else if (ch == ';') {
-                c->state = CS_EXT;
+                c->state = c->strict ? CS_X_NAME0 : CS_EXT;
             } else if (ch == ' ' || ch == '\t') {
                 c->state = CS_SIZE_WS;
             } else {
@@ -866,17 +925,32 @@ ssize_t h1_chunked_feed(struct h1_chunked *c, const char *buf, size_t len, int *
                 return -400;
             break;
         case CS_SIZE_WS:
-            if (ch == '\r') {
-                c->state = CS_SIZE_LF;
+            if (ch == '\r' && !c->strict) {
+                c->state = CS_SIZE_LF;   /* "5 \r\n": padding some servers write */
                 break;
             }
             if (ch == ';')
-                c->state = CS_EXT;
+                c->state = c->strict ? CS_X_NAME0 : CS_EXT;
             else if (ch != ' ' && ch != '\t')
                 return -400;
             if (++c->line_len > H1_CHUNK_LINE_MAX)
                 return -400;
             break;
+        case CS_X_NAME0:
+        case CS_X_NAME:
+        case CS_X_AFTER_NAME:
+        case CS_X_VAL0:
+        case CS_X_TOKEN:
+        case CS_X_QS:
+        case CS_X_QP:
+        case CS_X_AFTER_VAL:
+        case CS_X_AFTER_QS: {
+            int next = chunk_ext_step(c->state, ch);
+            if (next < 0 || ++c->line_len > H1_CHUNK_LINE_MAX)
+                return -400;
+            c->state = next;
+            break;
+        }
         case CS_EXT: {
             /* chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ):
              * only checked for bytes legal in a field value; tight loop. */

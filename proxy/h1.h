@@ -134,6 +134,7 @@ struct h1_chunked {
     int saw_digit;             /* private: size digits so far; in a trailer line, colon seen */
     uint64_t trailer;          /* bytes of the trailer section consumed so far: what
                                   follows the last-chunk line, final CRLF included */
+    int strict;                /* private: see h1_chunked_init_strict() */
 };
 
 /* Most hex digits a chunk-size may have, leading zeros included: a size
@@ -141,6 +142,16 @@ struct h1_chunked {
 #define H1_CHUNK_SIZE_DIGITS 16
 
 void h1_chunked_init(struct h1_chunked *c);
+
+/*
+ * The same for a client's body, where framing bytes are forwarded as sent
+ * and must mean one thing to every parser behind: chunk extensions must
+ * follow RFC 9112 §7.1.1 exactly (";" name [ "=" token / quoted-string ],
+ * whitespace only around ";" and "="), and no whitespace may end a size
+ * line.  h1_chunked_init() stays lenient there, as nginx and HAProxy are
+ * with backends ("5 \r\n" padding, free-form extensions up to the CR).
+ */
+void h1_chunked_init_strict(struct h1_chunked *c);
 
 /*
  * Consumes up to len bytes of buf.  Returns the number consumed (>= 0);

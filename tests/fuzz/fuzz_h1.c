@@ -9,7 +9,8 @@
  *    the head, counts and flags are consistent;
  *  - h1_chunked_feed: consumed <= len, and feeding in two pieces (each in its
  *    own exact-size allocation, so ASan sees any over-read) gives the same
- *    outcome as feeding everything at once.
+ *    outcome as feeding everything at once; for the lenient (backend) and
+ *    the strict (client) tracker alike.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -106,11 +107,19 @@ static void fuzz_head_end(const char *buf, size_t len, size_t cut)
     }
 }
 
-static void fuzz_chunked(const char *buf, size_t len, size_t cut)
+static void chunked_init(struct h1_chunked *c, int strict)
+{
+    if (strict)
+        h1_chunked_init_strict(c);
+    else
+        h1_chunked_init(c);
+}
+
+static void fuzz_chunked(const char *buf, size_t len, size_t cut, int strict)
 {
     struct h1_chunked c;
     int done1 = 0, done2 = 0;
-    h1_chunked_init(&c);
+    chunked_init(&c, strict);
     ssize_t whole = h1_chunked_feed(&c, buf, len, &done1);
     check(whole == -400 || (whole >= 0 && (size_t)whole <= len));
     check(whole < 0 || done1 || (size_t)whole == len);
@@ -120,7 +129,7 @@ static void fuzz_chunked(const char *buf, size_t len, size_t cut)
     check(a && b);
     memcpy(a, buf, cut);
     memcpy(b, buf + cut, len - cut);
-    h1_chunked_init(&c);
+    chunked_init(&c, strict);
     ssize_t r1 = h1_chunked_feed(&c, a, cut, &done2), total;
     check(r1 == -400 || (r1 >= 0 && (size_t)r1 <= cut));
     if (r1 < 0) {
@@ -153,7 +162,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n)
 
     fuzz_head_end(buf, len, cut);
     fuzz_parsers(buf, len);
-    fuzz_chunked(buf, len, cut);
+    fuzz_chunked(buf, len, cut, 0);
+    fuzz_chunked(buf, len, cut, 1);
     free(buf);
     return 0;
 }

@@ -724,7 +724,7 @@ START_TEST(test_chunked_trailer_bytes_counted)
     struct h1_chunked c;
     int done;
     h1_chunked_init(&c);
-    ck_assert_int_eq(h1_chunked_feed(&c, "1\r\nx\r\n0\r\n\r\n", 13, &done), 13);
+    ck_assert_int_eq(h1_chunked_feed(&c, "1\r\nx\r\n0\r\n\r\n", 11, &done), 11);
     ck_assert_uint_eq(c.trailer, 2);
     /* a trailer section over 64 KiB is refused */
     static char big[70000];
@@ -736,6 +736,57 @@ START_TEST(test_chunked_trailer_bytes_counted)
         refused = h1_chunked_feed(&c, big, n, &done) == -400;
     }
     ck_assert(refused);
+}
+END_TEST
+
+/* Feeds s to a strict (request) tracker at every split; returns the
+ * verdict, asserting that it does not depend on the split. */
+static ssize_t chunked_strict_all(const char *s, int *done)
+{
+    size_t len = strlen(s);
+    ssize_t verdict = 0;
+    for (size_t cut = 0; cut <= len; cut++) {
+        struct h1_chunked c;
+        int d = 0;
+        h1_chunked_init_strict(&c);
+        ssize_t a = h1_chunked_feed(&c, s, cut, &d), r = a;
+        if (a >= 0 && !d) {
+            ssize_t b = h1_chunked_feed(&c, s + a, len - (size_t)a, &d);
+            r = b < 0 ? b : a + b;
+        }
+        if (cut == 0) {
+            verdict = r;
+            *done = d;
+        }
+        ck_assert_msg(r == verdict, "'%s' split at %zu: %zd, whole: %zd", s, cut, r, verdict);
+    }
+    return verdict;
+}
+
+START_TEST(test_chunked_request_extensions_strict)
+{
+    /* RFC 9112 §7.1.1: chunk-ext = *( BWS ";" BWS name [ BWS "=" BWS value ] ),
+     * value = token / quoted-string.  A client's framing is forwarded as
+     * sent: every parser behind must read it one way. */
+    const char *ok[] = { "5;a\r\nhello\r\n0\r\n\r\n", "5 ; a = b\r\nhello\r\n0\r\n\r\n",
+                         "5;a=b;c;d=\"x y;\\\"z\"\r\nhello\r\n0\r\n\r\n", "5\t;\ta\r\nhello\r\n0;last=1\r\n\r\n",
+                         "5;a=\"\"\r\nhello\r\n0\r\n\r\n" };
+    const char *bad[] = { "5 \r\nhello\r\n0\r\n\r\n", "5;\r\nhello\r\n0\r\n\r\n",
+                          "5;a \r\nhello\r\n0\r\n\r\n", "5;a=\r\nhello\r\n0\r\n\r\n",
+                          "5;a=b c\r\nhello\r\n0\r\n\r\n", "5;=b\r\nhello\r\n0\r\n\r\n",
+                          "5;a=\"b\r\nhello\r\n0\r\n\r\n", "5;a=\"b\"c\r\nhello\r\n0\r\n\r\n",
+                          "5;a=b=c\r\nhello\r\n0\r\n\r\n", "5;a@b\r\nhello\r\n0\r\n\r\n",
+                          "5;a=\"\x01\"\r\nhello\r\n0\r\n\r\n", "5;a;\r\nhello\r\n0\r\n\r\n" };
+    int done;
+    for (size_t i = 0; i < sizeof(ok) / sizeof(ok[0]); i++) {
+        ck_assert_msg(chunked_strict_all(ok[i], &done) == (ssize_t)strlen(ok[i]), "refused '%s'", ok[i]);
+        ck_assert_int_eq(done, 1);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        ck_assert_msg(chunked_strict_all(bad[i], &done) == -400, "accepted '%s'", bad[i]);
+    /* a backend's framing stays lenient, as in nginx and HAProxy */
+    ck_assert_int_eq(chunked_all("5 \r\nhello\r\n0\r\n\r\n", 16, &done), 16);
+    ck_assert_int_eq(chunked_all("5;\r\nhello\r\n0\r\n\r\n", 16, &done), 16);
 }
 END_TEST
 
@@ -982,6 +1033,7 @@ Suite *h1_suite(void)
     tcase_add_test(tc, test_chunked_request_every_split);
     tcase_add_test(tc, test_chunked_bulk_data);
     tcase_add_test(tc, test_chunked_trailer_invalid_400);
+    tcase_add_test(tc, test_chunked_request_extensions_strict);
     tcase_add_test(tc, test_chunked_size_digits_limited);
     tcase_add_test(tc, test_chunked_trailer_bytes_counted);
     tcase_add_test(tc, test_scanners_agree_with_the_rules_at_every_offset);
