@@ -55,6 +55,7 @@
 #include "proxy/server.h"
 #include "proxy/splice.h"
 #include "proxy/upstream.h"
+#include "routing/host.h"
 #include "routing/meter.h"
 #include "routing/route.h"
 
@@ -147,8 +148,8 @@ struct req {
     struct timeval up_start;        /* access log: the last backend attempt began */
     struct timeval up_head;         /* access log: its response head came (unset: none) */
     char method[16];
-    char host[96];
-    char path[192];
+    char host[HOST_MAX + 8];        /* the Host value as sent (":port" included) */
+    char path[192];                 /* the target as sent, cut for the access log */
     char tenant[129];               /* up to 128 bytes (docs/redis-schema.md) */
 };
 
@@ -348,6 +349,26 @@ static void peer_str(const struct conn *c, char *buf, size_t cap)
         copy_str(buf, cap, "-", 1);
 }
 
+/* Copies s into out (outlen >= 4 * strlen(s) + 1 never cuts) with '"', '\\'
+ * and bytes outside 0x20..0x7e written as \xHH. */
+static void log_escape(const char *s, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    size_t o = 0;
+    for (; *s && o + 5 <= outlen; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') {
+            out[o++] = '\\';
+            out[o++] = 'x';
+            out[o++] = hex[ch >> 4];
+            out[o++] = hex[ch & 15];
+        } else {
+            out[o++] = (char)ch;
+        }
+    }
+    out[o] = '\0';
+}
+
 static void log_request(struct conn *c, struct req *r)
 {
     struct tg_metrics *m = worker_metrics(c->w);
@@ -365,14 +386,21 @@ static void log_request(struct conn *c, struct req *r)
         evutil_timersub(&r->up_head, &r->up_start, &u);
         snprintf(up, sizeof(up), "%.3f", tv_s(u));
     }
-    char ip[INET6_ADDRSTRLEN], ts[32], line[1024];
+    char ip[INET6_ADDRSTRLEN], ts[32], host[HOST_MAX + 1], path[4 * sizeof(r->path)], line[2048];
     struct tm tm;
     time_t t = now.tv_sec;
     gmtime_r(&t, &tm);
     strftime(ts, sizeof(ts), "%Y-%m-%dT%H:%M:%SZ", &tm);
     peer_str(c, ip, sizeof(ip));
+    /* The host as routed (lower case, no port), so that one site's lines
+     * carry one name; the target with '"', '\\' and bytes outside printable
+     * ASCII as \xHH, as nginx writes them, so that the quoted field stays
+     * one field. */
+    if (!r->host[0] || host_normalise(r->host, strlen(r->host), host) < 0)
+        snprintf(host, sizeof(host), "-");
+    log_escape(r->path[0] ? r->path : "-", path, sizeof(path));
     int n = snprintf(line, sizeof(line), "%s %s %s \"%s %s\" %d %llu %llu %s %.3f %s %s%s\n", ts, ip,
-                     r->host[0] ? r->host : "-", r->method[0] ? r->method : "-", r->path[0] ? r->path : "-",
+                     host, r->method[0] ? r->method : "-", path,
                      r->status, (unsigned long long)r->bytes_in, (unsigned long long)r->bytes_out,
                      r->target.name[0] ? r->target.name : "-", tv_s(d),
                      r->tenant[0] ? r->tenant : "-", up, (r->flags & RF_CUT) ? " cut" : "");
@@ -461,6 +489,25 @@ static const char *reason_of(int status)
 static void respond_body(struct conn *c, int status, const char *body, size_t blen, const char *extra,
                          int close_after);
 
+/* The current time as an IMF-fixdate (RFC 9110 §5.6.7), made once a second per thread. */
+static const char *http_date(void)
+{
+    static __thread time_t made = -1;
+    static __thread char buf[40];
+    time_t now = time(NULL);
+    if (now != made) {
+        static const char days[7][4] = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+        static const char months[12][4] = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+        struct tm tm;
+        gmtime_r(&now, &tm);
+        snprintf(buf, sizeof(buf), "%s, %02d %s %04d %02d:%02d:%02d GMT", days[tm.tm_wday % 7],
+                 tm.tm_mday, months[tm.tm_mon % 12], tm.tm_year + 1900, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        made = now;
+    }
+    return buf;
+}
+
 static void respond_local(struct conn *c, int status, const char *detail, const char *extra, int close_after)
 {
     char body[512];
@@ -493,9 +540,9 @@ static void respond_body(struct conn *c, int status, const char *body, size_t bl
         c->flags |= CF_CLOSE_AFTER;
     int http10 = r && (r->flags & RF_HTTP10);
     evbuffer_add_printf(out,
-                        "HTTP/1.%d %d %s\r\nContent-Type: text/html; charset=utf-8\r\n"
+                        "HTTP/1.%d %d %s\r\nDate: %s\r\nContent-Type: text/html; charset=utf-8\r\n"
                         "Content-Length: %zu\r\nCache-Control: no-store\r\n%s%s\r\n",
-                        http10 ? 0 : 1, status, reason, blen, extra ? extra : "",
+                        http10 ? 0 : 1, status, reason, http_date(), blen, extra ? extra : "",
                         close_after ? "Connection: close\r\n" : (http10 ? "Connection: keep-alive\r\n" : ""));
     if (!(r && (r->flags & RF_METHOD_HEAD)))
         evbuffer_add(out, body, blen);
@@ -575,6 +622,44 @@ static const struct h1_request *reparse_head(struct conn *c)
 
 static void route_done(void *arg, const struct route_result *res);
 static void admit(struct conn *c);
+
+/*
+ * 308 to the same URL over https: the Host without its port (the https URL
+ * has the default one) and the whole path and query as sent (of an
+ * absolute-form target, the part after the authority).
+ */
+static void redirect_https(struct conn *c)
+{
+    const struct h1_request *rq = reparse_head(c);
+    if (!rq) {
+        respond_local(c, 400, NULL, NULL, 1);
+        return;
+    }
+    size_t hl = rq->host.len;
+    for (size_t i = hl; i > 0; i--) {
+        if (rq->host.p[i - 1] == ']')
+            break;
+        if (rq->host.p[i - 1] == ':') {
+            hl = i - 1;
+            break;
+        }
+    }
+    const char *pq = "/";
+    size_t pql = 1;
+    if (rq->path.len) {
+        pq = rq->path.p;
+        pql = (size_t)(rq->target.p + rq->target.len - pq);
+    }
+    size_t cap = hl + pql + 32;
+    char *loc = malloc(cap);
+    if (!loc) {
+        conn_close(c);
+        return;
+    }
+    snprintf(loc, cap, "Location: https://%.*s%.*s\r\n", (int)hl, rq->host.p, (int)pql, pq);
+    respond_local(c, 308, "This site is served over HTTPS.", loc, 0);
+    free(loc);
+}
 
 /*
  * Looks for a complete request head in the client input and starts the
@@ -666,7 +751,7 @@ static void conn_process(struct conn *c)
         r->flags |= RF_UPGRADE;
     if (rq->flags & H1_F_CHUNKED) {
         r->req_mode = BODY_CHUNKED;
-        h1_chunked_init(&r->req_chunk);
+        h1_chunked_init_strict(&r->req_chunk);
         r->flags |= RF_HAS_BODY;
     } else if ((rq->flags & H1_F_HAS_CL) && rq->content_length > 0) {
         r->req_mode = BODY_LENGTH;
@@ -703,7 +788,9 @@ static void route_done(void *arg, const struct route_result *res)
         break;
     case ROUTE_BAD_HOST:
         worker_metrics(c->w)->bad_requests++;
-        respond_local(c, 400, "The Host header is not a valid host name.", NULL, 1);
+        respond_local(c, 400, r->host[0] ? "The Host header is not a valid host name."
+                                         : "The request has no Host header: tollgate routes by host name.",
+                      NULL, 1);
         return;
     case ROUTE_NOT_FOUND:
         respond_local(c, 404, "No site is configured for this host name.", NULL, 0);
@@ -807,14 +894,7 @@ static void admit(struct conn *c)
         }
     }
     if (r->redirect_https) {
-        /* The https URL has the default port: drop any :port of the Host. */
-        char loc[512];
-        size_t hl = strlen(r->host);
-        const char *colon = strrchr(r->host, ':');
-        if (colon && !strchr(colon, ']'))
-            hl = (size_t)(colon - r->host);
-        snprintf(loc, sizeof(loc), "Location: https://%.*s%s\r\n", (int)hl, r->host, r->path);
-        respond_local(c, 308, "This site is served over HTTPS.", loc, 0);
+        redirect_https(c);
         return;
     }
     start_upstream(c);

@@ -298,3 +298,15 @@ def test_static_route_without_redis_one_command():
         finally:
             p.terminate()
             p.wait(10)
+
+
+def test_access_log_escapes_quotes_and_names_the_routed_host():
+    """A '"' in the target would end the quoted request field early: it is
+    written \\x22 (and '\\' as \\x5C), as nginx does.  The host field is the
+    host as routed (lower case, no port), so one site's lines carry one name."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        resp = raw(tg.port, b'GET /a"b\\c HTTP/1.1\r\nHost: APP.test:8080\r\nConnection: close\r\n\r\n')
+        assert resp.startswith(b"HTTP/1.1 "), resp[:100]
+        line = wait_until(lambda: tg.access_log_lines(), 3, "an access log line")[-1]
+        assert ' app.test "GET /a\\x22b\\x5Cc" ' in line, line
+        assert line.count('"') == 2, line

@@ -296,3 +296,29 @@ def test_a_chunk_size_longer_than_16_digits_is_refused():
                                b"00000000000000001\r\nA\r\n0\r\n\r\n", wait=0.5)
         assert out.startswith(b"HTTP/1.1 400"), out[:200]
         assert all(b"\r\nA\r\n" not in g for g in got), got
+
+
+def test_request_chunk_lines_follow_the_grammar_exactly():
+    """A client's chunk lines are forwarded as sent, so each must mean one
+    thing to every parser behind (RFC 9112 §7.1.1): whitespace ending a size
+    line, an empty extension name or a broken quoted-string are 400; a
+    well-formed extension crosses.  A backend's padding ("5 ") is accepted,
+    as nginx and HAProxy accept it."""
+    for line, ok in ((b"5 ", False), (b"5;", False), (b"5;a=\"b", False), (b"5;a b", False),
+                     (b"5 ; a=b ; q=\"x;y\"", True)):
+        got = []
+        with RawBackend(_body_backend(got)) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+            out = _client(tg.port, b"POST /up HTTP/1.1\r\nHost: app.test\r\nTransfer-Encoding: chunked\r\n\r\n"
+                                   + line + b"\r\nhello\r\n0\r\n\r\n", wait=0.5)
+            if ok:
+                assert out.startswith(b"HTTP/1.1 200"), (line, out[:200])
+                assert got and got[0].endswith(line + b"\r\nhello\r\n0\r\n\r\n"), (line, got)
+            else:
+                assert out.startswith(b"HTTP/1.1 400"), (line, out[:200])
+                assert all(b"hello" not in g for g in got), (line, got)
+
+    def padded(n, k, head):
+        return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5 \r\nhello\r\n0\r\n\r\n"
+    with ScriptBackend(padded) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"5 \r\nhello\r\n0\r\n\r\n"), out

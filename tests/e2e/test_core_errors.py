@@ -2,6 +2,8 @@
 refused or reset before the response 502, backend timeout 504, each a small
 clear page; a backend failing mid-response cuts the client connection."""
 
+import email.utils
+import re
 import socket
 import time
 
@@ -18,6 +20,12 @@ def check_page(status, headers, body, code):
     assert str(code).encode() in body, body
     assert headers.get("content-type", "").startswith("text/"), headers
     assert int(headers.get("content-length", len(body))) == len(body)
+    # RFC 9110 §6.6.1: an origin with a clock sends Date (tollgate is the
+    # origin of its own pages); an IMF-fixdate of about now
+    date = headers.get("date", "")
+    t = email.utils.parsedate_to_datetime(date).timestamp() if date else 0
+    assert re.fullmatch(r"\w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d GMT", date) and abs(t - time.time()) < 5, \
+        headers
 
 
 def test_unknown_host_404():
@@ -183,3 +191,14 @@ def test_expect_100_continue_to_unknown_host():
                    b"Expect: 100-continue\r\n\r\n")
             r = c.read_response(skip_1xx=False)
             assert r.status == 404, r
+
+
+def test_http10_request_without_host_is_told_so():
+    """HTTP/1.0 may omit Host; tollgate routes by host name, so it answers 400
+    saying the Host is missing (not that it is malformed)."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+        resp = raw(tg.port, b"GET /a HTTP/1.0\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.0 400"), resp[:100]
+        assert b"no Host header" in resp, resp
+        resp = raw(tg.port, b"GET /a HTTP/1.0\r\nHost: a..b\r\n\r\n")
+        assert resp.startswith(b"HTTP/1.0 400") and b"not a valid host name" in resp, resp

@@ -449,3 +449,24 @@ def test_a_128_byte_tenant_id_is_logged_whole():
         line = wait_until(lambda: [l for l in tg.access_log_lines() if "long.example.test" in l], 3,
                           "the access log line")[0]
         assert line.split()[10] == tenant, line
+
+
+def test_redirect_https_keeps_the_whole_target_and_drops_the_port():
+    """redirect_https answers 308 to https://<host><path and query>: the
+    port of the Host goes (the https URL has the default one), the target
+    comes whole however long (it was cut at 191 bytes, the host at 95), and
+    of an absolute-form target only the part after the authority is kept."""
+    long_label = "l" * 60
+    host = ".".join([long_label] * 3) + ".test"      # 188 bytes
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        domain(r, host, "t1", b1.addr, redirect_https=1)
+        path = "/" + "p" * 400 + "?q=" + "v" * 300
+        resp = raw(tg.port, ("GET %s HTTP/1.1\r\nHost: %s:8080\r\nConnection: close\r\n\r\n"
+                             % (path, host.upper())).encode())
+        assert resp.startswith(b"HTTP/1.1 308"), resp[:200]
+        loc = [l for l in resp.split(b"\r\n") if l.lower().startswith(b"location:")]
+        assert loc == [("Location: https://%s%s" % (host.upper(), path)).encode()], loc
+        resp = raw(tg.port, ("GET http://%s/a/b?c=d HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                             % (host, host)).encode())
+        assert resp.startswith(b"HTTP/1.1 308"), resp[:200]
+        assert ("\r\nLocation: https://%s/a/b?c=d\r\n" % host).encode() in resp, resp[:400]
