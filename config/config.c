@@ -19,7 +19,9 @@
  * comment; blank lines and CR before LF are ignored.
  *
  * Errors are "FILE:LINE: key: message" for the file and "--key: message" for
- * the command line.  On error the struct may hold part of the new values; the
+ * the command line.  The parsers also record where each key was last set
+ * (origin_line[]), so that cfg_validate() and cfg_check_files(), which run
+ * after parsing, can still name the line or the flag.  On error the struct may hold part of the new values; the
  * caller still owns it and must cfg_free() it.
  *
  * Thread-safety: cfg_from_args uses getopt_long, whose state is global; call

@@ -100,7 +100,12 @@ int cfg_from_args(struct tg_config *cfg, int argc, char **argv, char *err, size_
 int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, size_t len,
                    char *err, size_t errlen);
 
-/* Checks cross-field rules (ranges, at least one listener, parseable routes). */
+/*
+ * Checks cross-field rules (ranges, at least one listener, parseable routes)
+ * and refuses tls-listen while there is no TLS layer.  An error about keys
+ * set in the config file starts "FILE:LINE: " (of the key set last), one
+ * about a flag "--key: ".
+ */
 int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen);
 
 /*
