@@ -644,19 +644,27 @@ static void redirect_https(struct conn *c)
             break;
         }
     }
-    const char *pq = "/";
-    size_t pql = 1;
-    if (rq->path.len) {
+    /* The path and query as sent.  An absolute-form target without a path
+     * ("http://h" or "http://h?q") has a path that is not in the target
+     * (the parser's "/"): then "/" and the query, if any. */
+    const char *tend = rq->target.p + rq->target.len, *pq;
+    const char *slash = "";
+    if (rq->path.len && rq->path.p >= rq->target.p && rq->path.p < tend) {
         pq = rq->path.p;
-        pql = (size_t)(rq->target.p + rq->target.len - pq);
+    } else {
+        slash = "/";
+        pq = memchr(rq->target.p, '?', rq->target.len);
+        if (!pq)
+            pq = tend;
     }
+    size_t pql = (size_t)(tend - pq);
     size_t cap = hl + pql + 32;
     char *loc = malloc(cap);
     if (!loc) {
         conn_close(c);
         return;
     }
-    snprintf(loc, cap, "Location: https://%.*s%.*s\r\n", (int)hl, rq->host.p, (int)pql, pq);
+    snprintf(loc, cap, "Location: https://%.*s%s%.*s\r\n", (int)hl, rq->host.p, slash, (int)pql, pq);
     respond_local(c, 308, "This site is served over HTTPS.", loc, 0);
     free(loc);
 }

@@ -224,11 +224,17 @@ static int probe_addresses(const struct tg_config *cfg, const struct tg_config *
 {
     int diff = 0;
     for (size_t i = 0; i < cfg->n_listen; i++) {
-        int covered = 0;
-        for (size_t j = 0; held && j < held->n_listen && !covered; j++)
-            covered = addr_covers(&held->listen[j], &cfg->listen[i]);
-        if (!held || !covered) {
+        /* "covered" decides the probe (a held wildcard listener covers its
+         * port); "same" decides whether the listeners change at all. */
+        int covered = 0, same = 0;
+        for (size_t j = 0; held && j < held->n_listen; j++) {
+            covered |= addr_covers(&held->listen[j], &cfg->listen[i]);
+            same |= held->listen[j].port == cfg->listen[i].port &&
+                    strcmp(held->listen[j].host, cfg->listen[i].host) == 0;
+        }
+        if (!same)
             diff = 1;
+        if (!held || !covered) {
             if (probe_address("listen", &cfg->listen[i], err, errlen) != 0)
                 return -1;
         }

@@ -217,3 +217,24 @@ def test_reload_refuses_unreadable_cap_page():
                    "'/nonexistent.html': No such file or directory" % tg.config_path
             wait_until(lambda: want in tg.log_text(), scale(5), "the reload error in the log")
             assert http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b1"
+
+
+def test_reload_changing_a_listen_address_says_it_needs_a_restart():
+    """Listeners are bound at start only: a reload that changes one (here
+    127.0.0.1:P to 0.0.0.0:P, which the running listener's port covers)
+    says in the log that it takes effect at the next restart; a reload that
+    keeps the addresses says nothing of the kind."""
+    with Backend("b1") as b1, Backend("b2") as b2:
+        port = free_port()
+        with Tollgate(config="listen 127.0.0.1:%d\nroute app.test=%s\n" % (port, b1.addr), listen=False) as tg:
+            tg.port = port
+            wait_port(port, scale(5))
+            tg.write_config("listen 127.0.0.1:%d\nroute app.test=%s\n" % (port, b2.addr))
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2", scale(5),
+                       "the first reload applied")
+            assert "next restart" not in tg.log_text(), tg.log_text()[-2000:]
+            tg.write_config("listen 0.0.0.0:%d\nroute app.test=%s\n" % (port, b1.addr))
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: "take effect at the next restart" in tg.log_text(), scale(5),
+                       "the restart warning in the log")

@@ -470,3 +470,9 @@ def test_redirect_https_keeps_the_whole_target_and_drops_the_port():
                              % (host, host)).encode())
         assert resp.startswith(b"HTTP/1.1 308"), resp[:200]
         assert ("\r\nLocation: https://%s/a/b?c=d\r\n" % host).encode() in resp, resp[:400]
+        # an absolute-form target without a path: "/" and the query
+        for target, want in (("http://%s" % host, "/"), ("http://%s?x=1" % host, "/?x=1")):
+            resp = raw(tg.port, ("GET %s HTTP/1.1\r\nHost: %s\r\nConnection: close\r\n\r\n"
+                                 % (target, host)).encode())
+            assert resp.startswith(b"HTTP/1.1 308"), (target, resp[:200])
+            assert ("\r\nLocation: https://%s%s\r\n" % (host, want)).encode() in resp, (target, resp[:400])
