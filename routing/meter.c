@@ -919,8 +919,18 @@ void meter_tenant_put(struct meter_tenant *t)
         return;
     if (--t->refs == 0 && t->rsv_open) {
         struct meter_gt *g = t->g;
-        if (t->rsv_epoch == atomic_load_explicit(&g->epoch, RELAXED))
-            atomic_fetch_add_explicit(&g->avail, (int64_t)t->rsv_open, RELAXED);
+        /* The flusher starts a new month's lease with epoch++ and then
+         * avail = 0 (gt_lease_reset).  An add that lands after that store
+         * would give the old month's bytes to the new month; such an add
+         * sees the new epoch when it looks again, and takes them back.  An
+         * add the store wiped may be taken back too: the new month then
+         * holds a little less than it was granted (under-serving, never
+         * overshoot).  Sequentially consistent: a rare path. */
+        if (t->rsv_epoch == atomic_load(&g->epoch)) {
+            atomic_fetch_add(&g->avail, (int64_t)t->rsv_open);
+            if (atomic_load(&g->epoch) != t->rsv_epoch)
+                atomic_fetch_sub(&g->avail, (int64_t)t->rsv_open);
+        }
         t->rsv_open = 0;
     }
 }
@@ -1405,8 +1415,9 @@ static void gt_set_low_water(struct meter *m, struct meter_gt *g)
 static void gt_lease_reset(struct meter *m, struct meter_gt *g, int month)
 {
     int64_t cap = atomic_load_explicit(&g->cap, RELAXED);
-    atomic_fetch_add_explicit(&g->epoch, 1, RELAXED);
-    atomic_store_explicit(&g->avail, 0, RELAXED);
+    /* epoch first, then avail: see meter_tenant_put(). */
+    atomic_fetch_add(&g->epoch, 1);
+    atomic_store(&g->avail, 0);
     atomic_store_explicit(&g->over, 0, RELAXED);
     g->granted = 0;
     g->acked_rsv = 0;
