@@ -351,10 +351,25 @@ static int check_redis_url(const char *u, char *msg, size_t msglen)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f)
             return fail(msg, msglen, "%s: spaces and control characters are not allowed", q);
     if (strncmp(u, "unix://", 7) == 0) {
-        if (u[7] != '/' || u[8] == '\0')
-            return fail(msg, msglen, "%s: expected unix:///absolute/path", q);
-        if (strlen(u + 7) >= 108)  /* sizeof(sun_path) */
+        /* unix://[:password@]/absolute/path[?db=N] (routing/redis.c reads it) */
+        const char *path = u + 7, *qm = strchr(path, '?');
+        const char *pend = qm ? qm : path + strlen(path);
+        if (*path != '/') {
+            at = strstr(path, "@/");
+            if (!at || at >= pend)
+                return fail(msg, msglen, "%s: expected unix://[:password@]/absolute/path[?db=N]", q);
+            if (path[0] != ':')
+                return fail(msg, msglen, "%s: user names are not supported, write unix://:password@/path", q);
+            if (at == path + 1)
+                return fail(msg, msglen, "%s: empty password", q);
+            path = at + 1;
+        }
+        if (pend - path < 2)
+            return fail(msg, msglen, "%s: expected unix://[:password@]/absolute/path[?db=N]", q);
+        if (pend - path >= 108)  /* sizeof(sun_path) */
             return fail(msg, msglen, "%s: socket path too long", q);
+        if (qm && (strncmp(qm + 1, "db=", 3) != 0 || !all_digits(qm + 4, strlen(qm + 4)) || strlen(qm + 4) > 9))
+            return fail(msg, msglen, "%s: only ?db=N (a number) may follow the socket path", q);
         return 0;
     }
     if (strncmp(u, "redis://", 8) != 0)

@@ -377,7 +377,14 @@ START_TEST(cfg_errors_carry_file_and_line)
         { "redis redis://:@h:1\n", "t.conf:1: redis: 'redis://:@h:1': empty password" },
         { "redis redis://h:1/x\n", "t.conf:1: redis: 'redis://h:1/x': database must be a number" },
         { "redis redis://[::1:6379\n", "t.conf:1: redis: 'redis://[::1:6379': invalid IPv6 host" },
-        { "redis unix://relative.sock\n", "t.conf:1: redis: 'unix://relative.sock': expected unix:///absolute/path" },
+        { "redis unix://relative.sock\n",
+          "t.conf:1: redis: 'unix://relative.sock': expected unix://[:password@]/absolute/path[?db=N]" },
+        { "redis unix://u:pw@/r.sock\n", "t.conf:1: redis: 'unix://u:pw@/r.sock': user names are not supported" },
+        { "redis unix://:@/r.sock\n", "t.conf:1: redis: 'unix://:@/r.sock': empty password" },
+        { "redis unix:///r.sock?db=x\n", "t.conf:1: redis: 'unix:///r.sock?db=x': only ?db=N" },
+        { "redis unix:///r.sock?d\n", "t.conf:1: redis: 'unix:///r.sock?d': only ?db=N" },
+        { "redis unix:///r.sock?db=\n", "t.conf:1: redis: 'unix:///r.sock?db=': only ?db=N" },
+        { "redis unix://:pw@/\n", "t.conf:1: redis: 'unix://:pw@/': expected unix://" },
         { "key-prefix a b\n", "t.conf:1: key-prefix: 'a b': up to 64 characters" },
         { "config other.conf\n", "t.conf:1: config: only valid on the command line" },
         { "check-config 1\n", "t.conf:1: check-config: only valid on the command line" },
@@ -429,7 +436,8 @@ END_TEST
 START_TEST(cfg_redis_urls)
 {
     static const char *good[] = { "redis://127.0.0.1:6379", "redis://localhost:6379/0",
-        "redis://:p@ss:w/rd@redis.internal:6379/15", "redis://[::1]:6379", "unix:///run/redis.sock" };
+        "redis://:p@ss:w/rd@redis.internal:6379/15", "redis://[::1]:6379", "unix:///run/redis.sock",
+        "unix://:p%40ss%3Aw%2Frd@/run/redis.sock?db=2", "unix:///run/redis.sock?db=15", "unix://:p@ss@/r.sock" };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         struct tg_config c;
         char err[CFG_ERRLEN], line[256];
