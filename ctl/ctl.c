@@ -661,6 +661,15 @@ static size_t list_read_or_die(const char *key, char ***out, int code, const cha
 /* Pushes line at the head (first) or the tail of the list; returns the new length. */
 static long long list_push(const char *key, const char *line, int first)
 {
+    /* tollgate reads the first MATCH_MAX_RULES elements only: one more
+     * would be ignored (appended) or push the last one out (--first),
+     * with no word from the proxy. */
+    struct redis_reply *n = CMD("LLEN", key);
+    long long have = redis_reply_int(n);
+    redis_sync_reply_free(n);
+    if (have >= MATCH_MAX_RULES)
+        die(CTL_EXIT_USAGE, "%s already holds %lld entries, the most tollgate reads (%d): remove one first",
+            key, have, MATCH_MAX_RULES);
     struct redis_reply *r = CMD(first ? "LPUSH" : "RPUSH", key, line);
     long long len = redis_reply_int(r);
     redis_sync_reply_free(r);

@@ -374,3 +374,21 @@ def test_ctl_show_agrees_with_the_proxy():
             assert rc == 3
             status, _, _ = http(tg.port, "GET", "/", "unknown.example")
             assert status == 404
+
+
+def test_ctl_refuses_a_pattern_or_path_rule_past_what_tollgate_reads():
+    """tollgate reads the first 1,024 entries of tg:patterns and of a host's
+    path rules: a 1,025th would be ignored without a word (or, with --first,
+    push the last one out), so tollgate-ctl refuses it and says why."""
+    with Redis() as r:
+        for key in ("tg:patterns", "tg:paths:app.test"):
+            for i in range(0, 1024, 256):
+                r.cmd("RPUSH", key, *["^h%d\\.test$ t 127.0.0.1:1" % j if key == "tg:patterns"
+                                      else "/p%d 127.0.0.1:1" % j for j in range(i, i + 256)])
+        for args in (("pattern", "add", "^late\\.test$", "t", "127.0.0.1:2"),
+                     ("pattern", "add", "^late\\.test$", "t", "127.0.0.1:2", "--first"),
+                     ("path", "add", "app.test", "/late", "127.0.0.1:2")):
+            rc, out, err = ctl(r.url, *args)
+            assert rc == 2 and "the most tollgate reads (1024)" in err, (args, rc, out, err)
+        assert int(r.cmd("LLEN", "tg:patterns")) == 1024
+        assert int(r.cmd("LLEN", "tg:paths:app.test")) == 1024
