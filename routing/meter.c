@@ -108,6 +108,9 @@ struct meter_gt {
     double last_lease;
     int64_t rate_prev_consumed;
     double rate;                  /* reserved bytes/s, smoothed */
+    struct meter_gt *pol_next;    /* m->polq: uncapped, active, policy to poll */
+    int on_pol;
+    int pol_inflight;             /* an HMGET of its policy hash is on its way */
 };
 
 /* A worker's handle on a tenant. */
@@ -202,6 +205,7 @@ struct meter {
     struct meter_batch *queue, *queue_tail;
     uint64_t next_seq;
     struct meter_gt *capped;
+    struct meter_gt *polq;        /* uncapped tenants active in the interval */
 
     /* Stats for /metrics. */
     _Atomic uint64_t st_flush_ok, st_flush_err, st_flush_dup, st_lease_req, st_lease_err,
@@ -258,7 +262,15 @@ static const char flush_lua[] =
  * usage and no longer held.  (KEYS[3], ARGV[9], ARGV[10] are optional.)
  * remaining = cap - usage - held(others, unexpired) - held(self);
  * slice = min(max(min_slice, remaining / (k * active)), want, remaining).
- * Returns {slice, remaining - slice, active instances, usage}.
+ * KEYS[4] (optional) = <prefix>tenant:<tenant>: the script reads cap_bytes
+ * and suspended itself, so that a policy changed in Redis reaches an
+ * in-flight transfer at its next lease (every interval while it is active)
+ * rather than with the tenant's next request.  A cap_bytes that parses as
+ * routing parses it (1..18 decimal digits) replaces ARGV[2]; otherwise the
+ * cap passed in is used, as before.
+ * Returns {slice, remaining - slice, active instances, usage, rcap, susp}:
+ * rcap is the cap_bytes string the script used, or -1 when the hash has no
+ * valid one; susp is 1 when suspended is "1", else 0 (routing's rules).
  */
 static const char lease_lua[] =
     "local cap = tonumber(ARGV[2])\n"
@@ -268,6 +280,15 @@ static const char lease_lua[] =
     "local want = tonumber(ARGV[6])\n"
     "local ttl = tonumber(ARGV[7])\n"
     "local rel = ARGV[8] == '1'\n"
+    "local rcap, susp = -1, 0\n"
+    "if KEYS[4] then\n"
+    "  local f = redis.call('HMGET', KEYS[4], 'cap_bytes', 'suspended')\n"
+    "  if f[1] and #f[1] <= 18 and string.match(f[1], '^%d+$') then\n"
+    "    rcap = f[1]\n"
+    "    cap = tonumber(f[1])\n"
+    "  end\n"
+    "  if f[2] == '1' then susp = 1 end\n"
+    "end\n"
     "if KEYS[3] and ARGV[10] and tonumber(ARGV[10]) > 0 then\n"
     "  local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') or 0\n"
     "  if last >= tonumber(ARGV[9]) then\n"
@@ -306,7 +327,7 @@ static const char lease_lua[] =
     "  redis.call('HSET', KEYS[2], ARGV[1], string.format('%d:%d', held + slice, now + ttl))\n"
     "  redis.call('PEXPIRE', KEYS[2], ttl * 4)\n"
     "end\n"
-    "return {slice, remaining - slice, active, u}\n";
+    "return {slice, remaining - slice, active, u, rcap, susp}\n";
 
 const char *meter_flush_lua(void) { return flush_lua; }
 const char *meter_lease_lua(void) { return lease_lua; }
@@ -329,6 +350,46 @@ int64_t meter_lease_slice(int64_t remaining, int64_t active, int64_t k, int64_t 
     if (s > remaining)
         s = remaining;
     return s < 0 ? 0 : s;
+}
+
+int meter_parse_cap(const char *s, size_t len, int64_t *out)
+{
+    if (!s || len == 0 || len > 18)
+        return -1;
+    int64_t x = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return -1;
+        x = x * 10 + (s[i] - '0');
+    }
+    *out = x;
+    return 0;
+}
+
+int meter_lease_reply_policy(const struct redis_reply *r, int64_t *cap, int *suspended)
+{
+    if (!r || redis_reply_type(r) != REDIS_T_ARRAY || redis_reply_len(r) < 6)
+        return -1;
+    const struct redis_reply *c = redis_reply_elem(r, 4), *su = redis_reply_elem(r, 5);
+    if (!c || !su || redis_reply_type(su) != REDIS_T_INTEGER)
+        return -1;
+    int64_t sv = redis_reply_int(su);
+    if (sv != 0 && sv != 1)
+        return -1;
+    if (redis_reply_type(c) == REDIS_T_INTEGER) {
+        if (redis_reply_int(c) != -1)
+            return -1;
+        *cap = -1;
+    } else if (redis_reply_type(c) == REDIS_T_STRING) {
+        size_t len = 0;
+        const char *s = redis_reply_str(c, &len);
+        if (meter_parse_cap(s, len, cap) < 0)
+            return -1;
+    } else {
+        return -1;
+    }
+    *suspended = (int)sv;
+    return 0;
 }
 
 int64_t meter_tb_refill(int64_t tokens, int64_t elapsed_ns, int64_t rate, int64_t burst)
@@ -466,6 +527,14 @@ static char *key_lease(const struct meter *m, const char *tenant, int month)
     char buf[SCHEMA_KEY_MAX], period[16];
     snprintf(period, sizeof(period), "%d", month);
     if (schema_key_lease(buf, sizeof(buf), m->prefix, tenant, strlen(tenant), period) < 0)
+        return NULL;
+    return strdup(buf);
+}
+
+static char *key_tenant(const struct meter *m, const char *tenant)
+{
+    char buf[SCHEMA_KEY_MAX];
+    if (schema_key_tenant(buf, sizeof(buf), m->prefix, tenant, strlen(tenant)) < 0)
         return NULL;
     return strdup(buf);
 }
@@ -1148,6 +1217,11 @@ static void flusher_drain(struct meter *m)
             atomic_fetch_add_explicit(&g->tot_out, r->out, RELAXED);
             atomic_fetch_add_explicit(&g->tot_req, r->req, RELAXED);
             g->last_active = now;
+            if (m->has_redis && !g->bad_name && !g->on_pol && atomic_load_explicit(&g->cap, RELAXED) < 0) {
+                g->on_pol = 1;
+                g->pol_next = m->polq;
+                m->polq = g;
+            }
             if (!m->has_redis || g->bad_name) {
                 if (g->bad_name)
                     log_err_ratelimited("meter-bad-tenant", "%s: tenant id \"%.64s\" cannot be a Redis key: "
@@ -1485,6 +1559,7 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     char *k1 = key_usage(m, g->name, g->lease_month);
     char *k2 = key_lease(m, g->name, g->lease_month);
     char *k3 = key_applied(m);
+    char *k4 = key_tenant(m, g->name);
     char cap[32], helds[32], minsl[32], kk[16], want[32], ttl[32], iseqs[32], irsvs[32];
     snprintf(cap, sizeof(cap), "%" PRId64, lr->cap);
     snprintf(helds, sizeof(helds), "%" PRId64, held);
@@ -1498,14 +1573,14 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     snprintf(ttl, sizeof(ttl), "%d", LEASE_TTL_MS);
     snprintf(iseqs, sizeof(iseqs), "%" PRIu64, iseq);
     snprintf(irsvs, sizeof(irsvs), "%" PRIu64, irsv);
-    const char *argv[16] = { m->sha_lease[0] ? "EVALSHA" : "EVAL", m->sha_lease[0] ? m->sha_lease : lease_lua,
-                             "3", k1, k2, k3, m->run_id, cap, helds, minsl, kk, want, ttl, release ? "1" : "0",
+    const char *argv[17] = { m->sha_lease[0] ? "EVALSHA" : "EVAL", m->sha_lease[0] ? m->sha_lease : lease_lua,
+                             "4", k1, k2, k3, k4, m->run_id, cap, helds, minsl, kk, want, ttl, release ? "1" : "0",
                              iseqs, irsvs };
-    size_t lens[16];
-    for (int i = 0; i < 16; i++)
+    size_t lens[17];
+    for (int i = 0; i < 17; i++)
         lens[i] = argv[i] ? strlen(argv[i]) : 0;
     int rc = -1;
-    if (k1 && k2 && k3 && redis_cmd(m->rc, lease_reply, lr, 16, argv, lens) == 0) {
+    if (k1 && k2 && k3 && k4 && redis_cmd(m->rc, lease_reply, lr, 17, argv, lens) == 0) {
         rc = 0;
         g->lease_inflight = 1;
         g->last_lease = mono_now();
@@ -1518,7 +1593,91 @@ static int lease_send(struct meter *m, struct meter_gt *g, int release)
     free(k1);
     free(k2);
     free(k3);
+    free(k4);
     return rc;
+}
+
+static void flusher_policies(struct meter *m);
+
+/*
+ * Applies the policy the flusher read from Redis itself (lease reply, or the
+ * poll of an uncapped tenant): a cap (cap >= 0; -1 = none valid in Redis,
+ * which leaves the cap alone: routing lifts it within its refresh) and the
+ * suspended flag.  Published like a worker's change (m->gmu, dirty list) and
+ * handled at once, so workers' meter_allow() stops granting: a suspended
+ * tenant's transfers are cut; a lowered cap drops the local lease and
+ * leases again against it.  Flusher thread.
+ */
+static void flusher_redis_policy(struct meter *m, struct meter_gt *g, int64_t cap, int susp)
+{
+    int changed = 0;
+    pthread_mutex_lock(&m->gmu);
+    if (cap >= 0 && atomic_load_explicit(&g->cap, RELAXED) != cap) {
+        atomic_store_explicit(&g->cap, cap, RELAXED);
+        changed = 1;
+    }
+    if (atomic_load_explicit(&g->suspended, RELAXED) != susp) {
+        atomic_store_explicit(&g->suspended, susp, RELAXED);
+        changed = 1;
+    }
+    if (changed)
+        gt_mark_dirty(m, g);
+    pthread_mutex_unlock(&m->gmu);
+    if (changed) {
+        log_info("%s: tenant %.64s: policy from redis: cap %" PRId64 ", suspended %d", __func__, g->name,
+                 atomic_load_explicit(&g->cap, RELAXED), susp);
+        flusher_policies(m);
+    }
+}
+
+static void policy_reply(void *arg, const struct redis_reply *r, const char *err)
+{
+    struct meter_gt *g = arg;
+    struct meter *m = g->m;
+    g->pol_inflight = 0;
+    if (err || !r || redis_reply_type(r) != REDIS_T_ARRAY || redis_reply_len(r) < 2) {
+        log_err_ratelimited("meter-policy", "%s: policy of %.64s: %s", __func__, g->name,
+                            err ? err : "unexpected reply");
+        return;
+    }
+    int64_t cap = -1;
+    int susp = 0;
+    size_t len = 0;
+    const struct redis_reply *c = redis_reply_elem(r, 0), *su = redis_reply_elem(r, 1);
+    if (c && redis_reply_type(c) == REDIS_T_STRING) {
+        const char *s = redis_reply_str(c, &len);
+        if (meter_parse_cap(s, len, &cap) < 0)
+            cap = -1;   /* malformed: routing treats it as absent */
+    }
+    if (su && redis_reply_type(su) == REDIS_T_STRING) {
+        const char *s = redis_reply_str(su, &len);
+        susp = len == 1 && s[0] == '1';
+    }
+    flusher_redis_policy(m, g, cap, susp);
+}
+
+/*
+ * Capped tenants learn Redis's policy from every lease reply; uncapped ones
+ * that had traffic in the interval (flusher_drain puts them on m->polq) get
+ * one HMGET of their policy hash, pipelined on the flusher's connection, so
+ * a cap or suspension set during a transfer takes effect within about one
+ * interval.  Never on the hot path.
+ */
+static void flusher_poll_policies(struct meter *m)
+{
+    int up = m->rc && redis_conn_is_up(m->rc);
+    while (m->polq) {
+        struct meter_gt *g = m->polq;
+        m->polq = g->pol_next;
+        g->pol_next = NULL;
+        g->on_pol = 0;
+        if (!up || g->pol_inflight || atomic_load_explicit(&g->cap, RELAXED) >= 0)
+            continue;
+        char *k = key_tenant(m, g->name);
+        if (k && redis_cmdf(m->rc, policy_reply, g, "HMGET %s cap_bytes suspended", k) == 0)
+            g->pol_inflight = 1;
+        free(k);
+    }
 }
 
 static void lease_reply(void *arg, const struct redis_reply *r, const char *err)
@@ -1549,6 +1708,10 @@ static void lease_reply(void *arg, const struct redis_reply *r, const char *err)
     int64_t slice = redis_reply_int(redis_reply_elem(r, 0));
     int64_t rest = redis_reply_int(redis_reply_elem(r, 1));
     int64_t usage = redis_reply_int(redis_reply_elem(r, 3));
+    int64_t rcap;
+    int rsusp;
+    if (meter_lease_reply_policy(r, &rcap, &rsusp) == 0)
+        flusher_redis_policy(m, g, rcap, rsusp);   /* a changed cap makes the check below drop this grant */
     if (lr->month != g->lease_month || lr->cap != g->lease_cap) {
         /* The month or the cap changed while the request was on its way:
          * the grant was computed for the old state, so it is not used; Redis
@@ -1732,6 +1895,7 @@ static void flusher_run(struct meter *m, int tick)
 {
     flusher_flush(m);
     flusher_leases(m, tick);
+    flusher_poll_policies(m);
 }
 
 static void flusher_tick_cb(evutil_socket_t fd, short what, void *arg)

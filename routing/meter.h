@@ -113,6 +113,22 @@ int meter_tenant_totals(struct meter *m, const char *tenant, uint64_t *bytes_in,
 /* The run id that keys this process's flushes and leases in Redis. */
 const char *meter_run_id(const struct meter *m);
 
+/*
+ * Parses a cap_bytes value with routing's rules (routing/match.c: 1..18
+ * decimal digits, nothing else).  0 with *out set, or -1.
+ */
+int meter_parse_cap(const char *s, size_t len, int64_t *out);
+
+struct redis_reply;
+/*
+ * The tenant policy a lease script reply carries (elements 5 and 6; the
+ * script reads <prefix>tenant:<tenant> itself, docs/metering.md "Policy
+ * changes during a transfer"): *cap is the cap_bytes Redis holds, or -1
+ * when it has no valid one; *suspended is 0 or 1.  0, or -1 when the reply
+ * does not carry them or they are malformed.
+ */
+int meter_lease_reply_policy(const struct redis_reply *r, int64_t *cap, int *suspended);
+
 /* The Lua sources of the flush and lease scripts (documentation, tests). */
 const char *meter_flush_lua(void);
 const char *meter_lease_lua(void);

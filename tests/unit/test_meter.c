@@ -117,6 +117,28 @@ START_TEST(label_escaping)
 }
 END_TEST
 
+/* cap_bytes parsing follows routing (routing/match.c): 1..18 decimal digits. */
+START_TEST(cap_parsing_like_routing)
+{
+    int64_t v = -5;
+    ck_assert_int_eq(meter_parse_cap("0", 1, &v), 0);
+    ck_assert_int_eq(v, 0);
+    ck_assert_int_eq(meter_parse_cap("123456789012345678", 18, &v), 0);
+    ck_assert_int_eq(v, 123456789012345678LL);
+    v = 7;
+    ck_assert_int_eq(meter_parse_cap("1234567890123456789", 19, &v), -1);
+    ck_assert_int_eq(meter_parse_cap("", 0, &v), -1);
+    ck_assert_int_eq(meter_parse_cap("-1", 2, &v), -1);
+    ck_assert_int_eq(meter_parse_cap("+1", 2, &v), -1);
+    ck_assert_int_eq(meter_parse_cap(" 1", 2, &v), -1);
+    ck_assert_int_eq(meter_parse_cap("1e6", 3, &v), -1);
+    ck_assert_int_eq(meter_parse_cap("12", 1, &v), 0);   /* length given, not NUL */
+    ck_assert_int_eq(v, 1);
+    ck_assert_int_eq(meter_parse_cap(NULL, 0, &v), -1);
+    ck_assert_int_eq(meter_lease_reply_policy(NULL, &v, NULL), -1);
+}
+END_TEST
+
 /* ---- counting and handoff (no Redis) ---- */
 
 static void cfg_for(struct tg_config *cfg, const char *redis_url, const char *prefix)
@@ -521,6 +543,142 @@ END_TEST
 /* A lease request that reports held before the reply to its in-flight flush
  * batch arrived: the script takes that batch's rsv out of held only when
  * Redis has applied the batch, so the bytes count once either way. */
+/* Runs the lease script for tenant x with KEYS[4] = u10:tenant:x (4 keys) or without (3 keys). */
+static struct redis_reply *lease_with_policy(struct redis_sync *s, int with_policy, const char *argv_cap)
+{
+    const char *a[] = { "EVAL", meter_lease_lua(), with_policy ? "4" : "3", "u10:meter:x:202501",
+                        "u10:lease:x:202501", "u10:meter:applied", "u10:tenant:x",
+                        "A", argv_cap, "0", "65536", "4", "1000000", "30000", "0", "0", "0" };
+    if (with_policy)
+        return rcmd(s, 17, a);
+    const char *b[16];
+    memcpy(b, a, 6 * sizeof(*a));
+    memcpy(b + 6, a + 7, 10 * sizeof(*a));   /* without KEYS[4] */
+    return rcmd(s, 16, b);
+}
+
+/* The lease script reads cap_bytes and suspended from the tenant's policy
+ * hash itself: a valid cap there wins over the one passed in (and the
+ * grant is computed against it); a malformed or absent one leaves the cap
+ * passed in; both come back in the reply. */
+START_TEST(lease_script_reads_tenant_policy)
+{
+    NEED_REDIS();
+    struct redis_sync *s = rconn();
+    const char *u[] = { "HSET", "u10:meter:x:202501", "bytes_in", "0", "bytes_out", "900000" };
+    redis_sync_reply_free(rcmd(s, 6, u));
+    int64_t cap = 0;
+    int susp = -1;
+    /* no policy hash at all: the cap passed in, not suspended */
+    struct redis_reply *r = lease_with_policy(s, 1, "1000000");
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
+    ck_assert_int_eq(cap, -1);
+    ck_assert_int_eq(susp, 0);
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 65536);   /* min slice of 100 000 left */
+    redis_sync_reply_free(r);
+    /* cap lowered in Redis below the usage: nothing granted, the cap is reported */
+    const char *h[] = { "HSET", "u10:tenant:x", "cap_bytes", "500000", "suspended", "1" };
+    redis_sync_reply_free(rcmd(s, 6, h));
+    const char *d[] = { "DEL", "u10:lease:x:202501" };
+    redis_sync_reply_free(rcmd(s, 2, d));
+    r = lease_with_policy(s, 1, "1000000000");
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 0);
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 1)), 500000 - 900000);
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
+    ck_assert_int_eq(cap, 500000);
+    ck_assert_int_eq(susp, 1);
+    redis_sync_reply_free(r);
+    /* malformed values: the cap passed in is used, suspended only for "1" (routing's rules) */
+    const char *bad[] = { "HSET", "u10:tenant:x", "cap_bytes", "5e5", "suspended", "yes" };
+    redis_sync_reply_free(rcmd(s, 6, bad));
+    redis_sync_reply_free(rcmd(s, 2, d));
+    r = lease_with_policy(s, 1, "1000000");
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 1)) + redis_reply_int(redis_reply_elem(r, 0)), 100000);
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
+    ck_assert_int_eq(cap, -1);
+    ck_assert_int_eq(susp, 0);
+    redis_sync_reply_free(r);
+    const char *big[] = { "HSET", "u10:tenant:x", "cap_bytes", "1234567890123456789" };
+    redis_sync_reply_free(rcmd(s, 4, big));
+    r = lease_with_policy(s, 1, "1000000");
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
+    ck_assert_int_eq(cap, -1);   /* 19 digits: not a cap for routing either */
+    redis_sync_reply_free(r);
+    /* without KEYS[4] (as before): the cap passed in, nothing read */
+    redis_sync_reply_free(rcmd(s, 6, h));
+    redis_sync_reply_free(rcmd(s, 2, d));
+    r = lease_with_policy(s, 0, "1000000");
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 65536);
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
+    ck_assert_int_eq(cap, -1);
+    ck_assert_int_eq(susp, 0);
+    /* a reply without the policy elements (an older script) is not parsed */
+    const char *arr[] = { "EVAL", "return {1, 2, 3, 4}", "0" };
+    redis_sync_reply_free(r);
+    r = rcmd(s, 3, arr);
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), -1);
+    redis_sync_reply_free(r);
+    const char *odd[] = { "EVAL", "return {1, 2, 3, 4, 'x', 0}", "0" };
+    r = rcmd(s, 3, odd);
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), -1);
+    redis_sync_reply_free(r);
+    redis_sync_free(s);
+}
+END_TEST
+
+/* A policy changed in Redis reaches a tenant whose transfer is in flight,
+ * with no new request: a suspension of an uncapped tenant (policy poll), and
+ * a cap lowered below the usage of a capped one (lease reply): meter_allow()
+ * cuts within about one flush interval. */
+START_TEST(policy_change_reaches_inflight_transfer)
+{
+    NEED_REDIS();
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u11:", 0);
+    struct redis_sync *s = rconn();
+    struct meter_tenant *f = meter_tenant_get(o.w, "free", &NOCAP);
+    struct tenant_policy p = { 1000000000, CAP_BLOCK, 0, 0 };
+    struct meter_tenant *c = meter_tenant_get(o.w, "capd", &p);
+    sleep_ms(300);
+    ck_assert_uint_eq(meter_allow(f, 1000, NULL), 1000);
+    const char *h1[] = { "HSET", "u11:tenant:free", "suspended", "1" };
+    redis_sync_reply_free(rcmd(s, 4, h1));
+    char cap[32];
+    snprintf(cap, sizeof(cap), "%d", 200000);
+    const char *h2[] = { "HSET", "u11:tenant:capd", "cap_bytes", cap };
+    redis_sync_reply_free(rcmd(s, 4, h2));
+    double t0 = now_s(), tf = 0, tc = 0;
+    int64_t got_c = 0;
+    while (now_s() - t0 < 3 && (!tf || !tc)) {
+        unsigned retry = 0;
+        size_t n = meter_allow(f, 1000, &retry);
+        meter_count_out(f, n);
+        if (!n && !retry && !tf)
+            tf = now_s() - t0;
+        retry = 0;
+        n = meter_allow(c, 10000, &retry);
+        meter_count_out(c, n);
+        got_c += (int64_t)n;
+        if (!n && !retry && !tc)
+            tc = now_s() - t0;
+        meter_worker_tick(o.w);   /* no event loop here: hand off as the timer would */
+        sleep_ms(5);
+    }
+    ck_assert_msg(tf > 0 && tf <= 1.0, "suspension took %.2f s", tf);
+    ck_assert_msg(tc > 0 && tc <= 1.0, "lowered cap took %.2f s", tc);
+    ck_assert_int_eq(meter_admit(f), METER_SUSPENDED);
+    ck_assert_int_eq(meter_admit(c), METER_OVER_CAP);
+    meter_tenant_put(f);
+    meter_tenant_put(c);
+    one_meter_stop(&o, 2);
+    /* the lowered cap held: the month's usage is the cap at most */
+    char k[64];
+    snprintf(k, sizeof(k), "u11:meter:capd:%d", meter_utc_day(time(NULL)) / 100);
+    ck_assert_int_le(hget_int(s, k, "bytes_out"), 200000);
+    redis_sync_free(s);
+}
+END_TEST
+
 START_TEST(lease_script_counts_inflight_batch_once)
 {
     NEED_REDIS();
@@ -980,6 +1138,7 @@ Suite *meter_suite(void)
     tcase_add_test(tc, token_bucket_math);
     tcase_add_test(tc, utc_days);
     tcase_add_test(tc, label_escaping);
+    tcase_add_test(tc, cap_parsing_like_routing);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("local");
@@ -997,6 +1156,8 @@ Suite *meter_suite(void)
     tcase_add_test(tc, flush_script_is_idempotent);
     tcase_add_test(tc, flush_script_moves_rsv_from_held_to_usage);
     tcase_add_test(tc, lease_script_counts_inflight_batch_once);
+    tcase_add_test(tc, lease_script_reads_tenant_policy);
+    tcase_add_test(tc, policy_change_reaches_inflight_transfer);
     tcase_add_test(tc, flush_end_to_end);
     tcase_add_test(tc, flush_lost_reply_counted_once);
     tcase_add_test(tc, lease_script_accounts_other_instances);
