@@ -647,6 +647,13 @@ static struct meter_gt *gt_get(struct meter *m, const char *name, uint32_t h, co
             wake = 1;
         }
     } else if (gt_policy_differs(g, p)) {
+        /* A new cap makes the state unknown until the lease reply computed
+         * with it: the engine's admission waits for that round trip
+         * (meter_state_known()), so that a raised cap admits at once rather
+         * than 509, and a lowered one refuses (509) rather than admits and
+         * cuts before the first byte. */
+        if (m->has_redis && p->cap_bytes >= 0 && p->cap_bytes != atomic_load_explicit(&g->cap, RELAXED))
+            atomic_store_explicit(&g->known, 0, RELAXED);
         gt_store_policy(g, p);
         gt_mark_dirty(m, g);
         wake = 1;
@@ -1701,6 +1708,8 @@ static void lease_reply(void *arg, const struct redis_reply *r, const char *err)
         log_err_ratelimited("meter-lease", "%s: lease for %s failed: %s", __func__, g->name,
                             err ? err : s ? s : "unexpected reply");
         atomic_store_explicit(&g->renew, 1, RELAXED);   /* try again at the next chance */
+        if (g->last_lease > 0)   /* known before a policy change: admission need not wait on a failing Redis */
+            atomic_store_explicit(&g->known, 1, RELAXED);
         free(lr);
         flusher_check_final(m);
         return;

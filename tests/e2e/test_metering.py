@@ -636,3 +636,29 @@ def test_suspension_cuts_inflight_websocket():
         lag = end - job["t"]
         print("WebSocket cut %.2f s after the suspension" % lag)
         assert lag <= 2.0, lag
+
+
+def test_first_requests_after_a_cap_change_get_the_new_verdict():
+    """A worker that sees a new cap waits for the lease reply computed with
+    it (one Redis round trip) before it admits: after a raise the very
+    first requests are served (they were 509 until the lease came back), and
+    after a lowering below the usage the first request gets a clean 509
+    (it was admitted and then cut before its first byte)."""
+    with Redis() as r, Backend("b") as b, Tollgate(redis=r.url) as tg:
+        host = routed(r, b, cap_bytes=1000)
+        set_usage(r, "capt", 5000)
+        first_sight(tg, host)
+        wait_until(lambda: status(tg, host) == 509, scale(3), "over the cap")
+        time.sleep(1.5)   # the tenant falls idle: no lease refreshes of its own
+        r.cmd("HSET", "tg:tenant:capt", "cap_bytes", str(10 ** 12))
+        # the routing caches have the new policy within milliseconds
+        # (tracking), well before the meter's own refresh (one interval)
+        time.sleep(0.1)
+        got = [status(tg, host) for _ in range(6)]
+        assert got == [200] * 6, got
+        time.sleep(1.5)
+        used = counters(r, "capt")
+        r.cmd("HSET", "tg:tenant:capt", "cap_bytes", str(max(100, used["bytes_in"] + used["bytes_out"] - 1000)))
+        time.sleep(0.1)
+        got = [status(tg, host) for _ in range(6)]
+        assert got == [509] * 6, got
