@@ -206,6 +206,7 @@ struct meter {
     uint64_t next_seq;
     struct meter_gt *capped;
     struct meter_gt *polq;        /* uncapped tenants active in the interval */
+    double pol_last;              /* when polq was last polled (once per interval) */
 
     /* Stats for /metrics. */
     _Atomic uint64_t st_flush_ok, st_flush_err, st_flush_dup, st_lease_req, st_lease_err,
@@ -281,7 +282,7 @@ static const char lease_lua[] =
     "local ttl = tonumber(ARGV[7])\n"
     "local rel = ARGV[8] == '1'\n"
     "local rcap, susp = -1, 0\n"
-    "if KEYS[4] then\n"
+    "if KEYS[4] and redis.call('TYPE', KEYS[4]).ok == 'hash' then\n"
     "  local f = redis.call('HMGET', KEYS[4], 'cap_bytes', 'suspended')\n"
     "  if f[1] and #f[1] <= 18 and string.match(f[1], '^%d+$') then\n"
     "    rcap = f[1]\n"
@@ -652,7 +653,8 @@ static struct meter_gt *gt_get(struct meter *m, const char *name, uint32_t h, co
          * (meter_state_known()), so that a raised cap admits at once rather
          * than 509, and a lowered one refuses (509) rather than admits and
          * cuts before the first byte. */
-        if (m->has_redis && p->cap_bytes >= 0 && p->cap_bytes != atomic_load_explicit(&g->cap, RELAXED))
+        if (m->has_redis && atomic_load_explicit(&m->redis_up, RELAXED) && p->cap_bytes >= 0 &&
+            p->cap_bytes != atomic_load_explicit(&g->cap, RELAXED))
             atomic_store_explicit(&g->known, 0, RELAXED);
         gt_store_policy(g, p);
         gt_mark_dirty(m, g);
@@ -942,8 +944,15 @@ struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenan
     for (struct meter_tenant *t = mw->tab[h & (mw->tab_cap - 1)]; t; t = t->next) {
         if (t->hash == h && strcmp(t->g->name, tenant) == 0) {
             /* field by field: the struct has padding that routing may not zero */
+            /* Also against the shared state: the flusher applies the cap and
+             * suspension Redis holds during a transfer, and a worker that
+             * saw no request meanwhile still holds the old policy in t->pol;
+             * when routing's policy is back to it (the admin lifted the
+             * suspension), only this comparison publishes it. */
             if (t->pol.cap_bytes != pol->cap_bytes || t->pol.cap_action != pol->cap_action ||
-                t->pol.throttle_bps != pol->throttle_bps || t->pol.suspended != pol->suspended) {
+                t->pol.throttle_bps != pol->throttle_bps || t->pol.suspended != pol->suspended ||
+                atomic_load_explicit(&t->g->cap, RELAXED) != pol->cap_bytes ||
+                atomic_load_explicit(&t->g->suspended, RELAXED) != pol->suspended) {
                 t->pol = *pol;
                 gt_get(mw->m, tenant, h, pol);   /* publishes the change */
             }
@@ -1672,6 +1681,12 @@ static void policy_reply(void *arg, const struct redis_reply *r, const char *err
  */
 static void flusher_poll_policies(struct meter *m)
 {
+    /* Every worker's handoff runs the flusher: poll once per interval,
+     * what queued meanwhile waits for the next. */
+    double now = mono_now();
+    if (!m->polq || now - m->pol_last < m->interval * 0.9)
+        return;
+    m->pol_last = now;
     int up = m->rc && redis_conn_is_up(m->rc);
     while (m->polq) {
         struct meter_gt *g = m->polq;
@@ -1886,6 +1901,14 @@ static void redis_state(void *arg, int up)
         flusher_leases(m, 0);
     } else {
         log_warn("%s: redis unreachable: counts kept in memory, caps enforced with local counts", __func__);
+        /* A tenant made 'unknown' by a cap change whose lease never left
+         * would be served without limit for the outage: it was known
+         * before, so local grants enforce its cap meanwhile. */
+        pthread_mutex_lock(&m->gmu);
+        for (struct meter_gt *g = m->gall; g; g = g->all_next)
+            if (g->last_lease > 0)
+                atomic_store_explicit(&g->known, 1, RELAXED);
+        pthread_mutex_unlock(&m->gmu);
     }
 }
 

@@ -662,3 +662,39 @@ def test_first_requests_after_a_cap_change_get_the_new_verdict():
         time.sleep(0.1)
         got = [status(tg, host) for _ in range(6)]
         assert got == [509] * 6, got
+
+
+def test_a_policy_lifted_after_an_inflight_cut_serves_again():
+    """The flusher applies a suspension or cap read from Redis during a
+    transfer; when the admin lifts it, routing's policy is back to what the
+    workers last passed on, so only a comparison with the shared state
+    publishes the lift: without it the tenant stayed 503 / 509 until a
+    restart (found in review).  Both workers (SO_REUSEPORT spreads the
+    connections) must serve again within about an interval."""
+    for field, value, refused in (("suspended", "1", 503), ("cap_bytes", "1000", 509)):
+        with Redis() as r, Backend("b") as b, Tollgate(redis=r.url, workers=2) as tg:
+            host = routed(r, b, tenant="free", host="free.test")
+            job = _later(1.5, lambda: r.cmd("HSET", "tg:tenant:free", field, value))
+            cut, got, _ = _slow_download(tg, host, 8000000, 1000000)
+            job["thread"].join()
+            assert cut and got < 8000000, (field, got)
+            assert status(tg, host) == refused, field
+            time.sleep(6)   # past the lease's idle give-back (5 s): nothing refreshes on its own
+            r.cmd("HDEL", "tg:tenant:free", field)
+            time.sleep(0.5)
+            got = [status(tg, host) for _ in range(8)]
+            assert got == [200] * 8, (field, got)
+
+
+def test_a_tenant_key_of_the_wrong_type_does_not_break_leases():
+    """Routing treats a tg:tenant:<T> that is not a hash as no policy; the
+    lease script read it with HMGET and failed with WRONGTYPE, so leases
+    (and their give-back) failed for that tenant.  Now it is skipped."""
+    with Redis() as r, Backend("b") as b, Tollgate(redis=r.url) as tg:
+        host = routed(r, b, cap_bytes=10 ** 9)
+        assert status(tg, host) == 200
+        r.cmd("DEL", "tg:tenant:capt")
+        r.cmd("SET", "tg:tenant:capt", "oops")
+        time.sleep(2.5)
+        assert [status(tg, host) for _ in range(4)] == [200] * 4
+        assert "WRONGTYPE" not in tg.log_text(), tg.log_text()[-2000:]
