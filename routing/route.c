@@ -1731,8 +1731,10 @@ static int route_parse_patterns(struct route_fetch *f, const struct redis_reply 
         route_bad(rc, kl ? what : "patterns", "key is not a list");
     } else {
         size_t n = redis_reply_len(r);
-        if (n > MATCH_MAX_RULES)
+        if (n > MATCH_MAX_RULES) {
+            route_bad(rc, kl ? what : "patterns", "more than 1024 entries: those past the 1024th are ignored");
             n = MATCH_MAX_RULES;
+        }
         p->p = calloc(n ? n : 1, sizeof(*p->p));
         if (p->p == NULL) {
             free(p);
@@ -1872,7 +1874,8 @@ static void route_cmd_cb(void *arg, const struct redis_reply *r, const char *err
 static int route_send(struct route_fetch *f, int which, const char *cmd, const char *key, size_t klen, int range)
 {
     struct route_ctx *rc = f->rc;
-    const char *argv[4] = {cmd, key, "0", "1023"};   /* MATCH_MAX_RULES elements at most */
+    /* MATCH_MAX_RULES elements are used; one more tells a longer list */
+    const char *argv[4] = {cmd, key, "0", "1024"};
     size_t lens[4] = {strlen(cmd), klen, 1, 4};
     f->cmds[which].f = f;
     f->cmds[which].which = which;

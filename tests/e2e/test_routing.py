@@ -493,3 +493,16 @@ def test_redis_on_a_unix_socket_with_password_and_database():
         url = "unix://:p%40ss%3Aw%2Frd@" + sock + "?db=2"
         with Tollgate(redis=url) as tg:
             wait_until(lambda: who(tg, "app.test")[:2] == (200, "b1"), scale(5), "app.test routed from db 2")
+
+
+def test_patterns_past_the_1024th_are_reported_not_silently_dropped():
+    """tollgate reads the first 1,024 entries of tg:patterns; a longer list
+    (written without tollgate-ctl, which refuses it) is logged as bad data
+    instead of ignored without a word."""
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
+        lines = ["^h%d\\.test$ t %s" % (i, b1.addr) for i in range(1029)] + ["^late\\.test$ t %s" % b1.addr]
+        for i in range(0, len(lines), 200):
+            r.cmd("RPUSH", "tg:patterns", *lines[i:i + 200])
+        assert who(tg, "h0.test")[:2] == (200, "b1")
+        assert who(tg, "late.test")[0] == 404
+        wait_until(lambda: "more than 1024 entries" in tg.log_text(), scale(3), "the long list reported")
