@@ -1974,6 +1974,12 @@ static void final_cmd_done(void *arg, const struct redis_reply *r, const char *e
  * leases back and forgetting our applied seq, 3 = done.  Gives up at the
  * deadline (what is not acknowledged is logged as lost).
  */
+static void log_lost_rec(const struct meter_rec *r)
+{
+    log_err("meter: lost record: tenant %.128s day %d bytes_in %" PRIu64 " bytes_out %" PRIu64
+            " requests %" PRIu64, r->g->name, r->day, r->in, r->out, r->req);
+}
+
 static void flusher_check_final(struct meter *m)
 {
     if (!atomic_load_explicit(&m->stopping, RELAXED) || m->final_phase == 0 || m->final_phase == 3)
@@ -2007,6 +2013,13 @@ static void flusher_check_final(struct meter *m)
             for (struct meter_batch *b = m->queue; b; b = b->next)
                 lost_recs += b->n;
             log_err("%s: stop deadline passed: %" PRIu64 " unflushed meter records lost", __func__, lost_recs);
+            /* One line per record, so that billing can reconcile what Redis
+             * never got. */
+            for (size_t i = 0; i < m->pending.n; i++)
+                log_lost_rec(&m->pending.v[i]);
+            for (struct meter_batch *b = m->queue; b; b = b->next)
+                for (size_t i = 0; i < b->n; i++)
+                    log_lost_rec(&b->recs[i]);
         }
         m->final_phase = 3;
         event_base_loopbreak(m->base);
