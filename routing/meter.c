@@ -1974,10 +1974,13 @@ static void final_cmd_done(void *arg, const struct redis_reply *r, const char *e
  * leases back and forgetting our applied seq, 3 = done.  Gives up at the
  * deadline (what is not acknowledged is logged as lost).
  */
-static void log_lost_rec(const struct meter_rec *r)
+/* seq: the batch it was sent in (its run's field of <p>meter:applied tells
+ * whether Redis applied it), 0 when it was never sent. */
+static void log_lost_rec(const struct meter *m, const struct meter_rec *r, uint64_t seq)
 {
     log_err("meter: lost record: tenant %.128s day %d bytes_in %" PRIu64 " bytes_out %" PRIu64
-            " requests %" PRIu64, r->g->name, r->day, r->in, r->out, r->req);
+            " requests %" PRIu64 " run %s batch %" PRIu64, r->g->name, r->day, r->in, r->out, r->req,
+            m->run_id, seq);
 }
 
 static void flusher_check_final(struct meter *m)
@@ -2016,10 +2019,10 @@ static void flusher_check_final(struct meter *m)
             /* One line per record, so that billing can reconcile what Redis
              * never got. */
             for (size_t i = 0; i < m->pending.n; i++)
-                log_lost_rec(&m->pending.v[i]);
+                log_lost_rec(m, &m->pending.v[i], 0);
             for (struct meter_batch *b = m->queue; b; b = b->next)
                 for (size_t i = 0; i < b->n; i++)
-                    log_lost_rec(&b->recs[i]);
+                    log_lost_rec(m, &b->recs[i], b->seq);
         }
         m->final_phase = 3;
         event_base_loopbreak(m->base);
