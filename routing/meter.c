@@ -758,6 +758,7 @@ int meter_start(struct meter *m)
             log_err("%s: redis: %s", __func__, err);
             return -1;
         }
+        redis_conn_set_name(m->rc, "meter");
     }
     struct timeval tv = { (time_t)m->interval, (suseconds_t)((m->interval - (time_t)m->interval) * 1e6) };
     event_add(m->tick_ev, &tv);

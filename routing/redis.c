@@ -347,6 +347,7 @@ struct redis_conn {
     int depth;                     /* > 0 while user callbacks may run */
     int closing;                   /* redis_conn_free() was called */
     char last_err[128];
+    char name[64];                 /* for log lines: "routing w0", "meter" */
 };
 
 static double mono_now(void)
@@ -442,7 +443,7 @@ static void conn_link_lost(struct redis_conn *c)
     if (!c->closing) {
         conn_schedule_retry(c);
         if (was_up) {
-            log_warn("%s: Redis connection lost%s%s", __func__, c->last_err[0] ? ": " : "", c->last_err);
+            log_warn("%s: Redis connection (%s) lost%s%s", __func__, c->name, c->last_err[0] ? ": " : "", c->last_err);
             if (c->state_cb)
                 c->state_cb(c->state_arg, 0);
         }
@@ -528,7 +529,7 @@ static void hs_trampoline(redisAsyncContext *ac, void *reply, void *privdata)
     c->up = 1;
     c->backoff_ms = REDIS_BACKOFF_MIN_MS;
     c->last_err[0] = '\0';
-    log_info("%s: Redis connection up", __func__);
+    log_info("%s: Redis connection (%s) up", __func__, c->name);
     if (c->state_cb) {
         conn_enter(c);
         c->state_cb(c->state_arg, 1);
@@ -692,6 +693,12 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
     conn_leave(c);
 }
 
+void redis_conn_set_name(struct redis_conn *c, const char *name)
+{
+    if (c && name)
+        snprintf(c->name, sizeof(c->name), "%s", name);
+}
+
 struct redis_conn *redis_conn_new(struct event_base *base, const char *url, double cmd_timeout_s,
                                   redis_state_cb state_cb, void *arg, char *err, size_t errlen)
 {
@@ -706,6 +713,7 @@ struct redis_conn *redis_conn_new(struct event_base *base, const char *url, doub
         return NULL;
     }
     c->base = base;
+    snprintf(c->name, sizeof(c->name), "redis");
     c->cmd_timeout = cmd_timeout_s > 0 ? cmd_timeout_s : 0.2;
     c->state_cb = state_cb;
     c->state_arg = arg;

@@ -48,6 +48,8 @@ typedef void (*redis_state_cb)(void *arg, int up);
  */
 struct redis_conn *redis_conn_new(struct event_base *base, const char *url, double cmd_timeout_s,
                                   redis_state_cb state_cb, void *arg, char *err, size_t errlen);
+/* Names the connection in its log lines ("routing w0", "meter"...); name is copied (63 bytes at most). */
+void redis_conn_set_name(struct redis_conn *c, const char *name);
 /* Closes the connection; pending commands get err "disconnected". */
 void redis_conn_free(struct redis_conn *c);
 int redis_conn_is_up(const struct redis_conn *c);

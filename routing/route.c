@@ -2523,6 +2523,11 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
         rc->sub = redis_conn_new(base, cfg->redis_url, to, route_sub_state, rc, err, errlen);
         if (rc->sub == NULL)
             goto fail;
+        char name[64];
+        snprintf(name, sizeof(name), "routing, worker %d", worker_id);
+        redis_conn_set_name(rc->main, name);
+        snprintf(name, sizeof(name), "invalidations, worker %d", worker_id);
+        redis_conn_set_name(rc->sub, name);
     }
     route_reg_add(rc);
     return rc;
