@@ -121,6 +121,7 @@ struct meter_tenant {
     int refs;
     int on_active;
     int idle_ticks;
+    double pol_pub_at;            /* last republish on a shared-state mismatch (mono s) */
     struct tenant_policy pol;     /* last policy this worker passed on */
     uint64_t d_in, d_out, d_req;
     uint64_t d_rsv;               /* counted bytes that were taken from the lease (see charge_unreserved) */
@@ -951,11 +952,21 @@ struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenan
              * when routing's policy is back to it (the admin lifted the
              * suspension), only this comparison publishes it. */
             if (t->pol.cap_bytes != pol->cap_bytes || t->pol.cap_action != pol->cap_action ||
-                t->pol.throttle_bps != pol->throttle_bps || t->pol.suspended != pol->suspended ||
-                atomic_load_explicit(&t->g->cap, RELAXED) != pol->cap_bytes ||
-                atomic_load_explicit(&t->g->suspended, RELAXED) != pol->suspended) {
+                t->pol.throttle_bps != pol->throttle_bps || t->pol.suspended != pol->suspended) {
                 t->pol = *pol;
                 gt_get(mw->m, tenant, h, pol);   /* publishes the change */
+            } else if (atomic_load_explicit(&t->g->cap, RELAXED) != pol->cap_bytes ||
+                       atomic_load_explicit(&t->g->suspended, RELAXED) != pol->suspended) {
+                /* The shared state differs: a lift, or routing lagging behind
+                 * what the flusher read from Redis.  At most once per interval
+                 * per worker, so a lagging view cannot undo the flusher's
+                 * value on every request; the flusher re-reads Redis within
+                 * the interval either way. */
+                double now = mono_now();
+                if (now - t->pol_pub_at >= mw->m->interval) {
+                    t->pol_pub_at = now;
+                    gt_get(mw->m, tenant, h, pol);
+                }
             }
             t->refs++;
             return t;
@@ -1685,7 +1696,7 @@ static void flusher_poll_policies(struct meter *m)
     /* Every worker's handoff runs the flusher: poll once per interval,
      * what queued meanwhile waits for the next. */
     double now = mono_now();
-    if (!m->polq || now - m->pol_last < m->interval * 0.9)
+    if (!m->polq || now - m->pol_last < m->interval * 0.5)
         return;
     m->pol_last = now;
     int up = m->rc && redis_conn_is_up(m->rc);
@@ -1975,6 +1986,9 @@ static void final_cmd_done(void *arg, const struct redis_reply *r, const char *e
  * leases back and forgetting our applied seq, 3 = done.  Gives up at the
  * deadline (what is not acknowledged is logged as lost).
  */
+/* Lost records listed one per line at a stop, at most. */
+#define LOST_LINES_MAX 10000
+
 /* seq: the batch it was sent in (its run's field of <p>meter:applied tells
  * whether Redis applied it), 0 when it was never sent. */
 static void log_lost_rec(const struct meter *m, const struct meter_rec *r, uint64_t seq)
@@ -2019,11 +2033,14 @@ static void flusher_check_final(struct meter *m)
             log_err("%s: stop deadline passed: %" PRIu64 " unflushed meter records lost", __func__, lost_recs);
             /* One line per record, so that billing can reconcile what Redis
              * never got. */
-            for (size_t i = 0; i < m->pending.n; i++)
+            uint64_t shown = 0;
+            for (size_t i = 0; i < m->pending.n && shown < LOST_LINES_MAX; i++, shown++)
                 log_lost_rec(m, &m->pending.v[i], 0);
-            for (struct meter_batch *b = m->queue; b; b = b->next)
-                for (size_t i = 0; i < b->n; i++)
+            for (struct meter_batch *b = m->queue; b && shown < LOST_LINES_MAX; b = b->next)
+                for (size_t i = 0; i < b->n && shown < LOST_LINES_MAX; i++, shown++)
                     log_lost_rec(m, &b->recs[i], b->seq);
+            if (shown < lost_recs)
+                log_err("meter: %" PRIu64 " more lost records not listed", lost_recs - shown);
         }
         m->final_phase = 3;
         event_base_loopbreak(m->base);

@@ -1686,6 +1686,9 @@ static int route_parse_paths(const struct redis_reply *r, struct match_paths **o
         snprintf(err, errlen, "out of memory");
         return 1;
     }
+    if (n > MATCH_MAX_RULES)
+        log_err_ratelimited("route-paths-long", "route: a path rule list holds more than %d entries: "
+                            "those past the %dth are ignored", MATCH_MAX_RULES, MATCH_MAX_RULES);
     for (size_t i = 0; i < n && i < MATCH_MAX_RULES; i++) {
         size_t len;
         const char *s = redis_reply_str(redis_reply_elem(r, i), &len);
