@@ -1152,34 +1152,22 @@ static size_t later_key(const struct tg_config *cfg, const char *a, const char *
     return cfg->origin_line[kb] > cfg->origin_line[ka] ? kb : ka;
 }
 
-/* err = "ORIGIN: message" with the key's name (cfg_key_origin's ORIGIN). -1. */
-static int fail_key(const struct tg_config *cfg, size_t ki, char *err, size_t errlen,
-                    const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int fail_key(const struct tg_config *cfg, size_t ki, char *err, size_t errlen,
-                    const char *fmt, ...)
+/*
+ * err = "ORIGIN: message", ORIGIN as origin_of() writes it: with the key's
+ * name (with_key), or "FILE:LINE", "--key" or nothing for a message that
+ * names its keys itself.  Returns -1.
+ */
+static int fail_at(const struct tg_config *cfg, size_t ki, int with_key, char *err, size_t errlen,
+                   const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+static int fail_at(const struct tg_config *cfg, size_t ki, int with_key, char *err, size_t errlen,
+                   const char *fmt, ...)
 {
     char where[CFG_ERRLEN / 2], msg[CFG_ERRLEN];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(msg, sizeof(msg), fmt, ap);
     va_end(ap);
-    origin_of(cfg, ki, 1, where, sizeof(where));
-    snprintf(err, errlen, "%s: %s", where, msg);
-    return -1;
-}
-
-/* err = "FILE:LINE: message", "--key: message" or "message" (a message that names its keys). -1. */
-static int fail_line(const struct tg_config *cfg, size_t ki, char *err, size_t errlen,
-                     const char *fmt, ...) __attribute__((format(printf, 5, 6)));
-static int fail_line(const struct tg_config *cfg, size_t ki, char *err, size_t errlen,
-                     const char *fmt, ...)
-{
-    char where[CFG_ERRLEN / 2], msg[CFG_ERRLEN];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
-    va_end(ap);
-    origin_of(cfg, ki, 0, where, sizeof(where));
+    origin_of(cfg, ki, with_key, where, sizeof(where));
     snprintf(err, errlen, "%s%s%s", where, where[0] ? ": " : "", msg);
     return -1;
 }
@@ -1197,9 +1185,9 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen)
         for (j = 0; j < cfg->n_tls_listen; j++)
             if (cfg->listen[i].port == cfg->tls_listen[j].port &&
                 strcmp(cfg->listen[i].host, cfg->tls_listen[j].host) == 0) {
-                return fail_line(cfg, later_key(cfg, "listen", "tls-listen"), err, errlen,
-                                 "%s:%d is both a listen and a tls-listen address",
-                                 cfg->listen[i].host, cfg->listen[i].port);
+                return fail_at(cfg, later_key(cfg, "listen", "tls-listen"), 0, err, errlen,
+                               "%s:%d is both a listen and a tls-listen address",
+                               cfg->listen[i].host, cfg->listen[i].port);
             }
     if (cfg->admin_listen.port != 0) {
         const struct cfg_addr *lists[2] = { cfg->listen, cfg->tls_listen };
@@ -1208,17 +1196,17 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen)
             for (i = 0; i < counts[j]; i++)
                 if (lists[j][i].port == cfg->admin_listen.port &&
                     strcmp(lists[j][i].host, cfg->admin_listen.host) == 0) {
-                    return fail_line(cfg, later_key(cfg, "admin-listen", j ? "tls-listen" : "listen"),
-                                     err, errlen, "admin-listen %s:%d is also a proxy listener",
-                                     cfg->admin_listen.host, cfg->admin_listen.port);
+                    return fail_at(cfg, later_key(cfg, "admin-listen", j ? "tls-listen" : "listen"), 0,
+                                   err, errlen, "admin-listen %s:%d is also a proxy listener",
+                                   cfg->admin_listen.host, cfg->admin_listen.port);
                 }
     }
     /* tls-listen is in the contract and parsed, but the TLS layer (tls/,
      * its own issue) is not built yet: refuse it here, where -t, start-up
      * and reload all look, rather than silently not listen. */
     if (cfg->n_tls_listen > 0)
-        return fail_key(cfg, key_index("tls-listen"), err, errlen,
-                        "TLS termination is not available in this version");
+        return fail_at(cfg, key_index("tls-listen"), 1, err, errlen,
+                       "TLS termination is not available in this version");
     if (cfg->workers < 1 || cfg->workers > 1024) {
         snprintf(err, errlen, "workers: %d out of range 1..1024", cfg->workers);
         return -1;
@@ -1261,9 +1249,9 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen)
         return -1;
     }
     if (cfg->max_header_size > cfg->buffer_size)
-        return fail_line(cfg, later_key(cfg, "max-header-size", "buffer-size"), err, errlen,
-                         "max-header-size (%zu) must not exceed buffer-size (%zu)",
-                         cfg->max_header_size, cfg->buffer_size);
+        return fail_at(cfg, later_key(cfg, "max-header-size", "buffer-size"), 0, err, errlen,
+                       "max-header-size (%zu) must not exceed buffer-size (%zu)",
+                       cfg->max_header_size, cfg->buffer_size);
     return 0;
 }
 
@@ -1301,17 +1289,17 @@ int cfg_check_files(const struct tg_config *cfg, char *err, size_t errlen)
     if (cfg->access_log && strcmp(cfg->access_log, "-") != 0 && check_log_file(cfg->access_log) < 0) {
         int e = errno;
         quote(q, sizeof(q), cfg->access_log);
-        return fail_key(cfg, key_index("access-log"), err, errlen, "cannot open %s: %s", q, strerror(e));
+        return fail_at(cfg, key_index("access-log"), 1, err, errlen, "cannot open %s: %s", q, strerror(e));
     }
     if (cfg->error_log && strcmp(cfg->error_log, "-") != 0 && check_log_file(cfg->error_log) < 0) {
         int e = errno;
         quote(q, sizeof(q), cfg->error_log);
-        return fail_key(cfg, key_index("error-log"), err, errlen, "cannot open %s: %s", q, strerror(e));
+        return fail_at(cfg, key_index("error-log"), 1, err, errlen, "cannot open %s: %s", q, strerror(e));
     }
     if (cfg->cap_page && check_readable(cfg->cap_page) < 0) {
         int e = errno;
         quote(q, sizeof(q), cfg->cap_page);
-        return fail_key(cfg, key_index("cap-page"), err, errlen, "cannot read %s: %s", q, strerror(e));
+        return fail_at(cfg, key_index("cap-page"), 1, err, errlen, "cannot read %s: %s", q, strerror(e));
     }
     return 0;
 }

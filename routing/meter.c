@@ -50,6 +50,7 @@
 #include "config/config.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "routing/match.h"
 #include "routing/meter.h"
 #include "routing/redis.h"
 #include "routing/schema.h"
@@ -356,15 +357,12 @@ int64_t meter_lease_slice(int64_t remaining, int64_t active, int64_t k, int64_t 
 
 int meter_parse_cap(const char *s, size_t len, int64_t *out)
 {
-    if (!s || len == 0 || len > 18)
+    /* routing's own parser of the tenant hash, so both read a value alike */
+    struct tenant_policy p = { .cap_bytes = -1 };
+    char err[80];
+    if (!s || match_tenant_field(&p, "cap_bytes", 9, s, len, err, sizeof(err)) < 0)
         return -1;
-    int64_t x = 0;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] < '0' || s[i] > '9')
-            return -1;
-        x = x * 10 + (s[i] - '0');
-    }
-    *out = x;
+    *out = p.cap_bytes;
     return 0;
 }
 

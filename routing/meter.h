@@ -114,8 +114,8 @@ int meter_tenant_totals(struct meter *m, const char *tenant, uint64_t *bytes_in,
 const char *meter_run_id(const struct meter *m);
 
 /*
- * Parses a cap_bytes value with routing's rules (routing/match.c: 1..18
- * decimal digits, nothing else).  0 with *out set, or -1.
+ * Parses a cap_bytes value with routing's parser (match_tenant_field():
+ * 1..18 decimal digits, nothing else).  0 with *out set, or -1.
  */
 int meter_parse_cap(const char *s, size_t len, int64_t *out);
 
