@@ -15,6 +15,9 @@ and any header asked for with the query parameter h=Name:Value (repeatable),
 e.g. /status/200?h=Keep-Alive:timeout=5&h=X-Hop:1.  The query parameter
 close=1 makes any route answer with "Connection: close" and close the
 connection right after its response (a complete, length-delimited one).
+The query parameter stale=1 makes any route close the connection without
+answering when the request is not the first on its connection: a backend whose
+keep-alive timeout closed a connection as the request was on its way.
 
 Request bodies (Content-Length or chunked) are always read to the end (counted
 and hashed) before the response starts, except for /ws.  When the request has
@@ -255,6 +258,8 @@ class Conn:
                 return
             self.nreq += 1
             STATS["requests"] += 1
+            if req.q("stale") == "1" and self.nreq > 1:
+                return
             keep = self.keepalive(req)
             if not await self.dispatch(req, keep):
                 return

@@ -254,6 +254,32 @@ def test_half_read_upstream_not_reused():
             assert status == 200 and body == pattern(1000 + i)
 
 
+def test_a_get_on_a_pooled_connection_the_backend_closed_is_sent_again_on_a_fresh_one():
+    """A backend may close an idle keep-alive connection as a request is on its
+    way (its keep-alive timeout): a GET, which can be sent again, is, on a new
+    connection, as nginx does; the client sees only the answer."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+        status, h1, _ = http(tg.port, "GET", "/bytes/10", "app.test")
+        assert status == 200 and h1["x-conn-req"] == "1"
+        time.sleep(0.05)    # the first connection idles in the pool
+        status, h2, body = http(tg.port, "GET", "/bytes/20?stale=1", "app.test")
+        assert status == 200 and body == pattern(20), (status, body)
+        assert h2["x-conn-id"] != h1["x-conn-id"] and h2["x-conn-req"] == "1", (h1, h2)
+        assert tg.metrics()["tollgate_upstream_reused_total"] >= 1
+
+
+def test_a_post_on_a_pooled_connection_the_backend_closed_is_not_sent_again():
+    """A request with a body may have been acted on: it is not sent twice
+    (nginx's proxy_next_upstream without non_idempotent); the client gets 502."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+        assert http(tg.port, "GET", "/bytes/10", "app.test")[0] == 200
+        time.sleep(0.05)
+        status, _, _ = http(tg.port, "POST", "/upload?stale=1", "app.test", body=b"x" * 100)
+        assert status == 502, status
+        stats = json.loads(http(tg.port, "GET", "/stats", "app.test")[2])
+        assert stats["requests"] == 3, stats   # the GET, the POST once, /stats
+
+
 def test_many_concurrent_clients():
     import threading
     errors = []
