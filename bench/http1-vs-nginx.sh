@@ -13,7 +13,8 @@
 # requests/s, p99 latency, and the proxy process's CPU time per request
 # (utime+stime of the whole process from /proc/PID/stat before and after each
 # run, divided by the requests wrk completed) — the fair figure on a 2-core
-# machine where client, proxy and backend share the cores.
+# machine where client, proxy and backend share the cores — and its two parts,
+# user space (the proxy's own code and libraries) and kernel (system calls, TCP).
 #
 # Environment:
 #   BUILD=DIR        build tree holding ./tollgate (default: current directory)
@@ -145,23 +146,25 @@ run_wrk() {
     local c=$1 s=$2 d=$3 port pid extra=() out stat t0 t1 b0 b1
     port=$(port_of "$c"); pid=$(pid_of "$c")
     [ "$s" = close ] && extra=(-H "Connection: close")
-    t0=$(cpu_ticks "$pid"); b0=$(cpu_ticks "$BACKEND_PID")
+    t0=$(cpu_ticks_split "$pid"); b0=$(cpu_ticks "$BACKEND_PID")
     out=$("${WRK_PREFIX[@]}" wrk -t"$WRK_THREADS" -c"$(scen_conns "$s")" -d"${d}s" --latency -s "$(wrk_report_lua)" \
         -H "Host: $HOST" "${extra[@]}" "http://127.0.0.1:$port$(scen_path "$s")" 2>&1) ||
         { echo "$out" >&2; die "wrk failed against $c"; }
-    t1=$(cpu_ticks "$pid"); b1=$(cpu_ticks "$BACKEND_PID")
+    t1=$(cpu_ticks_split "$pid"); b1=$(cpu_ticks "$BACKEND_PID")
     kill -0 "$pid" 2>/dev/null || die "$c died during $s"
     stat=$(grep '^WRKSTAT' <<<"$out") || { echo "$out" >&2; die "no WRKSTAT from wrk"; }
-    $PY - "$stat" "$t0" "$t1" "$b0" "$b1" "$CLK_TCK" <<'EOF'
+    # shellcheck disable=SC2086
+    $PY - "$stat" $t0 $t1 "$b0" "$b1" "$CLK_TCK" <<'EOF'
 import sys
 kv = dict(x.split("=") for x in sys.argv[1].split()[1:])
-t0, t1, b0, b1, hz = (int(x) for x in sys.argv[2:7])
+u0, s0, u1, s1, b0, b1, hz = (int(x) for x in sys.argv[2:9])
 n = int(kv["requests"]) or 1
 dur = int(kv["duration_us"]) / 1e6
 errs = sum(int(kv[k]) for k in kv if k.startswith("err_"))
-print("rps=%.1f p50_ms=%.3f p99_ms=%.3f cpu_us=%.3f backend_cpu_us=%.3f errors=%d requests=%d"
+per = lambda ticks: ticks / hz * 1e6 / n
+print("rps=%.1f p50_ms=%.3f p99_ms=%.3f cpu_us=%.3f user_us=%.3f sys_us=%.3f backend_cpu_us=%.3f errors=%d requests=%d"
       % (n / dur, int(kv["p50_us"]) / 1e3, int(kv["p99_us"]) / 1e3,
-         (t1 - t0) / hz * 1e6 / n, (b1 - b0) / hz * 1e6 / n, errs, n))
+         per(u1 + s1 - u0 - s0), per(u1 - u0), per(s1 - s0), per(b1 - b0), errs, n))
 EOF
 }
 
@@ -177,7 +180,7 @@ bench_rounds
 
 echo
 echo "# tollgate vs nginx reverse proxy, HTTP/1.1, 1 worker each — $(bench_machine)"
-$PY "$BENCH_DIR/report.py" "$RESULTS" --keys rps,p99_ms,cpu_us,backend_cpu_us,errors --base nginx
+$PY "$BENCH_DIR/report.py" "$RESULTS" --keys rps,p99_ms,cpu_us,user_us,sys_us,backend_cpu_us,errors --base nginx
 if grep -q 'errors=[1-9]' "$RESULTS"; then
     echo "WARNING: some runs had errors (socket errors or non-2xx/3xx): see the errors row"
 fi

@@ -81,6 +81,15 @@ cpu_ticks() {
     echo $(( ${12} + ${13} ))
 }
 
+# cpu_ticks_split PID — "utime stime" of the whole process, in clock ticks.
+cpu_ticks_split() {
+    local stat rest
+    stat=$(cat "/proc/$1/stat")
+    rest=${stat##*) }
+    set -- $rest
+    echo "${12} ${13}"
+}
+
 # rss_kib PID — VmRSS in KiB.
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 

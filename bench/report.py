@@ -22,6 +22,8 @@ LABELS = {
     "p50_ms": ("p50 latency ms", "lower is better"),
     "cpu_us": ("proxy CPU us/request", "lower is better"),
     "backend_cpu_us": ("backend CPU us/request", "info"),
+    "user_us": ("  of which user space", "lower is better"),
+    "sys_us": ("  of which kernel", "lower is better"),
     "errors": ("errors (sum)", "must be 0"),
     "mbps": ("MiB/s", "higher is better"),
     "redis_reads": ("Redis reads/request", "0 when hot"),
@@ -30,7 +32,7 @@ LABELS = {
     "rss_kib": ("RSS KiB after run", "info"),
 }
 
-RATIO_KEYS = {"rps", "p50_ms", "p99_ms", "cpu_us", "backend_cpu_us", "mbps"}
+RATIO_KEYS = {"rps", "p50_ms", "p99_ms", "cpu_us", "user_us", "sys_us", "backend_cpu_us", "mbps"}
 
 
 def main():
