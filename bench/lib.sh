@@ -71,23 +71,21 @@ wait_port() {
     return 1
 }
 
-# cpu_ticks PID — utime+stime of the whole process (all threads), in clock ticks.
-cpu_ticks() {
+# cpu_ticks_split PID — "utime stime" of the whole process (all threads), in clock ticks.
+cpu_ticks_split() {
     # Fields after the ")" that ends comm: state is field 3, utime 14, stime 15.
     local stat rest
     stat=$(cat "/proc/$1/stat")
     rest=${stat##*) }
     set -- $rest
-    echo $(( ${12} + ${13} ))
+    echo "${12} ${13}"
 }
 
-# cpu_ticks_split PID — "utime stime" of the whole process, in clock ticks.
-cpu_ticks_split() {
-    local stat rest
-    stat=$(cat "/proc/$1/stat")
-    rest=${stat##*) }
-    set -- $rest
-    echo "${12} ${13}"
+# cpu_ticks PID — utime+stime of the whole process (all threads), in clock ticks.
+cpu_ticks() {
+    local u s
+    read -r u s <<<"$(cpu_ticks_split "$1")"
+    echo $((u + s))
 }
 
 # rss_kib PID — VmRSS in KiB.
