@@ -168,6 +168,10 @@ def test_urgent_byte_then_close_mid_spliced_body_delivers_what_was_sent():
 def test_response_without_a_pipe_is_copied():
     # no descriptors left for a pipe: the body is copied, intact; splicing
     # comes back once descriptors are free again
+    if WRAPPER:
+        # valgrind keeps descriptors of its own in the process: counting them
+        # leaves room for a pipe, and the limit cannot be set to "one more".
+        raise Skip("the descriptor limit cannot be set exactly under a wrapper")
     n = 1000000
     with Backend("b1") as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1) as tg:
         st, _, body = http(tg.port, "GET", "/bytes/10", ROUTE)    # the backend connection is pooled

@@ -64,6 +64,7 @@ Helpers
   scale(seconds): a timeout stretched when TG_WRAPPER (valgrind) or a
   sanitizer build slows the binary (TG_SLOW=factor overrides)
   SANITIZED: true under ASan or a wrapper (skip RSS assertions then)
+  WRAPPER: the TG_WRAPPER command as a list (empty when none)
   RssSampler(pid): `with RssSampler(tg.pid) as s: ...` then s.max_kb
   BUILDDIR, SRCDIR, TOLLGATE, TOLLGATE_CTL, PYTHON
 
@@ -90,7 +91,7 @@ import time
 __all__ = ["Redis", "RedisError", "Backend", "RawBackend", "read_request_head", "Tollgate", "http", "raw", "RawConn", "Response",
            "parse_responses", "free_port", "wait_port", "wait_until", "pattern", "pattern_sha256",
            "scale", "SANITIZED", "RssSampler", "Skip", "BUILDDIR", "SRCDIR", "TOLLGATE", "TOLLGATE_CTL", "PYTHON", "E2E_DIR",
-           "tmpdir"]
+           "tmpdir", "WRAPPER"]
 
 PYTHON = "/usr/bin/python3"
 E2E_DIR = os.path.dirname(os.path.abspath(__file__))
