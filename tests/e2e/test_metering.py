@@ -317,6 +317,83 @@ def test_graceful_stop_flushes_last_counts():
         assert counters(r, "default") == {"bytes_in": c.sent, "bytes_out": c.received, "requests": 1}
 
 
+def test_reloads_during_traffic_lose_or_double_no_byte():
+    """SIGHUP reloads (the config file rewritten each time) while a slow
+    download and a WebSocket are in flight and other traffic comes and goes:
+    both connections live on, and the tenant's counters in Redis equal what
+    the clients counted, byte for byte."""
+    import signal
+    with Redis() as r, Backend("b") as b:
+        add_domain(r, "app.test", "acme", b.addr)
+        conf = "meter-flush-interval 0.5\nkeepalive-timeout %d\n"
+        with Tollgate(config=conf % 75, redis=r.url, workers=2) as tg:
+            totals = {"sent": 0, "received": 0, "requests": 0}
+            lock = threading.Lock()
+            errors = []
+
+            def add(c, n):
+                with lock:
+                    totals["sent"] += c.sent
+                    totals["received"] += c.received
+                    totals["requests"] += n
+
+            def slow_download():
+                try:
+                    c = Counted(tg.port, timeout=scale(30))
+                    c.send(get("app.test", "/slowbody/300000?rate=100000", close=True))
+                    st, _, body = c.read_response()
+                    assert st == 200 and body == pattern(300000), (st, len(body))
+                    c.drain()
+                    c.close()
+                    add(c, 1)
+                except Exception as e:
+                    errors.append(("download", repr(e)))
+
+            def websocket():
+                try:
+                    c = Counted(tg.port, timeout=scale(30))
+                    key = base64.b64encode(os.urandom(16)).decode()
+                    c.send(("GET /ws HTTP/1.1\r\nHost: app.test\r\nUpgrade: websocket\r\n"
+                            "Connection: Upgrade\r\nSec-WebSocket-Key: %s\r\n"
+                            "Sec-WebSocket-Version: 13\r\n\r\n" % key).encode())
+                    st, _, _ = c.read_response()
+                    assert st == 101, st
+                    for i in range(12):            # a message every 0.25 s for 3 s
+                        c.send(ws_frame(b"m" * (1000 + i)))
+                        op, data = ws_read_frame(c)
+                        assert op == 2 and len(data) == 1000 + i
+                        time.sleep(0.25)
+                    c.send(ws_frame(b"\x03\xe8", opcode=8))
+                    ws_read_frame(c)
+                    c.drain()
+                    c.close()
+                    add(c, 1)
+                except Exception as e:
+                    errors.append(("websocket", repr(e)))
+
+            threads = [threading.Thread(target=slow_download), threading.Thread(target=websocket)]
+            for t in threads:
+                t.start()
+            for gen in (60, 45, 30):
+                time.sleep(0.7)
+                tg.write_config(conf % gen)
+                tg.signal(signal.SIGHUP)
+                sent, received, requests = run_mixed_traffic(tg.port, "app.test")
+                with lock:
+                    totals["sent"] += sent
+                    totals["received"] += received
+                    totals["requests"] += requests
+            for t in threads:
+                t.join(scale(30))
+            assert not errors, errors
+            assert tg.running()
+            want = {"bytes_in": totals["sent"], "bytes_out": totals["received"], "requests": totals["requests"]}
+            wait_until(lambda: counters(r, "acme") == want, scale(5), "the counters in Redis")
+            assert tg.stop() == 0
+            assert counters(r, "acme") == want, (counters(r, "acme"), want)
+            assert "reload" in tg.log_text()
+
+
 def test_redis_killed_and_restarted_nothing_lost_or_doubled():
     # appendfsync always: what Redis acknowledged survives its SIGKILL
     with Redis(args=["--appendonly", "yes", "--appendfsync", "always"]) as r, Backend("b") as b, \
