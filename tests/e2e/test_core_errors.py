@@ -202,3 +202,35 @@ def test_http10_request_without_host_is_told_so():
         assert b"no Host header" in resp, resp
         resp = raw(tg.port, b"GET /a HTTP/1.0\r\nHost: a..b\r\n\r\n")
         assert resp.startswith(b"HTTP/1.0 400") and b"not a valid host name" in resp, resp
+
+
+def test_a_restarted_backend_is_served_again_without_an_error_from_stale_connections():
+    """The backend goes away while tollgate holds pooled connections to it:
+    requests meanwhile get a quick 502 (no hang), and once it is back on the
+    same address every request succeeds -- no stale pooled connection shows
+    through as an error."""
+    port = free_port()
+    b = Backend("first", port=port)
+    try:
+        with Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+            with_conns = [RawConn(tg.port) for _ in range(4)]    # four pooled backend connections
+            for c in with_conns:
+                c.send(b"GET /sleep/0.2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            for c in with_conns:
+                assert c.read_response().status == 200
+            b.stop()
+            t0 = time.time()
+            status, headers, body = http(tg.port, "GET", "/echo", "app.test")
+            check_page(status, headers, body, 502)
+            assert time.time() - t0 < scale(3)
+            b = Backend("second", port=port)
+            for c in with_conns:                 # old client connections, new backend
+                c.send(b"GET /bytes/100 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                r = c.read_response()
+                assert r.status == 200 and r.header("x-backend") == "second" and r.body == pattern(100), r.status
+                c.close()
+            for i in range(10):
+                status, headers, body = http(tg.port, "GET", "/bytes/%d" % i, "app.test")
+                assert status == 200 and headers["x-backend"] == "second" and body == pattern(i)
+    finally:
+        b.stop()
