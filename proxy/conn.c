@@ -105,6 +105,7 @@ enum {
     RF_UP_EOF        = 1 << 15, /* backend closed; its buffered bytes are still being relayed */
     RF_SPLICE        = 1 << 16, /* the body moves by splice (pipe held, events diverted) */
     RF_NO_SPLICE     = 1 << 17, /* splicing failed for this response: copy the rest */
+    RF_ADMITTED      = 1 << 18, /* the meter admitted it (counted as a request): its bytes are billed */
 };
 
 /* struct conn flags */
@@ -205,6 +206,7 @@ static void tunnel_half_close(struct conn *c);
 static void finish_request(struct conn *c);
 static void splice_end(struct conn *c);
 static void conn_end(struct conn *c);
+static void conn_cut(struct conn *c);
 static void conn_release_req(struct conn *c);
 
 static void set_state(struct conn *c, enum conn_state s)
@@ -899,6 +901,7 @@ static void admit(struct conn *c)
                 return;
             }
             meter_count_request(r->mt);
+            r->flags |= RF_ADMITTED;
         }
     }
     if (r->redirect_https) {
@@ -1275,7 +1278,7 @@ static int relay_request_body(struct conn *c)
         uint64_t trailer = r->req_chunk.trailer;
         ssize_t n = plan_move(c, in, hwm - have, r->req_mode, r->req_left, &r->req_chunk, &done);
         if (n == -2) {
-            conn_close(c);
+            conn_cut(c);
             return -1;
         }
         if (n == -1) {
@@ -1339,7 +1342,7 @@ static int relay_tunnel(struct conn *c, struct bufferevent *src, struct bufferev
         int done;
         ssize_t n = plan_move(c, in, hwm - have, BODY_CLOSE, 0, NULL, &done);
         if (n < 0) {
-            conn_close(c);
+            conn_cut(c);     /* -2: the only failure of a close-delimited move */
             return -1;
         }
         if (n == 0)
@@ -1722,7 +1725,7 @@ static int splice_pump(struct conn *c, int readable)
         if (p->len > r->pipe_ok && !(r->flags & RF_THROTTLED)) {
             size_t ok = allowance(c, p->len - r->pipe_ok);
             if (ok == 0 && (r->flags & RF_CUT)) {
-                conn_close(c);
+                conn_cut(c);
                 return -1;
             }
             r->pipe_ok += ok;
@@ -1830,10 +1833,13 @@ static int relay_response_body(struct conn *c)
         } else {
             n = plan_move(c, in, hwm - have, r->resp_mode, r->resp_left, &r->resp_chunk, &done);
         }
+        if (n == -2) {
+            conn_cut(c);
+            return -1;
+        }
         if (n < 0) {
-            if (n == -1)
-                log_warn("%s: conn %llu: invalid chunked body from %s", __func__, (unsigned long long)c->id,
-                         r->target.name);
+            log_warn("%s: conn %llu: invalid chunked body from %s", __func__, (unsigned long long)c->id,
+                     r->target.name);
             conn_close(c);
             return -1;
         }
@@ -2221,14 +2227,19 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     if (c->state == CS_TUNNEL) {
         if ((what & BEV_EVENT_TIMEOUT) && tunnel_rearm(c, bev, what))
             return;
-        /* Backend closed the tunnel: flush what it sent, then close. */
+        /* Backend closed the tunnel: flush what it sent, then end.  The
+         * client may still be talking: a lingering close (conn_end), as a
+         * plain one would make Linux reset the connection and throw away
+         * what it still held for the client, counted but undelivered. */
         if (relay_tunnel(c, bev, c->bev, 0) < 0)
             return;
         up_detach(c, 0);
+        if (!(c->flags & CF_CLIENT_EOF))
+            c->flags |= CF_UNREAD;
         set_state(c, CS_CLOSING);
         bufferevent_disable(c->bev, EV_READ);
         if (evbuffer_get_length(bufferevent_get_output(c->bev)) == 0)
-            conn_close(c);
+            conn_end(c);
         return;
     }
 
@@ -2455,6 +2466,23 @@ static void conn_end(struct conn *c)
     bev_enable_read(c->bev);
 }
 
+/*
+ * Ends a connection whose transfer the meter cut (the tenant's cap or a
+ * suspension): what the kernel already took, and counted, still reaches the
+ * client -- closing with client bytes unread would make Linux reset the
+ * connection and throw it away -- and what tollgate had not handed over is
+ * dropped, uncounted.  Then a lingering close, as conn_end().
+ */
+static void conn_cut(struct conn *c)
+{
+    struct evbuffer *out = bufferevent_get_output(c->bev);
+    evbuffer_remove_cb(out, client_out_cb, c);   /* dropped is not sent */
+    evbuffer_drain(out, evbuffer_get_length(out));
+    if (!(c->flags & CF_CLIENT_EOF))
+        c->flags |= CF_UNREAD;
+    conn_end(c);
+}
+
 /* Ends the connection's request, if any: its backend connection, route
  * lookup and timers go, and it is logged (499 when nothing was answered). */
 static void conn_release_req(struct conn *c)
@@ -2473,6 +2501,12 @@ static void conn_release_req(struct conn *c)
     }
     if (r->status == 0)
         r->status = 499;   /* client closed before an answer (nginx's convention) */
+    if (r->mt && !(r->flags & RF_ADMITTED)) {
+        /* Gone while admission waited for the meter: not a request the
+         * meter admitted, so none of its bytes is billed. */
+        meter_tenant_put(r->mt);
+        r->mt = NULL;
+    }
     consume_head(c);
     /* Count what the kernel already took before the buffer goes away. */
     log_request(c, r);

@@ -394,6 +394,122 @@ def test_reloads_during_traffic_lose_or_double_no_byte():
             assert "reload" in tg.log_text()
 
 
+def test_a_websocket_the_backend_closes_delivers_every_billed_byte():
+    """The backend sends its last bytes and closes while the client is still
+    talking and reads slowly: tollgate ends the tunnel with a lingering
+    close, so what the kernel held for the client (billed) still arrives --
+    a plain close would make Linux reset the connection and drop it."""
+    n = 100000
+
+    def serve(s, k):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Accept: x\r\n\r\n" + b"m" * n)
+        time.sleep(0.3)
+        return False                      # and it closes
+
+    with Redis() as r, RawBackend(serve) as b, \
+            Tollgate(redis=r.url, workers=1, args=["--meter-flush-interval", "0.2"]) as tg:
+        add_domain(r, "ws.test", "wst", b.addr)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # a slow reader's window
+        s.connect(("127.0.0.1", tg.port))
+        s.settimeout(scale(5))
+        s.sendall(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+        time.sleep(0.8)                   # the backend has sent and closed; tollgate holds the rest
+        s.sendall(ws_frame(b"client still talking"))
+        got = 0
+        try:
+            while True:
+                d = s.recv(1024)
+                if not d:
+                    break
+                got += len(d)
+                time.sleep(0.002)         # slower than loopback
+        except ConnectionResetError:
+            pass
+        s.close()
+        assert got > n, got               # the whole upgrade answer and every byte of the backend's
+        wait_until(lambda: counters(r, "wst")["bytes_out"] == got, scale(5), "bytes_out == bytes received")
+        time.sleep(0.5)
+        assert counters(r, "wst")["bytes_out"] == got, (counters(r, "wst"), got)
+
+
+class SlowScripts:
+    """A loopback TCP proxy in front of Redis that, while .delay is set,
+    holds every client->Redis chunk carrying a script call (EVALSHA/EVAL:
+    the meter's flushes and leases) for .delay seconds.  Routing reads pass."""
+
+    def __init__(self, redis_port):
+        self.redis_port = redis_port
+        self.delay = 0.0
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(64)
+        self.url = "redis://127.0.0.1:%d" % self.srv.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            u = socket.create_connection(("127.0.0.1", self.redis_port))
+            threading.Thread(target=self._pump, args=(c, u, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, False), daemon=True).start()
+
+    def _pump(self, a, b, to_redis):
+        try:
+            while True:
+                d = a.recv(65536)
+                if not d:
+                    break
+                if to_redis and self.delay and b"EVAL" in d.upper():
+                    time.sleep(self.delay)
+                b.sendall(d)
+        except OSError:
+            pass
+        for x in (a, b):
+            try:
+                x.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.srv.close()
+
+
+def test_a_client_gone_while_admission_waits_is_not_billed():
+    """A capped tenant's first request waits (up to 0.5 s) for the meter's
+    first verdict; a client that leaves meanwhile made no request the meter
+    admitted: neither its bytes nor a request are billed (as 509/503)."""
+    with Redis() as r, Backend("b") as b:
+        proxy = SlowScripts(r.port)
+        try:
+            with Tollgate(redis=proxy.url, workers=1, args=["--meter-flush-interval", "0.2"]) as tg:
+                add_domain(r, "cw.test", "cwt", b.addr, cap_bytes=10 ** 12)
+                proxy.delay = 0.8                     # the first lease reply comes late
+                s = socket.create_connection(("127.0.0.1", tg.port))
+                s.sendall(get("cw.test", "/bytes/10"))
+                time.sleep(0.15)                      # admission is waiting
+                s.close()
+                time.sleep(1.0)
+                proxy.delay = 0
+                # a request afterwards is billed as usual
+                c = Counted(tg.port)
+                c.send(get("cw.test", "/bytes/10", close=True))
+                assert c.read_response()[0] == 200
+                c.drain()
+                c.close()
+                want = {"bytes_in": c.sent, "bytes_out": c.received, "requests": 1}
+                wait_until(lambda: counters(r, "cwt") == want, scale(5), "only the second request billed")
+                assert any(" 499 " in l for l in tg.access_log_lines()), tg.access_log_lines()
+        finally:
+            proxy.close()
+
+
 def test_redis_killed_and_restarted_nothing_lost_or_doubled():
     # appendfsync always: what Redis acknowledged survives its SIGKILL
     with Redis(args=["--appendonly", "yes", "--appendfsync", "always"]) as r, Backend("b") as b, \
@@ -494,6 +610,43 @@ def test_download_cut_at_remaining_budget():
         total = used["bytes_in"] + used["bytes_out"]
         # overshoot: only the unreserved heads of the one request (docs/metering.md)
         assert total - cap <= 1024, total - cap
+
+
+def test_a_download_cut_at_the_cap_while_the_client_talks_delivers_every_billed_byte():
+    """The cut at the cap ends the connection with a lingering close: a
+    client still sending (here a byte now and then while it reads slowly)
+    gets every byte billed to its tenant -- with a plain close its next byte
+    would make Linux reset the connection and drop what it had not read."""
+    cap = 100 * 1024 * 1024
+    remaining = 2 * 1024 * 1024
+    with Redis() as r, Backend("b") as b, Tollgate(redis=r.url, args=["--meter-flush-interval", "0.2"]) as tg:
+        host = routed(r, b, cap_bytes=cap)
+        set_usage(r, "capt", cap - remaining)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        s.connect(("127.0.0.1", tg.port))
+        s.settimeout(scale(10))
+        req = get(host, "/bytes/20000000")
+        s.sendall(req)
+        got = 0
+        n = 0
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got += len(d)
+                n += 1
+                if n % 8 == 0:
+                    s.sendall(b"x")       # the client talks while it reads
+                time.sleep(0.001)
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        s.close()
+        assert remaining - 256 * 1024 <= got <= remaining + 1024, got
+        assert tg.stop() == 0
+        used = counters(r, "capt")
+        assert used["bytes_out"] - (cap - remaining) == got, (used, got)   # set_usage put the rest there
 
 
 def status(tg, host):
