@@ -106,6 +106,7 @@ enum {
     RF_SPLICE        = 1 << 16, /* the body moves by splice (pipe held, events diverted) */
     RF_NO_SPLICE     = 1 << 17, /* splicing failed for this response: copy the rest */
     RF_ADMITTED      = 1 << 18, /* the meter admitted it (counted as a request): its bytes are billed */
+    RF_AWAIT_100     = 1 << 19, /* Expect: 100-continue, no body byte yet: the backend owes an answer */
 };
 
 /* struct conn flags */
@@ -768,6 +769,9 @@ static void conn_process(struct conn *c)
         r->req_left = rq->content_length;
         r->flags |= RF_HAS_BODY;
     }
+    /* RFC 9110 §10.1.1: such a client may wait for 100 before its body. */
+    if ((rq->flags & H1_F_EXPECT_CONTINUE) && (r->flags & RF_HAS_BODY) && rq->minor >= 1)
+        r->flags |= RF_AWAIT_100;
     /* RFC 9112 §9.3: HTTP/1.0 persists only with keep-alive; 1.1 unless close. */
     if ((rq->flags & H1_F_CONN_CLOSE) || (rq->minor == 0 && !(rq->flags & H1_F_CONN_KEEPALIVE)))
         c->flags |= CF_CLOSE_AFTER;
@@ -1041,6 +1045,19 @@ static int head_end(struct head_out *h)
  * input.  Hop-by-hop fields go (RFC 9110 §7.6.1), X-Forwarded-* and
  * Forwarded (RFC 7239) are set from what this hop saw, Host is kept.
  */
+/* While a request body flows the client must keep sending and the backend
+ * keep taking it (writes time out); the backend's read timeout waits for
+ * the body's end (RF_REQ_DONE).  Ends an Expect: 100-continue wait. */
+static void upload_timeouts(struct conn *c)
+{
+    struct req *r = c->req;
+    const struct tg_config *cfg = cfg_of(c);
+    struct timeval ut = tv_of(cfg->upstream_read_timeout);
+    r->flags &= ~RF_AWAIT_100;
+    bufferevent_set_timeouts(r->up, NULL, &ut);
+    set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
+}
+
 static void send_request(struct conn *c)
 {
     struct req *r = c->req;
@@ -1139,12 +1156,15 @@ static void send_request(struct conn *c)
     /* While the request body flows the client must keep sending. */
     const struct tg_config *cfg = cfg_of(c);
     struct timeval ut = tv_of(cfg->upstream_read_timeout);
-    if (r->flags & RF_REQ_DONE) {
+    if ((r->flags & RF_AWAIT_100) && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        r->flags &= ~RF_AWAIT_100;           /* the client did not wait */
+    if (r->flags & (RF_REQ_DONE | RF_AWAIT_100)) {
+        /* The backend owes an answer (to an Expect: 100-continue, its 100
+         * or a final one): its read timeout runs, the client's does not. */
         bufferevent_set_timeouts(r->up, &ut, &ut);
         set_client_timeouts(c, 0, cfg->client_body_timeout);
     } else {
-        bufferevent_set_timeouts(r->up, NULL, &ut);
-        set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
+        upload_timeouts(c);
     }
     bev_enable_read(r->up);
     bev_enable_read(c->bev);
@@ -1265,6 +1285,8 @@ static ssize_t plan_move(struct conn *c, struct evbuffer *in, size_t room, int m
 /* Moves request body bytes client -> backend. */
 static int relay_request_body(struct conn *c)
 {
+    if ((c->req->flags & RF_AWAIT_100) && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
+        upload_timeouts(c);             /* the body has begun */
     struct req *r = c->req;
     struct evbuffer *in = bufferevent_get_input(c->bev);
     struct evbuffer *out = bufferevent_get_output(r->up);
@@ -1490,6 +1512,8 @@ static int read_response_head(struct conn *c)
             }
             evbuffer_drain(in, (size_t)hl);
             flush_now(c->bev);
+            if (rs.status == 100 && (r->flags & RF_AWAIT_100) && !(r->flags & RF_REQ_DONE))
+                upload_timeouts(c);     /* now the client owes its body */
             continue;
         }
         r->status = rs.status;
@@ -2052,8 +2076,16 @@ static int tunnel_rearm(struct conn *c, struct bufferevent *bev, short what)
     struct timeval now, d;
     event_base_gettimeofday_cached(worker_base(c->w), &now);
     evutil_timersub(&now, &c->last_activity, &d);
-    if ((double)d.tv_sec >= cfg_of(c)->upstream_read_timeout)
+    double left = cfg_of(c)->upstream_read_timeout - tv_s(d);
+    if (left <= 0.001)
         return 0;
+    /* Due one timeout after the last byte either way, not one after now. */
+    if (bev == c->bev) {
+        set_client_timeouts(c, left, left);
+    } else {
+        struct timeval t = tv_of(left);
+        bufferevent_set_timeouts(bev, &t, &t);
+    }
     bufferevent_enable(bev, (what & BEV_EVENT_READING) ? EV_READ : EV_WRITE);
     return 1;
 }

@@ -178,3 +178,71 @@ def test_a_pooled_connection_whose_read_timeout_falls_due_is_not_reused():
                 statuses.append(c.read_response().status)
             d += 0.0005
         assert statuses == [200] * len(statuses), statuses
+
+
+def test_a_client_waiting_for_100_continue_is_not_cut_by_the_body_timeout():
+    """Expect: 100-continue (RFC 9110 §10.1.1): until the 100 comes the client
+    owes no body, so the client-body timeout does not run; the backend owes
+    an answer, so the upstream read timeout does.  A backend taking 2 s to
+    send its 100 (body timeout 1 s) gets the body; a silent one gets 504 at
+    the read timeout, not 408 at the body timeout."""
+    def slow_100(s, n):
+        read_request_head(s)
+        time.sleep(2.0)
+        s.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        body = b""
+        while len(body) < 10:
+            d = s.recv(100)
+            if not d:
+                break
+            body += d
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        return False
+
+    head = b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 10\r\nExpect: 100-continue\r\n\r\n"
+    with RawBackend(slow_100) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1,
+                                             args=["--client-body-timeout", "1", "--upstream-read-timeout", "10"]) as tg:
+        with RawConn(tg.port, timeout=scale(8)) as c:
+            c.send(head)
+            r = c.read_head()
+            assert r.status == 100, r.status
+            c.send(b"0123456789")
+            r = c.read_response()
+            assert r.status == 200 and r.body == b"0123456789", (r.status, r.body)
+
+    def hung(s, n):
+        read_request_head(s)
+        time.sleep(5)
+        return False
+
+    with RawBackend(hung) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1,
+                                         args=["--client-body-timeout", "3", "--upstream-read-timeout", "1"]) as tg:
+        with RawConn(tg.port, timeout=scale(8)) as c:
+            t0 = time.monotonic()
+            c.send(head)
+            r = c.read_response()
+            took = time.monotonic() - t0
+            assert r.status == 504, r.status
+            assert took < scale(2.5), took
+
+
+def test_an_idle_tunnel_ends_one_fractional_timeout_after_its_last_byte():
+    """A tunnel is idle after one upstream-read-timeout of silence both ways;
+    a fractional timeout is kept to the fraction (1.5 s, not 2 or 3)."""
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+        time.sleep(7)
+        return False
+
+    with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1,
+                                          args=["--upstream-read-timeout", "1.5"]) as tg:
+        with RawConn(tg.port, timeout=scale(6)) as c:
+            c.send(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            assert c.read_head().status == 101
+            t0 = time.monotonic()
+            time.sleep(1.0)
+            c.send(b"x")                  # a byte 1 s in: silence is counted from here
+            c.read_to_eof()
+            took = time.monotonic() - t0
+            assert 2.3 <= took < 2.5 + scale(0.6), took
