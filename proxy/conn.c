@@ -1040,11 +1040,6 @@ static int head_end(struct head_out *h)
     return h->overflow ? -1 : 0;
 }
 
-/*
- * Writes the request head to the backend and consumes it from the client
- * input.  Hop-by-hop fields go (RFC 9110 §7.6.1), X-Forwarded-* and
- * Forwarded (RFC 7239) are set from what this hop saw, Host is kept.
- */
 /* While a request body flows the client must keep sending and the backend
  * keep taking it (writes time out); the backend's read timeout waits for
  * the body's end (RF_REQ_DONE).  Ends an Expect: 100-continue wait. */
@@ -1058,6 +1053,11 @@ static void upload_timeouts(struct conn *c)
     set_client_timeouts(c, cfg->client_body_timeout, cfg->client_body_timeout);
 }
 
+/*
+ * Writes the request head to the backend and consumes it from the client
+ * input.  Hop-by-hop fields go (RFC 9110 §7.6.1), X-Forwarded-* and
+ * Forwarded (RFC 7239) are set from what this hop saw, Host is kept.
+ */
 static void send_request(struct conn *c)
 {
     struct req *r = c->req;
