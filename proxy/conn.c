@@ -1156,11 +1156,11 @@ static void send_request(struct conn *c)
     /* While the request body flows the client must keep sending. */
     const struct tg_config *cfg = cfg_of(c);
     struct timeval ut = tv_of(cfg->upstream_read_timeout);
-    if ((r->flags & RF_AWAIT_100) && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
-        r->flags &= ~RF_AWAIT_100;           /* the client did not wait */
     if (r->flags & (RF_REQ_DONE | RF_AWAIT_100)) {
         /* The backend owes an answer (to an Expect: 100-continue, its 100
-         * or a final one): its read timeout runs, the client's does not. */
+         * or a final one): its read timeout runs, the client's does not.
+         * (Body bytes of a client that did not wait switch to the upload
+         * timeouts in relay_request_body().) */
         bufferevent_set_timeouts(r->up, &ut, &ut);
         set_client_timeouts(c, 0, cfg->client_body_timeout);
     } else {
@@ -1285,10 +1285,10 @@ static ssize_t plan_move(struct conn *c, struct evbuffer *in, size_t room, int m
 /* Moves request body bytes client -> backend. */
 static int relay_request_body(struct conn *c)
 {
-    if ((c->req->flags & RF_AWAIT_100) && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0)
-        upload_timeouts(c);             /* the body has begun */
     struct req *r = c->req;
     struct evbuffer *in = bufferevent_get_input(c->bev);
+    if ((r->flags & RF_AWAIT_100) && evbuffer_get_length(in) > 0)
+        upload_timeouts(c);             /* the body has begun */
     struct evbuffer *out = bufferevent_get_output(r->up);
     size_t hwm = hwm_of(c);
 

@@ -195,6 +195,26 @@ def ws_read_frame(c):
     return b0 & 0x0F, c._take(n)
 
 
+def read_slowly(s, size, pause, talk_every=0):
+    """Reads s to its end, size bytes per recv and pause s between them, and
+    with talk_every sends a byte every that many reads; returns the bytes
+    read.  A reset ends the reading (what had arrived is counted)."""
+    got = n = 0
+    try:
+        while True:
+            d = s.recv(size)
+            if not d:
+                break
+            got += len(d)
+            n += 1
+            if talk_every and n % talk_every == 0:
+                s.sendall(b"x")
+            time.sleep(pause)
+    except (ConnectionResetError, BrokenPipeError):
+        pass
+    return got
+
+
 def metric(tg, name, labels):
     v = tg.metrics().get("%s{%s}" % (name, labels))
     return None if v is None else int(v)
@@ -419,16 +439,7 @@ def test_a_websocket_the_backend_closes_delivers_every_billed_byte():
                   b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
         time.sleep(0.8)                   # the backend has sent and closed; tollgate holds the rest
         s.sendall(ws_frame(b"client still talking"))
-        got = 0
-        try:
-            while True:
-                d = s.recv(1024)
-                if not d:
-                    break
-                got += len(d)
-                time.sleep(0.002)         # slower than loopback
-        except ConnectionResetError:
-            pass
+        got = read_slowly(s, 1024, 0.002)  # slower than loopback
         s.close()
         assert got > n, got               # the whole upgrade answer and every byte of the backend's
         wait_until(lambda: counters(r, "wst")["bytes_out"] == got, scale(5), "bytes_out == bytes received")
@@ -628,20 +639,7 @@ def test_a_download_cut_at_the_cap_while_the_client_talks_delivers_every_billed_
         s.settimeout(scale(10))
         req = get(host, "/bytes/20000000")
         s.sendall(req)
-        got = 0
-        n = 0
-        try:
-            while True:
-                d = s.recv(65536)
-                if not d:
-                    break
-                got += len(d)
-                n += 1
-                if n % 8 == 0:
-                    s.sendall(b"x")       # the client talks while it reads
-                time.sleep(0.001)
-        except (ConnectionResetError, BrokenPipeError):
-            pass
+        got = read_slowly(s, 65536, 0.001, talk_every=8)   # the client talks while it reads
         s.close()
         assert remaining - 256 * 1024 <= got <= remaining + 1024, got
         assert tg.stop() == 0
