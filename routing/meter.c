@@ -111,7 +111,7 @@ struct meter_gt {
     double rate;                  /* reserved bytes/s, smoothed */
     struct meter_gt *pol_next;    /* m->polq: uncapped, active, policy to poll */
     int on_pol;
-    int pol_inflight;             /* an HMGET of its policy hash is on its way */
+    int pol_inflight;             /* a policy poll (policy_lua) is on its way */
 };
 
 /* A worker's handle on a tenant. */
@@ -270,7 +270,9 @@ static const char flush_lua[] =
  * in-flight transfer at its next lease (every interval while it is active)
  * rather than with the tenant's next request.  A cap_bytes that parses as
  * routing parses it (1..18 decimal digits) replaces ARGV[2]; otherwise the
- * cap passed in is used, as before.
+ * cap passed in is used, as before.  Lengths are checked (HSTRLEN) before a
+ * value is read: Redis allows 512 MB, and copying such a value into Lua
+ * would stall Redis for every client.
  * Returns {slice, remaining - slice, active instances, usage, rcap, susp}:
  * rcap is the cap_bytes string the script used, or -1 when the hash has no
  * valid one; susp is 1 when suspended is "1", else 0 (routing's rules).
@@ -285,12 +287,14 @@ static const char lease_lua[] =
     "local rel = ARGV[8] == '1'\n"
     "local rcap, susp = -1, 0\n"
     "if KEYS[4] and redis.call('TYPE', KEYS[4]).ok == 'hash' then\n"
-    "  local f = redis.call('HMGET', KEYS[4], 'cap_bytes', 'suspended')\n"
-    "  if f[1] and #f[1] <= 18 and string.match(f[1], '^%d+$') then\n"
-    "    rcap = f[1]\n"
-    "    cap = tonumber(f[1])\n"
+    "  local c = redis.call('HSTRLEN', KEYS[4], 'cap_bytes') <= 18 and redis.call('HGET', KEYS[4], 'cap_bytes')\n"
+    "  if c and string.match(c, '^%d+$') then\n"
+    "    rcap = c\n"
+    "    cap = tonumber(c)\n"
     "  end\n"
-    "  if f[2] == '1' then susp = 1 end\n"
+    "  if redis.call('HSTRLEN', KEYS[4], 'suspended') == 1 and redis.call('HGET', KEYS[4], 'suspended') == '1' then\n"
+    "    susp = 1\n"
+    "  end\n"
     "end\n"
     "if KEYS[3] and ARGV[10] and tonumber(ARGV[10]) > 0 then\n"
     "  local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') or 0\n"
@@ -1656,6 +1660,18 @@ static void flusher_redis_policy(struct meter *m, struct meter_gt *g, int64_t ca
     }
 }
 
+/*
+ * The policy poll: {cap_bytes, suspended} as HMGET returns them, except that
+ * a value longer than routing accepts comes back as "" without being read
+ * (HSTRLEN first: a 512 MB value copied into a reply would stall Redis).
+ */
+static const char policy_lua[] =
+    "local function f(n, max)\n"
+    "  if redis.call('HSTRLEN', KEYS[1], n) > max then return '' end\n"
+    "  return redis.call('HGET', KEYS[1], n)\n"
+    "end\n"
+    "return {f('cap_bytes', 18), f('suspended', 1)}\n";
+
 static void policy_reply(void *arg, const struct redis_reply *r, const char *err)
 {
     struct meter_gt *g = arg;
@@ -1685,7 +1701,7 @@ static void policy_reply(void *arg, const struct redis_reply *r, const char *err
 /*
  * Capped tenants learn Redis's policy from every lease reply; uncapped ones
  * that had traffic in the interval (flusher_drain puts them on m->polq) get
- * one HMGET of their policy hash, pipelined on the flusher's connection, so
+ * one policy poll (policy_lua), pipelined on the flusher's connection, so
  * a cap or suspension set during a transfer takes effect within about one
  * interval.  Never on the hot path.
  */
@@ -1706,7 +1722,9 @@ static void flusher_poll_policies(struct meter *m)
         if (!up || g->pol_inflight || atomic_load_explicit(&g->cap, RELAXED) >= 0)
             continue;
         char *k = key_tenant(m, g->name);
-        if (k && redis_cmdf(m->rc, policy_reply, g, "HMGET %s cap_bytes suspended", k) == 0)
+        const char *argv[4] = { "EVAL", policy_lua, "1", k };
+        size_t lens[4] = { 4, sizeof(policy_lua) - 1, 1, k ? strlen(k) : 0 };
+        if (k && redis_cmd(m->rc, policy_reply, g, 4, argv, lens) == 0)
             g->pol_inflight = 1;
         free(k);
     }

@@ -12,7 +12,8 @@
  *     host wait on it (coalescing).  A fetch pipelines, back to back on the
  *     main connection: HGETALL <p>domain:<host>, HGETALL <p>domain:*.<zone>,
  *     LRANGE <p>paths:<host>, LRANGE <p>paths:*.<zone> and, when the cached
- *     pattern list is not fresh, LRANGE <p>patterns.  When the replies are
+ *     pattern list is not fresh, LRANGE <p>patterns, each through
+ *     route_read_lua (a key over 8 MiB is refused unread).  When the replies are
  *     in, the match is decided (exact, wildcard, patterns), then backend
  *     names are resolved (evdns) and the tenant policy fetched (HGETALL
  *     <p>tenant:<t>) if not cached, in parallel.  Replies are parsed by
@@ -183,7 +184,7 @@ struct route_pool {
 struct route_pats {
     struct match_pattern **p;
     size_t n;
-    int broken;                    /* wrong key type: pattern-stage hosts get BAD_DATA */
+    const char *broken;            /* why the key is unusable (wrong type, too large): pattern-stage hosts get BAD_DATA */
     double fetched, expires;
     uint32_t gen, dep_val;
 };
@@ -1600,12 +1601,37 @@ static void route_dns_start(struct route_fetch *f, const char *name)
 
 /* ---- Redis replies ---- */
 
-/* 1 when r is a WRONGTYPE error (bad data), as opposed to a server problem. */
-static int route_is_wrongtype(const struct redis_reply *r)
+/*
+ * Every routing read runs inside Redis through this script: a key that
+ * Redis holds in more than ROUTE_KEY_BYTES_MAX bytes (MEMORY USAGE, every
+ * element counted) is refused with a ROUTE_TOO_BIG error instead of being
+ * sent.  Values tollgate reads are limited to 64 KiB each; an oversized one
+ * (Redis allows 512 MB) would cost Redis a long reply to build (0.3 s for
+ * 128 MiB, with every client waiting) and us its transfer: the lookups
+ * pipelined behind it would time out and the connection be redialled.
+ * WRONGTYPE and other errors come back as they are (pcall).
+ */
+#define ROUTE_KEY_BYTES_MAX_STR "8388608"     /* 8 MiB */
+#define ROUTE_TOO_BIG "TGTOOBIG"
+static const char route_read_lua[] =
+    "local m = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0')\n"
+    "if m and m > tonumber(ARGV[1]) then return redis.error_reply('" ROUTE_TOO_BIG " ' .. m) end\n"
+    "return redis.pcall(ARGV[2], KEYS[1], unpack(ARGV, 3))\n";
+
+/*
+ * Tells an error reply that is bad data from a server problem: WRONGTYPE
+ * ("key is not a <type>") and route_read_lua's refusal of an oversized key
+ * are bad data.  Returns the reason (static), or NULL for a server problem.
+ */
+static const char *route_data_error(const struct redis_reply *r, int hash)
 {
     size_t n;
     const char *s = redis_reply_str(r, &n);
-    return s && n >= 9 && memcmp(s, "WRONGTYPE", 9) == 0;
+    if (s && n >= 9 && memcmp(s, "WRONGTYPE", 9) == 0)
+        return hash ? "key is not a hash" : "key is not a list";
+    if (s && n >= sizeof(ROUTE_TOO_BIG) - 1 && memcmp(s, ROUTE_TOO_BIG, sizeof(ROUTE_TOO_BIG) - 1) == 0)
+        return "key holds more than " ROUTE_KEY_BYTES_MAX_STR " bytes (Redis' MEMORY USAGE): not read";
+    return NULL;
 }
 
 /* Parses an HGETALL reply of a domain key into d.  Returns 0, or -1 for a server error. */
@@ -1613,10 +1639,11 @@ static int route_parse_domain(const struct redis_reply *r, struct route_draft *d
 {
     int t = redis_reply_type(r);
     if (t == REDIS_T_ERROR) {
-        if (!route_is_wrongtype(r))
+        const char *why = route_data_error(r, 1);
+        if (why == NULL)
             return -1;
         d->present = d->bad = 1;
-        snprintf(d->err, sizeof(d->err), "key is not a hash");
+        snprintf(d->err, sizeof(d->err), "%s", why);
         return 0;
     }
     if (t != REDIS_T_ARRAY) {
@@ -1669,9 +1696,10 @@ static int route_parse_paths(const struct redis_reply *r, struct match_paths **o
     *out = NULL;
     int t = redis_reply_type(r);
     if (t == REDIS_T_ERROR) {
-        if (!route_is_wrongtype(r))
+        const char *why = route_data_error(r, 0);
+        if (why == NULL)
             return -1;
-        snprintf(err, errlen, "key is not a list");
+        snprintf(err, errlen, "%s", why);
         return 1;
     }
     if (t != REDIS_T_ARRAY) {
@@ -1720,7 +1748,8 @@ static int route_parse_patterns(struct route_fetch *f, const struct redis_reply 
     char what[ROUTE_KEY_MAX + 16];
     size_t kl = route_key(rc, what, sizeof(what), RK_PATTERNS, "", 0);
     int t = redis_reply_type(r);
-    if (t == REDIS_T_ERROR && !route_is_wrongtype(r))
+    const char *why = t == REDIS_T_ERROR ? route_data_error(r, 0) : NULL;
+    if (t == REDIS_T_ERROR && why == NULL)
         return -1;
     struct route_pats *p = calloc(1, sizeof(*p));
     if (p == NULL)
@@ -1730,8 +1759,8 @@ static int route_parse_patterns(struct route_fetch *f, const struct redis_reply 
     p->gen = f->gen;
     p->dep_val = f->val[CMD_PAT];
     if (t != REDIS_T_ARRAY) {
-        p->broken = 1;
-        route_bad(rc, kl ? what : "patterns", "key is not a list");
+        p->broken = why ? why : "key is not a list";
+        route_bad(rc, kl ? what : "patterns", p->broken);
     } else {
         size_t n = redis_reply_len(r);
         if (n > MATCH_MAX_RULES) {
@@ -1800,7 +1829,10 @@ static void route_parse_tenant(struct route_fetch *f, const struct redis_reply *
             }
         }
     } else {
-        route_bad(rc, what, "key is not a hash (no policy applied)");
+        const char *why = ty == REDIS_T_ERROR ? route_data_error(r, 1) : NULL;
+        char e2[160];
+        snprintf(e2, sizeof(e2), "%s (no policy applied)", why ? why : "key is not a hash");
+        route_bad(rc, what, e2);
     }
     f->trec = t;
 }
@@ -1851,7 +1883,7 @@ static void route_cmd_cb(void *arg, const struct redis_reply *r, const char *err
             rv = route_parse_patterns(f, r);
             break;
         case CMD_TENANT:
-            if (redis_reply_type(r) == REDIS_T_ERROR && !route_is_wrongtype(r))
+            if (redis_reply_type(r) == REDIS_T_ERROR && !route_data_error(r, 1))
                 rv = -1;
             else
                 route_parse_tenant(f, r);
@@ -1873,16 +1905,20 @@ static void route_cmd_cb(void *arg, const struct redis_reply *r, const char *err
         route_fetch_advance(f);
 }
 
-/* Sends one command for f; counts it outstanding.  0 / -1. */
+/*
+ * Sends one command for f, through route_read_lua; counts it outstanding.
+ * 0 / -1.  EVAL, not EVALSHA: Redis keeps the compiled script by its SHA
+ * either way, and a restarted Redis needs no reload (this is the miss path).
+ */
 static int route_send(struct route_fetch *f, int which, const char *cmd, const char *key, size_t klen, int range)
 {
     struct route_ctx *rc = f->rc;
     /* MATCH_MAX_RULES elements are used; one more tells a longer list */
-    const char *argv[4] = {cmd, key, "0", "1024"};
-    size_t lens[4] = {strlen(cmd), klen, 1, 4};
+    const char *argv[8] = {"EVAL", route_read_lua, "1", key, ROUTE_KEY_BYTES_MAX_STR, cmd, "0", "1024"};
+    size_t lens[8] = {4, sizeof(route_read_lua) - 1, 1, klen, sizeof(ROUTE_KEY_BYTES_MAX_STR) - 1, strlen(cmd), 1, 4};
     f->cmds[which].f = f;
     f->cmds[which].which = which;
-    if (redis_cmd(rc->main, route_cmd_cb, &f->cmds[which], range ? 4 : 2, argv, lens) < 0)
+    if (redis_cmd(rc->main, route_cmd_cb, &f->cmds[which], range ? 8 : 6, argv, lens) < 0)
         return -1;
     f->outstanding++;
     return 0;
@@ -2043,7 +2079,7 @@ static void route_decide(struct route_fetch *f)
             return;
         } else if (p->broken) {
             bad_what = what;
-            bad_err = "key is not a list";
+            bad_err = p->broken;
         } else {
             for (size_t i = 0; i < p->n; i++) {
                 char out[MATCH_MAX_VALUE / 4];

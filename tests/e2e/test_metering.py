@@ -928,6 +928,33 @@ def test_a_tenant_key_of_the_wrong_type_does_not_break_leases():
         assert "WRONGTYPE" not in tg.log_text(), tg.log_text()[-2000:]
 
 
+def test_oversized_policy_values_are_never_read():
+    """Redis allows values of 512 MB.  A 128 MiB cap_bytes (a capped tenant:
+    the lease script) or suspended (an uncapped one: the policy poll) counts
+    as malformed without being read, so the meter's Redis connection keeps
+    working and every request is counted.  (Both were read whole: Redis took
+    longer to build the reply than --redis-timeout, the meter's connection
+    timed out and was redialled at every flush interval.)"""
+    with Redis() as r, Backend("b") as b, Tollgate(redis=r.url) as tg:
+        capped = routed(r, b, cap_bytes=10 ** 12)
+        free = routed(r, b, tenant="free", host="free.test")
+        assert status(tg, capped) == 200 and status(tg, free) == 200
+        r.cmd("HSET", "tg:tenant:capt", "cap_bytes", "9" * (128 << 20), timeout=60)
+        r.cmd("HSET", "tg:tenant:free", "suspended", "1" * (128 << 20), timeout=60)
+        mark = len(tg.log_text())
+        n = 0
+        deadline = time.monotonic() + 3.5     # several flush intervals, each with leases and polls
+        while time.monotonic() < deadline:
+            assert (status(tg, capped), status(tg, free)) == (200, 200)
+            n += 1
+            time.sleep(0.05)
+        assert tg.stop() == 0
+        assert counters(r, "capt")["requests"] == n + 1
+        assert counters(r, "free")["requests"] == n + 1
+        log = tg.log_text()[mark:]
+        assert "timed out" not in log and "lease for" not in log, log[-2000:]
+
+
 def test_counts_lost_at_a_stop_during_an_outage_are_logged_per_tenant():
     """A stop with Redis away past the drain timeout loses the counts not yet
     flushed (documented); the error log names each lost record's tenant,

@@ -420,6 +420,56 @@ def test_bad_data_fails_only_the_host_concerned():
         assert "1111111111111111111111111111111111111111" not in log          # no 1 MB log line
 
 
+def test_a_128_mib_routing_value_fails_only_its_host():
+    """Redis keeps values of up to 512 MB; tollgate reads at most 64 KiB of one.
+    A 128 MiB path rule gets its host a 502 (invalid routing data, reported
+    with its key) and nothing else: the lookups pipelined behind it on the same
+    Redis connection are answered and tollgate's memory does not grow by the
+    value.  (Redis took 0.3 s to build that reply, longer than --redis-timeout:
+    every pending lookup failed, uncached hosts got 503, /healthz said degraded,
+    and each new request for the host did it again.)"""
+    # One worker: every lookup shares the one routing connection.
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url, workers=1) as tg:
+        hosts = ["h%d.test" % i for i in range(16)]
+        for h in ["big.test"] + hosts + ["warm.test"]:
+            domain(r, h, "t1", b1.addr)
+        r.cmd("EVAL", "return redis.call('RPUSH', KEYS[1], string.rep('x', tonumber(ARGV[1])))",
+              "1", "tg:paths:big.test", str(128 << 20), timeout=60)
+        r.cmd("EVAL", "return redis.call('HSET', KEYS[1], 'note', string.rep('x', tonumber(ARGV[1])))",
+              "1", "tg:tenant:t9", str(16 << 20), timeout=60)
+        assert who(tg, "warm.test")[:2] == (200, "b1")
+        hwm0 = tg.hwm_kb()
+        status = {}
+
+        def get(h):
+            status[h] = who(tg, h, timeout=60)[0]
+        first = threading.Thread(target=get, args=("big.test",))
+        first.start()
+        time.sleep(0.02)                      # the others queue behind its reply
+        others = [threading.Thread(target=get, args=(h,)) for h in hosts]
+        for t in others:
+            t.start()
+        for t in others + [first]:
+            t.join()
+        assert status["big.test"] == 502, status
+        assert all(status[h] == 200 for h in hosts), status
+        assert b"degraded" not in tg.admin("/healthz")[2]
+        grown = tg.hwm_kb() - hwm0
+        assert grown < 32 * 1024, "peak RSS grew by %d KiB" % grown
+        log = tg.log_text()
+        assert "tg:paths:big.test" in log and "more than 8388608 bytes" in log, log[-2000:]
+        assert "timed out" not in log, log[-2000:]
+        # Remembered as bad data like any other invalid value: asked again, 502 again.
+        for _ in range(3):
+            assert who(tg, "big.test")[0] == 502
+            assert who(tg, "h0.test")[:2] == (200, "b1")
+        # A tenant policy hash that large is not read either: the host is served, without a policy.
+        domain(r, "t9.test", "t9", b1.addr)
+        assert who(tg, "t9.test")[:2] == (200, "b1")
+        log = tg.log_text()
+        assert "tg:tenant:t9" in log and "timed out" not in log, log[-2000:]
+
+
 def test_bad_patterns_and_wrong_pattern_type():
     with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url) as tg:
         r.cmd("RPUSH", "tg:patterns",

@@ -664,13 +664,20 @@ class Tollgate:
             self.proc.wait()
         self.exit_code = self.proc.returncode
 
-    def rss_kb(self):
-        """VmRSS of the process in KiB (from /proc/PID/status)."""
+    def _status_kb(self, field):
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        raise RuntimeError("no VmRSS")
+        raise RuntimeError("no " + field)
+
+    def rss_kb(self):
+        """VmRSS of the process in KiB (from /proc/PID/status)."""
+        return self._status_kb("VmRSS")
+
+    def hwm_kb(self):
+        """VmHWM, the peak resident set of the process so far, in KiB."""
+        return self._status_kb("VmHWM")
 
     def metrics(self):
         """/metrics as {"name{labels}": value}."""
