@@ -105,12 +105,12 @@ int main(int argc, char **argv)
     if (cache)
         rcfg.route_cache_size = cache;
     cfg_defaults(&scfg);
-    struct cfg_route sr = {h0, (char *)"127.0.0.1:9"};
+    struct cfg_route sr = {h0, (char *)"127.0.0.1:9", 0};
     scfg.routes = &sr;
     scfg.n_routes = 1;
     struct event_base *base = event_base_new();
-    struct route_ctx *rrc = base ? route_ctx_new(base, &rcfg, 0, err, sizeof(err)) : NULL;
-    struct route_ctx *src = rrc ? route_ctx_new(NULL, &scfg, 1, err, sizeof(err)) : NULL;
+    struct route_ctx *rrc = base ? route_ctx_new(base, &rcfg, NULL, 0, err, sizeof(err)) : NULL;
+    struct route_ctx *src = rrc ? route_ctx_new(NULL, &scfg, NULL, 1, err, sizeof(err)) : NULL;
     if (src == NULL) {
         fprintf(stderr, "route-lookup: %s\n", base ? err : "no event base");
         return 1;

@@ -647,6 +647,7 @@ static int add_route(struct tg_config *cfg, const char *v, int replace, char *ms
     cfg->routes = nr;
     nr[cfg->n_routes].host = host;
     nr[cfg->n_routes].backends = backends;
+    nr[cfg->n_routes].line = 0;
     cfg->n_routes++;
     return 0;
 }
@@ -903,6 +904,8 @@ int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, si
             cfg->origin_file = n;
         }
         cfg->origin_line[ki] = lineno;
+        if (keys[ki].type == K_ROUTE && cfg->n_routes > 0)
+            cfg->routes[cfg->n_routes - 1].line = lineno;
     }
     free(buf);
     return rc;
@@ -1095,6 +1098,8 @@ int cfg_from_args(struct tg_config *cfg, int argc, char **argv, char *err, size_
             goto out;
         }
         cfg->origin_line[pairs[i].ki] = CFG_ORIGIN_CLI;
+        if (k->type == K_ROUTE && cfg->n_routes > 0)
+            cfg->routes[cfg->n_routes - 1].line = CFG_ORIGIN_CLI;
     }
     rc = cfg_validate(cfg, err, errlen);
 out:
@@ -1143,6 +1148,21 @@ int cfg_key_origin(const struct tg_config *cfg, const char *key, char *buf, size
         return 0;
     }
     return origin_of(cfg, ki, 1, buf, len);
+}
+
+int cfg_route_origin(const struct tg_config *cfg, size_t i, char *buf, size_t len)
+{
+    unsigned line = i < cfg->n_routes ? cfg->routes[i].line : 0;
+    if (line == CFG_ORIGIN_CLI) {
+        snprintf(buf, len, "--route");
+        return 2;
+    }
+    if (line > 0 && cfg->origin_file) {
+        snprintf(buf, len, "%s:%u: route", cfg->origin_file, line);
+        return 1;
+    }
+    snprintf(buf, len, "route");
+    return 0;
 }
 
 /* Of two keys, the one set last: a flag after any file line, a later line after an earlier one. */

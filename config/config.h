@@ -29,6 +29,7 @@ struct cfg_addr {
 struct cfg_route {
     char *host;      /* normalised: lowercase, no trailing dot */
     char *backends;  /* "host:port[,host:port...]" as written */
+    unsigned line;   /* line in origin_file, CFG_ORIGIN_CLI, or 0 */
 };
 
 struct tg_config {
@@ -116,6 +117,8 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen);
  * unknown key.
  */
 int cfg_key_origin(const struct tg_config *cfg, const char *key, char *buf, size_t len);
+/* The same for the static route cfg->routes[i]: "FILE:LINE: route" or "--route". */
+int cfg_route_origin(const struct tg_config *cfg, size_t i, char *buf, size_t len);
 
 /*
  * Checks the files the configuration names, as start-up will use them, as

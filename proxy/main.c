@@ -16,6 +16,7 @@
 #include "config/config.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
+#include "routing/route.h"
 
 int main(int argc, char **argv)
 {
@@ -40,6 +41,9 @@ int main(int argc, char **argv)
         rc = cfg_validate(&cfg, err, sizeof(err));
     if (rc == 0)
         rc = cfg_check_files(&cfg, err, sizeof(err));
+    struct route_addrs *addrs = NULL;
+    if (rc == 0 && !(addrs = route_addrs_resolve(&cfg, err, sizeof(err))))
+        rc = -1;
     if (rc != 0) {
         fprintf(stderr, "tollgate: %s\n", err);
         if (cfg.check_only)
@@ -50,6 +54,7 @@ int main(int argc, char **argv)
     if (cfg.check_only) {
         printf("tollgate: configuration %s%sis ok\n", cfg.config_path ? cfg.config_path : "",
                cfg.config_path ? " " : "");
+        route_addrs_free(addrs);
         cfg_free(&cfg);
         return 0;
     }
@@ -67,8 +72,9 @@ int main(int argc, char **argv)
         char where[CFG_ERRLEN];
         cfg_key_origin(&cfg, key, where, sizeof(where));
         fprintf(stderr, "tollgate: %s: cannot open '%s': %s\n", where, path ? path : "-", strerror(e));
+        route_addrs_free(addrs);
         cfg_free(&cfg);
         return 1;
     }
-    return server_run(&cfg, argc, argv);
+    return server_run(&cfg, addrs, argc, argv);
 }

@@ -56,6 +56,7 @@
 
 struct cfg_gen {
     struct tg_config cfg;
+    struct route_addrs *addrs;  /* cfg's static backend names, resolved by the main thread */
     int refs;                   /* atomic */
 };
 
@@ -106,6 +107,7 @@ static struct cfg_gen *gen_ref(struct cfg_gen *g)
 static void gen_unref(struct cfg_gen *g)
 {
     if (g && __atomic_sub_fetch(&g->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        route_addrs_free(g->addrs);
         cfg_free(&g->cfg);
         free(g);
     }
@@ -335,7 +337,7 @@ static void worker_notify_cb(evutil_socket_t fd, short what, void *arg)
 
     if (g) {
         char err[CFG_ERRLEN];
-        if (route_ctx_reload(w->routes, &g->cfg, err, sizeof(err)) != 0) {
+        if (route_ctx_reload(w->routes, &g->cfg, g->addrs, err, sizeof(err)) != 0) {
             log_err("%s: worker %d: routing reload failed, keeping the old routes: %s", __func__, w->id, err);
             gen_unref(g);
         } else {
@@ -425,7 +427,7 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
         evconnlistener_set_error_cb(l, accept_error_cb);
         w->listeners[w->n_listeners++] = l;
     }
-    w->routes = route_ctx_new(w->base, cfg, id, err, errlen);
+    w->routes = route_ctx_new(w->base, cfg, s->gen->addrs, id, err, errlen);
     if (!w->routes)
         return -1;
     if (m && !(w->meter = meter_worker_new(m, w->base, id))) {
@@ -509,6 +511,8 @@ static void reload(struct server *s)
         rc = cfg_check_files(&g->cfg, err, sizeof(err));
     if (rc == 0)
         rc = probe_addresses(&g->cfg, s->bound, &addrs_changed, err, sizeof(err));
+    if (rc == 0 && !(g->addrs = route_addrs_resolve(&g->cfg, err, sizeof(err))))
+        rc = -1;
     if (rc != 0) {
         log_err("%s: reload failed, keeping the running configuration: %s", __func__, err);
         cfg_free(&g->cfg);
@@ -548,7 +552,7 @@ static void worker_done_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---------------------------------------------------------------------- */
 
-int server_run(struct tg_config *cfg, int argc, char **argv)
+int server_run(struct tg_config *cfg, struct route_addrs *resolved, int argc, char **argv)
 {
     char err[CFG_ERRLEN];
     struct server s;
@@ -556,9 +560,12 @@ int server_run(struct tg_config *cfg, int argc, char **argv)
     s.argc = argc;
     s.argv = argv;
     s.gen = calloc(1, sizeof(*s.gen));
-    if (!s.gen)
+    if (!s.gen) {
+        route_addrs_free(resolved);
         return 1;
+    }
     s.gen->cfg = *cfg;          /* takes over the members */
+    s.gen->addrs = resolved;
     memset(cfg, 0, sizeof(*cfg));
     s.gen->refs = 1;
     struct cfg_gen *first = gen_ref(s.gen);   /* the meter's, for its lifetime */

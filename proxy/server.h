@@ -16,13 +16,15 @@ struct tg_metrics;
 struct upstream_pool;
 struct worker;
 struct conn;
+struct route_addrs;
 
 /*
- * Runs tollgate with cfg (which the server takes over and frees) until a
- * stop signal; argc/argv are kept to re-read the config on SIGHUP.
+ * Runs tollgate with cfg and resolved (its route_addrs_resolve(); the server
+ * takes both over and frees them) until a stop signal; argc/argv are kept
+ * to re-read the config on SIGHUP.
  * Returns the process exit status.
  */
-int server_run(struct tg_config *cfg, int argc, char **argv);
+int server_run(struct tg_config *cfg, struct route_addrs *resolved, int argc, char **argv);
 
 /* Accessors for connection code, all O(1). */
 struct event_base *worker_base(struct worker *w);

@@ -4,8 +4,10 @@
  * Redis connections, an evdns resolver and a backend health table, all
  * private to the worker's event loop (no locks on the request path).
  *
- * Static routes are resolved once at route_ctx_new()/route_ctx_reload()
- * (getaddrinfo is allowed at start-up only) and answered synchronously.
+ * Static routes are built at route_ctx_new()/route_ctx_reload() from the
+ * addresses the main thread resolved once per configuration
+ * (route_addrs_resolve: getaddrinfo never runs on a worker) and answered
+ * synchronously.
  *
  * Redis lookups (schema in ../shared/CONTRACT.md):
  *   - A miss starts one "fetch" per host; concurrent lookups of the same
@@ -415,14 +417,38 @@ static int route_addr_literal(const char *name, int port, struct bal_backend *b)
     return 0;
 }
 
-/*
- * Fills b from "name" and port: an IP literal directly, else through
- * getaddrinfo (start-up only), preferring an IPv4 address.  0 / -1.
- */
-static int route_resolve_static(const char *name, int port, struct bal_backend *b, char *err, size_t errlen)
+/* One backend name of the static routes and the address it resolved to. */
+struct route_addr {
+    char name[HOST_MAX + 1];
+    int port;
+    socklen_t len;
+    struct sockaddr_storage addr;
+};
+
+struct route_addrs {
+    size_t n, cap;
+    struct route_addr *a;
+};
+
+void route_addrs_free(struct route_addrs *a)
 {
-    if (route_addr_literal(name, port, b))
-        return 0;
+    if (a == NULL)
+        return;
+    free(a->a);
+    free(a);
+}
+
+static const struct route_addr *route_addrs_find(const struct route_addrs *t, const char *name, int port)
+{
+    for (size_t i = 0; t && i < t->n; i++)
+        if (t->a[i].port == port && strcmp(t->a[i].name, name) == 0)
+            return &t->a[i];
+    return NULL;
+}
+
+/* Resolves name:port through getaddrinfo (blocking: main thread only), preferring IPv4, into *out.  0 / -1. */
+static int route_addr_resolve(const char *name, int port, struct route_addr *out, char *err, size_t errlen)
+{
     struct addrinfo hints, *res = NULL;
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
@@ -440,43 +466,30 @@ static int route_resolve_static(const char *name, int port, struct bal_backend *
             pick = a;
             break;
         }
-    if (pick->ai_addrlen > sizeof(b->addr)) {
+    if (pick->ai_addrlen > sizeof(out->addr)) {
         freeaddrinfo(res);
         snprintf(err, errlen, "cannot resolve backend %.100s: address too long", name);
         return -1;
     }
-    memcpy(&b->addr, pick->ai_addr, pick->ai_addrlen);
-    b->addrlen = (socklen_t)pick->ai_addrlen;
+    snprintf(out->name, sizeof(out->name), "%s", name);
+    out->port = port;
+    memcpy(&out->addr, pick->ai_addr, pick->ai_addrlen);
+    out->len = (socklen_t)pick->ai_addrlen;
     freeaddrinfo(res);
     return 0;
 }
 
 /*
- * Builds a backend set from "host:port[,host:port...]" resolving names
- * synchronously (static routes only).  NULL with err on a bad list.
+ * Calls fn for each "host:port" of a backends list (commas, spaces around
+ * them trimmed) with the address as written and its parsed name and port.
+ * Returns the number of addresses, or -1 with err (a bad address, or fn's -1).
  */
-static struct route_backends *route_static_backends(const char *list, char *err, size_t errlen)
+typedef int (*route_addr_fn)(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
+                             char *err, size_t errlen);
+static int route_list_each(const char *list, route_addr_fn fn, void *arg, char *err, size_t errlen)
 {
-    size_t count = 0;
     const char *p = list;
-    for (;;) {
-        count++;
-        const char *c = strchr(p, ',');
-        if (c == NULL)
-            break;
-        p = c + 1;
-    }
-    if (count > BAL_MAX_BACKENDS) {
-        snprintf(err, errlen, "too many backends (at most %d)", BAL_MAX_BACKENDS);
-        return NULL;
-    }
-    struct route_backends *set = bal_set_new(count, BAL_ROUND_ROBIN);
-    if (set == NULL) {
-        snprintf(err, errlen, "out of memory");
-        return NULL;
-    }
-    p = list;
-    for (size_t i = 0; i < count; i++) {
+    for (size_t i = 0;; i++) {
         const char *c = strchr(p, ',');
         size_t len = c ? (size_t)(c - p) : strlen(p);
         while (len > 0 && (*p == ' ' || *p == '\t')) {
@@ -487,19 +500,113 @@ static struct route_backends *route_static_backends(const char *list, char *err,
             len--;
         char name[HOST_MAX + 1];
         int port;
-        if (len >= sizeof(set->b[i].name) ||
+        if (len >= sizeof(((struct bal_backend *)0)->name) ||
             host_parse_hostport(p, len, name, sizeof(name), &port) < 0) {
             snprintf(err, errlen, "bad backend address '%.*s' (want host:port)", (int)(len > 200 ? 200 : len), p);
-            bal_set_free(set);
+            return -1;
+        }
+        if (fn && fn(arg, i, p, len, name, port, err, errlen) < 0)
+            return -1;
+        if (c == NULL)
+            return (int)i + 1;
+        p = c + 1;
+    }
+}
+
+/* route_list_each() step of route_addrs_resolve(): resolves a name not seen yet. */
+static int route_addrs_add(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
+                           char *err, size_t errlen)
+{
+    struct route_addrs *t = arg;
+    struct bal_backend probe;
+    (void)i;
+    (void)item;
+    (void)len;
+    if (route_addr_literal(name, port, &probe) || route_addrs_find(t, name, port))
+        return 0;
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? t->cap * 2 : 8;
+        struct route_addr *na = realloc(t->a, cap * sizeof(*na));
+        if (na == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        t->a = na;
+        t->cap = cap;
+    }
+    if (route_addr_resolve(name, port, &t->a[t->n], err, errlen) < 0)
+        return -1;
+    t->n++;
+    return 0;
+}
+
+struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, size_t errlen)
+{
+    struct route_addrs *t = calloc(1, sizeof(*t));
+    if (t == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    for (size_t r = 0; r < cfg->n_routes; r++) {
+        char e2[256];
+        const char *list = cfg->routes[r].backends ? cfg->routes[r].backends : "";
+        if (route_list_each(list, route_addrs_add, t, e2, sizeof(e2)) < 0) {
+            char where[CFG_ERRLEN];
+            cfg_route_origin(cfg, r, where, sizeof(where));
+            snprintf(err, errlen, "%.300s %.260s: %.256s", where, cfg->routes[r].host ? cfg->routes[r].host : "",
+                     e2);
+            route_addrs_free(t);
             return NULL;
         }
-        memcpy(set->b[i].name, p, len);
-        set->b[i].name[len] = '\0';
-        if (route_resolve_static(name, port, &set->b[i], err, errlen) < 0) {
-            bal_set_free(set);
-            return NULL;
-        }
-        p = c ? c + 1 : p + len;
+    }
+    return t;
+}
+
+/* route_list_each() step of route_static_backends(): fills backend i. */
+static int route_static_fill(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
+                             char *err, size_t errlen)
+{
+    void **ctx = arg;
+    struct route_backends *set = ctx[0];
+    const struct route_addrs *addrs = ctx[1];
+    struct bal_backend *b = &set->b[i];
+    memcpy(b->name, item, len);
+    b->name[len] = '\0';
+    if (route_addr_literal(name, port, b))
+        return 0;
+    const struct route_addr *ra = route_addrs_find(addrs, name, port);
+    if (ra == NULL) {
+        snprintf(err, errlen, "backend %.100s was not resolved", name);
+        return -1;
+    }
+    memcpy(&b->addr, &ra->addr, ra->len);
+    b->addrlen = ra->len;
+    return 0;
+}
+
+/*
+ * Builds a backend set from "host:port[,host:port...]", names taken from
+ * addrs (never resolved here: this runs on workers).  NULL with err.
+ */
+static struct route_backends *route_static_backends(const char *list, const struct route_addrs *addrs,
+                                                    char *err, size_t errlen)
+{
+    int count = route_list_each(list, NULL, NULL, err, errlen);
+    if (count < 0)
+        return NULL;
+    if (count > BAL_MAX_BACKENDS) {
+        snprintf(err, errlen, "too many backends (at most %d)", BAL_MAX_BACKENDS);
+        return NULL;
+    }
+    struct route_backends *set = bal_set_new((size_t)count, BAL_ROUND_ROBIN);
+    if (set == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    void *ctx[2] = { set, (void *)addrs };
+    if (route_list_each(list, route_static_fill, ctx, err, errlen) < 0) {
+        bal_set_free(set);
+        return NULL;
     }
     return set;
 }
@@ -539,8 +646,8 @@ static const struct route_static *route_static_find(const struct route_ctx *rc, 
 }
 
 /* Builds the static table from cfg into *out / *out_slots.  0 / -1 with err. */
-static int route_statics_build(const struct tg_config *cfg, struct route_static **out, size_t *out_slots,
-                               char *err, size_t errlen)
+static int route_statics_build(const struct tg_config *cfg, const struct route_addrs *addrs,
+                               struct route_static **out, size_t *out_slots, char *err, size_t errlen)
 {
     *out = NULL;
     *out_slots = 0;
@@ -565,7 +672,8 @@ static int route_statics_build(const struct tg_config *cfg, struct route_static 
             return -1;
         }
         char berr[256];
-        struct route_backends *set = route_static_backends(cr->backends ? cr->backends : "", berr, sizeof(berr));
+        struct route_backends *set = route_static_backends(cr->backends ? cr->backends : "", addrs, berr,
+                                                           sizeof(berr));
         if (set == NULL) {
             snprintf(err, errlen, "route %.100s: %.200s", host, berr);
             route_statics_free(t, slots);
@@ -2511,7 +2619,7 @@ static void route_ctx_release(struct route_ctx *rc)
 }
 
 struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config *cfg,
-                                int worker_id, char *err, size_t errlen)
+                                const struct route_addrs *addrs, int worker_id, char *err, size_t errlen)
 {
     const char *prefix = cfg->key_prefix ? cfg->key_prefix : "tg:";
     if (!schema_prefix_valid(prefix)) {
@@ -2534,7 +2642,7 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
         snprintf(err, errlen, "out of memory");
         goto fail;
     }
-    if (route_statics_build(cfg, &rc->statics, &rc->n_slots, err, errlen) < 0)
+    if (route_statics_build(cfg, addrs, &rc->statics, &rc->n_slots, err, errlen) < 0)
         goto fail;
     if (cfg->redis_url) {
         if (base == NULL) {
@@ -2578,11 +2686,12 @@ fail:
     return NULL;
 }
 
-int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, char *err, size_t errlen)
+int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, const struct route_addrs *addrs,
+                     char *err, size_t errlen)
 {
     struct route_static *t;
     size_t slots;
-    if (route_statics_build(cfg, &t, &slots, err, errlen) < 0)
+    if (route_statics_build(cfg, addrs, &t, &slots, err, errlen) < 0)
         return -1;
     route_statics_free(rc->statics, rc->n_slots);
     rc->statics = t;

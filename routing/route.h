@@ -58,16 +58,29 @@ struct route_result {
 typedef void (*route_cb)(void *arg, const struct route_result *res);
 
 /*
+ * The addresses of the static routes' backends named by DNS names, resolved
+ * once per configuration by the main thread (getaddrinfo blocks: never on a
+ * worker's loop), so that every worker serves the same addresses and a name
+ * that does not resolve fails `tollgate -t`, start-up and a reload alike,
+ * before anything is committed.  Immutable once built; shared read-only.
+ */
+struct route_addrs;
+/* Resolves every name in cfg's static routes.  NULL with err ("ORIGIN: route HOST: cannot resolve ..."). */
+struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, size_t errlen);
+void route_addrs_free(struct route_addrs *a);
+
+/*
  * Creates a worker's routing context on base.  Connects to Redis
  * asynchronously when cfg->redis_url is set (failure to connect is not an
- * error: lookups answer ROUTE_UNAVAILABLE until it connects).  cfg must
- * outlive the ctx or be replaced with route_ctx_reload().
- * Returns NULL with err filled on a config error.
+ * error: lookups answer ROUTE_UNAVAILABLE until it connects).  cfg and addrs
+ * (route_addrs_resolve() of cfg) must outlive the ctx or be replaced with
+ * route_ctx_reload().  Returns NULL with err filled on a config error.
  */
 struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config *cfg,
-                                int worker_id, char *err, size_t errlen);
-/* Applies a new config (static routes, timeouts) on the worker's thread. 0 / -1. */
-int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, char *err, size_t errlen);
+                                const struct route_addrs *addrs, int worker_id, char *err, size_t errlen);
+/* Applies a new config (static routes, timeouts) on the worker's thread; never resolves a name. 0 / -1. */
+int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, const struct route_addrs *addrs,
+                     char *err, size_t errlen);
 /* Frees the ctx; pending lookups are cancelled without callbacks; entries still referenced stay valid. */
 void route_ctx_free(struct route_ctx *rc);
 

@@ -53,6 +53,17 @@ def check_and_start(conf_text, *wants, extra=()):
     assert_refused(r, *wants)
 
 
+def test_check_and_start_refuse_a_backend_name_that_does_not_resolve():
+    """Static backends named by DNS names are resolved once, by the main
+    thread, for -t as for start-up (-t called such a file ok, and start-up then
+    failed); the error names the route's line."""
+    os.environ.setdefault("RES_OPTIONS", "timeout:1 attempts:1")     # a DNS server that does not answer
+    check_and_start("route ok.test=127.0.0.1:9\n\nroute a.test=nosuch-host.invalid:80\n",
+                    "{path}:3: route a.test: cannot resolve backend nosuch-host.invalid")
+    r = run_tollgate("-t", "--route", "a.test=nosuch-host.invalid:80")
+    assert_refused(r, "--route a.test: cannot resolve backend nosuch-host.invalid")
+
+
 def test_check_refuses_tls_listen_with_line():
     check_and_start("listen 127.0.0.1:%d\n# TLS\ntls-listen 127.0.0.1:%d\n" % (free_port(), free_port()),
                     "{path}:3: tls-listen: TLS termination is not available in this version")

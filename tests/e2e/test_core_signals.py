@@ -2,6 +2,7 @@
 finish within --drain-timeout and exit 0; SIGHUP reloads the config file
 without dropping a connection."""
 
+import os
 import signal
 import socket
 import threading
@@ -157,6 +158,27 @@ def test_sighup_with_broken_config_keeps_old_one():
             assert tg.running()
             assert http(tg.port, "GET", "/echo", "one.test")[0] == 200
             wait_until(lambda: ":2" in tg.log_text(), 3, "the reload error with its line number in the log")
+
+
+def test_sighup_with_a_backend_name_that_does_not_resolve_keeps_old_config():
+    """The main thread resolves static backend names before it commits a
+    reload: a name that does not resolve refuses the whole reload, with the
+    route's line, on every worker alike.  (Each worker resolved it, blocking
+    its loop, after the main thread had logged "configuration reloaded"; a
+    worker that failed kept the old routes while another took the new ones.)"""
+    os.environ.setdefault("RES_OPTIONS", "timeout:1 attempts:1")
+    with Backend("b1") as b:
+        with Tollgate(config="route one.test=%s\n" % b.addr) as tg:
+            tg.write_config("route one.test=%s\nroute two.test=%s\nroute bad.test=nosuch-host.invalid:80\n"
+                            % (b.addr, b.addr))
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: "reload failed" in tg.log_text(), scale(5), "the reload refused")
+            log = tg.log_text()
+            assert ":3: route bad.test: cannot resolve backend nosuch-host.invalid" in log, log[-1500:]
+            assert "configuration reloaded" not in log and "routing reload failed" not in log, log[-1500:]
+            for _ in range(8):                # new connections: both workers
+                assert http(tg.port, "GET", "/echo", "two.test")[0] == 404
+                assert http(tg.port, "GET", "/echo", "one.test")[0] == 200
 
 
 def test_sighup_removes_route():

@@ -174,13 +174,13 @@ static void static_cfg(struct tg_config *cfg, struct cfg_route *routes, size_t n
 static struct route_ctx *static_ctx(struct tg_config *cfg)
 {
     static struct cfg_route routes[] = {
-        {(char *)"app.example.com", (char *)"127.0.0.1:9001,127.0.0.1:9002, 127.0.0.1:9003"},
-        {(char *)"v6.example.com", (char *)"[::1]:9004"},
-        {(char *)"named.example.com", (char *)"localhost:9005"},
+        {(char *)"app.example.com", (char *)"127.0.0.1:9001,127.0.0.1:9002, 127.0.0.1:9003", 0},
+        {(char *)"v6.example.com", (char *)"[::1]:9004", 0},
+        {(char *)"named.example.com", (char *)"localhost:9005", 0},
     };
     static_cfg(cfg, routes, 3);
     char err[256] = "";
-    struct route_ctx *rc = route_ctx_new(NULL, cfg, 0, err, sizeof(err));
+    struct route_ctx *rc = route_ctx_new(NULL, cfg, NULL, 0, err, sizeof(err));
     ck_assert_msg(rc != NULL, "route_ctx_new: %s", err);
     return rc;
 }
@@ -241,15 +241,15 @@ END_TEST
 
 START_TEST(static_bad_config)
 {
-    static struct cfg_route bad1[] = {{(char *)"a.example", (char *)"127.0.0.1"}};
-    static struct cfg_route bad2[] = {{(char *)"a b", (char *)"127.0.0.1:80"}};
-    static struct cfg_route bad3[] = {{(char *)"a.example", (char *)"127.0.0.1:80,,127.0.0.1:81"}};
+    static struct cfg_route bad1[] = {{(char *)"a.example", (char *)"127.0.0.1", 0}};
+    static struct cfg_route bad2[] = {{(char *)"a b", (char *)"127.0.0.1:80", 0}};
+    static struct cfg_route bad3[] = {{(char *)"a.example", (char *)"127.0.0.1:80,,127.0.0.1:81", 0}};
     struct cfg_route *all[] = {bad1, bad2, bad3};
     for (size_t i = 0; i < 3; i++) {
         struct tg_config cfg;
         static_cfg(&cfg, all[i], 1);
         char err[256] = "";
-        struct route_ctx *rc = route_ctx_new(NULL, &cfg, 0, err, sizeof(err));
+        struct route_ctx *rc = route_ctx_new(NULL, &cfg, NULL, 0, err, sizeof(err));
         ck_assert_ptr_null(rc);
         ck_assert(err[0] != '\0');
     }
@@ -893,7 +893,7 @@ static struct route_ctx *rt_ctx(struct tg_config *cfg, char *url, size_t urlcap,
     cfg->key_prefix = (char *)"tg:";
     if (cache_size)
         cfg->route_cache_size = cache_size;
-    struct route_ctx *rc = route_ctx_new(base, cfg, 0, err, sizeof(err));
+    struct route_ctx *rc = route_ctx_new(base, cfg, NULL, 0, err, sizeof(err));
     ck_assert_msg(rc != NULL, "%s", err);
     return rc;
 }
