@@ -11,7 +11,10 @@
  * log_open()/log_access_open() takes a private descriptor number, and later
  * opens and log_reopen() dup2() the new file onto that number.  A thread that
  * is writing while the main thread reopens writes either to the old file or
- * to the new one, never to a closed or recycled descriptor.
+ * to the new one, never to a closed or recycled descriptor.  That holds for
+ * a new path as for the same one (a SIGHUP reload that moves a log calls
+ * log_open()/log_access_open() again), and for an access log turned off,
+ * whose descriptor then points at /dev/null.
  *
  * Control bytes in messages (from clients, backends, Redis) are escaped as
  * \xHH so that a message cannot forge a log line.
@@ -172,6 +175,14 @@ int log_access_open(const char *path)
     pthread_mutex_lock(&open_lock);
     if (!path) {
         __atomic_store_n(&access_on, 0, __ATOMIC_RELEASE);
+        /* A worker that saw access_on just before may still write one
+         * line: the descriptor stays valid, but no longer holds the old
+         * file open (a rotated-away file's space is freed). */
+        if (access_private) {
+            int nul = open("/dev/null", O_WRONLY | O_CLOEXEC);
+            if (nul >= 0)
+                install_fd(&access_fd, &access_private, nul);
+        }
     } else {
         fd = strcmp(path, "-") == 0 ? dup_stderr() : open_append(path);
         rc = fd < 0 ? -1 : install_fd(&access_fd, &access_private, fd);

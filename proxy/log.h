@@ -9,11 +9,20 @@
 #include <stddef.h>
 #include <syslog.h>   /* LOG_ERR, LOG_WARNING, LOG_NOTICE, LOG_INFO, LOG_DEBUG */
 
-/* Opens the error log ("-" or NULL = stderr) at the given level. 0 / -1. */
+/*
+ * Opens the error log ("-" or NULL = stderr) at the given level. 0 / -1 with
+ * errno.  May be called again, from one thread at a time, while other threads
+ * log: the same path reopens it (log rotation), another path switches to it.
+ * On failure the old file (and level) stay in use.
+ */
 int log_open(const char *path, int level);
-/* Opens the access log (NULL = off, "-" = stderr). 0 / -1. */
+/*
+ * Opens the access log (NULL = off, "-" = stderr). 0 / -1 with errno.  May be
+ * called again like log_open() (NULL then turns it off); on failure the old
+ * file stays in use.
+ */
 int log_access_open(const char *path);
-/* Reopens both files (after SIGHUP/logrotate). */
+/* Reopens both files at their current paths (after logrotate). */
 void log_reopen(void);
 void log_set_level(int level);
 int log_level_enabled(int level);

@@ -15,9 +15,12 @@
  * Config generations are refcounted: SIGHUP parses the files again into a
  * new generation and hands it to every worker, which drops its reference to
  * the old one; in-flight requests read timeouts from their worker's current
- * generation.  Listeners are bound once, from the first generation; a reload
- * that changes listen or admin-listen is applied but warns that the change
- * waits for a restart.
+ * generation.  Listeners, worker threads, each worker's Redis connections
+ * and route caches and the meter are made once, from the first generation;
+ * a reload that changes a key they took (restart_only_changes()) is applied
+ * but warns that those keys wait for a restart.  The logs follow the file:
+ * each reload opens access-log and error-log at their new paths, which also
+ * reopens a rotated file.
  *
  * SO_REUSEPORT would let a second tollgate (same user) bind an address this
  * one listens on and take part of its traffic.  So, before binding an
@@ -215,11 +218,29 @@ static int addr_covers(const struct cfg_addr *held, const struct cfg_addr *a)
     return IN6_ARE_ADDR_EQUAL(h6, x6) || IN6_IS_ADDR_UNSPECIFIED(h6) || IN6_IS_ADDR_UNSPECIFIED(x6);
 }
 
+/* Whether one of held's sockets (a listener or the admin listener) covers a. */
+static int held_covers(const struct tg_config *held, const struct cfg_addr *a)
+{
+    for (size_t j = 0; j < held->n_listen; j++)
+        if (addr_covers(&held->listen[j], a))
+            return 1;
+    return held->admin_listen.port != 0 && addr_covers(&held->admin_listen, a);
+}
+
+static int addr_same(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+    return a->port == b->port && strcmp(a->host, b->host) == 0;
+}
+
+#define ADDRS_LISTEN 1          /* probe_addresses() *changed bits */
+#define ADDRS_ADMIN  2
+
 /*
  * Probes every address of cfg (listen and admin-listen) that held, the
  * configuration whose addresses this process has bound (NULL at start),
- * does not cover.  Sets *changed when the addresses differ from held's.
- * 0 / -1 with err.
+ * does not cover: a socket of this process is no conflict, whichever key
+ * it serves.  Sets *changed to ADDRS_LISTEN and/or ADDRS_ADMIN for the
+ * keys whose addresses differ from held's.  0 / -1 with err.
  */
 static int probe_addresses(const struct tg_config *cfg, const struct tg_config *held, int *changed,
                            char *err, size_t errlen)
@@ -228,30 +249,24 @@ static int probe_addresses(const struct tg_config *cfg, const struct tg_config *
     for (size_t i = 0; i < cfg->n_listen; i++) {
         /* "covered" decides the probe (a held wildcard listener covers its
          * port); "same" decides whether the listeners change at all. */
-        int covered = 0, same = 0;
-        for (size_t j = 0; held && j < held->n_listen; j++) {
-            covered |= addr_covers(&held->listen[j], &cfg->listen[i]);
-            same |= held->listen[j].port == cfg->listen[i].port &&
-                    strcmp(held->listen[j].host, cfg->listen[i].host) == 0;
-        }
+        int same = 0;
+        for (size_t j = 0; held && j < held->n_listen; j++)
+            same |= addr_same(&held->listen[j], &cfg->listen[i]);
         if (!same)
-            diff = 1;
-        if (!held || !covered) {
+            diff |= ADDRS_LISTEN;
+        if (!held || !held_covers(held, &cfg->listen[i])) {
             if (probe_address("listen", &cfg->listen[i], err, errlen) != 0)
                 return -1;
         }
     }
     if (held && held->n_listen != cfg->n_listen)
-        diff = 1;
-    if (cfg->admin_listen.port != 0 &&
-        (!held || held->admin_listen.port != cfg->admin_listen.port ||
-         strcmp(held->admin_listen.host, cfg->admin_listen.host) != 0)) {
-        diff = 1;
+        diff |= ADDRS_LISTEN;
+    if (held && !addr_same(&held->admin_listen, &cfg->admin_listen))
+        diff |= ADDRS_ADMIN;
+    if (cfg->admin_listen.port != 0 && (!held || !held_covers(held, &cfg->admin_listen))) {
         if (probe_address("admin-listen", &cfg->admin_listen, err, errlen) != 0)
             return -1;
     }
-    if (held && cfg->admin_listen.port == 0 && held->admin_listen.port != 0)
-        diff = 1;
     if (changed)
         *changed = diff;
     return 0;
@@ -496,6 +511,75 @@ static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
         worker_post(&s->workers[i], NULL, 0, 1);
 }
 
+/*
+ * Points the error log and the access log at cfg's paths: the same path is
+ * reopened (log rotation), a new one replaces the old, "off" stops the
+ * access log.  log.c swaps the file under the descriptor the workers write
+ * to, so no worker waits.  cfg_check_files() has just opened both; should
+ * one fail now anyway, the old file stays in use and the error is logged.
+ */
+static void reload_logs(const struct tg_config *cfg)
+{
+    char where[CFG_ERRLEN];
+    if (log_open(cfg->error_log, cfg->log_level) != 0) {
+        int e = errno;
+        log_set_level(cfg->log_level);
+        cfg_key_origin(cfg, "error-log", where, sizeof(where));
+        log_err("%s: %s: cannot open '%s': %s; still writing to the old error log", __func__, where,
+                cfg->error_log ? cfg->error_log : "-", strerror(e));
+    }
+    if (log_access_open(cfg->access_log) != 0) {
+        int e = errno;
+        cfg_key_origin(cfg, "access-log", where, sizeof(where));
+        log_err("%s: %s: cannot open '%s': %s; still writing to the old access log", __func__, where,
+                cfg->access_log ? cfg->access_log : "-", strerror(e));
+    }
+}
+
+static int str_differ(const char *a, const char *b)
+{
+    return (a == NULL) != (b == NULL) || (a && strcmp(a, b) != 0);
+}
+
+/*
+ * Writes to buf ("" when none) the restart-only keys on which cfg differs
+ * from held, the configuration the process started with: its listeners, its
+ * worker threads, the meter and each worker's Redis connections and route
+ * cache were made from held and keep its values.  addrs is probe_addresses()'s
+ * *changed.  "key-prefix and redis-timeout".
+ */
+static void restart_only_changes(const struct tg_config *cfg, const struct tg_config *held, int addrs,
+                                 char *buf, size_t len)
+{
+    const char *keys[16];
+    size_t n = 0, used = 0;
+    if (addrs & ADDRS_LISTEN)
+        keys[n++] = "listen";
+    if (addrs & ADDRS_ADMIN)
+        keys[n++] = "admin-listen";
+    if (cfg->defer_accept != held->defer_accept)
+        keys[n++] = "defer-accept";
+    if (cfg->workers != held->workers)
+        keys[n++] = "workers";
+    if (str_differ(cfg->redis_url, held->redis_url))
+        keys[n++] = "redis";
+    if (str_differ(cfg->key_prefix, held->key_prefix))
+        keys[n++] = "key-prefix";
+    if (cfg->redis_timeout != held->redis_timeout)
+        keys[n++] = "redis-timeout";
+    if (cfg->route_cache_size != held->route_cache_size)
+        keys[n++] = "route-cache-size";
+    if (cfg->meter_flush_interval != held->meter_flush_interval)
+        keys[n++] = "meter-flush-interval";
+    if (str_differ(cfg->instance_id, held->instance_id))
+        keys[n++] = "instance-id";
+    buf[0] = 0;
+    for (size_t i = 0; i < n && used < len; i++) {
+        snprintf(buf + used, len - used, "%s%s", i == 0 ? "" : i + 1 == n ? " and " : ", ", keys[i]);
+        used += strlen(buf + used);
+    }
+}
+
 static void reload(struct server *s)
 {
     struct cfg_gen *g = calloc(1, sizeof(*g));
@@ -520,11 +604,12 @@ static void reload(struct server *s)
         return;
     }
     g->refs = 1;
-    log_set_level(g->cfg.log_level);
-    log_reopen();
+    reload_logs(&g->cfg);
     log_notice("%s: configuration reloaded", __func__);
-    if (addrs_changed)
-        log_warn("%s: listen and admin-listen changes take effect at the next restart", __func__);
+    char keys[256];
+    restart_only_changes(&g->cfg, s->bound, addrs_changed, keys, sizeof(keys));
+    if (keys[0])
+        log_warn("%s: %s changes take effect at the next restart", __func__, keys);
     for (int i = 0; i < s->n_workers; i++)
         worker_post(&s->workers[i], g, 0, 0);
     gen_unref(s->gen);

@@ -1,13 +1,20 @@
 """Signals (issue 2): SIGTERM/SIGINT stop accepting, let in-flight requests
 finish within --drain-timeout and exit 0; SIGHUP reloads the config file
-without dropping a connection."""
+without dropping a connection.  A reload moves the error log and the access
+log to changed paths (or turns the access log off) and reopens unchanged ones
+(log rotation); a reload that changes a restart-only key (listen,
+admin-listen, defer-accept, workers, redis, key-prefix, redis-timeout,
+route-cache-size, meter-flush-interval, instance-id) is applied, keeps the
+running value of those keys and names them in a warning."""
 
 import os
+import re
 import signal
 import socket
 import threading
 import time
 
+import tglib
 from tglib import *
 
 
@@ -190,3 +197,190 @@ def test_sighup_removes_route():
             wait_until(lambda: http(tg.port, "GET", "/echo", "two.test")[0] == 404, scale(3),
                        "two.test gone after SIGHUP")
             assert http(tg.port, "GET", "/echo", "one.test")[0] == 200
+
+
+class FileOnlyTollgate(Tollgate):
+    """tollgate started with `-c FILE` alone: listen, admin-listen, workers
+    and drain-timeout are written at the head of the file, so that a reload
+    may change any key (Tollgate() passes --admin-listen and --access-log,
+    which a file cannot override).  write_config(text) writes that head plus
+    text, or head + text when given head=."""
+
+    def __init__(self, config, workers=2):
+        self.port = free_port()
+        self.admin_port = free_port()
+        self.dir = tmpdir()
+        self.log_path = os.path.join(self.dir, "stderr.log")
+        self.access_log_path = os.path.join(self.dir, "access.log")
+        self.config_path = os.path.join(self.dir, "tollgate.conf")
+        self.check_exit = True
+        self.exit_code = None
+        self.head = "listen 127.0.0.1:%d\nadmin-listen 127.0.0.1:%d\nworkers %d\ndrain-timeout 5\n" % (
+            self.port, self.admin_port, workers)
+        self.write_config(config)
+        self.argv = list(WRAPPER) + [TOLLGATE, "-c", self.config_path]
+        self.proc = tglib._spawn(self.argv, self.log_path)
+        self.pid = self.proc.pid
+        try:
+            wait_port(self.port, scale(10), self.proc)
+            wait_port(self.admin_port, scale(10), self.proc)
+        except Exception as e:
+            self.kill()
+            raise RuntimeError("tollgate did not start (%s): %s" % (e, self.log_text()[-3000:]))
+
+    def write_config(self, text, head=None):
+        Tollgate.write_config(self, (self.head if head is None else head) + text)
+
+
+def _read(path):
+    try:
+        with open(path, errors="replace") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def _count(path, text):
+    return _read(path).count(text)
+
+
+def _hit(conn, tag):
+    """GET /echo?TAG on conn, then GET /echo?sync on the same connection:
+    once the second answer is in, the worker has written (or skipped) the
+    access-log line of the first, so the line's file can be checked."""
+    for target in ("/echo?" + tag, "/echo?sync"):
+        conn.send(("GET %s HTTP/1.1\r\nHost: app.test\r\n\r\n" % target).encode())
+        r = conn.read_response()
+        assert r.status == 200, r.status
+
+
+def _reload(tg, text, log, n, head=None):
+    """Writes the config, sends SIGHUP and waits for the n-th "configuration
+    reloaded" in the error log file log."""
+    tg.write_config(text, head)
+    tg.signal(signal.SIGHUP)
+    wait_until(lambda: _count(log, "configuration reloaded") >= n, scale(5),
+               "reload %d noted in %s" % (n, log))
+
+
+def test_sighup_moves_reopens_and_stops_the_logs():
+    """access-log and error-log follow the file on SIGHUP: a rotated-away
+    file is replaced by a new one at the same path; a changed path gets the
+    following lines and the old file none; `access-log off` writes nothing
+    and a later path starts again.  (A reload reopened the paths the process
+    started with, whatever the file said.)"""
+    d = tmpdir()
+    a1, a2, a3 = (os.path.join(d, "a%d.log" % i) for i in (1, 2, 3))
+    e1, e2 = os.path.join(d, "e1.log"), os.path.join(d, "e2.log")
+    with Backend("b1") as b:
+        route = "route app.test=%s\n" % b.addr
+        with FileOnlyTollgate(route + "access-log %s\nerror-log %s\n" % (a1, e1)) as tg, \
+                RawConn(tg.port) as c:
+            _hit(c, "first")
+            assert _count(a1, "/echo?first") == 1, _read(a1)
+            assert "listening on" in _read(e1), _read(e1)
+            # Rotation: rename both, SIGHUP, same paths.
+            os.rename(a1, a1 + ".1")
+            os.rename(e1, e1 + ".1")
+            _reload(tg, route + "access-log %s\nerror-log %s\n" % (a1, e1), e1, 1)
+            _hit(c, "rotated")
+            assert _count(a1, "/echo?rotated") == 1 and _count(a1 + ".1", "/echo?rotated") == 0
+            # A new access-log path, then a new error-log path.
+            _reload(tg, route + "access-log %s\nerror-log %s\n" % (a2, e1), e1, 2)
+            _hit(c, "moved")
+            assert _count(a2, "/echo?moved") == 1, (_read(a1), _read(a2))
+            assert _count(a1, "/echo?moved") == 0, _read(a1)
+            _reload(tg, route + "access-log %s\nerror-log %s\n" % (a2, e2), e2, 1)
+            assert _count(e1, "configuration reloaded") == 2, _read(e1)
+            # Off, then on again at a third path.
+            _reload(tg, route + "access-log off\nerror-log %s\n" % e2, e2, 2)
+            _hit(c, "off")
+            _reload(tg, route + "access-log %s\nerror-log %s\n" % (a3, e2), e2, 3)
+            _hit(c, "again")
+            assert _count(a3, "/echo?again") == 1, _read(a3)
+            for path in (a1, a2, a3):
+                assert _count(path, "/echo?off") == 0, (path, _read(path))
+            assert _count(e2, "configuration reloaded") == 3 and _count(e1, "configuration reloaded") == 2
+
+
+def test_sighup_with_an_unopenable_access_log_keeps_the_running_config():
+    """A reload whose access-log cannot be opened is refused whole, with the
+    key's FILE:LINE: the old routes and the old access log stay."""
+    d = tmpdir()
+    a1, e1 = os.path.join(d, "a1.log"), os.path.join(d, "e1.log")
+    with Backend("b1") as b1, Backend("b2") as b2:
+        with FileOnlyTollgate("route app.test=%s\naccess-log %s\nerror-log %s\n" % (b1.addr, a1, e1)) as tg, \
+                RawConn(tg.port) as c:
+            tg.write_config("route app.test=%s\nerror-log %s\naccess-log %s/no/such/dir/a.log\n"
+                            % (b2.addr, e1, d))
+            tg.signal(signal.SIGHUP)
+            want = "reload failed, keeping the running configuration: %s:7: access-log: cannot open " \
+                   "'%s/no/such/dir/a.log': No such file or directory" % (tg.config_path, d)
+            wait_until(lambda: want in _read(e1), scale(5), "the reload error in the log")
+            _hit(c, "kept")
+            assert _count(a1, "/echo?kept") == 1, _read(a1)
+            assert http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b1"
+
+
+def _restart_warning(log):
+    """The keys named by the last "... changes take effect at the next
+    restart" warning in log, as a set (None when there is none)."""
+    found = re.findall(r"reload: (.*) changes take effect at the next restart", log)
+    return set(re.split(r", | and ", found[-1])) if found else None
+
+
+def test_sighup_warns_about_restart_only_keys():
+    """key-prefix and the other keys that the meter, the Redis connections,
+    the route caches and the worker threads take at start are not reloaded:
+    routing keeps the old prefix (a host under the new one stays unknown),
+    and the reload names every such key that changed, in a warning.  (The
+    change was dropped without a word.)"""
+    r = Redis()
+    d = tmpdir()
+    e1 = os.path.join(d, "e1.log")
+    with Backend("b1") as b:
+        r.cmd("HSET", "a:domain:x.test", "tenant", "t1", "backends", b.addr)
+        r.cmd("HSET", "b:domain:y.test", "tenant", "t2", "backends", b.addr)
+        common = "redis %s\nerror-log %s\n" % (r.url, e1)
+        with FileOnlyTollgate(common + "key-prefix a:\n") as tg:
+            wait_until(lambda: http(tg.port, "GET", "/echo", "x.test")[0] == 200, scale(5), "x.test routed")
+            # A reload that changes no restart-only key says nothing of the kind.
+            _reload(tg, common + "key-prefix a:\nroute app.test=%s\n" % b.addr, e1, 1)
+            assert _restart_warning(_read(e1)) is None, _read(e1)[-2000:]
+            assert http(tg.port, "GET", "/echo", "app.test")[0] == 200
+            _reload(tg, common + "key-prefix b:\n", e1, 2)
+            wait_until(lambda: _restart_warning(_read(e1)), scale(5), "the restart warning")
+            assert _restart_warning(_read(e1)) == {"key-prefix"}, _read(e1)[-2000:]
+            assert http(tg.port, "GET", "/echo", "x.test")[0] == 200
+            assert http(tg.port, "GET", "/echo", "y.test")[0] == 404
+            assert http(tg.port, "GET", "/echo", "app.test")[0] == 404    # the reload was applied
+            _reload(tg, common + "key-prefix b:\nredis-timeout 1\nroute-cache-size 1000\n"
+                    "meter-flush-interval 2\ninstance-id other\ndefer-accept 0\n",
+                    e1, 3, head=tg.head.replace("workers 2", "workers 3"))
+            wait_until(lambda: _count(e1, "at the next restart") >= 2, scale(5), "the second warning")
+            assert _restart_warning(_read(e1)) == {
+                "key-prefix", "redis-timeout", "route-cache-size", "meter-flush-interval", "instance-id",
+                "defer-accept", "workers"}, _read(e1)[-2000:]
+    r.stop()
+
+
+def test_sighup_changing_admin_listen_to_its_wildcard_is_applied():
+    """admin-listen 127.0.0.1:P -> 0.0.0.0:P: tollgate's own admin socket
+    covers the new address, so it is not probed against itself; the reload
+    (here with a new route) is applied and warns that admin-listen waits for
+    a restart, as listen does.  (The probe collided with the admin socket,
+    "address already in use", and the whole reload was refused.)"""
+    d = tmpdir()
+    e1 = os.path.join(d, "e1.log")
+    with Backend("b1") as b:
+        conf = "error-log %s\nroute app.test=%s\n" % (e1, b.addr)
+        with FileOnlyTollgate(conf) as tg:
+            head = tg.head.replace("admin-listen 127.0.0.1:", "admin-listen 0.0.0.0:")
+            tg.write_config(conf + "route new.test=%s\n" % b.addr, head=head)
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: "reload" in _read(e1), scale(5), "the reload logged")
+            wait_until(lambda: _restart_warning(_read(e1)), scale(5), "the restart warning")
+            assert "reload failed" not in _read(e1), _read(e1)[-2000:]
+            assert _restart_warning(_read(e1)) == {"admin-listen"}, _read(e1)[-2000:]
+            assert http(tg.port, "GET", "/echo", "new.test")[0] == 200
+            assert tg.admin("/healthz")[0] == 200          # still the socket bound at start
