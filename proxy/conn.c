@@ -1906,6 +1906,17 @@ static int relay_response_body(struct conn *c)
         bufferevent_disable(r->up, EV_READ);
         c->flags |= CF_UP_PAUSED;
     }
+    if ((r->flags & RF_RESP_DONE) && evbuffer_get_length(in) > 0) {
+        /* Bytes past the end of the response (RFC 9112 §6.3 framed it):
+         * they answer nothing, and only mean that this connection cannot
+         * be reused.  It is dropped at once, so that a backend that goes on
+         * sending leaves nothing to pile up while the client still reads
+         * the response (the backend read stays on after the response to
+         * notice a close or such bytes; this bounds them to one read). */
+        log_info("%s: conn %llu: backend %s sent bytes after the response; not reusing the connection",
+                 __func__, (unsigned long long)c->id, r->target.name);
+        up_detach(c, 0);
+    }
     if ((r->flags & RF_RESP_DONE) && evbuffer_get_length(out) == 0) {
         finish_request(c);
         return -1;

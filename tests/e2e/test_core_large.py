@@ -187,3 +187,86 @@ def test_stalled_backend_upload_bounded_buffering():
             assert tg.admin("/healthz")[0] == 200
     finally:
         srv.close()
+
+
+def _bytes_after_the_response(splice_min_body):
+    """A backend sends a complete 6 MB Content-Length response and then goes
+    on sending bytes without end, to a client that reads nothing.  Those bytes
+    answer nothing: they only mean that the backend connection cannot be
+    reused.  The proxy must not keep reading them into memory (it drops the
+    connection, or stops reading it): the backend's sending stops by itself
+    (connection closed, or stalled on full socket buffers) long before it
+    has pushed 64 MB, the proxy's RSS stays within its buffers, and the
+    client then gets the whole response, and the next one on its connection.
+    --buffer-size 16 MiB lets the whole response sit queued for the client
+    (kernel socket buffers cannot hold it all), which is when the backend's
+    reads used to go on without bound."""
+    import threading
+    n = 6 * MB
+    junk_state = {}
+    stop = threading.Event()
+
+    def serve(s, i):
+        head = read_request_head(s)
+        if not head.startswith(b"GET /junk"):
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            return False
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % n + pattern(n))
+        junk = b"j" * 65536
+        sent = 0
+        s.settimeout(2)
+        end = "stopped by the test"
+        try:
+            while not stop.is_set():
+                s.sendall(junk)
+                sent += len(junk)
+                junk_state["sent"] = sent
+        except socket.timeout:
+            end = "stalled"
+        except OSError:
+            end = "closed"
+        junk_state["sent"] = sent
+        junk_state["end"] = end
+        return False
+
+    args = ["--splice-min-body", str(splice_min_body), "--buffer-size", str(16 << 20)]
+    with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr], args=args, workers=1) as tg:
+        for _ in range(2):
+            assert http(tg.port, "GET", "/warm", ROUTE)[2] == b"ok"
+        time.sleep(0.2)
+        base = tg.rss_kb()
+        with RawConn(tg.port, timeout=30) as c:
+            try:
+                c.send("GET /junk HTTP/1.1\r\nHost: %s\r\n\r\n" % ROUTE)
+                with RssSampler(tg.pid) as rss:
+                    ended = True
+                    try:
+                        wait_until(lambda: "end" in junk_state or junk_state.get("sent", 0) > 64 * MB,
+                                   scale(10), "the backend's sending to end")
+                    except AssertionError:
+                        ended = False
+                    time.sleep(0.5)
+            finally:
+                stop.set()
+            wait_until(lambda: "end" in junk_state, scale(10), "the backend thread to finish")
+            growth = rss.max_kb - base
+            print("splice-min-body %d: backend pushed %d bytes past the response (%s); RSS base %d KiB, growth %d KiB"
+                  % (splice_min_body, junk_state["sent"], junk_state["end"], base, growth))
+            assert ended and junk_state["sent"] <= 64 * MB, \
+                "the proxy read %d bytes past the response from the backend and went on" % junk_state["sent"]
+            if not SANITIZED:
+                assert growth < 24 * 1024, "proxy held %d KiB for a 6 MB response" % growth
+            # the client reads: the response is whole, the connection goes on
+            r, count, sha = c.read_response_sha()
+            assert r.status == 200 and count == n and sha == pattern_sha256(n), (r.status, count)
+            c.send("GET /after HTTP/1.1\r\nHost: %s\r\n\r\n" % ROUTE)
+            r = c.read_response()
+            assert r.status == 200 and r.body == b"ok", r
+
+
+def test_bytes_after_a_copied_response_are_not_buffered_for_a_slow_reader():
+    _bytes_after_the_response(0)
+
+
+def test_bytes_after_a_spliced_response_are_not_buffered_for_a_slow_reader():
+    _bytes_after_the_response(16384)
