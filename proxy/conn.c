@@ -143,6 +143,7 @@ struct req {
     unsigned char resp_mode;
     unsigned char attempts;
     unsigned char redirect_https;
+    unsigned char interims;         /* 1xx heads read for this request (MAX_INTERIM) */
     unsigned short admit_waits;
     int status;
     uint64_t bytes_in, bytes_out;
@@ -1475,9 +1476,19 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
 }
 
 /*
+ * Interim responses one request may have.  RFC 9110 §15.2 sets no limit, but
+ * a real one sends a 100 Continue and a 103 or two; a backend that streams
+ * them without end is broken (502), and would otherwise hold the exchange
+ * open past every timeout, as each head restarts the read timeout.
+ */
+#define MAX_INTERIM 32
+
+/*
  * Reads response heads from the backend: forwards 1xx interim responses,
  * then the final head.  Returns 1 when the final head was handled, 0 when
- * more bytes are needed, -1 when c was closed or answered.
+ * more bytes are needed (or the client must first take the interim heads
+ * queued for it: backend reads pause, client_write_cb() resumes them), -1
+ * when c was closed or answered.
  */
 static int read_response_head(struct conn *c)
 {
@@ -1488,6 +1499,13 @@ static int read_response_head(struct conn *c)
         size_t avail = evbuffer_get_length(in);
         if (avail == 0)
             return 0;
+        if (r->interims && out_room(c->bev, hwm_of(c)) >= hwm_of(c)) {
+            /* A client that does not read its interim heads holds no more
+             * than the watermark: the backend waits, as for a body. */
+            bufferevent_disable(r->up, EV_READ);
+            c->flags |= CF_UP_PAUSED;
+            return 0;
+        }
         size_t look = avail < cfg->max_header_size + 4 ? avail : cfg->max_header_size + 4;
         unsigned char *buf = evbuffer_pullup(in, (ev_ssize_t)look);
         ssize_t hl = h1_find_head_end((const char *)buf, look, &r->resp_scanned, cfg->max_header_size);
@@ -1506,6 +1524,14 @@ static int read_response_head(struct conn *c)
         if (rs.status >= 100 && rs.status < 200 && rs.status != 101) {
             /* Interim response (100 Continue, 103 Early Hints): pass it on to
              * HTTP/1.1 clients (RFC 9110 §15.2), drop it for HTTP/1.0 ones. */
+            if (++r->interims > MAX_INTERIM) {
+                log_warn("%s: conn %llu: %s sent more than %d interim responses", __func__,
+                         (unsigned long long)c->id, r->target.name, MAX_INTERIM);
+                route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+                up_detach(c, 0);
+                respond_local(c, 502, "The backend sent too many interim responses.", NULL, 1);
+                return -1;
+            }
             if (!(r->flags & RF_HTTP10) && send_interim_head(c, &rs) != 0) {
                 conn_close(c);
                 return -1;
@@ -2061,6 +2087,13 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
         }
         return;
     case CS_PROXY:
+        if (r && (c->flags & CF_UP_PAUSED) && r->up && !(r->flags & RF_RESP_HEAD)) {
+            /* Interim heads went out (read_response_head() paused): read on. */
+            c->flags &= ~CF_UP_PAUSED;
+            bufferevent_enable(r->up, EV_READ);
+            up_read_cb(r->up, c);   /* c may be gone after */
+            return;
+        }
         if (r && (c->flags & CF_UP_PAUSED) && r->up) {
             c->flags &= ~CF_UP_PAUSED;
             if (relay_response_body(c) < 0)

@@ -234,3 +234,74 @@ def test_a_restarted_backend_is_served_again_without_an_error_from_stale_connect
                 assert status == 200 and headers["x-backend"] == "second" and body == pattern(i)
     finally:
         b.stop()
+
+
+def test_endless_interim_responses_end_in_502():
+    """A backend that sends 103 Early Hints without end never answers: after
+    32 interim responses it is taken as broken (502), both for an HTTP/1.1
+    client (which gets the interim heads first) and for an HTTP/1.0 one
+    (which gets none of them, and would otherwise wait forever, as each head
+    restarts the backend read timeout)."""
+    import threading
+    stop = threading.Event()
+
+    def serve(s, n):
+        read_request_head(s)
+        hints = b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" * 64
+        try:
+            while not stop.is_set():
+                s.sendall(hints)
+        except OSError:
+            pass
+
+    try:
+        with RawBackend(serve) as b, Tollgate(routes=["app.test=" + b.addr]) as tg:
+            with RawConn(tg.port) as c:
+                c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                interims = 0
+                r = c.read_response(skip_1xx=False)
+                while r.status == 103 and interims < 1000:
+                    interims += 1
+                    r = c.read_response(skip_1xx=False)
+                assert r.status == 502 and interims <= 32, "%d interim heads, then %d" % (interims, r.status)
+                assert c.is_closed()
+            resp = raw(tg.port, b"GET / HTTP/1.0\r\nHost: app.test\r\n\r\n", timeout=scale(5))
+            assert resp.startswith(b"HTTP/1.0 502"), resp[:200]
+            assert b"interim" in resp, resp
+    finally:
+        stop.set()
+
+
+def test_interim_heads_wait_for_a_client_that_does_not_read():
+    """Interim heads queue for the client as a body does: while the client
+    reads nothing, the proxy stops reading the backend at the watermark
+    instead of taking every head (24 heads of 1 MB here, allowed by
+    --max-header-size 1 MiB: about 20 MB held without the pause); once the
+    client reads, every head and then the response arrive."""
+    n_heads = 24
+    fields = b"".join(b"X-Hint-%03d: %s\r\n" % (i, b"h" * 9980) for i in range(100))
+    hint = b"HTTP/1.1 103 Early Hints\r\n" + fields + b"\r\n"
+
+    def serve(s, n):
+        read_request_head(s)
+        s.settimeout(60)
+        s.sendall(hint * n_heads + b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    args = ["--max-header-size", str(1 << 20), "--buffer-size", str(1 << 20)]
+    with RawBackend(serve) as b, Tollgate(routes=["app.test=" + b.addr], args=args, workers=1) as tg:
+        time.sleep(0.2)
+        base = tg.rss_kb()
+        with RawConn(tg.port, timeout=30) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            with RssSampler(tg.pid) as rss:
+                time.sleep(2)           # read nothing
+            growth = rss.max_kb - base
+            print("%d interim heads of %d bytes unread: RSS base %d KiB, growth %d KiB"
+                  % (n_heads, len(hint), base, growth))
+            if not SANITIZED:
+                assert growth < 8 * 1024, "proxy held %d KiB of interim heads for a client not reading" % growth
+            for i in range(n_heads):
+                r = c.read_response(skip_1xx=False)
+                assert r.status == 103 and len(r.raw) == len(hint), (i, r.status, len(r.raw))
+            r = c.read_response()
+            assert r.status == 200 and r.body == b"ok", r
