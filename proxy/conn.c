@@ -832,21 +832,24 @@ static void route_done(void *arg, const struct route_result *res)
 }
 
 /*
- * The over-cap answer: cfg->cap_status with the page from cfg->cap_page
- * (read once per worker and kept until the path changes) or a built-in one.
+ * The over-cap answer: cfg->cap_status with the page from cfg->cap_page or a
+ * built-in one.  The page is read once per worker and configuration
+ * generation: every reload (SIGHUP) hands the worker a new struct tg_config,
+ * so a page edited in place is read again after the next reload, as the
+ * README promises, and in between a pointer compare is all it costs.
  */
 static __thread char *cap_page_body;
 static __thread size_t cap_page_len;
-static __thread char cap_page_path[256];
+static __thread const struct tg_config *cap_page_cfg;   /* the generation cap_page_body was read for */
 
 static void respond_cap(struct conn *c)
 {
     const struct tg_config *cfg = cfg_of(c);
-    if (cfg->cap_page && strncmp(cap_page_path, cfg->cap_page, sizeof(cap_page_path)) != 0) {
+    if (cfg->cap_page && cap_page_cfg != cfg) {
         free(cap_page_body);
         cap_page_body = NULL;
         cap_page_len = 0;
-        copy_str(cap_page_path, sizeof(cap_page_path), cfg->cap_page, strlen(cfg->cap_page));
+        cap_page_cfg = cfg;
         FILE *f = fopen(cfg->cap_page, "rb");
         if (f) {
             char *buf = malloc(65536);
@@ -2640,7 +2643,7 @@ void conn_thread_cleanup(void)
     splice_thread_cleanup();
     free(cap_page_body);
     cap_page_body = NULL;
-    cap_page_path[0] = '\0';
+    cap_page_cfg = NULL;
     while (req_free_list) {
         struct req *r = req_free_list;
         req_free_list = r->next_free;

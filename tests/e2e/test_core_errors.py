@@ -305,3 +305,40 @@ def test_interim_heads_wait_for_a_client_that_does_not_read():
                 assert r.status == 103 and len(r.raw) == len(hint), (i, r.status, len(r.raw))
             r = c.read_response()
             assert r.status == 200 and r.body == b"ok", r
+
+
+def test_cap_page_edited_in_place_is_served_after_a_reload():
+    """cap-page is read once per configuration, not per capped request: a
+    page edited in place (same path, same config text) is served after a
+    SIGHUP, and again after a second edit and reload."""
+    import os
+    import signal
+    from http.client import HTTPException
+    with Redis() as r, Backend("b1") as b:
+        r.cmd("HSET", "tg:domain:cap.test", "tenant", "capt", "backends", b.addr)
+        r.cmd("HSET", "tg:tenant:capt", "cap_bytes", "100", "cap_action", "block")
+        r.cmd("HSET", "tg:meter:capt:" + time.strftime("%Y%m", time.gmtime()), "bytes_in", "0",
+              "bytes_out", "100000")
+        page = os.path.join(tmpdir(), "cap.html")
+
+        def edit(text):
+            with open(page, "w") as f:      # in place: same file, same inode
+                f.write(text)
+
+        edit("<p>first page</p>\n")
+        with Tollgate(redis=r.url, config="cap-page %s\n" % page, workers=1) as tg:
+            def capped_body():
+                try:
+                    status, _, body = http(tg.port, "GET", "/echo", "cap.test")
+                except (OSError, HTTPException):
+                    return None
+                return body if status == 509 else None
+
+            assert wait_until(capped_body, scale(5), "a 509 with the cap page") == b"<p>first page</p>\n"
+            edit("<p>second page</p>\n")
+            assert capped_body() == b"<p>first page</p>\n", "the cap page is read per request"
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: capped_body() == b"<p>second page</p>\n", scale(5), "the edited page after SIGHUP")
+            edit("<p>third page</p>\n")
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: capped_body() == b"<p>third page</p>\n", scale(5), "the page edited again after SIGHUP")
