@@ -834,22 +834,23 @@ static void route_done(void *arg, const struct route_result *res)
 /*
  * The over-cap answer: cfg->cap_status with the page from cfg->cap_page or a
  * built-in one.  The page is read once per worker and configuration
- * generation: every reload (SIGHUP) hands the worker a new struct tg_config,
- * so a page edited in place is read again after the next reload, as the
- * README promises, and in between a pointer compare is all it costs.
+ * (worker_config_id(): every committed reload is a new one), so a page
+ * edited in place is read again after the next reload, as the README
+ * promises, and in between a compare is all it costs.
  */
 static __thread char *cap_page_body;
 static __thread size_t cap_page_len;
-static __thread const struct tg_config *cap_page_cfg;   /* the generation cap_page_body was read for */
+static __thread unsigned long cap_page_cfg;   /* the configuration cap_page_body was read for (0: none) */
 
 static void respond_cap(struct conn *c)
 {
     const struct tg_config *cfg = cfg_of(c);
-    if (cfg->cap_page && cap_page_cfg != cfg) {
+    unsigned long id = worker_config_id(c->w);
+    if (cfg->cap_page && cap_page_cfg != id) {
         free(cap_page_body);
         cap_page_body = NULL;
         cap_page_len = 0;
-        cap_page_cfg = cfg;
+        cap_page_cfg = id;
         FILE *f = fopen(cfg->cap_page, "rb");
         if (f) {
             char *buf = malloc(65536);
@@ -2643,7 +2644,7 @@ void conn_thread_cleanup(void)
     splice_thread_cleanup();
     free(cap_page_body);
     cap_page_body = NULL;
-    cap_page_cfg = NULL;
+    cap_page_cfg = 0;
     while (req_free_list) {
         struct req *r = req_free_list;
         req_free_list = r->next_free;

@@ -60,6 +60,7 @@
 struct cfg_gen {
     struct tg_config cfg;
     struct route_addrs *addrs;  /* cfg's static backend names, resolved by the main thread */
+    unsigned long id;           /* 1 for the start-up config, +1 per committed reload */
     int refs;                   /* atomic */
 };
 
@@ -118,6 +119,7 @@ static void gen_unref(struct cfg_gen *g)
 
 struct event_base *worker_base(struct worker *w) { return w->base; }
 const struct tg_config *worker_config(struct worker *w) { return &w->gen->cfg; }
+unsigned long worker_config_id(struct worker *w) { return w->gen->id; }
 struct route_ctx *worker_routes(struct worker *w) { return w->routes; }
 struct meter_worker *worker_meter(struct worker *w) { return w->meter; }
 struct tg_metrics *worker_metrics(struct worker *w) { return &w->metrics; }
@@ -604,6 +606,7 @@ static void reload(struct server *s)
         return;
     }
     g->refs = 1;
+    g->id = s->gen->id + 1;
     reload_logs(&g->cfg);
     log_notice("%s: configuration reloaded", __func__);
     char keys[256];
@@ -651,6 +654,7 @@ int server_run(struct tg_config *cfg, struct route_addrs *resolved, int argc, ch
     }
     s.gen->cfg = *cfg;          /* takes over the members */
     s.gen->addrs = resolved;
+    s.gen->id = 1;
     memset(cfg, 0, sizeof(*cfg));
     s.gen->refs = 1;
     struct cfg_gen *first = gen_ref(s.gen);   /* the meter's, for its lifetime */

@@ -29,6 +29,8 @@ int server_run(struct tg_config *cfg, struct route_addrs *resolved, int argc, ch
 /* Accessors for connection code, all O(1). */
 struct event_base *worker_base(struct worker *w);
 const struct tg_config *worker_config(struct worker *w);
+/* Which configuration worker_config() is: a number no earlier configuration had (never a reused address). */
+unsigned long worker_config_id(struct worker *w);
 struct route_ctx *worker_routes(struct worker *w);
 struct meter_worker *worker_meter(struct worker *w);
 struct tg_metrics *worker_metrics(struct worker *w);
