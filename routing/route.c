@@ -15,7 +15,7 @@
  *     main connection: HGETALL <p>domain:<host>, HGETALL <p>domain:*.<zone>,
  *     LRANGE <p>paths:<host>, LRANGE <p>paths:*.<zone> and, when the cached
  *     pattern list is not fresh, LRANGE <p>patterns, each through
- *     route_read_lua (a key over 8 MiB is refused unread).  When the replies are
+ *     route_read_lua (a key over 32 MiB is refused unread).  When the replies are
  *     in, the match is decided (exact, wildcard, patterns), then backend
  *     names are resolved (evdns) and the tenant policy fetched (HGETALL
  *     <p>tenant:<t>) if not cached, in parallel.  Replies are parsed by
@@ -421,10 +421,12 @@ static int route_addr_literal(const char *name, int port, struct bal_backend *b)
 struct route_addr {
     char name[HOST_MAX + 1];
     int port;
+    size_t route;                  /* the first route naming it (for the error message) */
     socklen_t len;
     struct sockaddr_storage addr;
 };
 
+/* Sorted by (name, port), no duplicates: looked up with bsearch. */
 struct route_addrs {
     size_t n, cap;
     struct route_addr *a;
@@ -438,15 +440,35 @@ void route_addrs_free(struct route_addrs *a)
     free(a);
 }
 
-static const struct route_addr *route_addrs_find(const struct route_addrs *t, const char *name, int port)
+static int route_addr_cmp(const void *x, const void *y)
 {
-    for (size_t i = 0; t && i < t->n; i++)
-        if (t->a[i].port == port && strcmp(t->a[i].name, name) == 0)
-            return &t->a[i];
-    return NULL;
+    const struct route_addr *a = x, *b = y;
+    int c = strcmp(a->name, b->name);
+    if (c == 0)
+        c = (a->port > b->port) - (a->port < b->port);
+    if (c == 0)
+        c = (a->route > b->route) - (a->route < b->route);
+    return c;
 }
 
-/* Resolves name:port through getaddrinfo (blocking: main thread only), preferring IPv4, into *out.  0 / -1. */
+static int route_addr_key_cmp(const void *x, const void *y)
+{
+    const struct route_addr *k = x, *b = y;
+    int c = strcmp(k->name, b->name);
+    return c ? c : (k->port > b->port) - (k->port < b->port);
+}
+
+static const struct route_addr *route_addrs_find(const struct route_addrs *t, const char *name, int port)
+{
+    if (t == NULL || t->n == 0)
+        return NULL;
+    struct route_addr key;
+    snprintf(key.name, sizeof(key.name), "%s", name);
+    key.port = port;
+    return bsearch(&key, t->a, t->n, sizeof(*t->a), route_addr_key_cmp);
+}
+
+/* Resolves name:port through getaddrinfo (blocking: main thread only), preferring IPv4, into out's address.  0 / -1. */
 static int route_addr_resolve(const char *name, int port, struct route_addr *out, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
@@ -471,8 +493,6 @@ static int route_addr_resolve(const char *name, int port, struct route_addr *out
         snprintf(err, errlen, "cannot resolve backend %.100s: address too long", name);
         return -1;
     }
-    snprintf(out->name, sizeof(out->name), "%s", name);
-    out->port = port;
     memcpy(&out->addr, pick->ai_addr, pick->ai_addrlen);
     out->len = (socklen_t)pick->ai_addrlen;
     freeaddrinfo(res);
@@ -513,16 +533,23 @@ static int route_list_each(const char *list, route_addr_fn fn, void *arg, char *
     }
 }
 
-/* route_list_each() step of route_addrs_resolve(): resolves a name not seen yet. */
-static int route_addrs_add(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
-                           char *err, size_t errlen)
+/* The route whose names route_addrs_collect() is gathering. */
+struct route_collect {
+    struct route_addrs *t;
+    size_t route;
+};
+
+/* route_list_each() step of route_addrs_resolve(): notes a name (literals need no lookup). */
+static int route_addrs_collect(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
+                               char *err, size_t errlen)
 {
-    struct route_addrs *t = arg;
+    struct route_collect *rc = arg;
+    struct route_addrs *t = rc->t;
     struct bal_backend probe;
     (void)i;
     (void)item;
     (void)len;
-    if (route_addr_literal(name, port, &probe) || route_addrs_find(t, name, port))
+    if (route_addr_literal(name, port, &probe))
         return 0;
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 8;
@@ -534,12 +561,27 @@ static int route_addrs_add(void *arg, size_t i, const char *item, size_t len, co
         t->a = na;
         t->cap = cap;
     }
-    if (route_addr_resolve(name, port, &t->a[t->n], err, errlen) < 0)
-        return -1;
-    t->n++;
+    struct route_addr *e = &t->a[t->n++];
+    memset(e, 0, sizeof(*e));
+    snprintf(e->name, sizeof(e->name), "%s", name);
+    e->port = port;
+    e->route = rc->route;
     return 0;
 }
 
+/* "ORIGIN HOST: msg" for route r of cfg. */
+static void route_origin_err(const struct tg_config *cfg, size_t r, const char *msg, char *err, size_t errlen)
+{
+    char where[CFG_ERRLEN];
+    cfg_route_origin(cfg, r, where, sizeof(where));
+    snprintf(err, errlen, "%.300s %.260s: %.256s", where, cfg->routes[r].host ? cfg->routes[r].host : "", msg);
+}
+
+/*
+ * Gathers every name of the static routes, sorts them (name, port, route),
+ * keeps one of each (the first route naming it) and resolves those: one
+ * getaddrinfo per distinct name, however many routes name it.
+ */
 struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, size_t errlen)
 {
     struct route_addrs *t = calloc(1, sizeof(*t));
@@ -547,14 +589,27 @@ struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, 
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
+    char e2[256];
     for (size_t r = 0; r < cfg->n_routes; r++) {
-        char e2[256];
+        struct route_collect rc = { t, r };
         const char *list = cfg->routes[r].backends ? cfg->routes[r].backends : "";
-        if (route_list_each(list, route_addrs_add, t, e2, sizeof(e2)) < 0) {
-            char where[CFG_ERRLEN];
-            cfg_route_origin(cfg, r, where, sizeof(where));
-            snprintf(err, errlen, "%.300s %.260s: %.256s", where, cfg->routes[r].host ? cfg->routes[r].host : "",
-                     e2);
+        if (route_list_each(list, route_addrs_collect, &rc, e2, sizeof(e2)) < 0) {
+            route_origin_err(cfg, r, e2, err, errlen);
+            route_addrs_free(t);
+            return NULL;
+        }
+    }
+    if (t->n > 1)
+        qsort(t->a, t->n, sizeof(*t->a), route_addr_cmp);
+    size_t u = 0;
+    for (size_t i = 0; i < t->n; i++)
+        if (u == 0 || route_addr_key_cmp(&t->a[i], &t->a[u - 1]) != 0)
+            t->a[u++] = t->a[i];
+    t->n = u;
+    for (size_t i = 0; i < t->n; i++) {
+        struct route_addr *e = &t->a[i];
+        if (route_addr_resolve(e->name, e->port, e, e2, sizeof(e2)) < 0) {
+            route_origin_err(cfg, e->route, e2, err, errlen);
             route_addrs_free(t);
             return NULL;
         }
@@ -1717,9 +1772,13 @@ static void route_dns_start(struct route_fetch *f, const char *name)
  * (Redis allows 512 MB) would cost Redis a long reply to build (0.3 s for
  * 128 MiB, with every client waiting) and us its transfer: the lookups
  * pipelined behind it would time out and the connection be redialled.
- * WRONGTYPE and other errors come back as they are (pcall).
+ * WRONGTYPE and other errors come back as they are (pcall).  The limit is
+ * the whole key's, elements past the 1024th that LRANGE would skip
+ * included (Redis tells no size of a range); it is twice what
+ * tollgate-ctl can write into one key (1024 patterns of a 4 KiB regex and
+ * 64 backends: about 13 MiB), and a reply that size takes Redis ~75 ms.
  */
-#define ROUTE_KEY_BYTES_MAX_STR "8388608"     /* 8 MiB */
+#define ROUTE_KEY_BYTES_MAX_STR "33554432"    /* 32 MiB */
 #define ROUTE_TOO_BIG "TGTOOBIG"
 static const char route_read_lua[] =
     "local m = redis.call('MEMORY', 'USAGE', KEYS[1], 'SAMPLES', '0')\n"

@@ -64,6 +64,20 @@ def test_check_and_start_refuse_a_backend_name_that_does_not_resolve():
     assert_refused(r, "--route a.test: cannot resolve backend nosuch-host.invalid")
 
 
+def test_backend_names_are_resolved_once_and_shared_by_routes():
+    """A backend given by name goes through getaddrinfo once (main thread),
+    however many routes name it; every route and worker gets its address.
+    "127.1" is a name to getaddrinfo (inet_aton form), no DNS needed."""
+    with Backend("b1") as b1, Backend("b2") as b2:
+        p1, p2 = b1.addr.rsplit(":", 1)[1], b2.addr.rsplit(":", 1)[1]
+        routes = ["a.test=127.1:%s" % p1, "b.test=127.1:%s,127.1:%s" % (p1, p1), "c.test=127.1:%s" % p2]
+        with Tollgate(routes=routes) as tg:
+            for _ in range(4):                    # new connections: both workers
+                assert http(tg.port, "GET", "/echo", "a.test")[1].get("x-backend") == "b1"
+                assert http(tg.port, "GET", "/echo", "b.test")[1].get("x-backend") == "b1"
+                assert http(tg.port, "GET", "/echo", "c.test")[1].get("x-backend") == "b2"
+
+
 def test_check_refuses_tls_listen_with_line():
     check_and_start("listen 127.0.0.1:%d\n# TLS\ntls-listen 127.0.0.1:%d\n" % (free_port(), free_port()),
                     "{path}:3: tls-listen: TLS termination is not available in this version")

@@ -429,14 +429,14 @@ def test_a_128_mib_routing_value_fails_only_its_host():
     every pending lookup failed, uncached hosts got 503, /healthz said degraded,
     and each new request for the host did it again.)"""
     # One worker: every lookup shares the one routing connection.
-    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url, workers=1) as tg:
+    with Redis() as r, Backend("b1") as b1, Backend("b2") as b2, Tollgate(redis=r.url, workers=1) as tg:
         hosts = ["h%d.test" % i for i in range(16)]
         for h in ["big.test"] + hosts + ["warm.test"]:
             domain(r, h, "t1", b1.addr)
         r.cmd("EVAL", "return redis.call('RPUSH', KEYS[1], string.rep('x', tonumber(ARGV[1])))",
               "1", "tg:paths:big.test", str(128 << 20), timeout=60)
         r.cmd("EVAL", "return redis.call('HSET', KEYS[1], 'note', string.rep('x', tonumber(ARGV[1])))",
-              "1", "tg:tenant:t9", str(16 << 20), timeout=60)
+              "1", "tg:tenant:t9", str(40 << 20), timeout=60)
         assert who(tg, "warm.test")[:2] == (200, "b1")
         hwm0 = tg.hwm_kb()
         status = {}
@@ -457,7 +457,7 @@ def test_a_128_mib_routing_value_fails_only_its_host():
         grown = tg.hwm_kb() - hwm0
         assert grown < 32 * 1024, "peak RSS grew by %d KiB" % grown
         log = tg.log_text()
-        assert "tg:paths:big.test" in log and "more than 8388608 bytes" in log, log[-2000:]
+        assert "tg:paths:big.test" in log and "more than 33554432 bytes" in log, log[-2000:]
         assert "timed out" not in log, log[-2000:]
         # Remembered as bad data like any other invalid value: asked again, 502 again.
         for _ in range(3):
@@ -468,6 +468,14 @@ def test_a_128_mib_routing_value_fails_only_its_host():
         assert who(tg, "t9.test")[:2] == (200, "b1")
         log = tg.log_text()
         assert "tg:tenant:t9" in log and "timed out" not in log, log[-2000:]
+        # The limit is far above valid data: 1100 rules of 8 KB (9 MB; the first 1024 are used) are read.
+        domain(r, "long.test", "t1", b1.addr)
+        r.cmd("RPUSH", "tg:paths:long.test",
+              *["/r%04d%s %s" % (i, "x" * 8000, b2.addr) for i in range(1100)], timeout=60)
+        assert who(tg, "long.test")[:2] == (200, "b1")
+        assert who(tg, "long.test", path="/r1023" + "x" * 8000)[1] == "b2"     # the backend's 404 for that path
+        assert who(tg, "long.test", path="/r1024" + "x" * 8000)[1] == "b1"     # past the 1024th: unused
+        assert "tg:paths:long.test" not in tg.log_text(), tg.log_text()[-2000:]
 
 
 def test_bad_patterns_and_wrong_pattern_type():
