@@ -2233,7 +2233,8 @@ static void up_read_cb(struct bufferevent *bev, void *arg)
         ev = bev_gather(bev, hwm_of(c));
     if (relay_response_body(c) < 0)
         return;
-    if (ev)
+    /* (bytes after the response may have dropped bev: its EOF no longer matters) */
+    if (ev && c->req && c->req->up == bev)
         gathered_event(c, bev, ev, 0);
 }
 
