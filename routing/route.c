@@ -543,8 +543,8 @@ struct route_collect {
 static int route_addrs_collect(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
                                char *err, size_t errlen)
 {
-    struct route_collect *rc = arg;
-    struct route_addrs *t = rc->t;
+    struct route_collect *col = arg;
+    struct route_addrs *t = col->t;
     struct bal_backend probe;
     (void)i;
     (void)item;
@@ -565,7 +565,7 @@ static int route_addrs_collect(void *arg, size_t i, const char *item, size_t len
     memset(e, 0, sizeof(*e));
     snprintf(e->name, sizeof(e->name), "%s", name);
     e->port = port;
-    e->route = rc->route;
+    e->route = col->route;
     return 0;
 }
 
@@ -591,9 +591,9 @@ struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, 
     }
     char e2[256];
     for (size_t r = 0; r < cfg->n_routes; r++) {
-        struct route_collect rc = { t, r };
+        struct route_collect col = { t, r };
         const char *list = cfg->routes[r].backends ? cfg->routes[r].backends : "";
-        if (route_list_each(list, route_addrs_collect, &rc, e2, sizeof(e2)) < 0) {
+        if (route_list_each(list, route_addrs_collect, &col, e2, sizeof(e2)) < 0) {
             route_origin_err(cfg, r, e2, err, errlen);
             route_addrs_free(t);
             return NULL;
@@ -617,19 +617,23 @@ struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, 
     return t;
 }
 
+/* The set route_static_fill() fills, and where it finds names. */
+struct route_fill {
+    struct route_backends *set;
+    const struct route_addrs *addrs;
+};
+
 /* route_list_each() step of route_static_backends(): fills backend i. */
 static int route_static_fill(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
                              char *err, size_t errlen)
 {
-    void **ctx = arg;
-    struct route_backends *set = ctx[0];
-    const struct route_addrs *addrs = ctx[1];
-    struct bal_backend *b = &set->b[i];
+    const struct route_fill *fill = arg;
+    struct bal_backend *b = &fill->set->b[i];
     memcpy(b->name, item, len);
     b->name[len] = '\0';
     if (route_addr_literal(name, port, b))
         return 0;
-    const struct route_addr *ra = route_addrs_find(addrs, name, port);
+    const struct route_addr *ra = route_addrs_find(fill->addrs, name, port);
     if (ra == NULL) {
         snprintf(err, errlen, "backend %.100s was not resolved", name);
         return -1;
@@ -658,8 +662,8 @@ static struct route_backends *route_static_backends(const char *list, const stru
         snprintf(err, errlen, "out of memory");
         return NULL;
     }
-    void *ctx[2] = { set, (void *)addrs };
-    if (route_list_each(list, route_static_fill, ctx, err, errlen) < 0) {
+    struct route_fill fill = { set, addrs };
+    if (route_list_each(list, route_static_fill, &fill, err, errlen) < 0) {
         bal_set_free(set);
         return NULL;
     }
