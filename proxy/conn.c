@@ -1470,6 +1470,13 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
             HEAD_LIT(&h, "Transfer-Encoding: chunked\r\n");
         if (r->resp_mode == BODY_CLOSE || r->resp_mode == BODY_DECHUNK || worker_draining(c->w))
             c->flags |= CF_CLOSE_AFTER;
+        /* An answer that comes before the request body has all arrived: the
+         * connection ends after it (what is left of the body, if it is still
+         * unread then, goes to a lingering close), and saying so lets the
+         * client stop sending a body nobody waits for (RFC 9112 §9.6; §9.3
+         * asks a client to watch for such an answer). */
+        if ((r->flags & RF_HAS_BODY) && !(r->flags & RF_REQ_DONE))
+            c->flags |= CF_CLOSE_AFTER;
         if (c->flags & CF_CLOSE_AFTER)
             HEAD_LIT(&h, "Connection: close\r\n");
         else if (r->flags & RF_HTTP10)

@@ -250,6 +250,61 @@ def test_an_early_answer_reaches_a_client_still_sending_its_body():
             assert line.split()[7] == str(len(got)), (splice, line, len(got))
 
 
+def test_an_answer_before_the_body_ends_says_the_connection_closes():
+    """The backend answers a POST after its head, before the body has all
+    come: tollgate will end the connection after that answer, and says so
+    with Connection: close (RFC 9112 §9.6), so that the client can stop
+    sending a body nobody reads.  The answer to a request whose body had all
+    come keeps the connection open: a second request on it is answered."""
+    def serve(s, n):
+        s.settimeout(3)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            d = s.recv(65536)
+            if not d:
+                return False
+            data += d
+        s.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+        time.sleep(2)
+        return False
+    with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
+        s.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1000000\r\n\r\n" + b"y" * 1000)
+        got = b""
+        while b"big!" not in got:
+            d = s.recv(65536)
+            assert d, got
+            got += d
+        s.close()
+        head = got.split(b"\r\n\r\n")[0].lower()
+        assert head.startswith(b"http/1.1 413") and b"\r\nconnection: close" in head, got
+
+    def keep(s, n):
+        s.settimeout(3)
+        data = b""
+        for _ in range(2):
+            while b"abc" not in data:
+                d = s.recv(65536)
+                if not d:
+                    return False
+                data += d
+            data = data.split(b"abc", 1)[1]
+            s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        return False
+    with RawBackend(keep) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
+        req = b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 3\r\n\r\nabc"
+        for i in range(2):
+            s.sendall(req)
+            got = b""
+            while not got.endswith(b"ok"):
+                d = s.recv(65536)
+                assert d, (i, got)
+                got += d
+            assert b"connection: close" not in got.lower(), (i, got)
+        s.close()
+
+
 def _body_backend(got):
     """A raw backend that reads one chunked request to its end (the empty
     line after the last chunk), records it whole in got, and answers 200."""
