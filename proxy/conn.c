@@ -107,6 +107,7 @@ enum {
     RF_NO_SPLICE     = 1 << 17, /* splicing failed for this response: copy the rest */
     RF_ADMITTED      = 1 << 18, /* the meter admitted it (counted as a request): its bytes are billed */
     RF_AWAIT_100     = 1 << 19, /* Expect: 100-continue, no body byte yet: the backend owes an answer */
+    RF_PICKED        = 1 << 20, /* r->target counts as active for least_conn (pick_end() ends it) */
 };
 
 /* struct conn flags */
@@ -923,10 +924,23 @@ static void admit(struct conn *c)
 /* ---------------------------------------------------------------------- */
 /* Upstream connection                                                    */
 
+/* The exchange with r->target is over (its connection pooled or closed, or
+ * never made): ends the active count route_pick() started, once. */
+static void pick_end(struct conn *c, struct req *r)
+{
+    if (r->flags & RF_PICKED) {
+        r->flags &= ~RF_PICKED;
+        route_release(worker_routes(c->w), r->backends, &r->target);
+    }
+}
+
 static void up_detach(struct conn *c, int reusable)
 {
     struct req *r = c->req;
-    if (!r || !r->up)
+    if (!r)
+        return;
+    pick_end(c, r);
+    if (!r->up)
         return;
     splice_end(c);
     struct bufferevent *up = r->up;
@@ -962,10 +976,12 @@ static void start_upstream(struct conn *c)
     struct req *r = c->req;
     const struct tg_config *cfg = cfg_of(c);
     for (;;) {
+        pick_end(c, r);
         if (r->attempts >= 8 || route_pick(worker_routes(c->w), r->backends, &r->tried, &r->target) != 0) {
             respond_local(c, 502, "No backend of this site is reachable.", NULL, 0);
             return;
         }
+        r->flags |= RF_PICKED;
         r->attempts++;
         if (log_access_enabled()) {
             evutil_gettimeofday(&r->up_start, NULL);
@@ -2362,6 +2378,10 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             up_detach(c, 0);
             r->tried &= ~(1ull << (r->target.index & 63));
             r->flags &= ~RF_HEAD_SENT;
+            /* Not a try of the backend (nginx does not count one either):
+             * after a reboot every pooled connection to it may be dead,
+             * each found so only by writing to it.  The pool is finite. */
+            r->attempts--;
             start_upstream(c);
             return;
         }
@@ -2583,6 +2603,7 @@ static void conn_release_req(struct conn *c)
     if (!r)
         return;
     splice_end(c);
+    pick_end(c, r);
     if (r->up) {
         bufferevent_free(r->up);
         r->up = NULL;

@@ -361,6 +361,10 @@ static void worker_notify_cb(evutil_socket_t fd, short what, void *arg)
             struct cfg_gen *old = w->gen;
             w->gen = g;
             gen_unref(old);
+            /* Idle backend connections start afresh, as after nginx's
+             * reload: none lingers to a backend the new routes dropped.
+             * Exchanges in flight finish on theirs. */
+            upstream_pool_flush(w->pool);
         }
     }
     if (drain && !w->draining) {

@@ -214,12 +214,19 @@ void bal_report(struct bal_health *h, const struct route_backends *set, size_t i
     struct bal_node *node = bal_find(h, (const struct sockaddr *)&set->b[idx].addr);
     if (node == NULL)
         return;
-    if (node->active > 0)
-        node->active--;
     if (outcome == ROUTE_OUTCOME_CONNECT_FAIL || outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT)
         node->cool_until = now + cooldown;
     else if (outcome == ROUTE_OUTCOME_OK)
         node->cool_until = 0;
+}
+
+void bal_release(struct bal_health *h, const struct route_backends *set, size_t idx)
+{
+    if (h == NULL || set == NULL || idx >= set->n)
+        return;
+    struct bal_node *node = bal_find(h, (const struct sockaddr *)&set->b[idx].addr);
+    if (node != NULL && node->active > 0)
+        node->active--;
 }
 
 int bal_active(struct bal_health *h, const struct sockaddr *sa, socklen_t len)

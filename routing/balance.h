@@ -60,11 +60,17 @@ void bal_health_free(struct bal_health *h);
 int bal_pick(struct bal_health *h, struct route_backends *set, uint64_t *tried, double now);
 
 /*
- * Ends the active count of backend idx of set and, for CONNECT_FAIL or
- * CONNECT_TIMEOUT, cools it down until now + cooldown; OK clears a cool-down.
+ * Records how backend idx of set did: CONNECT_FAIL or CONNECT_TIMEOUT cools
+ * it down until now + cooldown, OK clears a cool-down, ERROR changes
+ * nothing.  May be called any number of times per pick; the active count is
+ * bal_release()'s.
  */
 void bal_report(struct bal_health *h, const struct route_backends *set, size_t idx,
                 enum route_outcome outcome, double now, double cooldown);
+
+/* Ends the active count that one bal_pick() of backend idx started: called
+ * exactly once per successful pick, when that exchange ends. */
+void bal_release(struct bal_health *h, const struct route_backends *set, size_t idx);
 
 /* Active count of an address (for tests and least_conn); 0 when unknown. */
 int bal_active(struct bal_health *h, const struct sockaddr *sa, socklen_t len);

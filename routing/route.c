@@ -2935,3 +2935,8 @@ void route_report(struct route_ctx *rc, const struct route_backends *set,
                   outcome == ROUTE_OUTCOME_CONNECT_FAIL ? "failed" : "timed out", rc->cooldown);
     bal_report(rc->health, set, t->index, outcome, route_now_coarse(), rc->cooldown);
 }
+
+void route_release(struct route_ctx *rc, const struct route_backends *set, const struct route_target *t)
+{
+    bal_release(rc->health, set, t->index);
+}

@@ -123,9 +123,15 @@ enum route_outcome {
     ROUTE_OUTCOME_CONNECT_TIMEOUT, /* cool down */
     ROUTE_OUTCOME_ERROR,           /* reset or timeout after connect: no cool-down */
 };
-/* Reports how a picked backend did; ends its least_conn active count. */
+/* Reports how a picked backend did (passive health: cool-down or not); any
+ * number of times per pick. */
 void route_report(struct route_ctx *rc, const struct route_backends *set,
                   const struct route_target *t, enum route_outcome outcome);
+
+/* Ends the least_conn active count of one successful route_pick(): exactly
+ * once per pick, when the exchange with that backend ends (its connection
+ * pooled or closed, or the connect failed). */
+void route_release(struct route_ctx *rc, const struct route_backends *set, const struct route_target *t);
 
 /* Number of backends in a set. */
 size_t route_backends_count(const struct route_backends *set);

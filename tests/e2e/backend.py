@@ -42,6 +42,7 @@ Routes:
   /status/C            answers status C with a short body (none for 1xx/204/304)
   /reset               closes the connection without answering (?rst=1: RST)
   /truncate/N          announces Content-Length N, sends N/2 bytes, closes
+                       (?rst=1: with a reset)
   /slowbody/N?rate=B   N pattern bytes at about B bytes/s (default 1000) with
                        Content-Length (?chunked=1: chunked)
   /ws                  WebSocket echo (RFC 6455): text and binary messages are
@@ -379,6 +380,11 @@ class Conn:
             await self.send(self.head(req, 200, [("Content-Type", "application/octet-stream"),
                                                  ("Content-Length", str(n))]))
             await self.stream_pattern(req, n // 2)
+            if req.q("rst") == "1":
+                await self.writer.drain()
+                sock = self.writer.get_extra_info("socket")
+                if sock is not None:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             return False
         elif route == "slowbody":
             n = int(arg or 1000)

@@ -280,6 +280,31 @@ def test_a_post_on_a_pooled_connection_the_backend_closed_is_not_sent_again():
         assert stats["requests"] == 3, stats   # the GET, the POST once, /stats
 
 
+def test_a_get_finds_a_fresh_connection_after_every_pooled_one_died():
+    """A backend that lost every connection's state (a reboot, a failover)
+    answers a request on each pooled connection with a close; a GET goes on
+    to the next one and then to a fresh connection, however many died: a
+    dead pooled connection is not a try of the backend (as in nginx).  (They
+    counted as tries: with more than 7 pooled, the GET got 502 "No backend
+    of this site is reachable" from a backend that was up.)"""
+    n = 12
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+        conns = [RawConn(tg.port) for _ in range(n)]
+        for c in conns:
+            c.send(b"GET /sleep/0.3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        ids = set()
+        for c in conns:
+            resp = c.read_response()
+            assert resp.status == 200
+            ids.add(resp.header("x-conn-id"))
+            c.close()
+        assert len(ids) == n, ids                  # n backend connections, now pooled
+        time.sleep(0.1)
+        status, h, body = http(tg.port, "GET", "/bytes/20?stale=1", "app.test")
+        assert status == 200 and body == pattern(20), (status, body[:200])
+        assert h["x-conn-req"] == "1" and h["x-conn-id"] not in ids, h
+
+
 def test_many_concurrent_clients():
     import threading
     errors = []

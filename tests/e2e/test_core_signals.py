@@ -199,6 +199,45 @@ def test_sighup_removes_route():
             assert http(tg.port, "GET", "/echo", "one.test")[0] == 200
 
 
+def _sockets_to(pid, port):
+    """How many of process pid's TCP sockets are connected to 127.0.0.1:port."""
+    inodes = set()
+    for fd in os.listdir("/proc/%d/fd" % pid):
+        try:
+            link = os.readlink("/proc/%d/fd/%s" % (pid, fd))
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    n = 0
+    with open("/proc/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            p = line.split()
+            if p[9] in inodes and int(p[2].split(":")[1], 16) == port and p[3] == "01":
+                n += 1
+    return n
+
+
+def test_sighup_closes_idle_backend_connections():
+    """A reload starts the backend pool afresh (as nginx's new workers do):
+    idle keep-alive connections to a backend the new routes dropped are
+    closed then, not after the pool's 30 s idle limit."""
+    with Backend("b1") as b1, Backend("b2") as b2:
+        with Tollgate(config="route app.test=%s\n" % b1.addr, workers=1) as tg:
+            conns = [RawConn(tg.port) for _ in range(4)]
+            for c in conns:
+                c.send(b"GET /sleep/0.2 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            for c in conns:
+                assert c.read_response().status == 200
+                c.close()
+            wait_until(lambda: _sockets_to(tg.pid, b1.port) == 4, scale(3), "4 pooled connections to b1")
+            tg.write_config("route app.test=%s\n" % b2.addr)
+            tg.signal(signal.SIGHUP)
+            wait_until(lambda: http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2", scale(3),
+                       "app.test on b2 after SIGHUP")
+            wait_until(lambda: _sockets_to(tg.pid, b1.port) == 0, scale(3), "no connection left to b1")
+
+
 class FileOnlyTollgate(Tollgate):
     """tollgate started with `-c FILE` alone: listen, admin-listen, workers
     and drain-timeout are written at the head of the file, so that a reload

@@ -375,6 +375,51 @@ def test_least_conn_avoids_busy_backend():
         assert len(set(names)) == 2, names
 
 
+def test_least_conn_counts_an_exchange_until_it_ends():
+    """A backend is busy for least_conn from the pick until its exchange ends
+    -- not until the response head, and exactly once however it ends.  A
+    stream still flowing keeps its backend busy; a client gone before the
+    head, or a body cut short, gives the count back once.  (The count ended
+    at the head, a body cut after it ended it a second time -- for another,
+    still running request -- and a client that left before the head never
+    ended it: least_conn then avoided that backend for good.)"""
+    with Redis() as r, Backend("a") as a, Backend("b") as b, Tollgate(redis=r.url, workers=1) as tg:
+        domain(r, "lc.test", "t1", "%s,%s" % (a.addr, b.addr), lb="least_conn")
+        domain(r, "only-a.test", "t1", a.addr)      # the same backend a, counted once per address
+        assert who(tg, "lc.test")[0] == 200
+
+        # A stream whose head has come but whose body still flows.
+        s = RawConn(tg.port)
+        s.send(b"GET /sse?n=8&interval=0.25 HTTP/1.1\r\nHost: lc.test\r\n\r\n")
+        streaming = s.read_head().header("x-backend")
+        quick = [who(tg, "lc.test")[1] for _ in range(6)]
+        assert streaming not in quick, (streaming, quick)
+        s.close()
+
+        # Clients that leave before the head: their backend is free again.
+        for _ in range(3):
+            c = socket.create_connection(("127.0.0.1", tg.port))
+            c.sendall(b"GET /sleep/1.5 HTTP/1.1\r\nHost: lc.test\r\n\r\n")
+            time.sleep(0.2)
+            c.close()
+        time.sleep(0.3)
+        names = [who(tg, "lc.test")[1] for _ in range(6)]
+        assert sorted(set(names)) == ["a", "b"], names
+
+        # a busy with one request; another to a is cut mid-body: a stays busy.
+        t = threading.Thread(target=lambda: who(tg, "only-a.test", "/sleep/2"))
+        t.start()
+        time.sleep(0.3)
+        try:
+            http(tg.port, "GET", "/truncate/200000?rst=1", "only-a.test", timeout=3)
+        except Exception:
+            pass                                   # the cut body: the client's connection ends
+        time.sleep(0.2)
+        quick = [who(tg, "lc.test")[1] for _ in range(4)]
+        t.join()
+        assert quick == ["b"] * 4, quick
+
+
 def test_passive_health_failover_and_all_down():
     dead1, dead2 = free_port(), free_port()
     with Redis() as r, Backend("live") as live, Tollgate(redis=r.url, workers=1) as tg:

@@ -271,6 +271,7 @@ START_TEST(pick_round_robin_and_tried_mask)
         ck_assert_uint_eq(tried, 1ULL << t.index);
         seen[t.index]++;
         route_report(rc, set, &t, ROUTE_OUTCOME_OK);
+        route_release(rc, set, &t);
     }
     ck_assert_int_eq(seen[0], 2);
     ck_assert_int_eq(seen[1], 2);
@@ -349,15 +350,25 @@ START_TEST(least_conn_prefers_idle)
     int c = bal_pick(h, s, &tried, 1.0);
     ck_assert_int_ne(c, a);
     ck_assert_int_ne(c, b);
+    /* A report (a response head came) does not end the exchange: b is still
+     * busy until its release, however many reports came before. */
     bal_report(h, s, (size_t)b, ROUTE_OUTCOME_OK, 1.0, 10);
+    bal_report(h, s, (size_t)b, ROUTE_OUTCOME_ERROR, 1.0, 10);
+    ck_assert_int_eq(bal_active(h, (struct sockaddr *)&s->b[b].addr, s->b[b].addrlen), 1);
+    bal_release(h, s, (size_t)b);
     /* b is the only idle one now, whatever the cursor says. */
     for (int i = 0; i < 3; i++) {
         tried = 0;
         int x = bal_pick(h, s, &tried, 1.0);
         ck_assert_int_eq(x, b);
         bal_report(h, s, (size_t)x, ROUTE_OUTCOME_OK, 1.0, 10);
+        bal_release(h, s, (size_t)x);
     }
     ck_assert_int_eq(bal_active(h, (struct sockaddr *)&s->b[a].addr, s->b[a].addrlen), 1);
+    ck_assert_int_eq(bal_active(h, (struct sockaddr *)&s->b[b].addr, s->b[b].addrlen), 0);
+    /* A release never takes the count below zero. */
+    bal_release(h, s, (size_t)b);
+    ck_assert_int_eq(bal_active(h, (struct sockaddr *)&s->b[b].addr, s->b[b].addrlen), 0);
     /* Cool-down ends after its time. */
     bal_report(h, s, (size_t)a, ROUTE_OUTCOME_CONNECT_FAIL, 1.0, 10);
     ck_assert(bal_cooling(h, (struct sockaddr *)&s->b[a].addr, s->b[a].addrlen, 5.0));
