@@ -70,6 +70,7 @@ struct worker {
     struct event_base *base;
     struct evconnlistener *listeners[MAX_LISTENERS];
     int n_listeners;
+    struct event *accept_resume;  /* after an accept error: listeners paused until it fires */
     struct cfg_gen *gen;
     struct route_ctx *routes;
     struct meter_worker *meter;
@@ -321,11 +322,38 @@ static void accept_cb(struct evconnlistener *l, evutil_socket_t fd, struct socka
     conn_accept(arg, fd, sa, (socklen_t)salen);
 }
 
+/* How long the listeners rest after an accept error (nginx: 500 ms). */
+#define ACCEPT_PAUSE_MS 100
+
+/*
+ * libevent calls this for the errors it does not retry itself: EMFILE,
+ * ENFILE, ENOBUFS, ENOMEM.  The pending connection stays in the backlog and
+ * the listener stays readable, so an armed listener would spin on accept()
+ * for as long as the descriptors stay used up.  All of the worker's
+ * listeners rest for ACCEPT_PAUSE_MS instead (connections queue in the
+ * backlog meanwhile), as nginx's do.
+ */
 static void accept_error_cb(struct evconnlistener *l, void *arg)
 {
-    /* EMFILE and friends: log; libevent keeps the listener armed. */
-    log_err_ratelimited("accept", "%s: accept: %s", __func__,
-                        evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
+    struct worker *w = arg;
+    (void)l;
+    log_err_ratelimited("accept", "%s: accept: %s (not accepting for %d ms)", __func__,
+                        evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()), ACCEPT_PAUSE_MS);
+    if (evtimer_pending(w->accept_resume, NULL))
+        return;
+    for (int i = 0; i < w->n_listeners; i++)
+        evconnlistener_disable(w->listeners[i]);
+    struct timeval tv = {0, ACCEPT_PAUSE_MS * 1000};
+    evtimer_add(w->accept_resume, &tv);
+}
+
+static void accept_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct worker *w = arg;
+    (void)fd;
+    (void)what;
+    for (int i = 0; i < w->n_listeners; i++)   /* none left once draining */
+        evconnlistener_enable(w->listeners[i]);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -435,6 +463,11 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
         snprintf(err, errlen, "event_base_new failed");
         return -1;
     }
+    w->accept_resume = evtimer_new(w->base, accept_resume_cb, w);
+    if (!w->accept_resume) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
     for (size_t i = 0; i < cfg->n_listen && i < MAX_LISTENERS; i++) {
         int fd = listen_socket(&cfg->listen[i], cfg->defer_accept, err, errlen);
         if (fd < 0)
@@ -480,6 +513,8 @@ static void worker_free(struct worker *w)
         meter_worker_free(w->meter);
     if (w->notify)
         event_free(w->notify);
+    if (w->accept_resume)
+        event_free(w->accept_resume);
     for (int i = 0; i < 2; i++)
         if (w->notify_fd[i] >= 0)
             close(w->notify_fd[i]);

@@ -3,6 +3,8 @@ refused or reset before the response 502, backend timeout 504, each a small
 clear page; a backend failing mid-response cuts the client connection."""
 
 import email.utils
+import os
+import subprocess
 import re
 import socket
 import time
@@ -342,3 +344,43 @@ def test_cap_page_edited_in_place_is_served_after_a_reload():
             edit("<p>third page</p>\n")
             tg.signal(signal.SIGHUP)
             wait_until(lambda: capped_body() == b"<p>third page</p>\n", scale(5), "the page edited again after SIGHUP")
+
+
+def _cpu_seconds(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_used_up_descriptors_pause_accepting_instead_of_spinning():
+    """Out of file descriptors, accept() fails (EMFILE) and the connection
+    stays in the backlog, so the listener stays readable: left armed, it
+    spun on accept() at a whole core for as long as that lasted.  tollgate
+    rests its listeners 100 ms at a time instead (as nginx does), logs a
+    few lines, not one per try, and serves the waiting client as soon as
+    descriptors are free again."""
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+        assert http(tg.port, "GET", "/bytes/10", "app.test")[0] == 200   # one pooled backend connection
+        time.sleep(0.3)
+        fds = len(os.listdir("/proc/%d/fd" % tg.pid))
+        subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%d:" % (fds + 3)], check=True)
+        fillers = []
+        for _ in range(3):               # each a started head: accepted, held (header timeout 10 s)
+            s = socket.create_connection(("127.0.0.1", tg.port))
+            s.sendall(b"GET /bytes/5 HTTP/1.1\r\n")
+            fillers.append(s)
+        time.sleep(0.3)
+        waiter = RawConn(tg.port, timeout=10)
+        waiter.send(b"GET /bytes/7 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        time.sleep(0.3)
+        cpu0, t0 = _cpu_seconds(tg.pid), time.time()
+        time.sleep(2)
+        used = (_cpu_seconds(tg.pid) - cpu0) / (time.time() - t0)
+        assert used < 0.3, "%.0f%% of a core while no descriptor was free" % (used * 100)
+        for s in fillers:
+            s.close()
+        r = waiter.read_response()
+        assert r.status == 200 and r.body == pattern(7), (r.status, r.body[:100])
+        waiter.close()
+        lines = [l for l in tg.log_text().splitlines() if "accept" in l]
+        assert 1 <= len(lines) <= 5, lines[:10]
