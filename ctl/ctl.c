@@ -7,9 +7,11 @@
  *
  *   tollgate-ctl [--redis URL] [--key-prefix P] [--json] [--timeout S] COMMAND ...
  *
- * Exit status: 0 done; 1 Redis unreachable or a Redis error; 2 bad usage or
- * invalid input (nothing written); 3 not found; 4 the routing data found in
- * Redis is invalid (domain show: the proxy would answer 502 for that host).
+ * Exit status: 0 done; 1 Redis unreachable or a Redis error, or the output
+ * could not be written to stdout; 2 bad usage or invalid input (nothing
+ * written); 3 not found; 4 the routing data found in Redis is invalid
+ * (domain show: the proxy would answer 502 for that host).  --json output is
+ * valid UTF-8 whatever bytes Redis holds (json_str).
  *
  * Writes are atomic per command (MULTI/EXEC), and each change is followed by
  * a hint on the events channel ("domain <host>", "tenant <id>", "patterns");
@@ -52,6 +54,33 @@ static struct ctl G;
 
 /* ------------------------------------------------------------ output -- */
 
+/*
+ * Flushes and closes stdout before the process exits with code.  Output that
+ * could not be written (a full disk, /dev/full, a closed descriptor) is lost:
+ * that is said on stderr, and a 0 becomes CTL_EXIT_REDIS (1, the "error"
+ * status); a non-zero code is kept.  Returns the status to exit with.
+ */
+static int ctl_finish(int code)
+{
+    int bad = 0, e = 0;
+    if (fflush(stdout) != 0) {
+        bad = 1;
+        e = errno;
+    }
+    if (ferror(stdout))
+        bad = 1;
+    if (fclose(stdout) != 0 && !bad && errno != EBADF) {
+        /* EBADF with nothing pending: stdout was closed and nothing was written to it. */
+        bad = 1;
+        e = errno;
+    }
+    if (!bad)
+        return code;
+    fprintf(stderr, "tollgate-ctl: cannot write the output to stdout: %s\n",
+            e ? strerror(e) : "write error");
+    return code == CTL_EXIT_OK ? CTL_EXIT_REDIS : code;
+}
+
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...)
 {
@@ -62,7 +91,7 @@ static void die(int code, const char *fmt, ...)
     fputc('\n', stderr);
     va_end(ap);
     redis_sync_free(G.rs);
-    exit(code);
+    exit(ctl_finish(code));
 }
 
 static void ctl_warn(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -76,12 +105,54 @@ static void ctl_warn(const char *fmt, ...)
     va_end(ap);
 }
 
-/* Writes s (n bytes) as a JSON string. */
+/*
+ * Length of the well-formed UTF-8 sequence (2..4 bytes) that starts at s (n
+ * bytes available), 0 when s does not start one: RFC 3629 §4, so no overlong
+ * forms, no surrogates (U+D800..DFFF), nothing above U+10FFFF.
+ */
+static size_t utf8_seq_len(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0];
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xbf;     /* the range of the second byte */
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+/*
+ * Writes s (n bytes, from Redis or the command line) as a JSON string
+ * (RFC 8259 §7) that is always valid UTF-8: well-formed UTF-8 sequences are
+ * copied, '"', '\\' and control characters (and DEL) escaped, and each byte
+ * that is not part of a well-formed sequence written as \u00XX, XX being the
+ * byte's value (its Latin-1 reading: "t\xff" -> "t\u00ff").  The byte stays
+ * visible, but reads back as the character U+00XX, like the UTF-8 for it does.
+ */
 static void json_str(const char *s, size_t n)
 {
+    const unsigned char *u = (const unsigned char *)s;
     putchar('"');
     for (size_t i = 0; i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
+        unsigned char ch = u[i];
         switch (ch) {
         case '"': fputs("\\\"", stdout); break;
         case '\\': fputs("\\\\", stdout); break;
@@ -89,10 +160,19 @@ static void json_str(const char *s, size_t n)
         case '\r': fputs("\\r", stdout); break;
         case '\t': fputs("\\t", stdout); break;
         default:
-            if (ch < 0x20 || ch == 0x7f)
+            if (ch < 0x20 || ch == 0x7f) {
                 printf("\\u%04x", ch);
-            else
+            } else if (ch < 0x80) {
                 putchar(ch);
+            } else {
+                size_t l = utf8_seq_len(u + i, n - i);
+                if (l == 0) {
+                    printf("\\u%04x", ch);
+                } else {
+                    fwrite(u + i, 1, l, stdout);
+                    i += l - 1;
+                }
+            }
         }
     }
     putchar('"');
@@ -270,9 +350,25 @@ static int parse_args(int argc, char **argv, struct opt *opts, const char **pos,
 }
 
 /*
+ * Whether a HOST argument carries a port: "name:port", or "[v6]:port" (a
+ * colon after the closing bracket; the colons inside belong to the address).
+ */
+static int arg_host_has_port(const char *h)
+{
+    h += strspn(h, " \t");
+    if (h[0] == '[') {
+        const char *close = strchr(h, ']');
+        return close && strchr(close, ':') != NULL;
+    }
+    return strchr(h, ':') != NULL;
+}
+
+/*
  * Normalises a HOST argument into out (HOST_MAX + 3 bytes): "example.com",
- * "Example.COM." or "*.example.com" (a wildcard key).  A port is refused:
- * domains are routed whatever the port.  Exits 2 on a bad host.
+ * "Example.COM.", "[2001:DB8::1]" (kept bracketed, lowercased: the key the
+ * proxy looks up for a Host header "[2001:db8::1]:8080") or "*.example.com"
+ * (a wildcard key).  A port, "[v6]:port" included, is refused rather than
+ * dropped: domains are routed whatever the port.  Exits 2 on a bad host.
  */
 static void arg_host(const char *in, char *out, int allow_wildcard)
 {
@@ -280,8 +376,8 @@ static void arg_host(const char *in, char *out, int allow_wildcard)
     const char *h = wild ? in + 2 : in;
     if (wild && !allow_wildcard)
         die(CTL_EXIT_USAGE, "a wildcard is not accepted here: %s", in);
-    if (h[0] != '[' && strchr(h, ':'))
-        die(CTL_EXIT_USAGE, "HOST must not include a port: %s", in);
+    if (arg_host_has_port(h))
+        die(CTL_EXIT_USAGE, "HOST must not include a port (domains are routed whatever the port): %s", in);
     char norm[HOST_MAX + 1];
     int n = host_normalise(h, strlen(h), norm);
     if (n < 0)
@@ -355,8 +451,8 @@ static const char usage_main[] =
     "  --timeout S        connect/command timeout in seconds (default 5)\n"
     "\n"
     "HOST may be a wildcard *.zone (matches exactly one extra label).  `COMMAND --help` shows details.\n"
-    "exit status: 0 ok, 1 Redis error or unreachable, 2 bad usage or input, 3 not found,\n"
-    "             4 invalid routing data in Redis\n";
+    "exit status: 0 ok, 1 Redis error or unreachable, or stdout not written, 2 bad usage or input,\n"
+    "             3 not found, 4 invalid routing data in Redis\n";
 
 static const char usage_domain_add[] =
     "usage: tollgate-ctl domain add HOST --tenant T --backend ADDR [--backend ADDR...]\n"
@@ -408,7 +504,7 @@ static void help_exit(const char *text)
 {
     fputs(text, stdout);
     redis_sync_free(G.rs);
-    exit(CTL_EXIT_OK);
+    exit(ctl_finish(CTL_EXIT_OK));
 }
 
 static void need(int n, int want_min, int want_max, const char *usage)
@@ -901,7 +997,7 @@ static int cmd_domain_show(int argc, char **argv)
             printf("%s: no rule matches (the proxy answers 404)\n", host);
         }
         redis_sync_free(G.rs);
-        exit(CTL_EXIT_NOT_FOUND);
+        exit(ctl_finish(CTL_EXIT_NOT_FOUND));
     }
 
     const char *tenant = pat_tenant;
@@ -1671,7 +1767,8 @@ static void group_help(const char *group, FILE *f)
             fprintf(f, "  %s", commands[i].usage + strlen("usage: "));
 }
 
-int main(int argc, char **argv)
+/* Parses the global options and runs the command; returns the exit status. */
+static int ctl_main(int argc, char **argv)
 {
     G.url = getenv("TOLLGATE_REDIS");
     if (!G.url || !*G.url)
@@ -1751,7 +1848,7 @@ int main(int argc, char **argv)
             rc = tenant_flag(nr, rest, commands[c].usage, strcmp(name, "suspend") == 0 ? "1" : "0");
         free(rest);
         redis_sync_free(G.rs);
-        fflush(stdout);
+        G.rs = NULL;
         return rc;
     }
     if (known_group) {
@@ -1764,4 +1861,9 @@ int main(int argc, char **argv)
     }
     fputs(usage_main, stderr);
     die(CTL_EXIT_USAGE, "unknown command: %s", group);
+}
+
+int main(int argc, char **argv)
+{
+    return ctl_finish(ctl_main(argc, argv));
 }

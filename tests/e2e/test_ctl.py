@@ -9,10 +9,14 @@ written), Redis unreachable or stalled (exit 1, clear message), AUTH, the
 database number, unix sockets, --key-prefix, the events hint, --json and
 --help.  One test runs the proxy too and checks that `domain show` names the
 backend that really answers.
+
+TG_CTL_WRAPPER (e.g. "valgrind -q --error-exitcode=99 --leak-check=full")
+runs every tollgate-ctl under that command; TG_WRAPPER applies to tollgate.
 """
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import time
@@ -21,11 +25,12 @@ import tglib
 from tglib import *
 
 TIMEOUT = 120
+CTL_WRAPPER = shlex.split(os.environ.get("TG_CTL_WRAPPER", ""))
 
 
-def ctl(redis_url, *args, prefix=None, json_out=False, timeout=20, extra=()):
-    """Runs tollgate-ctl; returns (exit code, stdout, stderr)."""
-    argv = [TOLLGATE_CTL]
+def ctl_argv(redis_url, *args, prefix=None, json_out=False, extra=()):
+    """The command line that runs tollgate-ctl (under TG_CTL_WRAPPER, if set)."""
+    argv = CTL_WRAPPER + [TOLLGATE_CTL]
     if redis_url:
         argv += ["--redis", redis_url]
     if prefix is not None:
@@ -35,8 +40,20 @@ def ctl(redis_url, *args, prefix=None, json_out=False, timeout=20, extra=()):
     argv += list(extra) + list(args)
     if not os.access(TOLLGATE_CTL, os.X_OK):
         raise RuntimeError("no tollgate-ctl at %s (set TG_BUILDDIR)" % TOLLGATE_CTL)
-    p = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
-    return p.returncode, p.stdout.decode(), p.stderr.decode()
+    return argv
+
+
+def ctl_raw(redis_url, *args, timeout=20, **kw):
+    """Runs tollgate-ctl; returns (exit code, stdout bytes, stderr)."""
+    p = subprocess.run(ctl_argv(redis_url, *args, **kw), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=timeout)
+    return p.returncode, p.stdout, p.stderr.decode(errors="replace")
+
+
+def ctl(redis_url, *args, **kw):
+    """Runs tollgate-ctl; returns (exit code, stdout, stderr)."""
+    rc, out, err = ctl_raw(redis_url, *args, **kw)
+    return rc, out.decode(), err
 
 
 def ok(redis_url, *args, **kw):
@@ -392,3 +409,97 @@ def test_ctl_refuses_a_pattern_or_path_rule_past_what_tollgate_reads():
             assert rc == 2 and "the most tollgate reads (1024)" in err, (args, rc, out, err)
         assert int(r.cmd("LLEN", "tg:patterns")) == 1024
         assert int(r.cmd("LLEN", "tg:paths:app.test")) == 1024
+
+
+# ---------------------------------------------------------------- hosts, JSON and stdout
+
+def test_ctl_ipv6_literal_host_is_kept_and_its_port_refused():
+    """A HOST "[v6]" is stored bracketed and lowercased, the key the proxy
+    looks up for a Host header "[v6]:port"; "[v6]:port" is refused like
+    "name:port" (exit 2, nothing written), never stored without its port."""
+    with Redis() as r, Backend("v6") as b:
+        u = r.url
+        for host in ("[::1]:80", "[2001:db8::1]:8080", "[::1]:", "*.[::1]:80", "x.example:80"):
+            for args in (("domain", "add", host, "--tenant", "t", "--backend", "10.0.0.1:80"),
+                         ("domain", "rm", host), ("domain", "show", host),
+                         ("path", "add", host, "/a", "10.0.0.1:80"), ("path", "list", host)):
+                rc, out, err = ctl(u, *args)
+                assert rc == 2 and "must not include a port" in err, (args, rc, out, err)
+        assert r.cmd("DBSIZE") == 0, r.cmd("SCAN", "0")
+
+        d = ok_json(u, "domain", "add", "[2001:DB8::1]", "--tenant", "t", "--backend", b.addr)
+        assert d["host"] == "[2001:db8::1]" and d["key"] == "tg:domain:[2001:db8::1]", d
+        assert hgetall(r, "tg:domain:[2001:db8::1]")["backends"] == b.addr
+        assert r.cmd("DBSIZE") == 1
+        d = ok_json(u, "domain", "show", "[2001:db8::1]")
+        assert d["match"] == "exact" and d["backends"] == b.addr, d
+        with Tollgate(redis=u) as tg:
+            status, headers, _ = http(tg.port, "GET", "/", "[2001:DB8::1]:8080")
+            assert headers.get("x-backend") == "v6", (status, headers)
+
+
+def test_ctl_json_is_valid_utf8_whatever_redis_holds():
+    """Bytes that are not well-formed UTF-8 (RFC 3629) come out as \\u00XX of
+    the byte; well-formed sequences are copied; control characters escaped."""
+    cases = [
+        (b"t\xff", "t\u00ff"),
+        (b"\xc0\xaf", "\u00c0\u00af"),                          # overlong '/'
+        (b"\xed\xa0\x80", "\u00ed\u00a0\u0080"),                # a surrogate
+        (b"\xf4\x90\x80\x80", "\u00f4\u0090\u0080\u0080"),      # above U+10FFFF
+        (b"x\xe2\x82", "x\u00e2\u0082"),                        # cut short at the end
+        (b"\xe2\x82x", "\u00e2\u0082x"),                        # cut short before ASCII
+        (b"caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x98\x80 \xef\xbf\xbf", "caf\u00e9 \u20ac \U0001F600 \uffff"),
+        (b"a\x01\x1f\x7f\"\\\n\t", "a\u0001\u001f\u007f\"\\\n\t"),
+    ]
+    with Redis() as r:
+        u = r.url
+        for i, (raw, _) in enumerate(cases):
+            r.cmd("HSET", "tg:domain:d%d.example" % i, "tenant", raw, "backends", raw)
+        r.cmd("HSET", b"tg:domain:k\xff.example", "tenant", "t", "backends", "10.0.0.1:80")
+        r.cmd("RPUSH", "tg:paths:d0.example", b"/\xff\xfe 10.0.0.1:80")
+        r.cmd("RPUSH", "tg:patterns", b"^\xff$ t\xff a:1")
+
+        def doc(*args, want_rc=0):
+            rc, out, err = ctl_raw(u, *args, json_out=True)
+            assert rc == want_rc, (args, rc, out, err)
+            return json.loads(out.decode("utf-8"))     # strict: no surrogates, no stray bytes
+
+        rows = {row["host"]: row for row in doc("domain", "list")}
+        assert rows["k\u00ff.example"]["tenant"] == "t", rows
+        for i, (_, want) in enumerate(cases):
+            row = rows["d%d.example" % i]
+            assert row["tenant"] == want and row["backends"] == want, (i, row, want)
+        d = doc("domain", "show", "d0.example", want_rc=4)
+        assert d["tenant"] == "t\u00ff" and d["error"], d
+        rules = doc("path", "list", "d0.example")["rules"]
+        assert rules[0]["rule"] == "/\u00ff\u00fe 10.0.0.1:80", rules
+        pats = doc("pattern", "list")
+        assert pats[0]["line"] == "^\u00ff$ t\u00ff a:1", pats
+        rc, out, _ = ctl_raw(u, "domain", "list", json_out=True)
+        assert b'"t\\u00ff"' in out and b"\xff" not in out, out
+
+
+def test_ctl_stdout_write_error_is_an_error():
+    """Output that cannot be written (here /dev/full) is an error: a message
+    on stderr and exit 1, or the command's own non-zero status."""
+    with Redis() as r:
+        u = r.url
+        ok(u, "domain", "add", "a.example", "--tenant", "t", "--backend", "10.0.0.1:80")
+        cases = [(("--json", "domain", "list"), 1), (("domain", "list"), 1),
+                 (("domain", "show", "a.example"), 1), (("--help",), 1), (("domain", "add", "--help"), 1),
+                 (("domain", "add", "b.example", "--tenant", "t", "--backend", "10.0.0.2:80"), 1),
+                 (("--json", "domain", "show", "nope.example"), 3)]
+        with open("/dev/full", "wb") as full:
+            for args, want in cases:
+                p = subprocess.run(ctl_argv(u, *args), stdout=full, stderr=subprocess.PIPE, timeout=20)
+                err = p.stderr.decode(errors="replace")
+                assert p.returncode == want, (args, p.returncode, err)
+                assert "cannot write the output to stdout: No space left on device" in err, (args, err)
+        # The same commands with a working stdout succeed, and a command that
+        # writes nothing on stdout does not fail because stdout is closed.
+        for args, want in cases:
+            rc, out, err = ctl(u, *args)
+            assert rc == (0 if want == 1 else want) and out and "cannot write" not in err, (args, rc, out, err)
+        p = subprocess.run(ctl_argv(u, "domain", "rm", "nope.example"), stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, timeout=20, preexec_fn=lambda: os.close(1))
+        assert p.returncode == 3 and b"cannot write" not in p.stderr, (p.returncode, p.stderr)
