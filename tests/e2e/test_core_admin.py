@@ -310,3 +310,263 @@ def test_access_log_escapes_quotes_and_names_the_routed_host():
         line = wait_until(lambda: tg.access_log_lines(), 3, "an access log line")[-1]
         assert ' app.test "GET /a\\x22b\\x5Cc" ' in line, line
         assert line.count('"') == 2, line
+
+
+# ---------------------------------------------------------------- admin listener limits (audit)
+
+import contextlib
+import resource
+import select
+import socket
+
+
+@contextlib.contextmanager
+def nofile_limit(n):
+    """Processes started inside the block get RLIMIT_NOFILE n (the test
+    process keeps its own limit: it is restored at once)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (n, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def cpu_seconds(pid):
+    f = open("/proc/%d/stat" % pid).read().rpartition(")")[2].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def admin_raw_closed(port, data, timeout=5):
+    """Sends data on a fresh admin connection; -> (bytes read, closed by the
+    server within timeout)."""
+    with RawConn(port, timeout=timeout) as c:
+        c.send(data)
+        out = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                d = c.recv_some()
+            except socket.timeout:
+                break
+            if not d:
+                return out, True
+            out += d
+        return out, False
+
+
+def test_admin_slowloris_head_deadline():
+    """Regression (audit): a head dripped a byte a second kept its admin
+    connection forever (evhttp's idle timeout restarts on every byte).  The
+    whole head must arrive within 10 s of the accept: the drip gets 408 and
+    is closed; a silent connection and an idle keep-alive connection are
+    closed at the same deadline."""
+    with Tollgate() as tg:
+        t0 = time.monotonic()
+        drip = socket.create_connection(("127.0.0.1", tg.admin_port))
+        silent = socket.create_connection(("127.0.0.1", tg.admin_port))
+        idle = RawConn(tg.admin_port)
+        idle.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert idle.read_response().status == 200
+        t_idle = time.monotonic()
+        for s in (drip, silent, idle.sock):
+            s.setblocking(False)
+        head = b"GET /metrics HTTP/1.1\r\nHost: a\r\nX-Slow: " + b"a" * 1000
+        closed = {}       # name -> seconds after its clock started
+        answer = b""
+        limit = 10 + scale(2)
+        i = 0
+        while len(closed) < 3 and time.monotonic() - t0 < limit + 1:
+            if "drip" not in closed:
+                try:
+                    drip.send(head[i:i + 1])
+                    i += 1
+                except OSError:
+                    closed["drip"] = time.monotonic() - t0
+            for name, s, start in (("drip", drip, t0), ("silent", silent, t0), ("idle", idle.sock, t_idle)):
+                if name in closed:
+                    continue
+                try:
+                    d = s.recv(4096)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    d = b""
+                if name == "drip" and d:
+                    answer += d
+                    continue
+                assert not d, (name, d)
+                closed[name] = time.monotonic() - start
+            time.sleep(1)
+        for s in (drip, silent):
+            s.close()
+        idle.close()
+        assert set(closed) == {"drip", "silent", "idle"}, \
+            "still open after %.0f s: %s (%d bytes of head dripped)" % (limit, set(("drip", "silent", "idle")) - set(closed), i)
+        for name, t in closed.items():
+            assert 9 <= t <= limit + 1, (name, t)
+        assert answer == b"" or answer.startswith(b"HTTP/1.1 408 "), answer
+        assert tg.admin("/healthz")[0] == 200
+
+
+def test_admin_connection_cap_keeps_proxy_up():
+    """Regression (audit): nothing limited admin connections; 300 of them
+    under a 256-descriptor limit starved the proxy's listeners.  The admin
+    listener holds at most 64 at once (the rest wait in the backlog), so the
+    proxy keeps answering and the log stays small."""
+    with Backend("b1") as b:
+        with nofile_limit(256):
+            tg = Tollgate(routes=["app.test=" + b.addr], workers=1)
+        with tg:
+            assert http(tg.port, "GET", "/echo", "app.test")[0] == 200
+            fds_before = len(os.listdir("/proc/%d/fd" % tg.pid))
+            log_before = len(tg.log_text())
+            socks = []
+            for _ in range(300):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", tg.admin_port))
+                socks.append(s)
+            # the kernel retries a dropped SYN after 1 s and 3 s: by 4 s every
+            # connection the listener would take has been offered
+            time.sleep(4)
+            for s in socks:
+                try:
+                    s.send(b"G")    # an unfinished head: each one holds its slot
+                except OSError:
+                    pass
+            time.sleep(0.5)
+            try:
+                status, headers, _ = http(tg.port, "GET", "/echo", "app.test", timeout=5)
+                assert status == 200 and headers["x-backend"] == "b1"
+                fds = len(os.listdir("/proc/%d/fd" % tg.pid))
+                assert fds <= fds_before + 64 + 4, "admin connections not capped: %d fds (%d before)" % (fds, fds_before)
+            finally:
+                for s in socks:
+                    s.close()
+            grown = len(tg.log_text()) - log_before
+            assert grown < 4096, "log grew %d bytes:\n%s" % (grown, tg.log_text()[-2000:])
+            # the listener takes connections again
+            wait_until(lambda: _healthz_ok(tg), scale(15), "/healthz answering again")
+
+
+def _healthz_ok(tg):
+    try:
+        return tg.admin("/healthz", timeout=2)[0] == 200
+    except OSError:
+        return False
+
+
+def test_admin_accept_error_pauses_without_log_flood():
+    """Regression (audit): with every descriptor in use, the admin listener
+    (no error callback) spun on accept() failing with EMFILE and logged
+    millions of lines.  It rests, logs a line, and serves the waiting
+    connection on its own once descriptors are free again."""
+    with Backend("b1") as b:
+        with nofile_limit(256):
+            tg = Tollgate(routes=["app.test=" + b.addr], workers=1, args=["--client-header-timeout", "60"])
+        with tg:
+            clients = []
+            try:
+                for _ in range(300):
+                    try:
+                        clients.append(socket.create_connection(("127.0.0.1", tg.port), timeout=1))
+                    except OSError:
+                        break
+                time.sleep(scale(1))
+                log_before = len(tg.log_text())
+                cpu_before = cpu_seconds(tg.pid)
+                scrape = RawConn(tg.admin_port)
+                scrape.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+                time.sleep(3)
+                grown = len(tg.log_text()) - log_before
+                cpu = cpu_seconds(tg.pid) - cpu_before
+                assert grown < 4096, "log grew %d bytes in 3 s:\n%s" % (grown, tg.log_text()[-2000:])
+                assert cpu < scale(1.0), "%.2f s of CPU in 3 s with descriptors used up" % cpu
+            finally:
+                for s in clients:
+                    s.close()
+            # descriptors free again: the waiting scrape is served
+            r = scrape.read_response()
+            scrape.close()
+            assert r.status == 200 and r.body == b"ok\n", r
+            assert "admin: accept" in tg.log_text(), tg.log_text()[-2000:]
+
+
+def test_admin_methods_and_paths():
+    """Regression (audit): OPTIONS and PATCH got 501, a POST with a body
+    413, a body to an unknown path 413.  As admin.h says: GET and HEAD on
+    /healthz and /metrics, any other method there 405 with Allow, any other
+    path 404; a request with a body is answered the same and then closed."""
+    with Tollgate() as tg:
+        A = tg.admin_port
+        for path in ("/healthz", "/metrics"):
+            for method in ("OPTIONS", "PATCH", "POST", "PUT", "DELETE", "BREW", "get"):
+                with RawConn(A) as c:
+                    c.send(b"%s %s HTTP/1.1\r\nHost: a\r\n\r\n" % (method.encode(), path.encode()))
+                    r = c.read_response()
+                    assert r.status == 405, (method, path, r)
+                    assert r.header("allow") == "GET, HEAD", r
+                    # no body: the connection stays usable
+                    c.send(b"GET %s HTTP/1.1\r\nHost: a\r\n\r\n" % path.encode())
+                    assert c.read_response().status == 200
+        for method in ("GET", "HEAD", "POST", "OPTIONS"):
+            with RawConn(A) as c:
+                c.send(b"%s /nope?x=1 HTTP/1.1\r\nHost: a\r\n\r\n" % method.encode())
+                r = c.read_response(head=method == "HEAD")
+                assert r.status == 404, (method, r)
+        # a body is not read: the answer comes with Connection: close, and
+        # the connection closes even while the client is still sending
+        for head, want in ((b"POST /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000000\r\n\r\n", 405),
+                           (b"PUT /nope HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", 404),
+                           (b"GET /healthz HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n", 200)):
+            with RawConn(A) as c:
+                c.send(head + b"x" * 5)
+                r = c.read_response()
+                assert r.status == want, (head, r)
+                assert (r.header("connection") or "").lower() == "close", r
+                t0 = time.monotonic()
+                closed = False
+                while time.monotonic() - t0 < scale(5):
+                    try:
+                        c.sock.sendall(b"y" * 65536)
+                    except OSError:
+                        closed = True
+                        break
+                    time.sleep(0.01)
+                assert closed or c.is_closed(scale(3)), "connection still open after the body began"
+        status, headers, body = tg.admin("/healthz?verbose=1")
+        assert (status, body) == (200, b"ok\n")
+
+
+def test_admin_keepalive_pipelining_head_and_http10():
+    """Pipelined requests are answered in order on one connection; HEAD
+    carries GET's Content-Length and no body; HTTP/1.0 is answered and
+    closed; bad and oversized heads get 400 and 431 and a close."""
+    with Tollgate() as tg:
+        A = tg.admin_port
+        with RawConn(A) as c:
+            c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+                   b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
+                   b"GET /nope HTTP/1.1\r\nHost: a\r\n\r\n"
+                   b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n")
+            r1 = c.read_response()
+            r2 = c.read_response(head=True)
+            r3 = c.read_response()
+            r4 = c.read_response()
+            assert (r1.status, r1.body) == (200, b"ok\n"), r1
+            assert r2.status == 200 and r2.header("content-length") == "3", r2
+            assert r3.status == 404, r3
+            assert r4.status == 200 and r4.header("content-type").startswith("text/plain; version=0.0.4"), r4
+            assert b"# TYPE " in r4.body
+            assert not c.is_closed(0.3)
+        out, closed = admin_raw_closed(A, b"GET /healthz HTTP/1.0\r\n\r\n")
+        assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"\r\n\r\nok\n") and closed, out
+        out, closed = admin_raw_closed(A, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout=1)
+        assert out.startswith(b"HTTP/1.1 200 ") and b"keep-alive" in out.lower() and not closed, out
+        for data, want in ((b"\x00garbage\r\n\r\n", 400),
+                           (b"GET /healthz HTTP/1.1\nHost: a\n\n", 400),
+                           (b"GET /healthz HTTP/1.1\r\nHost: a\r\nX: " + b"a" * 20000 + b"\r\n\r\n", 431),
+                           (b"GET /healthz HTTP/2.0\r\n\r\n", 505)):
+            out, closed = admin_raw_closed(A, data)
+            assert out.startswith(b"HTTP/1.1 %d " % want) and closed, (data[:40], out)
