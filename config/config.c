@@ -41,6 +41,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -48,7 +49,6 @@
 #define PACKAGE_VERSION "0.1.0"
 #endif
 
-#define CFG_MAX_LISTEN 64          /* per list */
 #define CFG_MAX_ROUTES 100000
 #define CFG_MAX_BACKENDS 64        /* route_pick keeps a 64-bit tried-mask */
 #define CFG_MAX_FILE (16u << 20)   /* a config file larger than this is a mistake */
@@ -158,7 +158,11 @@ static void *member(struct tg_config *cfg, size_t off)
     return (char *)cfg + off;
 }
 
-/* Appends "'s'" to buf with control bytes escaped and long values cut. */
+/*
+ * Writes "'s'" to buf with control bytes, backslashes and bytes >= 0x80
+ * escaped as \xNN (so that an invisible byte, such as a UTF-8 byte order
+ * mark, shows in a message) and values longer than 80 bytes cut.
+ */
 static void quote(char *buf, size_t size, const char *s)
 {
     size_t o = 0, i;
@@ -175,7 +179,7 @@ static void quote(char *buf, size_t size, const char *s)
             o += 3;
             break;
         }
-        if (c < 0x20 || c == 0x7f || c == '\\')
+        if (c < 0x20 || c >= 0x7f || c == '\\')
             o += (size_t)snprintf(buf + o, size - o, "\\x%02x", c);
         else
             buf[o++] = (char)c;
@@ -340,83 +344,150 @@ static int normalise_route_host(char *h, char *msg, size_t msglen)
     return 0;
 }
 
-/* Checks a Redis URL; see the file header of config.h and CONTRACT.md. */
+/*
+ * Redis URLs.  routing/redis.c (url_parse) is the parser that connects;
+ * this one only checks, for -t, start-up and reload, and must refuse at
+ * least everything url_parse refuses, with a clearer message, so that a URL
+ * -t calls ok never fails at start with "bad Redis URL".  It is stricter on
+ * purpose in places (the port is required, user names are refused, hosts
+ * must be well-formed names or IPv6 literals).  The unit test
+ * cfg_redis_urls_agree_with_the_client runs one table of URLs through both.
+ */
+#define CFG_REDIS_URL_MAX 1024   /* url_parse: "too long" */
+#define CFG_REDIS_PASS_MAX 255   /* url_parse decodes the password into 256 bytes with its NUL */
+#define CFG_REDIS_DB_MAX_DIGITS 6
+
+static int hex_digit(char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
+}
+
+/*
+ * Checks the password s[0..n) of the Redis URL quoted as q, as url_parse
+ * decodes it: not empty, no raw '/' (RFC 3986 §3.2.1: userinfo has none;
+ * url_parse ends the authority at the first '/'), every '%' followed by two
+ * hex digits (§2.1), no %00 (the password travels as a C string), at most
+ * CFG_REDIS_PASS_MAX bytes once decoded.  0 / -1 with msg.
+ */
+static int check_redis_password(const char *q, const char *s, size_t n, char *msg, size_t msglen)
+{
+    size_t i, decoded = 0;
+    if (n == 0)
+        return fail(msg, msglen, "%s: empty password", q);
+    for (i = 0; i < n; i++, decoded++) {
+        if (s[i] == '/')
+            return fail(msg, msglen, "%s: write '/' in a password as %%2F", q);
+        if (s[i] != '%')
+            continue;
+        if (i + 2 >= n || !hex_digit(s[i + 1]) || !hex_digit(s[i + 2]))
+            return fail(msg, msglen, "%s: in a password '%%' starts an escape of two hex digits "
+                        "(%%25 for '%%', %%40 for '@')", q);
+        if (s[i + 1] == '0' && s[i + 2] == '0')
+            return fail(msg, msglen, "%s: the password must not contain %%00 (a NUL byte)", q);
+        i += 2;
+    }
+    if (decoded > CFG_REDIS_PASS_MAX)
+        return fail(msg, msglen, "%s: password longer than %d bytes", q, CFG_REDIS_PASS_MAX);
+    return 0;
+}
+
+/* The database number s[0..n): 1 to CFG_REDIS_DB_MAX_DIGITS digits. */
+static int valid_redis_db(const char *s, size_t n)
+{
+    return all_digits(s, n) && n <= CFG_REDIS_DB_MAX_DIGITS;
+}
+
+/* The last c in s[0..n), or NULL. */
+static const char *last_char(const char *s, size_t n, char c)
+{
+    while (n > 0)
+        if (s[--n] == c)
+            return s + n;
+    return NULL;
+}
+
+/*
+ * Checks a Redis URL: redis://[:password@]host:port[/db] or
+ * unix://[:password@]/path[?db=N] (CONTRACT.md), schemes in any case as
+ * url_parse takes them.  0 / -1 with msg "'URL': reason".
+ */
 static int check_redis_url(const char *u, char *msg, size_t msglen)
 {
     char q[128];
-    const char *p, *at, *hp, *end, *slash, *colon;
+    const char *p, *at, *hp, *hend, *end, *slash, *colon;
+    size_t ulen = strlen(u);
     quote(q, sizeof(q), u);
 
+    if (ulen > CFG_REDIS_URL_MAX)
+        return fail(msg, msglen, "%s: longer than %d bytes", q, CFG_REDIS_URL_MAX);
     for (p = u; *p; p++)
         if ((unsigned char)*p <= 0x20 || *p == 0x7f)
             return fail(msg, msglen, "%s: spaces and control characters are not allowed", q);
-    if (strncmp(u, "unix://", 7) == 0) {
-        /* unix://[:password@]/absolute/path[?db=N] (routing/redis.c reads it) */
+    end = u + ulen;
+    if (strncasecmp(u, "unix://", 7) == 0) {
+        /* The password ends at the last '@' before the query, as url_parse reads it. */
         const char *path = u + 7, *qm = strchr(path, '?');
-        const char *pend = qm ? qm : path + strlen(path);
+        const char *pend = qm ? qm : end;
         if (*path != '/') {
-            at = strstr(path, "@/");
-            if (!at || at >= pend)
+            at = last_char(path, (size_t)(pend - path), '@');
+            if (!at)
                 return fail(msg, msglen, "%s: expected unix://[:password@]/absolute/path[?db=N]", q);
             if (path[0] != ':')
                 return fail(msg, msglen, "%s: user names are not supported, write unix://:password@/path", q);
-            if (at == path + 1)
-                return fail(msg, msglen, "%s: empty password", q);
+            if (memchr(path, '/', (size_t)(at - path)))
+                return fail(msg, msglen, "%s: the password runs to the last '@' before the socket path: "
+                            "write '/' in a password as %%2F, and use a socket path without '@'", q);
+            if (check_redis_password(q, path + 1, (size_t)(at - path - 1), msg, msglen) < 0)
+                return -1;
             path = at + 1;
         }
-        if (pend - path < 2)
+        if (pend - path < 2 || *path != '/')
             return fail(msg, msglen, "%s: expected unix://[:password@]/absolute/path[?db=N]", q);
         if (pend - path >= 108)  /* sizeof(sun_path) */
             return fail(msg, msglen, "%s: socket path too long", q);
-        if (qm && (strncmp(qm + 1, "db=", 3) != 0 || !all_digits(qm + 4, strlen(qm + 4)) || strlen(qm + 4) > 9))
-            return fail(msg, msglen, "%s: only ?db=N (a number) may follow the socket path", q);
+        if (qm && (strncmp(qm + 1, "db=", 3) != 0 || !valid_redis_db(qm + 4, strlen(qm + 4))))
+            return fail(msg, msglen, "%s: only ?db=N (N a number of up to %d digits) may follow the socket path",
+                        q, CFG_REDIS_DB_MAX_DIGITS);
         return 0;
     }
-    if (strncmp(u, "redis://", 8) != 0)
+    if (strncasecmp(u, "redis://", 8) != 0)
         return fail(msg, msglen, "%s: expected redis://[:password@]host:port[/db] or unix:///path", q);
     hp = u + 8;
-    end = hp + strlen(hp);
+    /* The authority ends at the first '/' (RFC 3986 §3.2); the password at
+     * the last '@' before it. */
     slash = memchr(hp, '/', (size_t)(end - hp));
-    at = NULL;
-    /* The password may contain '@' or '/': the host part starts after the last '@'. */
-    for (p = end; p > hp; p--)
-        if (p[-1] == '@') {
-            at = p - 1;
-            break;
-        }
+    hend = slash ? slash : end;
+    at = last_char(hp, (size_t)(hend - hp), '@');
+    if (slash && memchr(slash, '@', (size_t)(end - slash)))   /* no '@' can follow a database number */
+        return fail(msg, msglen, "%s: write '/' in a password as %%2F", q);
     if (at) {
         if (hp[0] != ':')
             return fail(msg, msglen, "%s: user names are not supported, write redis://:password@host:port", q);
-        if (at == hp + 1)
-            return fail(msg, msglen, "%s: empty password", q);
+        if (check_redis_password(q, hp + 1, (size_t)(at - hp - 1), msg, msglen) < 0)
+            return -1;
         hp = at + 1;
-        slash = memchr(hp, '/', (size_t)(end - hp));
     }
-    if (!slash)
-        slash = end;
-    if (hp == slash)
+    if (hp == hend)
         return fail(msg, msglen, "%s: missing host", q);
     if (hp[0] == '[') {
-        const char *rb = memchr(hp, ']', (size_t)(slash - hp));
+        const char *rb = memchr(hp, ']', (size_t)(hend - hp));
         if (!rb || !valid_ipv6(hp + 1, (size_t)(rb - hp - 1)))
             return fail(msg, msglen, "%s: invalid IPv6 host", q);
         colon = rb + 1;
-        if (colon >= slash || *colon != ':')
+        if (colon >= hend || *colon != ':')
             return fail(msg, msglen, "%s: missing :port", q);
     } else {
-        colon = memchr(hp, ':', (size_t)(slash - hp));
+        colon = memchr(hp, ':', (size_t)(hend - hp));
         if (!colon)
             return fail(msg, msglen, "%s: missing :port", q);
         if (!valid_hostname(hp, (size_t)(colon - hp)))
             return fail(msg, msglen, "%s: invalid host", q);
     }
-    if (parse_port(colon + 1, (size_t)(slash - colon - 1)) < 0)
+    if (parse_port(colon + 1, (size_t)(hend - colon - 1)) < 0)
         return fail(msg, msglen, "%s: port must be 1..65535", q);
-    if (slash < end) {
-        size_t dn = (size_t)(end - slash - 1);
-        if (!all_digits(slash + 1, dn) || dn > 9)
-            return fail(msg, msglen, "%s: database must be a number", q);
-    }
+    /* "/" alone selects the default database, as url_parse reads it. */
+    if (slash && slash + 1 < end && !valid_redis_db(slash + 1, (size_t)(end - slash - 1)))
+        return fail(msg, msglen, "%s: database must be a number of up to %d digits", q, CFG_REDIS_DB_MAX_DIGITS);
     return 0;
 }
 
@@ -428,9 +499,9 @@ static int parse_int_value(const struct key_def *k, const char *v, long *out,
     char q[128];
     size_t n = strlen(v);
     quote(q, sizeof(q), v);
-    if (!all_digits(v, n) || n > 12)
+    if (!all_digits(v, n))
         return fail(msg, msglen, "expected a whole number, got %s", q);
-    *out = strtol(v, NULL, 10);
+    *out = n > 12 ? LONG_MAX : strtol(v, NULL, 10);   /* more digits than any range allows */
     if (*out < (long)k->min || *out > (long)k->max)
         return fail(msg, msglen, "%s out of range %.0f..%.0f", q, k->min, k->max);
     return 0;
@@ -450,9 +521,10 @@ static int parse_size_value(const struct key_def *k, const char *v, size_t *out,
         default: break;
         }
     }
-    if (!all_digits(v, digits) || digits > 12)
+    if (!all_digits(v, digits))
         return fail(msg, msglen, "expected a number of bytes (k/m suffix allowed), got %s", q);
-    x = strtoull(v, NULL, 10) * mult;   /* <= 10^12 * 2^20 < 2^64 */
+    /* 10^12 * 2^20 < 2^64; more digits than that exceed every range */
+    x = digits > 12 ? ULLONG_MAX : strtoull(v, NULL, 10) * mult;
     if ((double)x < k->min || (double)x > k->max)
         return fail(msg, msglen, "%s out of range %.0f..%.0f", q, k->min, k->max);
     *out = (size_t)x;
@@ -481,11 +553,12 @@ static int parse_seconds_value(const struct key_def *k, const char *v, double *o
         else
             break;
     }
-    if (i != n || digits == 0 || dots > 1 || n > 32)
+    if (i != n || digits == 0 || dots > 1)
         return fail(msg, msglen, "expected seconds (e.g. 10, 0.5, 200ms), got %s", q);
-    x = strtod(v, NULL) * scale;
+    x = strtod(v, NULL) * scale;   /* any number of digits: a huge one is inf, out of range */
+    /* %.15g: the limits print as written (31536000, not 3.1536e+07) */
     if (x < k->min || x > k->max || ((k->flags & F_POSITIVE) && x <= k->min))
-        return fail(msg, msglen, "%s out of range: must be %s %g and <= %g seconds", q,
+        return fail(msg, msglen, "%s out of range: must be %s %.15g and <= %.15g seconds", q,
                     (k->flags & F_POSITIVE) ? ">" : ">=", k->min, k->max);
     *out = x;
     return 0;
@@ -534,6 +607,7 @@ int cfg_parse_addr(const char *s, struct cfg_addr *out)
     memcpy(out->host, host, hn);
     out->host[hn] = '\0';
     out->port = port;
+    out->line = 0;
     return 0;
 }
 
@@ -565,12 +639,87 @@ static int no_controls(const char *v)
     return 1;
 }
 
+/* ---- listener addresses, compared as numbers ---- */
+
+/* An address's family (AF_INET, AF_INET6; 0 if not numeric) and bytes. */
+struct net_addr {
+    int family;
+    unsigned char b[16];
+};
+
+static struct net_addr net_addr_of(const struct cfg_addr *a)
+{
+    struct net_addr n;
+    memset(&n, 0, sizeof(n));
+    if (inet_pton(AF_INET, a->host, n.b) == 1)
+        n.family = AF_INET;
+    else if (inet_pton(AF_INET6, a->host, n.b) == 1)
+        n.family = AF_INET6;
+    return n;
+}
+
+static int net_addr_len(const struct net_addr *n)
+{
+    return n->family == AF_INET ? 4 : 16;
+}
+
+/* 0.0.0.0 or [::] */
+static int net_addr_wildcard(const struct net_addr *n)
+{
+    static const unsigned char zero[16];
+    return n->family != 0 && memcmp(n->b, zero, (size_t)net_addr_len(n)) == 0;
+}
+
+#define ADDR_SAME 2
+#define ADDR_COVERED 1
+
+/*
+ * Whether two listener addresses would clash: ADDR_SAME for one address
+ * ([::1] and [0::1] are one), ADDR_COVERED when one is the wildcard of the
+ * other's family on the same port (0.0.0.0:P takes every IPv4 address on
+ * P), 0 otherwise.  Families never overlap: proxy/server.c sets
+ * IPV6_V6ONLY on IPv6 sockets, so [::]:P leaves 0.0.0.0:P free.
+ */
+static int addr_overlap(const struct cfg_addr *a, const struct cfg_addr *b)
+{
+    struct net_addr x = net_addr_of(a), y = net_addr_of(b);
+    if (a->port != b->port || x.family == 0 || x.family != y.family)
+        return 0;
+    if (memcmp(x.b, y.b, (size_t)net_addr_len(&x)) == 0)
+        return ADDR_SAME;
+    return net_addr_wildcard(&x) || net_addr_wildcard(&y) ? ADDR_COVERED : 0;
+}
+
+/* "127.0.0.1:80" or "[::1]:80" */
+static void addr_text(const struct cfg_addr *a, char *buf, size_t len)
+{
+    int v6 = strchr(a->host, ':') != NULL;
+    snprintf(buf, len, "%s%s%s:%d", v6 ? "[" : "", a->host, v6 ? "]" : "", a->port);
+}
+
+/*
+ * Refuses what start-up could not bind: an IPv4-mapped IPv6 address
+ * ([::ffff:127.0.0.1]), which an IPV6_V6ONLY socket cannot take (EINVAL).
+ * 0 / -1 with msg.
+ */
+static int check_bindable(const struct cfg_addr *a, const char *q, char *msg, size_t msglen)
+{
+    struct net_addr n = net_addr_of(a);
+    if (n.family == AF_INET6 && IN6_IS_ADDR_V4MAPPED((const struct in6_addr *)n.b)) {
+        char v4[INET_ADDRSTRLEN];
+        inet_ntop(AF_INET, n.b + 12, v4, sizeof(v4));
+        return fail(msg, msglen, "%s: IPv6 listeners are IPv6-only, so an IPv4-mapped address "
+                    "cannot be bound: write %s:%d", q, v4, a->port);
+    }
+    return 0;
+}
+
 static int add_listen(struct tg_config *cfg, const struct key_def *k, const char *v, int replace,
                       char *msg, size_t msglen)
 {
     struct cfg_addr **arr = member(cfg, k->off), a, *na;
     size_t *cnt = member(cfg, k->off_n), i;
-    char q[128];
+    char q[128], other[96];
 
     quote(q, sizeof(q), v);
     if (strcmp(v, "off") == 0) {   /* empties the list, e.g. TLS-only: listen off */
@@ -579,11 +728,21 @@ static int add_listen(struct tg_config *cfg, const struct key_def *k, const char
     }
     if (cfg_parse_addr(v, &a) < 0)
         return fail(msg, msglen, "bad address %s: expected IPv4:PORT, [IPv6]:PORT or off, port 1..65535", q);
+    if (check_bindable(&a, q, msg, msglen) < 0)
+        return -1;
     if (replace)
         *cnt = 0;
-    for (i = 0; i < *cnt; i++)
-        if ((*arr)[i].port == a.port && strcmp((*arr)[i].host, a.host) == 0)
+    for (i = 0; i < *cnt; i++) {
+        int ov = addr_overlap(&(*arr)[i], &a);
+        addr_text(&(*arr)[i], other, sizeof(other));
+        if (ov == ADDR_SAME && strcmp((*arr)[i].host, a.host) == 0)
             return fail(msg, msglen, "%s given twice", q);
+        if (ov == ADDR_SAME)
+            return fail(msg, msglen, "%s given twice (as %s)", q, other);
+        if (ov == ADDR_COVERED)
+            return fail(msg, msglen, "%s overlaps %s (a wildcard address takes every address of its "
+                        "family on its port)", q, other);
+    }
     if (*cnt >= CFG_MAX_LISTEN)
         return fail(msg, msglen, "too many addresses (max %d)", CFG_MAX_LISTEN);
     na = realloc(*arr, (*cnt + 1) * sizeof(*na));
@@ -696,6 +855,8 @@ static int apply_key(struct tg_config *cfg, size_t ki, const char *v, uint64_t *
         if (cfg_parse_addr(v, &a) < 0)
             return fail(msg, msglen,
                         "bad address %s: expected IPv4:PORT, [IPv6]:PORT or off, port 1..65535", q);
+        if (check_bindable(&a, q, msg, msglen) < 0)
+            return -1;
         cfg->admin_listen = a;
         return 0;
     }
@@ -724,6 +885,9 @@ static int apply_key(struct tg_config *cfg, size_t ki, const char *v, uint64_t *
             cfg->access_log = NULL;
             return 0;
         }
+        /* Errors always go somewhere: "off" would be a file named off. */
+        if (strcmp(v, "off") == 0)
+            return fail(msg, msglen, "off is not a destination: give - (stderr) or a FILE, /dev/null to discard");
         return set_string(member(cfg, k->off), v, msg, msglen);
     case K_PATH:
         if (!no_controls(v))
@@ -749,6 +913,27 @@ static int apply_key(struct tg_config *cfg, size_t ki, const char *v, uint64_t *
     }
     }
     return fail(msg, msglen, "internal error: unhandled key type");
+}
+
+/*
+ * Records that keys[ki] was just set at line (a file line or
+ * CFG_ORIGIN_CLI), and so was the entry it added: the last route or listener
+ * address, the admin address.
+ */
+static void set_origin(struct tg_config *cfg, size_t ki, unsigned line)
+{
+    const struct key_def *k = &keys[ki];
+    cfg->origin_line[ki] = line;
+    if (k->type == K_ROUTE && cfg->n_routes > 0) {
+        cfg->routes[cfg->n_routes - 1].line = line;
+    } else if (k->type == K_LISTEN) {
+        struct cfg_addr *arr = *(struct cfg_addr **)member(cfg, k->off);
+        size_t n = *(size_t *)member(cfg, k->off_n);
+        if (n > 0)   /* 0 after "off" */
+            arr[n - 1].line = line;
+    } else if (k->type == K_ADMIN && cfg->admin_listen.port != 0) {
+        cfg->admin_listen.line = line;
+    }
 }
 
 static int file_only_forbidden(const struct key_def *k)
@@ -882,7 +1067,9 @@ int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, si
             char q[128];
             quote(q, sizeof(q), key);
             if (ki == N_KEYS)
-                snprintf(err, errlen, "%s:%u: unknown key %s", name, lineno, q);
+                snprintf(err, errlen, "%s:%u: unknown key %s%s", name, lineno, q,
+                         lineno == 1 && key == buf && strncmp(key, "\xef\xbb\xbf", 3) == 0
+                             ? " (the file starts with a UTF-8 byte order mark: save it without one)" : "");
             else
                 snprintf(err, errlen, "%s:%u: %s: only valid on the command line", name, lineno, key);
             rc = -1;
@@ -903,9 +1090,7 @@ int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, si
             free(cfg->origin_file);
             cfg->origin_file = n;
         }
-        cfg->origin_line[ki] = lineno;
-        if (keys[ki].type == K_ROUTE && cfg->n_routes > 0)
-            cfg->routes[cfg->n_routes - 1].line = lineno;
+        set_origin(cfg, ki, lineno);
     }
     free(buf);
     return rc;
@@ -1097,9 +1282,7 @@ int cfg_from_args(struct tg_config *cfg, int argc, char **argv, char *err, size_
             snprintf(err, errlen, "--%s: %s", k->name, msg);
             goto out;
         }
-        cfg->origin_line[pairs[i].ki] = CFG_ORIGIN_CLI;
-        if (k->type == K_ROUTE && cfg->n_routes > 0)
-            cfg->routes[cfg->n_routes - 1].line = CFG_ORIGIN_CLI;
+        set_origin(cfg, pairs[i].ki, CFG_ORIGIN_CLI);
     }
     rc = cfg_validate(cfg, err, errlen);
 out:
@@ -1192,34 +1375,64 @@ static int fail_at(const struct tg_config *cfg, size_t ki, int with_key, char *e
     return -1;
 }
 
+/*
+ * Refuses two addresses of different keys (ka's a, kb's b) that clash
+ * (addr_overlap), naming the one set later ("FILE:LINE: ", "--key: ", or
+ * nothing when both are defaults).  0, or -1 with err "ORIGIN: ka A
+ * overlaps kb B" (or the older wording when both are written alike).
+ */
+static int check_overlap(const struct tg_config *cfg, const char *ka, const struct cfg_addr *a,
+                         const char *kb, const struct cfg_addr *b, char *err, size_t errlen)
+{
+    char at[CFG_ERRLEN / 2], as[96], bs[96];
+    int ov = addr_overlap(a, b);
+    /* the later of the two; a tie (both flags) names ka, the message's subject */
+    const char *later_key_name = b->line > a->line ? kb : ka;
+    unsigned line = b->line > a->line ? b->line : a->line;
+
+    if (!ov)
+        return 0;
+    if (line == CFG_ORIGIN_CLI)
+        snprintf(at, sizeof(at), "--%s: ", later_key_name);
+    else if (line > 0 && cfg->origin_file)
+        snprintf(at, sizeof(at), "%s:%u: ", cfg->origin_file, line);
+    else
+        at[0] = '\0';
+    addr_text(a, as, sizeof(as));
+    addr_text(b, bs, sizeof(bs));
+    if (ov == ADDR_SAME && strcmp(a->host, b->host) == 0) {
+        if (strcmp(ka, "admin-listen") == 0)
+            snprintf(err, errlen, "%sadmin-listen %s is also a proxy listener", at, as);
+        else
+            snprintf(err, errlen, "%s%s is both a %s and a %s address", at, as, ka, kb);
+    } else {
+        snprintf(err, errlen, "%s%s %s overlaps %s %s", at, ka, as, kb, bs);
+    }
+    return -1;
+}
+
 int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen)
 {
     char msg[CFG_ERRLEN];
     size_t i, j;
 
-    if (cfg->n_listen == 0 && cfg->n_tls_listen == 0) {
-        snprintf(err, errlen, "no listener: give at least one listen or tls-listen");
-        return -1;
-    }
+    /* listen's default is one address: an empty list is a `listen off`. */
+    if (cfg->n_listen == 0 && cfg->n_tls_listen == 0)
+        return fail_at(cfg, key_index("listen"), 0, err, errlen,
+                       "listen off leaves no listener: give at least one listen or tls-listen address");
+    /* Within one list add_listen() refused clashes, line by line. */
     for (i = 0; i < cfg->n_listen; i++)
         for (j = 0; j < cfg->n_tls_listen; j++)
-            if (cfg->listen[i].port == cfg->tls_listen[j].port &&
-                strcmp(cfg->listen[i].host, cfg->tls_listen[j].host) == 0) {
-                return fail_at(cfg, later_key(cfg, "listen", "tls-listen"), 0, err, errlen,
-                               "%s:%d is both a listen and a tls-listen address",
-                               cfg->listen[i].host, cfg->listen[i].port);
-            }
+            if (check_overlap(cfg, "listen", &cfg->listen[i], "tls-listen", &cfg->tls_listen[j], err, errlen) < 0)
+                return -1;
     if (cfg->admin_listen.port != 0) {
-        const struct cfg_addr *lists[2] = { cfg->listen, cfg->tls_listen };
-        size_t counts[2] = { cfg->n_listen, cfg->n_tls_listen };
-        for (j = 0; j < 2; j++)
-            for (i = 0; i < counts[j]; i++)
-                if (lists[j][i].port == cfg->admin_listen.port &&
-                    strcmp(lists[j][i].host, cfg->admin_listen.host) == 0) {
-                    return fail_at(cfg, later_key(cfg, "admin-listen", j ? "tls-listen" : "listen"), 0,
-                                   err, errlen, "admin-listen %s:%d is also a proxy listener",
-                                   cfg->admin_listen.host, cfg->admin_listen.port);
-                }
+        for (i = 0; i < cfg->n_listen; i++)
+            if (check_overlap(cfg, "admin-listen", &cfg->admin_listen, "listen", &cfg->listen[i], err, errlen) < 0)
+                return -1;
+        for (i = 0; i < cfg->n_tls_listen; i++)
+            if (check_overlap(cfg, "admin-listen", &cfg->admin_listen, "tls-listen", &cfg->tls_listen[i],
+                              err, errlen) < 0)
+                return -1;
     }
     /* tls-listen is in the contract and parsed, but the TLS layer (tls/,
      * its own issue) is not built yet: refuse it here, where -t, start-up
@@ -1239,10 +1452,8 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "key-prefix: missing");
         return -1;
     }
-    if (cfg->redis_url && check_redis_url(cfg->redis_url, msg, sizeof(msg)) < 0) {
-        snprintf(err, errlen, "redis: %s", msg);
-        return -1;
-    }
+    if (cfg->redis_url && check_redis_url(cfg->redis_url, msg, sizeof(msg)) < 0)
+        return fail_at(cfg, key_index("redis"), 1, err, errlen, "%s", msg);
     for (i = 0; i < cfg->n_routes; i++) {
         const struct cfg_route *r = &cfg->routes[i];
         if (!r->host || !r->backends || check_backends(r->backends, msg, sizeof(msg)) < 0) {

@@ -18,11 +18,15 @@
 #define CFG_ERRLEN 512
 #define CFG_MAX_KEYS 64             /* room in origin_line[] for every key */
 #define CFG_ORIGIN_CLI 0xffffffffu  /* origin_line[]: set by a command-line flag */
+/* Most addresses per listener list (listen, tls-listen); the server binds
+ * every one of them, so it sizes its per-worker listener table with this. */
+#define CFG_MAX_LISTEN 64
 
 /* A listener address as written: host is "0.0.0.0", "::1", ... (no brackets). */
 struct cfg_addr {
     char host[64];
     int port;
+    unsigned line;   /* line in origin_file, CFG_ORIGIN_CLI, or 0 (default, cfg_parse_addr) */
 };
 
 /* A static route: --route HOST=BACKEND[,BACKEND...]; tenant "default". */
@@ -102,10 +106,12 @@ int cfg_parse_text(struct tg_config *cfg, const char *name, const char *text, si
                    char *err, size_t errlen);
 
 /*
- * Checks cross-field rules (ranges, at least one listener, parseable routes)
- * and refuses tls-listen while there is no TLS layer.  An error about keys
- * set in the config file starts "FILE:LINE: " (of the key set last), one
- * about a flag "--key: ".
+ * Checks cross-field rules (ranges, at least one listener, listener
+ * addresses of different keys that overlap, compared as numbers: a wildcard
+ * covers every address of its family on its port; parseable routes and Redis
+ * URL) and refuses tls-listen while there is no TLS layer.  An error about
+ * keys set in the config file starts "FILE:LINE: " (of the key or address
+ * set last), one about a flag "--key: ".
  */
 int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen);
 

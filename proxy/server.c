@@ -55,8 +55,6 @@
 #include "routing/meter.h"
 #include "routing/route.h"
 
-#define MAX_LISTENERS 32
-
 struct cfg_gen {
     struct tg_config cfg;
     struct route_addrs *addrs;  /* cfg's static backend names, resolved by the main thread */
@@ -68,7 +66,7 @@ struct worker {
     int id;
     pthread_t thread;
     struct event_base *base;
-    struct evconnlistener *listeners[MAX_LISTENERS];
+    struct evconnlistener *listeners[CFG_MAX_LISTEN];   /* one per listen address */
     int n_listeners;
     struct event *accept_resume;  /* after an accept error: listeners paused until it fires */
     struct cfg_gen *gen;
@@ -468,7 +466,11 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
         snprintf(err, errlen, "out of memory");
         return -1;
     }
-    for (size_t i = 0; i < cfg->n_listen && i < MAX_LISTENERS; i++) {
+    if (cfg->n_listen > CFG_MAX_LISTEN) {   /* config refuses more: never silently drop one */
+        snprintf(err, errlen, "%zu listen addresses: at most %d", cfg->n_listen, CFG_MAX_LISTEN);
+        return -1;
+    }
+    for (size_t i = 0; i < cfg->n_listen; i++) {
         int fd = listen_socket(&cfg->listen[i], cfg->defer_accept, err, errlen);
         if (fd < 0)
             return -1;
@@ -781,12 +783,19 @@ int server_run(struct tg_config *cfg, struct route_addrs *resolved, int argc, ch
     }
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     if (started == s.n_workers) {
-        char addrs[256] = "";
-        for (size_t i = 0; i < cfg->n_listen; i++) {
-            size_t used = strlen(addrs);
-            snprintf(addrs + used, sizeof(addrs) - used, "%s%s:%d", i ? " " : "", cfg->listen[i].host,
-                     cfg->listen[i].port);
+        /* Every address fits (CFG_MAX_LISTEN of at most 54 bytes each, in
+         * a log line of 4096); "and N more" guards it should the limit grow. */
+        char addrs[3584] = "";
+        size_t used = 0, i;
+        for (i = 0; i < cfg->n_listen; i++) {
+            char as[96];
+            addr_str(&cfg->listen[i], as, sizeof(as));
+            if (used + strlen(as) + 32 >= sizeof(addrs))
+                break;
+            used += (size_t)snprintf(addrs + used, sizeof(addrs) - used, "%s%s", i ? " " : "", as);
         }
+        if (i < cfg->n_listen)
+            snprintf(addrs + used, sizeof(addrs) - used, " and %zu more", cfg->n_listen - i);
         log_notice("tollgate %s: %d workers, listening on %s", PACKAGE_VERSION, s.n_workers, addrs);
         event_base_dispatch(s.base);
     } else {

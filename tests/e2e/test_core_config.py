@@ -6,12 +6,16 @@ start with FILE:LINE (or the flag's name) and the reason.  A listen or
 admin-listen address another process already listens on is refused at
 start ("address already in use") instead of being shared through
 SO_REUSEPORT, and a reload that adds such an address keeps the running
-configuration."""
+configuration.  Since the config audit, -t also refuses what start-up
+could not run: Redis URLs the client refuses, overlapping listener
+addresses (compared as numbers), `error-log off`; and start-up binds every
+listen address -t accepts."""
 
 import os
 import signal
 import socket
 import subprocess
+import time
 
 from tglib import *
 
@@ -263,3 +267,161 @@ def test_reload_changing_a_listen_address_says_it_needs_a_restart():
             tg.signal(signal.SIGHUP)
             wait_until(lambda: "take effect at the next restart" in tg.log_text(), scale(5),
                        "the restart warning in the log")
+
+
+# ---- regressions from the config audit: -t must refuse what start-up cannot run ----
+
+def start_with_file(path, *extra):
+    """Starts tollgate on the file alone (no --listen, which would replace
+    the file's list) and a free admin port unless extra sets one."""
+    args = ["-c", path, "--workers", "1"]
+    if "--admin-listen" not in extra and "admin-listen" not in open(path).read():
+        args += ["--admin-listen", "127.0.0.1:%d" % free_port()]
+    return run_tollgate(*(args + list(extra)), timeout=scale(10))
+
+
+def check_and_start_file(conf_text, *wants):
+    """-t and a start on the file alone both exit 1 naming wants ("{path}" as in check_and_start)."""
+    path = write_conf("t.conf", conf_text)
+    wants = [w.replace("{path}", path) for w in wants]
+    r = run_tollgate("-t", "-c", path)
+    assert_refused(r, *wants)
+    assert "configuration test failed" in r.stderr, r.stderr
+    assert_refused(start_with_file(path), *wants)
+
+
+def test_more_than_32_listen_addresses_are_all_bound():
+    """Config takes up to 64 listen addresses (CFG_MAX_LISTEN); the server
+    bound the first 32 and dropped the rest without a word.  Every one now
+    accepts, the start-up line lists them all, and a 65th is refused by -t
+    with its line."""
+    ports = [free_port() for _ in range(64)]
+    text = "".join("listen 127.0.0.1:%d\n" % p for p in ports)
+    path = write_conf("many.conf", text)
+    r = run_tollgate("-t", "-c", path)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    with Tollgate(config=text, listen=False, workers=1) as tg:
+        for p in ports:
+            wait_port(p, scale(5), tg.proc)
+        listed = " ".join("127.0.0.1:%d" % p for p in ports)
+        wait_until(lambda: "listening on " + listed in tg.log_text(), scale(5), "the start-up line")
+    path = write_conf("too-many.conf", text + "listen 127.0.0.1:%d\n" % free_port())
+    assert_refused(run_tollgate("-t", "-c", path), "%s:65: listen: too many addresses (max 64)" % path)
+
+
+def test_check_accepts_only_redis_urls_the_client_takes():
+    """Every Redis URL -t accepts must start (the client in routing/redis.c
+    refused some with "bad Redis URL", exit 1, after -t said ok); the others
+    are refused by -t, at start and on SIGHUP, naming FILE:LINE or --redis.
+    Redis is down (a closed port, a missing socket): tollgate starts anyway."""
+    port = free_port()
+    sock = os.path.join(tmpdir(), "r.sock")
+    h = "127.0.0.1:%d" % port
+    table = [   # (url, None if accepted else part of the message)
+        ("redis://:%%zz@%s" % h, "in a password '%' starts an escape of two hex digits"),
+        ("redis://:ab%%4@%s" % h, "in a password '%' starts an escape of two hex digits"),
+        ("redis://:a%%00b@%s" % h, "the password must not contain %00 (a NUL byte)"),
+        ("redis://:%s@%s" % ("a" * 256, h), "password longer than 255 bytes"),
+        ("redis://:%%41%s@%s" % ("a" * 255, h), "password longer than 255 bytes"),
+        ("redis://:a/b@%s" % h, "write '/' in a password as %2F"),
+        ("redis://%s/1234567" % h, "database must be a number of up to 6 digits"),
+        ("unix://%s?db=1234567" % sock, "only ?db=N (N a number of up to 6 digits)"),
+        ("unix://:pw@/tmp/a@b.sock", "the password runs to the last '@' before the socket path"),
+        ("redis://%s" % h, None), ("redis://%s/" % h, None), ("redis://%s/999999" % h, None),
+        ("REDIS://%s/1" % h, None), ("redis://:pw@%s/0" % h, None), ("redis://:p@ss@%s" % h, None),
+        ("redis://:p%%2Fw%%40x%%25@%s" % h, None), ("redis://:%s@%s" % ("a" * 255, h), None),
+        ("redis://localhost:%d" % port, None), ("unix://%s" % sock, None), ("unix://:pw@%s?db=999999" % sock, None),
+    ]
+    for url, want in table:
+        r = run_tollgate("-t", "--redis", url)
+        if r.returncode == 0:
+            # -t called it ok: it must start, and stay up with Redis down
+            with Tollgate(redis=url, workers=1) as tg:
+                time.sleep(scale(0.3))
+                assert tg.running(), (url, tg.log_text()[-2000:])
+                assert "bad Redis URL" not in tg.log_text(), (url, tg.log_text()[-2000:])
+            assert want is None, "-t accepted %r, which should be refused (%s)" % (url, want)
+            continue
+        assert want is not None, "-t refused %r: %s" % (url, r.stderr)
+        shown = url if len(url) <= 80 else url[:80] + "..."
+        assert_refused(r, "--redis: '%s': %s" % (shown, want))
+        check_and_start_file("workers 1\nredis %s\n" % url, "{path}:2: redis: '%s': %s" % (shown, want))
+    # SIGHUP: refused with the line, the running configuration stays
+    with Backend("b1") as b1:
+        with Tollgate(config="route app.test=%s\n" % b1.addr) as tg:
+            tg.write_config("route app.test=%s\nredis redis://:a/b@%s\n" % (b1.addr, h))
+            tg.signal(signal.SIGHUP)
+            want = "reload failed, keeping the running configuration: %s:2: redis: 'redis://:a/b@%s': " \
+                   "write '/' in a password as %%2F" % (tg.config_path, h)
+            wait_until(lambda: want in tg.log_text(), scale(5), "the reload error in the log")
+            assert http(tg.port, "GET", "/echo", "app.test")[0] == 200
+
+
+def test_check_refuses_overlapping_listener_addresses():
+    """Addresses are compared as numbers: 0.0.0.0:P takes 127.0.0.1:P (start
+    failed with "address already in use" after -t said ok), [0::1] is [::1].
+    IPv6 sockets are IPv6-only, so [::]:P and 0.0.0.0:P do not overlap."""
+    p = free_port()
+    check_and_start_file("listen 0.0.0.0:%d\nadmin-listen 127.0.0.1:%d\n" % (p, p),
+                         "{path}:2: admin-listen 127.0.0.1:%d overlaps listen 0.0.0.0:%d" % (p, p))
+    check_and_start_file("admin-listen [0::1]:%d\n# v6\nlisten [::1]:%d\n" % (p, p),
+                         "{path}:3: admin-listen [0::1]:%d overlaps listen [::1]:%d" % (p, p))
+    check_and_start_file("listen [::1]:%d\nlisten [0:0::1]:%d\n" % (p, p),
+                         "{path}:2: listen: '[0:0::1]:%d' given twice (as [::1]:%d)" % (p, p))
+    check_and_start_file("listen 127.0.0.1:%d\nlisten 0.0.0.0:%d\n" % (p, p),
+                         "{path}:2: listen: '0.0.0.0:%d' overlaps 127.0.0.1:%d" % (p, p))
+    r = run_tollgate("-t", "--listen", "0.0.0.0:%d" % p, "--admin-listen", "127.0.0.1:%d" % p)
+    assert_refused(r, "--admin-listen: admin-listen 127.0.0.1:%d overlaps listen 0.0.0.0:%d" % (p, p))
+    # an IPv4-mapped address cannot be bound by an IPv6-only socket
+    check_and_start_file("listen [::ffff:127.0.0.1]:%d\n" % p,
+                         "{path}:1: listen: '[::ffff:127.0.0.1]:%d': IPv6 listeners are IPv6-only" % p)
+    # different families on one port are no overlap
+    r = run_tollgate("-t", "--listen", "127.0.0.1:%d" % p, "--admin-listen", "[::1]:%d" % p)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+
+
+def test_listen_off_without_listener_names_its_line():
+    check_and_start_file("workers 1\n\nlisten off\n",
+                         "{path}:3: listen off leaves no listener: give at least one listen or tls-listen address")
+    assert_refused(run_tollgate("-t", "--listen", "off"), "--listen: listen off leaves no listener")
+
+
+def test_check_messages_name_the_real_problem():
+    # a UTF-8 byte order mark shows, escaped, with a hint
+    check_and_start_file("\ufeffworkers 1\n", "{path}:1: unknown key '\\xef\\xbb\\xbfworkers' "
+                         "(the file starts with a UTF-8 byte order mark: save it without one)")
+    # a number too long for the range is out of range, with the range
+    check_and_start_file("workers 99999999999999999999\n",
+                         "{path}:1: workers: '99999999999999999999' out of range 1..1024")
+    assert_refused(run_tollgate("-t", "--workers", "99999999999999999999"),
+                   "--workers: '99999999999999999999' out of range 1..1024")
+    # the one-year caps print plainly
+    check_and_start_file("route-cache-ttl 99999999\n",
+                         "{path}:1: route-cache-ttl: '99999999' out of range: must be > 0 and <= 31536000 seconds")
+    assert_refused(run_tollgate("-t", "--route-stale-max-age", "31536001"),
+                   "--route-stale-max-age: '31536001' out of range: must be >= 0 and <= 31536000 seconds")
+    r = run_tollgate("-t", "--route-cache-ttl", "31536000", "--route-stale-max-age", "31536000")
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+
+
+def test_error_log_off_is_refused_not_a_file_named_off():
+    """error-log has no off (errors always go somewhere); `error-log off`
+    used to create a file named "off" in the working directory, at -t,
+    start and on every SIGHUP."""
+    d = tmpdir()
+    path = write_conf("t.conf", "workers 1\nerror-log off\n")
+    want = "%s:2: error-log: off is not a destination: give - (stderr) or a FILE, /dev/null to discard" % path
+    for args in (["-t", "-c", path], ["-c", path, "--admin-listen", "127.0.0.1:%d" % free_port(),
+                                       "--listen", "127.0.0.1:%d" % free_port()]):
+        r = subprocess.run([TOLLGATE] + args, capture_output=True, timeout=scale(10), text=True, cwd=d)
+        assert_refused(r, want)
+    assert_refused(run_tollgate("-t", "--error-log", "off"), "--error-log: off is not a destination")
+    assert not os.path.exists(os.path.join(d, "off")), os.listdir(d)
+    # a reload to it is refused too; /dev/null discards
+    with Tollgate(config="workers 1\n") as tg:
+        tg.write_config("error-log off\n")
+        tg.signal(signal.SIGHUP)
+        wait_until(lambda: "reload failed, keeping the running configuration: %s:1: error-log: off is not a "
+                   "destination" % tg.config_path in tg.log_text(), scale(5), "the reload error in the log")
+    r = run_tollgate("-t", "--error-log", "/dev/null")
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)

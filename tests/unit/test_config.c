@@ -27,6 +27,7 @@
 #include "proxy/admin.h"
 #include "proxy/log.h"
 #include "proxy/metrics.h"
+#include "routing/redis.h"
 #include "tests/unit/tests.h"
 
 /* ---- helpers ---- */
@@ -390,6 +391,37 @@ START_TEST(cfg_errors_carry_file_and_line)
         { "check-config 1\n", "t.conf:1: check-config: only valid on the command line" },
         { "--workers 2\n", "t.conf:1: unknown key '--workers'" },
         { "workers 2\nworkers\t3\x01\n", "t.conf:2: workers: expected a whole number, got '3\\x01'" },
+        /* Redis URLs the client (routing/redis.c) would refuse at start */
+        { "redis redis://:%zz@h:1\n", "t.conf:1: redis: 'redis://:%zz@h:1': in a password '%' starts an escape" },
+        { "redis redis://:a%4@h:1\n", "t.conf:1: redis: 'redis://:a%4@h:1': in a password '%' starts an escape" },
+        { "redis redis://:a%00b@h:1\n", "t.conf:1: redis: 'redis://:a%00b@h:1': the password must not contain %00" },
+        { "redis redis://:a/b@h:1\n", "t.conf:1: redis: 'redis://:a/b@h:1': write '/' in a password as %2F" },
+        { "redis redis://h:1/1234567\n",
+          "t.conf:1: redis: 'redis://h:1/1234567': database must be a number of up to 6 digits" },
+        { "redis unix:///r.sock?db=1234567\n", "t.conf:1: redis: 'unix:///r.sock?db=1234567': only ?db=N" },
+        { "redis unix://:pw@/tmp/a@b.sock\n", "t.conf:1: redis: 'unix://:pw@/tmp/a@b.sock': the password runs to "
+          "the last '@'" },
+        /* messages: bytes >= 0x80 escaped (a BOM shows), ranges named, plain numbers */
+        { "\xef\xbb\xbfworkers 2\n", "t.conf:1: unknown key '\\xef\\xbb\\xbfworkers' (the file starts with a "
+          "UTF-8 byte order mark: save it without one)" },
+        { "log-level caf\xc3\xa9\n", "t.conf:1: log-level: 'caf\\xc3\\xa9': expected err" },
+        { "workers 99999999999999999999\n", "t.conf:1: workers: '99999999999999999999' out of range 1..1024" },
+        { "cap-status 99999999999999999999\n", "t.conf:1: cap-status: '99999999999999999999' out of range 400..599" },
+        { "buffer-size 99999999999999999999k\n",
+          "t.conf:1: buffer-size: '99999999999999999999k' out of range 4096..67108864" },
+        { "route-cache-ttl 31536001\n",
+          "t.conf:1: route-cache-ttl: '31536001' out of range: must be > 0 and <= 31536000 seconds" },
+        { "route-stale-max-age 99999999999999999999999999999999999999\n", "t.conf:1: route-stale-max-age: "
+          "'99999999999999999999999999999999999999' out of range: must be >= 0 and <= 31536000 seconds" },
+        { "error-log off\n", "t.conf:1: error-log: off is not a destination: give - (stderr) or a FILE, "
+          "/dev/null to discard" },
+        /* listener addresses compared as numbers, within one list */
+        { "listen [::1]:81\nlisten [0::1]:81\n", "t.conf:2: listen: '[0::1]:81' given twice (as [::1]:81)" },
+        { "listen 127.0.0.1:81\nlisten 0.0.0.0:81\n", "t.conf:2: listen: '0.0.0.0:81' overlaps 127.0.0.1:81" },
+        { "listen [::]:81\nlisten [::1]:81\n", "t.conf:2: listen: '[::1]:81' overlaps [::]:81" },
+        { "listen [::ffff:127.0.0.1]:81\n", "t.conf:1: listen: '[::ffff:127.0.0.1]:81': IPv6 listeners are "
+          "IPv6-only, so an IPv4-mapped address cannot be bound: write 127.0.0.1:81" },
+        { "admin-listen [::ffff:127.0.0.1]:81\n", "t.conf:1: admin-listen: '[::ffff:127.0.0.1]:81': IPv6" },
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_config c;
@@ -436,7 +468,8 @@ END_TEST
 START_TEST(cfg_redis_urls)
 {
     static const char *good[] = { "redis://127.0.0.1:6379", "redis://localhost:6379/0",
-        "redis://:p@ss:w/rd@redis.internal:6379/15", "redis://[::1]:6379", "unix:///run/redis.sock",
+        "redis://:p@ss:w%2Frd@redis.internal:6379/15", "REDIS://h:1", "redis://h:1/", "redis://h:1/999999",
+        "redis://[::1]:6379", "unix:///run/redis.sock",
         "unix://:p%40ss%3Aw%2Frd@/run/redis.sock?db=2", "unix:///run/redis.sock?db=15", "unix://:p@ss@/r.sock" };
     for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
         struct tg_config c;
@@ -454,6 +487,69 @@ START_TEST(cfg_redis_urls)
 }
 END_TEST
 
+/*
+ * config/config.c (check_redis_url) and routing/redis.c (url_parse, through
+ * redis_url_check) both read Redis URLs: every URL the config accepts must
+ * be one the client accepts, or -t calls ok a URL that fails at start with
+ * "bad Redis URL".  The config may refuse more (it wants the port, no user
+ * names).  want_cfg pins the config's answer so that a change to either
+ * parser shows here.
+ */
+START_TEST(cfg_redis_urls_agree_with_the_client)
+{
+    static char long_pw[300], too_long_pw[320], long_enc[300], too_long_enc[320], huge[1200];
+    memset(long_pw, 0, sizeof(long_pw));
+    memcpy(long_pw, "redis://:", 9);
+    memset(long_pw + 9, 'a', 255);
+    strcat(long_pw, "@h:1");
+    snprintf(too_long_pw, sizeof(too_long_pw), "redis://:a%s", long_pw + 9);       /* 256 bytes */
+    memset(long_enc, 0, sizeof(long_enc));
+    memcpy(long_enc, "redis://:%41", 12);
+    memset(long_enc + 12, 'a', 254);                                               /* 255 decoded */
+    strcat(long_enc, "@h:1");
+    snprintf(too_long_enc, sizeof(too_long_enc), "redis://:%%41%s", long_enc + 9); /* 256 decoded */
+    snprintf(huge, sizeof(huge), "redis://h:1/0%01100d", 0);                       /* over 1024 bytes */
+    static const struct { const char *url; int want_cfg; } cases[] = {
+        { "redis://127.0.0.1:6379", 1 }, { "redis://h:1/", 1 }, { "redis://h:1/0", 1 },
+        { "redis://h:1/999999", 1 }, { "redis://h:1/1234567", 0 }, { "redis://h:1/-1", 0 },
+        { "redis://h:1/1?x", 0 }, { "redis://h:1/1@x", 0 }, { "REDIS://H:1", 1 }, { "Redis://h:1/2", 1 },
+        { "redis://:pw@h:1", 1 }, { "redis://:p@ss@h:1", 1 }, { "redis://:p%40ss%2F%3a@h:1/3", 1 },
+        { "redis://:%zz@h:1", 0 }, { "redis://:%4@h:1", 0 }, { "redis://:a%4@h:1", 0 }, { "redis://:%@h:1", 0 },
+        { "redis://:a%00@h:1", 0 }, { "redis://:%0@h:1", 0 }, { "redis://:%ff@h:1", 1 },
+        { "redis://:a/b@h:1", 0 }, { "redis://:a/b@h:1/0", 0 }, { "redis://:/@h:1", 0 },
+        { "redis://:@h:1", 0 }, { "redis://user:pw@h:1", 0 }, { "redis://pw@h:1", 0 },
+        { "redis://[::1]:1", 1 }, { "redis://[::1]:1/4", 1 }, { "redis://[::1]", 0 }, { "redis://[]:1", 0 },
+        { "redis://[::1]x:1", 0 }, { "redis://h", 0 }, { "redis://h:", 0 }, { "redis://h:0", 0 },
+        { "redis://h:65536", 0 }, { "redis://h:123456", 0 }, { "redis://h h:1", 0 }, { "redis://h\x01x:1", 0 },
+        { "redis://h:1/\x7f", 0 },
+        { "redis://h%41:1", 0 }, { "redis://:1", 0 }, { "redis://", 0 }, { "http://h:1", 0 }, { "", 0 },
+        { "unix:///tmp/r.sock", 1 }, { "UNIX:///tmp/r.sock", 1 }, { "unix:///tmp/r.sock?db=999999", 1 },
+        { "unix:///tmp/r.sock?db=1234567", 0 }, { "unix:///tmp/r.sock?db=", 0 }, { "unix:///tmp/r.sock?x=1", 0 },
+        { "unix://:pw@/tmp/r.sock", 1 }, { "unix://:p@w@/tmp/r.sock?db=1", 1 }, { "unix://:%zz@/tmp/r.sock", 0 },
+        { "unix://:a%00@/tmp/r.sock", 0 }, { "unix://:pw@/tmp/a@b.sock", 0 }, { "unix://:p?w@/tmp/r.sock", 0 },
+        { "unix://:@/tmp/r.sock", 0 }, { "unix://relative", 0 }, { "unix://", 0 }, { "unix://:pw@rel", 0 },
+        { "unix:///tmp/a@b.sock", 1 },
+        { long_pw, 1 }, { too_long_pw, 0 }, { long_enc, 1 }, { too_long_enc, 0 }, { huge, 0 },
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct tg_config c;
+        char err[CFG_ERRLEN], cerr[256], *line = malloc(strlen(cases[i].url) + 16);
+        ck_assert_ptr_nonnull(line);
+        sprintf(line, "redis %s\n", cases[i].url);
+        int cfg_ok = parse(&c, line, err) == 0 && cfg_validate(&c, err, sizeof(err)) == 0;
+        int client_ok = redis_url_check(cases[i].url, cerr, sizeof(cerr)) == 0;
+        ck_assert_msg(!cfg_ok || client_ok, "case %zu: config accepts %.80s, the client refuses it: %s", i,
+                      cases[i].url, cerr);
+        ck_assert_msg(cfg_ok == cases[i].want_cfg, "case %zu: config %s %.80s: %s", i,
+                      cfg_ok ? "accepts" : "refuses", cases[i].url, cfg_ok ? "" : err);
+        if (!cfg_ok && cases[i].url[0])
+            ck_assert_msg(strncmp(err, "t.conf:1: redis: '", 18) == 0, "case %zu: %s", i, err);
+        cfg_free(&c);
+        free(line);
+    }
+}
+END_TEST
+
 START_TEST(cfg_off_values)
 {
     struct tg_config c;
@@ -467,9 +563,13 @@ START_TEST(cfg_off_values)
     ck_assert_str_eq(err, "t.conf:5: tls-listen: TLS termination is not available in this version");
     cfg_free(&c);
 
-    ck_assert_int_eq(parse(&c, "listen off\n", err), 0);
+    /* no listener left: the `listen off` that emptied the list is named */
+    ck_assert_int_eq(parse(&c, "workers 1\nlisten off\n", err), 0);
     ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
-    ck_assert_str_eq(err, "no listener: give at least one listen or tls-listen");
+    ck_assert_str_eq(err, "t.conf:2: listen off leaves no listener: give at least one listen or tls-listen address");
+    cfg_free(&c);
+    ck_assert_int_eq(args(&c, err, "--listen", "off", NULL), -1);
+    ck_assert_str_eq(err, "--listen: listen off leaves no listener: give at least one listen or tls-listen address");
     cfg_free(&c);
 }
 END_TEST
@@ -543,6 +643,82 @@ START_TEST(cfg_validate_errors_name_the_line)
     ck_assert_int_eq(parse(&c, "tls-listen 127.0.0.1:8443\ntls-listen off\n", err), 0);
     ck_assert_msg(cfg_validate(&c, err, sizeof(err)) == 0, "%s", err);
     cfg_free(&c);
+}
+END_TEST
+
+/*
+ * Listener addresses of different keys are compared as numbers: a wildcard
+ * takes every address of its family on its port (start-up would fail with
+ * "address already in use"), [0::1] is [::1]; the families do not overlap
+ * (IPv6 listeners are IPv6-only).  The error names the later of the two.
+ */
+START_TEST(cfg_listener_overlaps)
+{
+    static const struct { const char *text, *want; } bad[] = {
+        { "listen 0.0.0.0:81\nadmin-listen 127.0.0.1:81\n",
+          "t.conf:2: admin-listen 127.0.0.1:81 overlaps listen 0.0.0.0:81" },
+        { "admin-listen 127.0.0.1:81\nworkers 1\nlisten 127.0.0.1:82\nlisten 0.0.0.0:81\n",
+          "t.conf:4: admin-listen 127.0.0.1:81 overlaps listen 0.0.0.0:81" },
+        { "listen [::1]:81\nadmin-listen [0::1]:81\n", "t.conf:2: admin-listen [0::1]:81 overlaps listen [::1]:81" },
+        { "listen [::]:81\nadmin-listen [::1]:81\n", "t.conf:2: admin-listen [::1]:81 overlaps listen [::]:81" },
+        { "listen 127.0.0.1:9180\n", "t.conf:1: admin-listen 127.0.0.1:9180 is also a proxy listener" },
+        { "listen 0.0.0.0:9180\n", "t.conf:1: admin-listen 127.0.0.1:9180 overlaps listen 0.0.0.0:9180" },
+        { "listen 0.0.0.0:443\ntls-listen 127.0.0.1:443\n",
+          "t.conf:2: listen 0.0.0.0:443 overlaps tls-listen 127.0.0.1:443" },
+        { "tls-listen [::1]:443\nlisten [0:0::1]:443\n",
+          "t.conf:2: listen [0:0::1]:443 overlaps tls-listen [::1]:443" },
+    };
+    static const char *good[] = {
+        "listen 0.0.0.0:81\nadmin-listen [::1]:81\n", "listen [::]:81\nadmin-listen 127.0.0.1:81\n",
+        "listen [::]:81\nlisten 0.0.0.0:81\nadmin-listen 127.0.0.1:82\n", "listen 0.0.0.0:81\nadmin-listen off\n",
+        "listen 127.0.0.1:81\nadmin-listen 127.0.0.2:81\n",
+    };
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        ck_assert_msg(parse(&c, bad[i].text, err) == 0, "case %zu: %s", i, err);
+        ck_assert_int_eq(cfg_validate(&c, err, sizeof(err)), -1);
+        ck_assert_msg(strcmp(err, bad[i].want) == 0, "case %zu: got \"%s\", want \"%s\"", i, err, bad[i].want);
+        cfg_free(&c);
+    }
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        ck_assert_msg(parse(&c, good[i], err) == 0, "good %zu: %s", i, err);
+        ck_assert_msg(cfg_validate(&c, err, sizeof(err)) == 0, "good %zu: %s", i, err);
+        cfg_free(&c);
+    }
+    /* a flag names itself; the default admin address has no line */
+    ck_assert_int_eq(args(&c, err, "--listen", "0.0.0.0:9180", NULL), -1);
+    ck_assert_str_eq(err, "--listen: admin-listen 127.0.0.1:9180 overlaps listen 0.0.0.0:9180");
+    cfg_free(&c);
+    const char *path = write_tmp("ov.conf", "workers 1\nlisten 0.0.0.0:83\n");
+    ck_assert_int_eq(args(&c, err, "-c", path, "--admin-listen", "127.0.0.1:83", NULL), -1);
+    ck_assert_str_eq(err, "--admin-listen: admin-listen 127.0.0.1:83 overlaps listen 0.0.0.0:83");
+    cfg_free(&c);
+    ck_assert_int_eq(args(&c, err, "--admin-listen", "127.0.0.1:83", "-c", path, NULL), -1);
+    ck_assert_str_eq(err, "--admin-listen: admin-listen 127.0.0.1:83 overlaps listen 0.0.0.0:83");
+    cfg_free(&c);
+}
+END_TEST
+
+/* The server binds every listen address config accepts: CFG_MAX_LISTEN, no more. */
+START_TEST(cfg_listen_limit)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN], *text = malloc((CFG_MAX_LISTEN + 1) * 40), want[128];
+    size_t o = 0;
+    ck_assert_ptr_nonnull(text);
+    for (int i = 0; i < CFG_MAX_LISTEN; i++)
+        o += (size_t)sprintf(text + o, "listen 127.0.0.1:%d\n", 20000 + i);
+    ck_assert_msg(parse(&c, text, err) == 0, "%s", err);
+    ck_assert_uint_eq(c.n_listen, CFG_MAX_LISTEN);
+    ck_assert_uint_eq(c.listen[CFG_MAX_LISTEN - 1].line, CFG_MAX_LISTEN);
+    cfg_free(&c);
+    sprintf(text + o, "listen 127.0.0.1:%d\n", 20000 + CFG_MAX_LISTEN);
+    ck_assert_int_eq(parse(&c, text, err), -1);
+    snprintf(want, sizeof(want), "t.conf:%d: listen: too many addresses (max %d)", CFG_MAX_LISTEN + 1, CFG_MAX_LISTEN);
+    ck_assert_str_eq(err, want);
+    cfg_free(&c);
+    free(text);
 }
 END_TEST
 
@@ -1144,9 +1320,12 @@ Suite *config_suite(void)
     tcase_add_test(tc, cfg_nul_byte_is_an_error);
     tcase_add_test(tc, cfg_parse_addr_forms);
     tcase_add_test(tc, cfg_redis_urls);
+    tcase_add_test(tc, cfg_redis_urls_agree_with_the_client);
     tcase_add_test(tc, cfg_off_values);
     tcase_add_test(tc, cfg_validate_cross_field);
     tcase_add_test(tc, cfg_validate_errors_name_the_line);
+    tcase_add_test(tc, cfg_listener_overlaps);
+    tcase_add_test(tc, cfg_listen_limit);
     tcase_add_test(tc, cfg_key_origin_file_flag_default);
     tcase_add_test(tc, cfg_check_files_opens_logs_and_cap_page);
     tcase_add_test(tc, cfg_repeatable_keys_replace_then_append);
