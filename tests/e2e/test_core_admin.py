@@ -66,10 +66,13 @@ def test_metrics_counts_requests_by_class_and_bytes():
             return after.get(name, 0) - before.get(name, 0)
 
         def grew():
+            # a response is counted once written, which may be after the
+            # client has read it: wait for every class (slow builds)
             m = metrics(tg)
-            return m if m.get('tollgate_responses_total{class="2xx"}', 0) - \
-                before.get('tollgate_responses_total{class="2xx"}', 0) >= 5 else None
-        after = wait_until(grew, 3, "2xx counter +5")
+            return m if all(m.get('tollgate_responses_total{class="%s"}' % k, 0) -
+                            before.get('tollgate_responses_total{class="%s"}' % k, 0) >= n
+                            for k, n in (("2xx", 5), ("4xx", 3), ("5xx", 2))) else None
+        after = wait_until(grew, scale(3), "2xx counter +5, 4xx +3, 5xx +2")
         assert delta('tollgate_responses_total{class="2xx"}') == 5, after
         assert delta('tollgate_responses_total{class="4xx"}') == 3
         assert delta('tollgate_responses_total{class="5xx"}') == 2
@@ -486,10 +489,21 @@ def test_admin_accept_error_pauses_without_log_flood():
             finally:
                 for s in clients:
                     s.close()
-            # descriptors free again: the waiting scrape is served
-            r = scrape.read_response()
+            # descriptors free again: the waiting scrape is served.  (Under
+            # valgrind, whose descriptor limit is below the kernel's, accept()
+            # succeeds and valgrind closes the new socket: that scrape is lost
+            # there, and a fresh one must be served instead.)
+            try:
+                r = scrape.read_response()
+            except EOFError:
+                if not WRAPPER:
+                    raise
+                r = None
             scrape.close()
-            assert r.status == 200 and r.body == b"ok\n", r
+            if r is None:
+                wait_until(lambda: _healthz_ok(tg), scale(3), "/healthz answering again")
+            else:
+                assert r.status == 200 and r.body == b"ok\n", r
             assert "admin: accept" in tg.log_text(), tg.log_text()[-2000:]
 
 
@@ -545,6 +559,10 @@ def test_admin_keepalive_pipelining_head_and_http10():
     closed; bad and oversized heads get 400 and 431 and a close."""
     with Tollgate() as tg:
         A = tg.admin_port
+        # open at the stop: admin_stop() frees them (no leak, exit 0)
+        held = [RawConn(A), RawConn(A)]
+        held[0].send(b"GET /metr")
+        held[1].send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
         with RawConn(A) as c:
             c.send(b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
                    b"HEAD /healthz HTTP/1.1\r\nHost: a\r\n\r\n"
@@ -560,6 +578,15 @@ def test_admin_keepalive_pipelining_head_and_http10():
             assert r4.status == 200 and r4.header("content-type").startswith("text/plain; version=0.0.4"), r4
             assert b"# TYPE " in r4.body
             assert not c.is_closed(0.3)
+            # more responses than the server queues before it waits for the
+            # client to read (parsing pauses, then resumes, in order)
+            n = 1 + 200000 // len(r4.body)
+            c.send(b"GET /metrics HTTP/1.1\r\nHost: a\r\n\r\n" * n + b"GET /healthz HTTP/1.1\r\nHost: a\r\n\r\n")
+            time.sleep(0.3)
+            for _ in range(n):
+                r = c.read_response()
+                assert r.status == 200 and b"# TYPE " in r.body, r
+            assert c.read_response().body == b"ok\n"
         out, closed = admin_raw_closed(A, b"GET /healthz HTTP/1.0\r\n\r\n")
         assert out.startswith(b"HTTP/1.1 200 ") and out.endswith(b"\r\n\r\nok\n") and closed, out
         out, closed = admin_raw_closed(A, b"GET /healthz HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", timeout=1)
