@@ -130,6 +130,7 @@ struct req {
     struct bufferevent *up;
     struct event *timer;            /* throttle pacing; created on first use */
     struct route_target target;
+    unsigned long target_cfg;       /* worker_config_id() when target was picked */
     uint64_t tried;
     size_t head_len;                /* request head bytes at the front of the client input */
     int64_t req_left;               /* Content-Length bytes left */
@@ -982,6 +983,7 @@ static void start_upstream(struct conn *c)
             return;
         }
         r->flags |= RF_PICKED;
+        r->target_cfg = worker_config_id(c->w);
         r->attempts++;
         if (log_access_enabled()) {
             evutil_gettimeofday(&r->up_start, NULL);
@@ -2020,8 +2022,12 @@ static void finish_request(struct conn *c)
     struct req *r = c->req;
     if (!r)
         return;
+    /* A connection picked under an older configuration is not pooled: a
+     * reload empties the pool (server.c), and the new routes may have
+     * dropped its backend. */
     int reusable = (r->flags & RF_UP_KEEPALIVE) && (r->flags & RF_REQ_DONE) && (r->flags & RF_RESP_DONE)
-                   && r->up && evbuffer_get_length(bufferevent_get_input(r->up)) == 0;
+                   && r->up && evbuffer_get_length(bufferevent_get_input(r->up)) == 0
+                   && r->target_cfg == worker_config_id(c->w);
     up_detach(c, reusable);
     consume_head(c);
     if (!(r->flags & RF_REQ_DONE))

@@ -221,7 +221,9 @@ def _sockets_to(pid, port):
 def test_sighup_closes_idle_backend_connections():
     """A reload starts the backend pool afresh (as nginx's new workers do):
     idle keep-alive connections to a backend the new routes dropped are
-    closed then, not after the pool's 30 s idle limit."""
+    closed then, not after the pool's 30 s idle limit; and a request in
+    flight across the reload finishes on its connection, which then closes
+    instead of going back to the pool."""
     with Backend("b1") as b1, Backend("b2") as b2:
         with Tollgate(config="route app.test=%s\n" % b1.addr, workers=1) as tg:
             conns = [RawConn(tg.port) for _ in range(4)]
@@ -231,10 +233,15 @@ def test_sighup_closes_idle_backend_connections():
                 assert c.read_response().status == 200
                 c.close()
             wait_until(lambda: _sockets_to(tg.pid, b1.port) == 4, scale(3), "4 pooled connections to b1")
+            t, out = _in_thread(http, tg.port, "GET", "/sleep/1.5", "app.test")
+            time.sleep(0.3)                        # on b1, in flight
             tg.write_config("route app.test=%s\n" % b2.addr)
             tg.signal(signal.SIGHUP)
-            wait_until(lambda: http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2", scale(3),
-                       "app.test on b2 after SIGHUP")
+            wait_until(lambda: "configuration reloaded" in tg.log_text(), scale(3), "the reload")
+            assert http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2"
+            wait_until(lambda: _sockets_to(tg.pid, b1.port) == 1, scale(3), "only the request in flight on b1")
+            t.join(10)
+            assert out["result"][0] == 200 and out["result"][1]["x-backend"] == "b1", out
             wait_until(lambda: _sockets_to(tg.pid, b1.port) == 0, scale(3), "no connection left to b1")
 
 
