@@ -12,7 +12,20 @@
  *    connection, a failed connect, a failed handshake or a timeout;
  *  - a handshake (AUTH, SELECT from the URL, then PING) before the
  *    connection reports up, itself under a deadline;
- *  - a subscriber mode: (P)SUBSCRIBE callbacks are called for every message.
+ *  - a subscriber mode: (P)SUBSCRIBE callbacks are called for every message;
+ *  - a heartbeat.  A stopped Redis (SIGSTOP, a host frozen) keeps its TCP
+ *    connections open and the kernel keeps answering keepalive probes, so an
+ *    idle link would look up forever.  One timer per connection checks, when
+ *    it fires, how long ago the link last read anything (a timestamp stored
+ *    by our wrapper of the libevent adapter's read callback: one coarse clock
+ *    read per read event, nothing per command); after 1 s of silence with no
+ *    command outstanding it sends PING, and a PING unanswered within the
+ *    command timeout drops the link exactly as a late command does.  On a
+ *    RESP2 subscribed context PING is allowed but its reply is the pub/sub
+ *    message ["pong", ""], which hiredis 0.14 delivers to no callback (a
+ *    callback given with the PING would be queued on sub.invalid and never
+ *    called): there the PING is written without a callback, its reply is
+ *    dropped by hiredis, and the read it causes is the answer.
  *
  * Ownership of the per-command record (struct pending): once hiredis accepted
  * a command, hiredis calls our trampoline exactly once for it (with the reply,
@@ -53,6 +66,8 @@
 
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_HEARTBEAT_S    1.0      /* PING after this long without reading anything */
+#define REDIS_COARSE_SLACK   0.005    /* mono_coarse() lags by up to a kernel tick */
 
 /* ---------------------------------------------------------------- URLs -- */
 
@@ -325,6 +340,7 @@ struct link {
     struct pending *subs;          /* subscription records, freed with the link */
     int dead;                      /* lost or being dropped: accept no command */
     int subscribed;                /* a (P)SUBSCRIBE was sent: only (P)(UN)SUBSCRIBE allowed */
+    int unsubscribed;              /* a (P)UNSUBSCRIBE was sent: see hb_send() */
     int hs_left;                   /* handshake replies still awaited */
 };
 
@@ -343,6 +359,9 @@ struct redis_conn {
     struct event *deadline_ev;     /* watches pend_head's deadline */
     struct event *hs_ev;           /* connect + handshake deadline */
     struct event *retry_ev;        /* reconnect after backoff */
+    struct event *hb_ev;           /* heartbeat: see the top of the file */
+    double last_rx;                /* mono_coarse() of the link's last read event */
+    double hb_sent;                /* mono_coarse() of the unanswered heartbeat PING, 0 if none */
 
     int depth;                     /* > 0 while user callbacks may run */
     int closing;                   /* redis_conn_free() was called */
@@ -354,6 +373,14 @@ static double mono_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Same clock, read from the kernel's tick (a few ms coarse): cheap enough for every read event. */
+static double mono_coarse(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
@@ -370,6 +397,7 @@ static struct timeval tv_of(double s)
 static void conn_destroy(struct redis_conn *c);
 static void conn_connect(struct redis_conn *c);
 static void link_drop(struct link *l);
+static void hb_arm(struct redis_conn *c, double s);
 
 static void conn_enter(struct redis_conn *c)
 {
@@ -438,6 +466,8 @@ static void conn_link_lost(struct redis_conn *c)
     c->link = NULL;
     evtimer_del(c->hs_ev);
     evtimer_del(c->deadline_ev);
+    evtimer_del(c->hb_ev);
+    c->hb_sent = 0;
     conn_enter(c);
     conn_fail_pending(c, "disconnected");
     if (!c->closing) {
@@ -456,6 +486,21 @@ static void hook_add_read(void *d) { struct link *l = d; l->ev_add_read(l->ev_da
 static void hook_del_read(void *d) { struct link *l = d; l->ev_del_read(l->ev_data); }
 static void hook_add_write(void *d) { struct link *l = d; l->ev_add_write(l->ev_data); }
 static void hook_del_write(void *d) { struct link *l = d; l->ev_del_write(l->ev_data); }
+
+/*
+ * The adapter's read event, rerouted here (conn_connect): notes that the
+ * link read something (the heartbeat's clock) and lets hiredis read.  The
+ * link may be freed inside redisAsyncHandleRead: nothing touches it after.
+ */
+static void link_read_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct link *l = arg;
+    (void)fd;
+    (void)what;
+    if (l->conn)
+        l->conn->last_rx = mono_coarse();
+    redisAsyncHandleRead(l->ac);
+}
 
 static void hook_cleanup(void *d)
 {
@@ -530,6 +575,9 @@ static void hs_trampoline(redisAsyncContext *ac, void *reply, void *privdata)
     c->backoff_ms = REDIS_BACKOFF_MIN_MS;
     c->last_err[0] = '\0';
     log_info("%s: Redis connection (%s) up", __func__, c->name);
+    c->last_rx = mono_coarse();
+    c->hb_sent = 0;
+    hb_arm(c, REDIS_HEARTBEAT_S);
     if (c->state_cb) {
         conn_enter(c);
         c->state_cb(c->state_arg, 1);
@@ -624,6 +672,15 @@ static void conn_connect(struct redis_conn *c)
     ac->ev.delWrite = hook_del_write;
     ac->ev.cleanup = hook_cleanup;
     ac->ev.data = l;
+    /*
+     * The read event calls link_read_cb instead of the adapter's callback
+     * (the heartbeat needs to know when the link last read).  The event was
+     * just added by the attach: it is neither active nor running here.
+     */
+    redisLibeventEvents *lev = l->ev_data;
+    event_del(lev->rev);
+    event_assign(lev->rev, c->base, ac->c.fd, EV_READ, link_read_cb, l);
+    event_add(lev->rev, NULL);
     ac->data = l;
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
@@ -661,21 +718,15 @@ static void deadline_arm(struct redis_conn *c)
     evtimer_add(c->deadline_ev, &tv);
 }
 
-static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+/*
+ * Redis did not answer in time (what: "command" or "PING"): every pending
+ * command fails with "timeout" and the link is dropped and redialled.
+ */
+static void conn_timed_out(struct redis_conn *c, const char *what)
 {
-    struct redis_conn *c = arg;
-    (void)fd;
-    (void)what;
-    if (!c->pend_head)
-        return;
-    if (c->pend_head->deadline > mono_now()) {
-        deadline_arm(c);
-        return;
-    }
-    /* The oldest is late and everything else is queued behind it. */
-    log_err_ratelimited("redis-timeout", "%s: Redis command timed out after %.3f s; reconnecting",
-                        __func__, c->cmd_timeout);
-    snprintf(c->last_err, sizeof(c->last_err), "timeout");
+    log_err_ratelimited("redis-timeout", "%s: Redis %s timed out after %.3f s (%s); reconnecting",
+                        __func__, what, c->cmd_timeout, c->name);
+    snprintf(c->last_err, sizeof(c->last_err), "%s timed out after %.3f s", what, c->cmd_timeout);
     struct link *l = c->link;
     if (l)
         l->dead = 1;              /* callbacks below see the conn down */
@@ -691,6 +742,102 @@ static void deadline_cb(evutil_socket_t fd, short what, void *arg)
         link_drop(l);
     }
     conn_leave(c);
+}
+
+static void deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis_conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (!c->pend_head)
+        return;
+    if (c->pend_head->deadline > mono_now()) {
+        deadline_arm(c);
+        return;
+    }
+    /* The oldest is late and everything else is queued behind it. */
+    conn_timed_out(c, "command");
+}
+
+/* ------------------------------------------------------ heartbeat -- */
+
+static void hb_arm(struct redis_conn *c, double s)
+{
+    struct timeval tv = tv_of(s + 0.001);
+    evtimer_add(c->hb_ev, &tv);
+}
+
+/* The heartbeat PING's reply (or NULL when the context goes): the read that brought it is what counts. */
+static void hb_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    (void)ac;
+    (void)reply;
+    (void)privdata;
+}
+
+/*
+ * Sends the heartbeat PING on l.  0, or -1 when nothing was sent.  Not
+ * subscribed: a command like any other, its reply to hb_reply.  Subscribed
+ * (RESP2): written without a callback, its ["pong", ""] reply dropped by
+ * hiredis; but never after a (P)UNSUBSCRIBE: should the last subscription
+ * end before the pong arrives, hiredis 0.14 would meet a reply with no
+ * callback outside subscribed mode and abort.  Such a link is left to TCP
+ * keepalive.
+ */
+static int hb_send(struct link *l)
+{
+    redisAsyncContext *ac = l->ac;
+    if (!(ac->c.flags & REDIS_SUBSCRIBED))
+        return redisAsyncCommand(ac, hb_reply, NULL, "PING") == REDIS_OK ? 0 : -1;
+    if (l->unsubscribed)
+        return -1;
+    static const char ping[] = "*1\r\n$4\r\nPING\r\n";
+    if (redisAppendFormattedCommand(&ac->c, ping, sizeof(ping) - 1) != REDIS_OK)
+        return -1;
+    if (ac->ev.addWrite)
+        ac->ev.addWrite(ac->ev.data);
+    return 0;
+}
+
+/*
+ * The heartbeat timer: armed when the link comes up, then re-armed here
+ * only (once a second while commands flow; a reply never touches it).
+ */
+static void hb_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct redis_conn *c = arg;
+    (void)fd;
+    (void)what;
+    if (!redis_conn_is_up(c))
+        return;                   /* re-armed when the link is up again */
+    double now = mono_coarse();
+    if (c->hb_sent > 0) {
+        if (c->last_rx >= c->hb_sent) {
+            c->hb_sent = 0;       /* answered */
+        } else if (now - c->hb_sent >= c->cmd_timeout - REDIS_COARSE_SLACK) {
+            c->hb_sent = 0;
+            conn_timed_out(c, "PING");
+            return;
+        } else {
+            hb_arm(c, c->hb_sent + c->cmd_timeout - now);
+            return;
+        }
+    }
+    if (c->pend_head) {
+        hb_arm(c, REDIS_HEARTBEAT_S);   /* busy: the commands' own deadlines watch the link */
+        return;
+    }
+    double idle = now - c->last_rx;
+    if (idle < REDIS_HEARTBEAT_S - REDIS_COARSE_SLACK) {
+        hb_arm(c, REDIS_HEARTBEAT_S - idle);
+        return;
+    }
+    if (hb_send(c->link) == 0) {
+        c->hb_sent = now;
+        hb_arm(c, c->cmd_timeout);
+    } else {
+        hb_arm(c, REDIS_HEARTBEAT_S);
+    }
 }
 
 void redis_conn_set_name(struct redis_conn *c, const char *name)
@@ -721,10 +868,12 @@ struct redis_conn *redis_conn_new(struct event_base *base, const char *url, doub
     c->deadline_ev = evtimer_new(base, deadline_cb, c);
     c->hs_ev = evtimer_new(base, hs_timeout_cb, c);
     c->retry_ev = evtimer_new(base, retry_cb, c);
-    if (!c->deadline_ev || !c->hs_ev || !c->retry_ev) {
+    c->hb_ev = evtimer_new(base, hb_cb, c);
+    if (!c->deadline_ev || !c->hs_ev || !c->retry_ev || !c->hb_ev) {
         if (c->deadline_ev) event_free(c->deadline_ev);
         if (c->hs_ev) event_free(c->hs_ev);
         if (c->retry_ev) event_free(c->retry_ev);
+        if (c->hb_ev) event_free(c->hb_ev);
         free(c);
         if (err && errlen)
             snprintf(err, errlen, "out of memory");
@@ -756,6 +905,7 @@ static void conn_destroy(struct redis_conn *c)
     event_free(c->deadline_ev);
     event_free(c->hs_ev);
     event_free(c->retry_ev);
+    event_free(c->hb_ev);
     free(c);
 }
 
@@ -811,6 +961,7 @@ static int conn_send(struct redis_conn *c, redis_cb cb, void *arg, const char *c
         /* hiredis registers no callback for these: Redis answers on the subscription. */
         if (!l->subscribed)
             return -1;
+        l->unsubscribed = 1;
         return redisAsyncFormattedCommand(l->ac, NULL, NULL, cmd, len) == REDIS_OK ? 0 : -1;
     }
     if (l->subscribed && !sub)

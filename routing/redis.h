@@ -45,6 +45,19 @@ typedef void (*redis_state_cb)(void *arg, int up);
  * per-command deadline: a command without a reply by then fails with
  * "timeout" and the connection is dropped and redialled (a stalled Redis
  * must not hold requests).  NULL with err when the URL does not parse.
+ *
+ * Heartbeat: a connection that has read nothing from Redis for 1 s and has
+ * no command outstanding sends PING; unanswered within cmd_timeout_s, the
+ * PING drops the connection exactly as a late command does (pending
+ * commands fail with "timeout", state_cb(0), redial).  So a stopped Redis
+ * (SIGSTOP, a frozen host: TCP still up, keepalive still answered by the
+ * kernel) is seen as down within about 1 s + cmd_timeout_s even while idle,
+ * and an idle connection costs Redis about one PING a second.  It works on
+ * a subscribed connection too (RESP2: the reply ["pong", ""] reaches no
+ * subscription callback), except after a (P)UNSUBSCRIBE was sent on it,
+ * where only TCP keepalive watches it.  The connection speaks RESP2 (never
+ * HELLO 3; hiredis 0.14 cannot read RESP3 pushes).  Cost: one timer per
+ * connection, re-armed when it fires, and a coarse clock read per read.
  */
 struct redis_conn *redis_conn_new(struct event_base *base, const char *url, double cmd_timeout_s,
                                   redis_state_cb state_cb, void *arg, char *err, size_t errlen);
