@@ -22,6 +22,10 @@
  * bev_readcb() touches nothing after calling back.
  */
 #include <errno.h>
+#include <stddef.h>
+#include <string.h>
+#include <linux/tcp.h>       /* struct tcp_info with tcpi_bytes_acked (glibc's lacks it) */
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <event2/event.h>
@@ -200,4 +204,18 @@ void bev_undivert(struct bufferevent *bev, short which)
         bev->ev_read.ev_evcallback.evcb_cb_union.evcb_callback = bev_readcb;
     if ((which & EV_WRITE) && socket_writecb)
         bev->ev_write.ev_evcallback.evcb_cb_union.evcb_callback = socket_writecb;
+}
+
+int bev_peer_acked_more(struct bufferevent *bev, uint64_t *mark)
+{
+    struct tcp_info ti;
+    socklen_t len = sizeof(ti);
+    memset(&ti, 0, sizeof(ti));
+    if (getsockopt(bufferevent_getfd(bev), IPPROTO_TCP, TCP_INFO, &ti, &len) != 0
+        || len < offsetof(struct tcp_info, tcpi_bytes_acked) + sizeof(ti.tcpi_bytes_acked))
+        return 0;
+    uint64_t acked = ti.tcpi_bytes_acked;
+    int more = acked != *mark;
+    *mark = acked;
+    return more;
 }

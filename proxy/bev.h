@@ -5,6 +5,7 @@
 #define TG_PROXY_BEV_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 
@@ -82,5 +83,16 @@ short bev_gather(struct bufferevent *bev, size_t limit);
 void bev_divert(struct bufferevent *bev, short which, event_callback_fn fn);
 /* Gives the event back to the bufferevent. */
 void bev_undivert(struct bufferevent *bev, short which);
+
+/*
+ * 1 when the peer of bev's TCP socket has acknowledged bytes since *mark
+ * was taken (TCP_INFO's tcpi_bytes_acked), 0 when not or when it cannot be
+ * told; takes the mark anew either way.  For a write timeout: Linux wakes a
+ * writer only once a third or so of its send buffer is free, and the
+ * buffer autotunes to megabytes, so a peer that reads steadily but slowly
+ * may leave the socket unwritable for longer than any timeout -- bytes
+ * moving all the while.  Called on timeouts only, never per read or write.
+ */
+int bev_peer_acked_more(struct bufferevent *bev, uint64_t *mark);
 
 #endif

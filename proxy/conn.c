@@ -120,6 +120,7 @@ enum {
     CF_CLIENT_EOF    = 1 << 5,  /* tunnel: client closed its sending side */
     CF_PLAIN         = 1 << 6,  /* the client is a plain TCP socket: bytes may be spliced to it */
     CF_UNREAD        = 1 << 7,  /* closing with a request body not read: linger (conn_end) */
+    CF_UP_FIN        = 1 << 8,  /* tunnel: backend closed its sending side */
 };
 
 struct req {
@@ -131,6 +132,7 @@ struct req {
     struct event *timer;            /* throttle pacing; created on first use */
     struct route_target target;
     unsigned long target_cfg;       /* worker_config_id() when target was picked */
+    uint64_t up_acked;              /* backend's bytes acked at the last write timeout */
     uint64_t tried;
     size_t head_len;                /* request head bytes at the front of the client input */
     int64_t req_left;               /* Content-Length bytes left */
@@ -168,6 +170,7 @@ struct conn {
     size_t scanned;                   /* h1_find_head_end() resume point */
     struct timeval head_start;        /* first byte of the current head */
     struct timeval last_activity;     /* tunnel idleness; start of keep-alive idleness in CS_HEAD */
+    uint64_t acked;                   /* client's bytes acked at the last write timeout (bev_peer_acked_more) */
     struct event *park_ev;            /* set while parked (bev == NULL) */
     int fd;                           /* the client socket; the conn closes it */
     float rto, wto;                   /* the bufferevent's timeouts (s, 0 = none): set_client_timeouts() */
@@ -206,7 +209,7 @@ static void up_read_cb(struct bufferevent *bev, void *arg);
 static void up_write_cb(struct bufferevent *bev, void *arg);
 static void up_event_cb(struct bufferevent *bev, short what, void *arg);
 static void start_upstream(struct conn *c);
-static void tunnel_half_close(struct conn *c);
+static int tunnel_half_close(struct conn *c);
 static void finish_request(struct conn *c);
 static void splice_end(struct conn *c);
 static void conn_end(struct conn *c);
@@ -1406,18 +1409,32 @@ static int relay_tunnel(struct conn *c, struct bufferevent *src, struct bufferev
 }
 
 /*
- * Tunnel half-close: once the client has closed its sending side and all it
- * sent has reached the backend, pass the FIN on (shutdown SHUT_WR) and keep
- * relaying the backend's answer until it closes too.
+ * Tunnel half-close, either way: once one side has closed its sending side
+ * and all it sent has reached the other, pass the FIN on (shutdown SHUT_WR)
+ * and keep relaying the other way until that side closes too; then the
+ * tunnel ends.  Returns -1 when it ended (c is gone), else 0.
  */
-static void tunnel_half_close(struct conn *c)
+static int tunnel_half_close(struct conn *c)
 {
     struct req *r = c->req;
-    if (!(c->flags & CF_CLIENT_EOF) || !r || !r->up)
-        return;
-    if (evbuffer_get_length(bufferevent_get_input(c->bev)) == 0
-        && evbuffer_get_length(bufferevent_get_output(r->up)) == 0)
+    if (!r || !r->up)
+        return 0;
+    int client_done = (c->flags & CF_CLIENT_EOF) && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0
+                      && evbuffer_get_length(bufferevent_get_output(r->up)) == 0;
+    int up_done = (c->flags & CF_UP_FIN) && evbuffer_get_length(bufferevent_get_input(r->up)) == 0
+                  && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0;
+    if (client_done && up_done) {
+        /* Both ways closed and delivered: nothing is left unread. */
+        up_detach(c, 0);
+        set_state(c, CS_CLOSING);
+        conn_end(c);
+        return -1;
+    }
+    if (client_done)
         shutdown(bufferevent_getfd(r->up), SHUT_WR);
+    if (up_done)
+        shutdown(bufferevent_getfd(c->bev), SHUT_WR);
+    return 0;
 }
 
 /* "HTTP/1.x NNN reason" CRLF: the client's version, the backend's status. */
@@ -1992,7 +2009,7 @@ static void throttle_cb(evutil_socket_t fd, short what, void *arg)
             return;
         if (!(c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF)))
             bufferevent_enable(c->bev, EV_READ);
-        if (!(c->flags & CF_UP_PAUSED))
+        if (!(c->flags & (CF_UP_PAUSED | CF_UP_FIN)))
             bufferevent_enable(r->up, EV_READ);
         tunnel_half_close(c);
         return;
@@ -2115,9 +2132,11 @@ static void client_write_cb(struct bufferevent *bev, void *arg)
             c->flags &= ~CF_UP_PAUSED;
             if (relay_tunnel(c, r->up, c->bev, 0) < 0)
                 return;
-            if (!(c->flags & CF_UP_PAUSED))
+            if (!(c->flags & (CF_UP_PAUSED | CF_UP_FIN)))
                 bufferevent_enable(r->up, EV_READ);
         }
+        if (c->flags & CF_UP_FIN)
+            tunnel_half_close(c);   /* the FIN follows the last byte */
         return;
     case CS_PROXY:
         if (r && (c->flags & CF_UP_PAUSED) && r->up && !(r->flags & RF_RESP_HEAD)) {
@@ -2152,6 +2171,16 @@ static int tunnel_rearm(struct conn *c, struct bufferevent *bev, short what)
 {
     struct timeval now, d;
     event_base_gettimeofday_cached(worker_base(c->w), &now);
+    /* Bytes waiting for a peer that takes them, however slowly, are bytes
+     * moving (see bev_peer_acked_more()). */
+    struct bufferevent *up = c->req->up;
+    int moving = 0;
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0)
+        moving |= bev_peer_acked_more(c->bev, &c->acked);
+    if (up && evbuffer_get_length(bufferevent_get_output(up)) > 0)
+        moving |= bev_peer_acked_more(up, &c->req->up_acked);
+    if (moving)
+        c->last_activity = now;
     evutil_timersub(&now, &c->last_activity, &d);
     double left = cfg_of(c)->upstream_read_timeout - tv_s(d);
     if (left <= 0.001)
@@ -2171,6 +2200,14 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
 {
     struct conn *c = arg;
     if (what & BEV_EVENT_TIMEOUT) {
+        /* A client that reads, however slowly, is not a client that
+         * stopped reading: wait one more timeout. */
+        if ((what & BEV_EVENT_WRITING) && c->state != CS_TUNNEL && c->req
+            && (evbuffer_get_length(bufferevent_get_output(bev)) > 0 || (c->req->flags & RF_SPLICE))
+            && bev_peer_acked_more(bev, &c->acked)) {
+            bufferevent_enable(bev, EV_WRITE);
+            return;
+        }
         if (c->state == CS_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) > 0 && !c->req) {
             reject(c, 408);     /* slow head */
             return;
@@ -2282,9 +2319,8 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
     }
     c->flags &= ~CF_CLIENT_PAUSED;
     if (c->state == CS_TUNNEL) {
-        if (relay_tunnel(c, c->bev, bev, 1) < 0)
+        if (relay_tunnel(c, c->bev, bev, 1) < 0 || tunnel_half_close(c) < 0)
             return;
-        tunnel_half_close(c);
     } else if (relay_request_body(c) < 0) {
         return;
     }
@@ -2334,9 +2370,26 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         start_upstream(c);
         return;
     }
+    /* A backend that takes an upload, however slowly, is not stuck. */
+    if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_WRITING) && c->state == CS_PROXY
+        && evbuffer_get_length(bufferevent_get_output(bev)) > 0 && bev_peer_acked_more(bev, &r->up_acked)) {
+        bufferevent_enable(bev, EV_WRITE);
+        return;
+    }
     if (c->state == CS_TUNNEL) {
         if ((what & BEV_EVENT_TIMEOUT) && tunnel_rearm(c, bev, what))
             return;
+        if ((what & BEV_EVENT_EOF) && !(c->flags & CF_CLIENT_EOF)) {
+            /* Half-close: deliver what the backend sent, pass the FIN on,
+             * and keep carrying the client's bytes until it closes too (a
+             * backend that closed for good resets them: the error below). */
+            c->flags |= CF_UP_FIN;
+            bufferevent_disable(bev, EV_READ);
+            if (relay_tunnel(c, bev, c->bev, 0) < 0)
+                return;
+            tunnel_half_close(c);
+            return;
+        }
         /* Backend closed the tunnel: flush what it sent, then end.  The
          * client may still be talking: a lingering close (conn_end), as a
          * plain one would make Linux reset the connection and throw away

@@ -6,6 +6,7 @@ import asyncio
 import hashlib
 import json
 import socket
+import threading
 import time
 
 from tglib import *
@@ -227,3 +228,139 @@ def test_backend_close_ends_tunnel():
             assert _ws_handshake(c).status == 101
             b.stop()
             assert c.is_closed(5)
+
+
+# ---------------------------------------------------------------- slow but steady peers
+#
+# Linux wakes a writer only once about a third of its send buffer is free, and
+# the buffer autotunes to megabytes: a peer that reads 64 KiB/s leaves the
+# socket unwritable for far longer than a 2 s timeout while bytes move all the
+# time.  Such a peer was taken for one that stopped reading and cut, a
+# download silently truncated.  tollgate now asks the kernel whether the peer
+# acknowledged bytes since the last timeout (TCP_INFO) before it gives up.
+
+def _read_slowly(socks, seconds, rate=65536):
+    """Reads each socket at about rate bytes/s for seconds; bytes read per socket."""
+    got = [0] * len(socks)
+    t0 = time.time()
+    while time.time() - t0 < seconds:
+        for i, s in enumerate(socks):
+            d = s.recv(rate // 10)
+            assert d, "connection %d ended after %.1fs, %d bytes" % (i, time.time() - t0, got[i])
+            got[i] += len(d)
+        time.sleep(0.1)
+    return got
+
+
+def test_a_client_reading_slowly_is_not_cut_by_the_write_timeout():
+    with Backend("b1") as b, _tg(b, workers=1, args=["--client-body-timeout", "2"]) as tg:
+        socks = []
+        for path in (b"/bytes/67108864", b"/chunked/67108864?chunks=1024"):   # spliced, copied
+            s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
+            s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            socks.append(s)
+        got = _read_slowly(socks, scale(6))
+        assert tg.access_log_lines() == [], tg.access_log_lines()   # neither transfer ended
+        assert min(got) > 200000, got
+        for s in socks:
+            s.close()
+
+
+def test_a_tunnel_to_a_slowly_reading_client_is_not_idle():
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+        try:
+            s.sendall(b"d" * (64 << 20))
+        except OSError:
+            pass
+        return False
+    with RawBackend(serve) as b, _tg(b, workers=1, args=["--upstream-read-timeout", "2"]) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /t HTTP/1.1\r\nHost: app.test\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+            assert c.read_head().status == 101
+            got = _read_slowly([c.sock], scale(6))
+            assert tg.access_log_lines() == [], tg.access_log_lines()
+            assert got[0] > 200000, got
+
+
+def test_an_upload_to_a_slowly_reading_backend_is_not_cut():
+    res = {"got": 0}
+    done = threading.Event()
+
+    def serve(s, n):
+        read_request_head(s)
+        s.settimeout(5)
+        try:
+            res["got"] = _read_slowly([s], scale(6))[0]
+        except (AssertionError, OSError) as e:
+            res["error"] = repr(e)
+        done.set()
+        return False
+    with RawBackend(serve) as b, _tg(b, workers=1, args=["--upstream-read-timeout", "2"]) as tg:
+        c = socket.create_connection(("127.0.0.1", tg.port), timeout=30)
+        c.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % (64 << 20))
+
+        def send():
+            try:
+                c.sendall(b"q" * (64 << 20))
+            except OSError:
+                pass
+        t = threading.Thread(target=send, daemon=True)
+        t.start()
+        assert done.wait(scale(15)), "the backend's slow read did not end"
+        assert "error" not in res, res
+        assert tg.access_log_lines() == [], tg.access_log_lines()   # no 504: the upload went on
+        assert res["got"] > 200000, res
+        c.close()
+
+
+def test_a_backend_half_close_is_passed_on_and_the_client_may_still_send():
+    """A backend that shuts down its sending side (SHUT_WR) but keeps
+    reading: its FIN reaches the client after its last byte, the client's
+    later bytes still reach the backend, and the tunnel ends when the client
+    closes too -- as a client's half-close already worked.  (tollgate ended
+    the whole tunnel at the backend's FIN: the client's bytes were lost.)"""
+    n = 1 << 20
+    res = {}
+    done = threading.Event()
+
+    def serve(s, k):
+        s.settimeout(10)
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\nbye\n")
+        s.shutdown(socket.SHUT_WR)
+        got = hashlib.sha256()
+        size = 0
+        try:
+            while True:
+                d = s.recv(65536)
+                if not d:
+                    break
+                got.update(d)
+                size += len(d)
+        except OSError as e:
+            res["error"] = repr(e)
+        res["size"], res["sha"] = size, got.hexdigest()
+        done.set()
+        return False
+    with RawBackend(serve) as b, _tg(b, workers=1) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /t HTTP/1.1\r\nHost: app.test\r\nUpgrade: x\r\nConnection: Upgrade\r\n\r\n")
+            assert c.read_head().status == 101
+            rest = c.buf
+            c.buf = b""
+            while True:                              # the backend's bytes, then its FIN
+                d = c.sock.recv(65536)
+                if not d:
+                    break
+                rest += d
+            assert rest == b"bye\n", rest
+            body = bytes(range(256)) * (n // 256)
+            c.sock.sendall(body)
+            c.sock.shutdown(socket.SHUT_WR)
+            assert done.wait(10), "the backend never saw the client's FIN"
+            assert "error" not in res and res["size"] == n, res
+            assert res["sha"] == hashlib.sha256(body).hexdigest()
+            line = wait_until(lambda: tg.access_log_lines(), 5, "the tunnel's access log line")[-1]
+            assert line.split()[5] == "101", line
