@@ -46,11 +46,16 @@ class ScriptBackend(RawBackend):
 
 
 def _client(port, data, wait=1.0):
-    """Sends data, reads until the connection is quiet for wait seconds."""
+    """Sends data, reads until the connection is quiet for wait seconds
+    (the first byte may take up to 5 s: a loaded machine is slow)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     s.sendall(data)
-    s.settimeout(wait)
     out = b""
+    try:
+        out = s.recv(65536)
+    except socket.timeout:
+        pass
+    s.settimeout(wait)
     try:
         while True:
             d = s.recv(65536)
