@@ -254,6 +254,7 @@ struct route_fetch {
     int tenant_failed;
     int need_domain;
     double started;
+    double dns_expires;            /* earliest expiry of the DNS answers the entry uses (0: none) */
     uint32_t gen;
     uint32_t slot[CMD_N], val[CMD_N];
     struct route_cmd cmds[CMD_N];
@@ -1529,7 +1530,8 @@ fail:
  * 0 when the name must be resolved first (*name set), -1 when it cannot be
  * (a cached DNS failure).
  */
-static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, double now, char *name, size_t namecap)
+static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, double now, char *name, size_t namecap,
+                              double *dns_expires)
 {
     int port;
     if (host_parse_hostport(b->name, strlen(b->name), name, namecap, &port) < 0)
@@ -1542,6 +1544,8 @@ static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, doubl
         return 0;
     if (!d->ok)
         return -1;
+    if (*dns_expires == 0 || d->expires < *dns_expires)
+        *dns_expires = d->expires;
     memcpy(&b->addr, &d->ss, d->len);
     b->addrlen = d->len;
     if (b->addr.ss_family == AF_INET)
@@ -1567,7 +1571,7 @@ static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int st
         struct route_backends *set = s == 0 ? e->set : e->path_sets[s - 1];
         for (size_t i = 0; i < set->n; i++) {
             char name[HOST_MAX + 1];
-            int r = route_fill_backend(rc, &set->b[i], now, name, sizeof(name));
+            int r = route_fill_backend(rc, &set->b[i], now, name, sizeof(name), &f->dns_expires);
             if (r == 1)
                 continue;
             if (r == 0 && start) {
@@ -2299,6 +2303,21 @@ static void route_decide(struct route_fetch *f)
     d->expires = f->started + route_ttl_cap(rc, ttl);
 }
 
+/*
+ * A route whose backends are DNS names lives no longer than their answers
+ * (their TTLs, docs/redis-schema.md); one that failed for a name that does
+ * not resolve is a negative answer: route-negative-ttl, as a DNS failure.
+ */
+static void route_expire_by_dns(struct route_fetch *f)
+{
+    struct route_ctx *rc = f->rc;
+    struct route_rec *d = f->drec;
+    double until = d->status == ROUTE_OK ? f->dns_expires
+                                         : f->started + route_ttl_cap(rc, rc->cfg->route_negative_ttl);
+    if (until > 0 && until < d->expires)
+        d->expires = until;
+}
+
 /* ---- fetch life cycle ---- */
 
 /*
@@ -2393,6 +2412,7 @@ static void route_fetch_advance(struct route_fetch *f)
                 char what[ROUTE_KEY_MAX];
                 snprintf(what, sizeof(what), "backends of %s", f->host);
                 route_decide_bad(f, what, err);
+                route_expire_by_dns(f);
                 continue;
             }
             snprintf(f->tenant, sizeof(f->tenant), "%s", f->drec->e.tenant);
@@ -2408,6 +2428,7 @@ static void route_fetch_advance(struct route_fetch *f)
                     snprintf(what, sizeof(what), "backends of %s", f->host);
                     route_decide_bad(f, what, err);
                 }
+                route_expire_by_dns(f);
             }
             route_fetch_finish(f);
             return;

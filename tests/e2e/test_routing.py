@@ -18,8 +18,12 @@ would) and checks which backend answers, through the proxy:
 
 import os
 import socket
+import struct
+import subprocess
 import threading
 import time
+
+import tglib
 
 from tglib import *
 
@@ -622,3 +626,97 @@ def test_patterns_past_the_1024th_are_reported_not_silently_dropped():
         assert who(tg, "h0.test")[:2] == (200, "b1")
         assert who(tg, "late.test")[0] == 404
         wait_until(lambda: "more than 1024 entries" in tg.log_text(), scale(3), "the long list reported")
+
+
+# ---------------------------------------------------------------- backends named by DNS
+
+class _TinyDNS:
+    """A UDP DNS server on loopback answering A queries from self.answers
+    (name -> IPv4 text, or None for NXDOMAIN) with a TTL of 1 s; any other
+    query type gets an empty answer."""
+
+    def __init__(self):
+        self.answers = {}
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                q, peer = self.sock.recvfrom(512)
+            except OSError:
+                return
+            i, labels = 12, []
+            while i < len(q) and q[i]:
+                labels.append(q[i + 1:i + 1 + q[i]].decode("ascii", "replace"))
+                i += 1 + q[i]
+            qtype = struct.unpack("!H", q[i + 1:i + 3])[0]
+            question = q[12:i + 5]
+            name = ".".join(labels).lower()
+            addr = self.answers.get(name)
+            rcode = 3 if addr is None else 0
+            answer = b""
+            if rcode == 0 and qtype == 1:
+                answer = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 1, 4) + socket.inet_aton(addr)
+            head = q[:2] + struct.pack("!HHHHH", 0x8180 | rcode, 1, 1 if answer else 0, 0, 0)
+            self.sock.sendto(head + question + answer, peer)
+
+    def close(self):
+        self.sock.close()
+
+
+def test_a_backend_named_by_dns_follows_its_ttl_and_a_failed_name_its_negative_ttl():
+    """A route whose backend is a DNS name lives no longer than the name's
+    answer (docs/redis-schema.md: cached for their DNS TTL), and a route
+    that failed for a name that did not resolve no longer than
+    route-negative-ttl.  (Both lived route-cache-ttl, 60 s: a backend
+    moved by DNS kept getting traffic at its old address for a minute.)
+    Runs tollgate in its own mount namespace with /etc/resolv.conf bound to
+    a file naming a DNS server of the test's (root only)."""
+    if os.geteuid() != 0 or subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode != 0:
+        raise Skip("needs root and unshare -m to give tollgate its own /etc/resolv.conf")
+    dns = _TinyDNS()
+    resolv = os.path.join(tmpdir(), "resolv.conf")
+    with open(resolv, "w") as f:
+        f.write("nameserver 127.0.0.1:%d\n" % dns.port)
+    wrapper = ["unshare", "-m", "sh", "-c", 'mount --bind "$0" /etc/resolv.conf && exec "$@"', resolv]
+    saved = list(tglib.WRAPPER)
+    tglib.WRAPPER[:0] = wrapper
+    port = free_port()
+    try:
+        dns.answers["svc.test"] = "127.0.0.1"
+        dns.answers["svc2.test"] = None
+        with Redis() as r, Backend("a", port=port) as a, Backend("b", port=port, host="127.0.0.2") as b, \
+                Tollgate(redis=r.url, workers=1, args=["--route-negative-ttl", "1"]) as tg:
+            domain(r, "dns.test", "t1", "svc.test:%d" % port)
+            assert who(tg, "dns.test")[:2] == (200, "a")
+            dns.answers["svc.test"] = "127.0.0.2"       # the backend moved (TTL 1 s)
+            wait_until(lambda: who(tg, "dns.test")[1] == "b", scale(5), "traffic at the name's new address")
+            domain(r, "dns2.test", "t1", "svc2.test:%d" % port)
+            assert who(tg, "dns2.test")[0] == 502          # the name does not resolve
+            dns.answers["svc2.test"] = "127.0.0.1"
+            wait_until(lambda: who(tg, "dns2.test")[:2] == (200, "a"), scale(5), "the name resolving again")
+    finally:
+        tglib.WRAPPER[:] = saved
+        dns.close()
+
+
+def test_routes_catch_up_within_about_a_second_of_redis_coming_back():
+    """Redis away for a while (a restart, a failover) comes back holding
+    other routes: tollgate redials at least once a second (backoff 100 ms
+    doubling to 1 s), so the new routes are served within about a second
+    of its return -- the contract's 1 s for a change.  (The backoff doubled
+    to 5 s: the old routes went on for up to 5 s.)"""
+    with Redis() as r, Backend("old") as old, Backend("new") as new, Tollgate(redis=r.url, workers=1) as tg:
+        domain(r, "moved.test", "t1", old.addr)
+        assert who(tg, "moved.test")[:2] == (200, "old")
+        r.kill()
+        time.sleep(8)                                    # the backoff has reached its ceiling
+        assert who(tg, "moved.test")[:2] == (200, "old")  # stale while Redis is away
+        r.start()                                        # empty: a restart without persistence
+        back = time.monotonic()
+        domain(r, "moved.test", "t1", new.addr)
+        wait_until(lambda: who(tg, "moved.test")[1] == "new", scale(2.5), "the new route after Redis' return")
+        assert time.monotonic() - back < scale(2.5)

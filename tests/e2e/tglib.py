@@ -443,16 +443,16 @@ class _RespReader:
 class Backend:
     """tests/e2e/backend.py on a free port; see its docstring for routes."""
 
-    def __init__(self, name="backend", port=None):
+    def __init__(self, name="backend", port=None, host="127.0.0.1"):
         self.name = name
         self.port = port or free_port()
-        self.addr = "127.0.0.1:%d" % self.port
+        self.addr = "%s:%d" % (host, self.port)
         self.dir = tmpdir()
         self.log_path = os.path.join(self.dir, "backend-%s.log" % name)
         self.proc = _spawn([PYTHON, os.path.join(E2E_DIR, "backend.py"), "--port", str(self.port),
-                            "--name", name], self.log_path)
+                            "--name", name, "--host", host], self.log_path)
         try:
-            wait_port(self.port, 10, self.proc)
+            wait_port(self.port, 10, self.proc, host=host)
         except Exception as e:
             self.stop()
             raise RuntimeError("backend %s did not start (%s):\n%s" % (name, e, self.log_text()[-2000:]))
