@@ -974,3 +974,212 @@ def test_counts_lost_at_a_stop_during_an_outage_are_logged_per_tenant():
         want = "lost record: tenant default day %s bytes_in %d bytes_out %d requests 1" % (
             time.strftime("%Y%m%d", time.gmtime()), c.sent, c.received)
         assert want in log, (want, log[-2000:])
+
+
+# ---------------------------------------------------------------- UTC midnight, malformed keys
+
+def _clockshift_lib():
+    """tests/e2e/clockshift.c (an LD_PRELOAD shim that moves the wall clock)
+    built into a temp dir; Skip when there is no C compiler."""
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise Skip("no C compiler to build tests/e2e/clockshift.c")
+    out = os.path.join(tmpdir(), "clockshift.so")
+    subprocess.run([cc, "-shared", "-fPIC", "-O1", "-o", out, os.path.join(E2E_DIR, "clockshift.c"), "-ldl"],
+                   check=True)
+    return out
+
+
+def test_traffic_after_utc_midnight_is_billed_to_the_new_day_and_month():
+    """The handoff at UTC midnight took the next period's day from time(),
+    glibc's coarse clock, which lags the precise one by up to a kernel tick:
+    the timer fires 1 ms after midnight, time() still said 23:59:59, and up
+    to one flush interval of the new day's traffic (on the 1st, of the new
+    month's) was billed to the day before.  tollgate runs under clockshift.c,
+    which puts the 1st of a month a few seconds ahead and makes time() lag by
+    800 ms instead of a few (the race made certain).  Requests sent well
+    after midnight must be in the new day's and month's hashes, requests
+    done well before it in the old ones, and every request in exactly one."""
+    import calendar
+    lib = _clockshift_lib()
+    now = time.time()
+    g = time.gmtime(now + 2 * 86400)
+    y, mo = (g.tm_year, g.tm_mon + 1) if g.tm_mon < 12 else (g.tm_year + 1, 1)
+    midnight = calendar.timegm((y, mo, 1, 0, 0, 0))          # a month's first second, shifted clock
+    lead = scale(3) + 3.0                                     # real seconds until then: start-up
+    real_mid = now + lead
+    env = {"LD_PRELOAD": lib, "TG_SHIFT_NS": str(int(round((midnight - real_mid) * 1e9))),
+           "TG_COARSE_LAG_MS": "800",
+           "ASAN_OPTIONS": (os.environ.get("ASAN_OPTIONS", "") + ":verify_asan_link_order=0").lstrip(":")}
+    old_d = time.strftime("%Y%m%d", time.gmtime(midnight - 1))
+    new_d = time.strftime("%Y%m%d", time.gmtime(midnight))
+    tol = 0.2 if not SANITIZED else 0.4                      # the handoff timer's lateness
+    with Redis() as r, Backend("b") as b, \
+            Tollgate(routes=["app.test=" + b.addr], redis=r.url, workers=2, env=env) as tg:
+        assert time.time() < real_mid - 1.2, "tollgate took %.1f s to start" % (time.time() - now)
+        ts = []
+        lock = threading.Lock()
+        errors = []
+
+        def client():
+            try:
+                c = Counted(tg.port)
+                while time.time() < real_mid + 1.5:
+                    t0 = time.time()
+                    c.send(get("app.test", "/bytes/100"))
+                    st, _, _ = c.read_response()
+                    assert st == 200, st
+                    with lock:
+                        ts.append((t0, time.time()))
+                c.close()
+            except Exception as e:  # reported below
+                errors.append(e)
+
+        wait_until(lambda: time.time() > real_mid - 1.0, 10, "a second before midnight")
+        th = [threading.Thread(target=client) for _ in range(2)]
+        for t in th:
+            t.start()
+        for t in th:
+            t.join()
+        assert not errors, errors
+        assert tg.stop() == 0
+        old_n = counters(r, "default", old_d)["requests"]
+        new_n = counters(r, "default", new_d)["requests"]
+        before = sum(1 for s, e in ts if e < real_mid - tol)
+        after = sum(1 for s, e in ts if s > real_mid + tol)
+        assert old_n + new_n == len(ts), (old_n, new_n, len(ts))
+        assert before > 0 and after > 0, (before, after)
+        assert old_n >= before and new_n >= after, \
+            "day %s: %d requests (%d done before midnight), day %s: %d (%d sent after it)" % (
+                old_d, old_n, before, new_d, new_n, after)
+        # the month hashes agree with the days (midnight of the 1st)
+        assert counters(r, "default", old_d[:6]) == counters(r, "default", old_d)
+        assert counters(r, "default", new_d[:6]) == counters(r, "default", new_d)
+
+
+def _tenant_traffic(port, tenants, seconds, wire=None):
+    """Requests to <tenant>.test for each tenant in turn for about `seconds`;
+    returns {tenant: [bytes sent, bytes received, requests]} (added to wire)."""
+    wire = wire if wire is not None else {}
+    for t in tenants:
+        wire.setdefault(t, [0, 0, 0])
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        for t in tenants:
+            c = Counted(port)
+            c.send(get("%s.test" % t, "/bytes/%d" % (100 + 37 * n), close=True))
+            st, _, _ = c.read_response()
+            assert st == 200, (t, st)
+            c.drain()
+            c.close()
+            w = wire[t]
+            w[0] += c.sent
+            w[1] += c.received
+            w[2] += 1
+        n += 1
+        time.sleep(0.05)
+    return wire
+
+
+def _as_counters(w):
+    return {"bytes_in": w[0], "bytes_out": w[1], "requests": w[2]}
+
+
+def test_a_malformed_meter_key_neither_multiplies_nor_blocks_counts():
+    """A meter hash of one tenant that is not a hash, or holds a field that is
+    not an integer, made the flush script fail part-way: Redis keeps what a
+    script wrote before an error, the batch's seq was not recorded, and every
+    retry (each tick) added the records before the bad one again, while the
+    batch blocked every later count.  Now the script checks every key first
+    and applies nothing of a batch with a bad key; the flusher sends the rest
+    of the batch at once and keeps the bad records' counts in memory, sending
+    them again once per interval: they arrive, once, when the key is fixed."""
+    good = ["good%d" % i for i in range(5)]
+    bad = ["badtype", "badint"]
+    with Redis() as r, Backend("b") as b:
+        for t in good + bad:
+            add_domain(r, "%s.test" % t, t, b.addr)
+        r.cmd("SET", "tg:meter:badtype:%s" % month(), "legacy")        # not a hash
+        r.cmd("HSET", "tg:meter:badint:%s" % day(), "bytes_in", "12.5")  # not an integer
+        with Tollgate(redis=r.url, workers=2) as tg:
+            wire = _tenant_traffic(tg.port, bad + good, 3.5)
+
+            def good_ok():
+                return all(counters(r, t) == _as_counters(wire[t]) and
+                           counters(r, t, day()) == _as_counters(wire[t]) for t in good)
+            wait_until(good_ok, scale(5), "the good tenants' counts in Redis")
+            time.sleep(2.5)                               # retries, if any, would multiply them
+            got = {t: counters(r, t) for t in good}
+            assert got == {t: _as_counters(wire[t]) for t in good}, (got, wire)
+            # nothing of the bad tenants' records was applied
+            assert r.cmd("GET", "tg:meter:badtype:%s" % month()) == "legacy"
+            assert counters(r, "badtype", day()) == _as_counters([0, 0, 0])
+            assert r.cmd("HGETALL", "tg:meter:badint:%s" % day()) == ["bytes_in", "12.5"]
+            assert counters(r, "badint") == _as_counters([0, 0, 0])
+            m = tg.metrics()
+            assert m.get("tollgate_meter_bad_key_records_total", 0) >= 2, m
+            assert m.get("tollgate_meter_bad_key_pending_records") == 2, m
+            log = tg.log_text()
+            assert "tg:meter:badtype:%s" % month() in log, log[-3000:]
+            assert "tg:meter:badint:%s" % day() in log, log[-3000:]
+            # the key is fixed: the counts held back arrive, exactly once
+            r.cmd("DEL", "tg:meter:badtype:%s" % month(), "tg:meter:badint:%s" % day())
+            _tenant_traffic(tg.port, good, 1.0, wire)
+            wait_until(lambda: all(counters(r, t) == _as_counters(wire[t]) for t in bad + good),
+                       scale(5), "the held-back counts in Redis")
+            time.sleep(2.5)
+            for t in bad + good:
+                assert counters(r, t) == _as_counters(wire[t]), (t, counters(r, t), wire[t])
+                assert counters(r, t, day()) == _as_counters(wire[t]), (t, counters(r, t, day()), wire[t])
+            assert tg.metrics().get("tollgate_meter_bad_key_pending_records") == 0
+            assert tg.stop() == 0
+            for t in bad + good:
+                assert counters(r, t) == _as_counters(wire[t]), (t, counters(r, t), wire[t])
+
+
+def test_a_stop_with_a_malformed_meter_key_multiplies_nothing():
+    """At SIGTERM the final flush resent a failing batch in a tight loop until
+    the deadline, re-applying the records before the bad key each time (tens
+    of thousands of times one request).  Now the batch goes without the bad
+    record, which is logged as lost at once; and an error reply (here every
+    batch's: <p>meter:applied is not a hash) is retried after a short delay
+    until the deadline, not in a loop."""
+    import re
+    good = ["good%d" % i for i in range(5)]
+    with Redis() as r, Backend("b") as b:
+        for t in good + ["badtype"]:
+            add_domain(r, "%s.test" % t, t, b.addr)
+        r.cmd("SET", "tg:meter:badtype:%s" % month(), "legacy")
+        with Tollgate(redis=r.url, workers=1, args=["--meter-flush-interval", "60"]) as tg:
+            wire = _tenant_traffic(tg.port, ["badtype"] + good, 0.5)
+            t0 = time.monotonic()
+            assert tg.stop() == 0
+            took = time.monotonic() - t0
+            for t in good:
+                assert counters(r, t) == _as_counters(wire[t]), (t, counters(r, t), wire[t])
+            assert r.cmd("GET", "tg:meter:badtype:%s" % month()) == "legacy"
+            log = tg.log_text()
+            want = "lost record: tenant badtype day %s bytes_in %d bytes_out %d requests %d" % (
+                day(), wire["badtype"][0], wire["badtype"][1], wire["badtype"][2])
+            assert want in log, (want, log[-3000:])
+            assert took < scale(4), took                  # no wait for a deadline: nothing can change it
+    # an error reply for the whole batch: retried with a pause until the deadline
+    with Redis() as r, Backend("b") as b:
+        add_domain(r, "good0.test", "good0", b.addr)
+        with Tollgate(redis=r.url, workers=1, drain_timeout=2,
+                      args=["--meter-flush-interval", "60"]) as tg:
+            wire = _tenant_traffic(tg.port, ["good0"], 0.3)
+            r.cmd("SET", "tg:meter:applied", "oops")
+            r.cmd("CONFIG", "RESETSTAT")
+            assert tg.stop() == 0
+            stats = r.cmd("INFO", "commandstats")
+            calls = sum(int(x) for x in re.findall(r"cmdstat_eval(?:sha)?:calls=(\d+)", stats))
+            assert 3 <= calls <= 60, (calls, stats)
+            assert counters(r, "good0") == _as_counters([0, 0, 0])
+            log = tg.log_text()
+            want = "lost record: tenant good0 day %s bytes_in %d bytes_out %d requests %d" % (
+                day(), wire["good0"][0], wire["good0"][1], wire["good0"][2])
+            assert want in log, (want, log[-3000:])

@@ -1130,6 +1130,174 @@ START_TEST(lease_script_accounts_other_instances)
 }
 END_TEST
 
+/*
+ * Flushes one record of tenant t (keys u20:meter:<t>:202501 / :20250131,
+ * u20:lease:<t>:202501) adding in to bytes_in and 1 to requests, with rsv.
+ * Returns 1 applied, 0 a replay, -1 refused (the reply then names record 0
+ * and a reason that contains want_in_why, when not NULL).
+ */
+static int flush_one(struct redis_sync *s, const char *t, const char *seq, const char *in, const char *rsv,
+                     const char *want_in_why)
+{
+    char k1[64], k2[64], k3[64];
+    snprintf(k1, sizeof(k1), "u20:meter:%s:202501", t);
+    snprintf(k2, sizeof(k2), "u20:meter:%s:20250131", t);
+    snprintf(k3, sizeof(k3), "u20:lease:%s:202501", t);
+    const char *argv[] = { "EVAL", meter_flush_lua(), "4", "u20:meter:applied", k1, k2, k3, "run-a", seq,
+                           in, "0", "1", rsv };
+    struct redis_reply *r = rcmd(s, 13, argv);
+    int rc;
+    if (redis_reply_type(r) == REDIS_T_INTEGER) {
+        rc = (int)redis_reply_int(r);
+    } else {
+        ck_assert_int_eq(redis_reply_type(r), REDIS_T_ARRAY);
+        ck_assert_int_eq(redis_reply_len(r), 2);
+        ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 0);
+        const char *why = redis_reply_str(redis_reply_elem(r, 1), NULL);
+        ck_assert_msg(!want_in_why || strstr(why, want_in_why), "reason \"%s\" lacks \"%s\"", why, want_in_why);
+        rc = -1;
+    }
+    redis_sync_reply_free(r);
+    return rc;
+}
+
+static void hset_str(struct redis_sync *s, const char *key, const char *field, const char *value)
+{
+    const char *argv[] = { "HSET", key, field, value };
+    redis_sync_reply_free(rcmd(s, 4, argv));
+}
+
+/*
+ * Redis keeps what a script wrote before an error: a batch that failed on a
+ * bad key part-way was applied in part, and each retry applied that part
+ * again.  The script checks every record first and applies nothing when any
+ * is bad, naming those (index, reason); the batch without them applies, once.
+ */
+START_TEST(flush_script_refuses_a_batch_with_a_malformed_key)
+{
+    NEED_REDIS();
+    struct redis_sync *s = rconn();
+    const char *set[] = { "SET", "u20:meter:a:202501", "legacy" };
+    redis_sync_reply_free(rcmd(s, 3, set));
+    hset_str(s, "u20:meter:b:20250131", "bytes_in", "12.5");
+    const char *push[] = { "RPUSH", "u20:lease:d:202501", "x" };
+    redis_sync_reply_free(rcmd(s, 3, push));
+    /* records: a (month key a string), b (day field not an integer), c (good),
+     * d (lease key a list, rsv 5), e (lease key d's, but rsv 0: not touched) */
+    const char *argv[] = { "EVAL", meter_flush_lua(), "16", "u20:meter:applied",
+                           "u20:meter:a:202501", "u20:meter:a:20250131", "u20:lease:a:202501",
+                           "u20:meter:b:202501", "u20:meter:b:20250131", "u20:lease:b:202501",
+                           "u20:meter:c:202501", "u20:meter:c:20250131", "u20:lease:c:202501",
+                           "u20:meter:d:202501", "u20:meter:d:20250131", "u20:lease:d:202501",
+                           "u20:meter:e:202501", "u20:meter:e:20250131", "u20:lease:d:202501",
+                           "run-a", "1",
+                           "10", "20", "1", "0",
+                           "10", "20", "1", "0",
+                           "10", "20", "1", "0",
+                           "10", "20", "1", "5",
+                           "10", "20", "1", "0" };
+    const int argc = (int)(sizeof(argv) / sizeof(argv[0]));
+    for (int round = 0; round < 2; round++) {   /* a retry is refused the same way */
+        struct redis_reply *r = rcmd(s, argc, argv);
+        ck_assert_int_eq(redis_reply_type(r), REDIS_T_ARRAY);
+        ck_assert_int_eq(redis_reply_len(r), 6);
+        ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 0);
+        ck_assert_ptr_nonnull(strstr(redis_reply_str(redis_reply_elem(r, 1), NULL), "u20:meter:a:202501 is a string"));
+        ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 2)), 1);
+        ck_assert_ptr_nonnull(strstr(redis_reply_str(redis_reply_elem(r, 3), NULL),
+                                     "u20:meter:b:20250131 field bytes_in is not an integer"));
+        ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 4)), 3);
+        ck_assert_ptr_nonnull(strstr(redis_reply_str(redis_reply_elem(r, 5), NULL), "u20:lease:d:202501 is a list"));
+        redis_sync_reply_free(r);
+        /* nothing applied, seq not recorded */
+        ck_assert_int_eq(hget_int(s, "u20:meter:c:202501", "bytes_in"), 0);
+        ck_assert_int_eq(hget_int(s, "u20:meter:e:20250131", "requests"), 0);
+        ck_assert_int_eq(hget_int(s, "u20:meter:b:202501", "requests"), 0);
+        ck_assert_int_eq(hget_int(s, "u20:meter:applied", "run-a"), 0);
+    }
+    /* The same seq without the refused records (c and e): applied once. */
+    const char *rest[] = { "EVAL", meter_flush_lua(), "7", "u20:meter:applied",
+                           "u20:meter:c:202501", "u20:meter:c:20250131", "u20:lease:c:202501",
+                           "u20:meter:e:202501", "u20:meter:e:20250131", "u20:lease:d:202501",
+                           "run-a", "1", "10", "20", "1", "0", "10", "20", "1", "0" };
+    for (int round = 0; round < 2; round++) {
+        struct redis_reply *r = rcmd(s, 20, rest);
+        ck_assert_int_eq(redis_reply_type(r), REDIS_T_INTEGER);
+        ck_assert_int_eq(redis_reply_int(r), round == 0 ? 1 : 0);
+        redis_sync_reply_free(r);
+    }
+    ck_assert_int_eq(hget_int(s, "u20:meter:c:202501", "bytes_out"), 20);
+    ck_assert_int_eq(hget_int(s, "u20:meter:e:20250131", "requests"), 1);
+
+    /* What HINCRBY accepts (Redis's string2ll), and its overflow, exactly. */
+    static const char *const bad_values[] = { "12.5", "", "007", "-0", "+5", " 5", "5 ", "1e5", "0x10",
+                                              "9223372036854775808", "-9223372036854775809",
+                                              "99999999999999999999999" };
+    char seq[16];
+    int n = 10;
+    for (size_t i = 0; i < sizeof(bad_values) / sizeof(bad_values[0]); i++) {
+        hset_str(s, "u20:meter:v:20250131", "bytes_in", bad_values[i]);
+        snprintf(seq, sizeof(seq), "%d", n++);
+        ck_assert_msg(flush_one(s, "v", seq, "1", "0", "field bytes_in is not an integer") == -1, "value \"%s\"",
+                      bad_values[i]);
+    }
+    /* The same checks on a hash Redis no longer keeps compact (a long
+     * value elsewhere in it): lengths first, then values. */
+    char longv[200];
+    memset(longv, 'n', sizeof(longv) - 1);
+    longv[sizeof(longv) - 1] = 0;
+    hset_str(s, "u20:meter:h:20250131", "note", longv);
+    hset_str(s, "u20:meter:h:20250131", "bytes_in", "12.5");
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "h", seq, "1", "0", "field bytes_in is not an integer"), -1);
+    hset_str(s, "u20:meter:h:20250131", "bytes_in", longv);
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "h", seq, "1", "0", "field bytes_in is not an integer"), -1);
+    hset_str(s, "u20:meter:h:20250131", "bytes_in", "");
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "h", seq, "1", "0", "field bytes_in is not an integer"), -1);
+    hset_str(s, "u20:meter:h:20250131", "bytes_in", "41");
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "h", seq, "1", "0", NULL), 1);
+    ck_assert_int_eq(hget_int(s, "u20:meter:h:20250131", "bytes_in"), 42);
+    ck_assert_int_eq(hget_int(s, "u20:meter:h:20250131", "requests"), 1);
+    static const char *const good_values[] = { "0", "-5", "17", "9223372036854775806", "-9223372036854775808" };
+    for (size_t i = 0; i < sizeof(good_values) / sizeof(good_values[0]); i++) {
+        hset_str(s, "u20:meter:w:20250131", "bytes_in", good_values[i]);
+        snprintf(seq, sizeof(seq), "%d", n++);
+        ck_assert_msg(flush_one(s, "w", seq, "1", "0", NULL) == 1, "value \"%s\"", good_values[i]);
+    }
+    ck_assert_int_eq(hget_int(s, "u20:meter:w:20250131", "bytes_in"), -9223372036854775807LL);
+    /* 2^63 - 1 is reached, not passed */
+    hset_str(s, "u20:meter:x:20250131", "bytes_in", "9223372036854775797");
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "x", seq, "11", "0", "field bytes_in would overflow"), -1);
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "x", seq, "10", "0", NULL), 1);
+    ck_assert_int_eq(hget_int(s, "u20:meter:x:20250131", "bytes_in"), 9223372036854775807LL);
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "y", seq, "9223372036854775808", "0", "would overflow"), -1);
+    snprintf(seq, sizeof(seq), "%d", n++);
+    ck_assert_int_eq(flush_one(s, "y", seq, "18446744073709551615", "0", "out of range"), -1);
+    /* Two records of one batch on the same month key: the sum counts. */
+    hset_str(s, "u20:meter:z:202501", "bytes_out", "9223372036854775790");
+    snprintf(seq, sizeof(seq), "%d", n++);
+    const char *two[] = { "EVAL", meter_flush_lua(), "7", "u20:meter:applied",
+                          "u20:meter:z:202501", "u20:meter:z:20250130", "u20:lease:z:202501",
+                          "u20:meter:z:202501", "u20:meter:z:20250131", "u20:lease:z:202501",
+                          "run-a", seq, "0", "10", "1", "0", "0", "10", "1", "0" };
+    struct redis_reply *r = rcmd(s, 20, two);
+    ck_assert_int_eq(redis_reply_type(r), REDIS_T_ARRAY);
+    ck_assert_int_eq(redis_reply_len(r), 2);
+    ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 1);
+    ck_assert_ptr_nonnull(strstr(redis_reply_str(redis_reply_elem(r, 1), NULL),
+                                 "u20:meter:z:202501 field bytes_out would overflow"));
+    redis_sync_reply_free(r);
+    ck_assert_int_eq(hget_int(s, "u20:meter:z:202501", "bytes_out"), 9223372036854775790LL);
+    redis_sync_free(s);
+}
+END_TEST
+
 Suite *meter_suite(void)
 {
     Suite *s = suite_create("meter");
@@ -1155,6 +1323,7 @@ Suite *meter_suite(void)
     tcase_add_unchecked_fixture(tc, redis_setup, redis_teardown);
     tcase_add_test(tc, flush_script_is_idempotent);
     tcase_add_test(tc, flush_script_moves_rsv_from_held_to_usage);
+    tcase_add_test(tc, flush_script_refuses_a_batch_with_a_malformed_key);
     tcase_add_test(tc, lease_script_counts_inflight_batch_once);
     tcase_add_test(tc, lease_script_reads_tenant_policy);
     tcase_add_test(tc, policy_change_reaches_inflight_transfer);
