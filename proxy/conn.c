@@ -146,6 +146,7 @@ struct req {
     unsigned char req_mode;         /* enum body_mode */
     unsigned char resp_mode;
     unsigned char attempts;
+    unsigned char stale_retries;    /* dead pooled connections passed over (not counted as attempts) */
     unsigned char redirect_https;
     unsigned char interims;         /* 1xx heads read for this request (MAX_INTERIM) */
     unsigned short admit_waits;
@@ -2379,10 +2380,12 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
     if (c->state == CS_TUNNEL) {
         if ((what & BEV_EVENT_TIMEOUT) && tunnel_rearm(c, bev, what))
             return;
-        if ((what & BEV_EVENT_EOF) && !(c->flags & CF_CLIENT_EOF)) {
+        if (what & BEV_EVENT_EOF) {
             /* Half-close: deliver what the backend sent, pass the FIN on,
              * and keep carrying the client's bytes until it closes too (a
-             * backend that closed for good resets them: the error below). */
+             * backend that closed for good resets them: the error below).
+             * When the client had closed first, the tunnel ends once the
+             * last byte is out (tunnel_half_close). */
             c->flags |= CF_UP_FIN;
             bufferevent_disable(bev, EV_READ);
             if (relay_tunnel(c, bev, c->bev, 0) < 0)
@@ -2439,8 +2442,13 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             r->flags &= ~RF_HEAD_SENT;
             /* Not a try of the backend (nginx does not count one either):
              * after a reboot every pooled connection to it may be dead,
-             * each found so only by writing to it.  The pool is finite. */
-            r->attempts--;
+             * each found so only by writing to it -- up to as many as a
+             * backend's pool holds; past that (a backend that drops every
+             * reused connection while others refill the pool) they count. */
+            if (r->stale_retries < UPSTREAM_POOL_MAX_IDLE) {
+                r->stale_retries++;
+                r->attempts--;
+            }
             start_upstream(c);
             return;
         }

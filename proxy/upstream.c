@@ -31,7 +31,7 @@
 #include "proxy/log.h"
 #include "routing/route.h"
 
-#define POOL_MAX_IDLE_PER_KEY 64
+#define POOL_MAX_IDLE_PER_KEY UPSTREAM_POOL_MAX_IDLE
 #define POOL_MAX_KEYS 1024
 #define POOL_MAX_PROBE 32      /* bounded lookups: a full table means "not pooled" */
 

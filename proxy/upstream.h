@@ -31,6 +31,9 @@ void upstream_pool_flush(struct upstream_pool *p);
  * (one recv(MSG_PEEK) per connection looked at).  NULL when none is clean.
  */
 struct bufferevent *upstream_pool_get(struct upstream_pool *p, const struct route_target *t);
+/* Idle connections the pool keeps per backend (per worker). */
+#define UPSTREAM_POOL_MAX_IDLE 64
+
 /* Gives a clean connection back (the pool owns it then). */
 void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, struct bufferevent *bev);
 

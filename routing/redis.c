@@ -70,6 +70,7 @@
  * dial a second per link costs a down Redis nothing to speak of. */
 #define REDIS_BACKOFF_MAX_MS 1000
 #define REDIS_HEARTBEAT_S    1.0      /* PING after this long without reading anything */
+#define REDIS_HB_DEADLINE_S  1.0      /* a PING's answer may take at least this long */
 #define REDIS_COARSE_SLACK   0.005    /* mono_coarse() lags by up to a kernel tick */
 
 /* ---------------------------------------------------------------- URLs -- */
@@ -803,6 +804,18 @@ static int hb_send(struct link *l)
 }
 
 /*
+ * How long a heartbeat PING may wait for its answer: the command timeout,
+ * but never under REDIS_HB_DEADLINE_S.  A hung Redis shows within seconds
+ * either way, and a stall of a few hundred milliseconds (a fork for a
+ * snapshot, another client's slow script) does not drop idle links and
+ * flap /healthz -- commands in flight still have their own deadline.
+ */
+static double hb_deadline(const struct redis_conn *c)
+{
+    return c->cmd_timeout > REDIS_HB_DEADLINE_S ? c->cmd_timeout : REDIS_HB_DEADLINE_S;
+}
+
+/*
  * The heartbeat timer: armed when the link comes up, then re-armed here
  * only (once a second while commands flow; a reply never touches it).
  */
@@ -817,12 +830,12 @@ static void hb_cb(evutil_socket_t fd, short what, void *arg)
     if (c->hb_sent > 0) {
         if (c->last_rx >= c->hb_sent) {
             c->hb_sent = 0;       /* answered */
-        } else if (now - c->hb_sent >= c->cmd_timeout - REDIS_COARSE_SLACK) {
+        } else if (now - c->hb_sent >= hb_deadline(c) - REDIS_COARSE_SLACK) {
             c->hb_sent = 0;
             conn_timed_out(c, "PING");
             return;
         } else {
-            hb_arm(c, c->hb_sent + c->cmd_timeout - now);
+            hb_arm(c, c->hb_sent + hb_deadline(c) - now);
             return;
         }
     }
@@ -837,7 +850,7 @@ static void hb_cb(evutil_socket_t fd, short what, void *arg)
     }
     if (hb_send(c->link) == 0) {
         c->hb_sent = now;
-        hb_arm(c, c->cmd_timeout);
+        hb_arm(c, hb_deadline(c));
     } else {
         hb_arm(c, REDIS_HEARTBEAT_S);
     }

@@ -47,11 +47,12 @@ typedef void (*redis_state_cb)(void *arg, int up);
  * must not hold requests).  NULL with err when the URL does not parse.
  *
  * Heartbeat: a connection that has read nothing from Redis for 1 s and has
- * no command outstanding sends PING; unanswered within cmd_timeout_s, the
- * PING drops the connection exactly as a late command does (pending
- * commands fail with "timeout", state_cb(0), redial).  So a stopped Redis
- * (SIGSTOP, a frozen host: TCP still up, keepalive still answered by the
- * kernel) is seen as down within about 1 s + cmd_timeout_s even while idle,
+ * no command outstanding sends PING; unanswered within cmd_timeout_s (but
+ * never less than 1 s: a stall of a few hundred milliseconds must not flap
+ * idle links), the PING drops the connection exactly as a late command
+ * does (pending commands fail with "timeout", state_cb(0), redial).  So a
+ * stopped Redis (SIGSTOP, a frozen host: TCP still up, keepalive still
+ * answered by the kernel) is seen as down within about 2 s even while idle,
  * and an idle connection costs Redis about one PING a second.  It works on
  * a subscribed connection too (RESP2: the reply ["pong", ""] reaches no
  * subscription callback), except after a (P)UNSUBSCRIBE was sent on it,
