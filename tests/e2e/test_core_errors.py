@@ -383,4 +383,7 @@ def test_used_up_descriptors_pause_accepting_instead_of_spinning():
         assert r.status == 200 and r.body == pattern(7), (r.status, r.body[:100])
         waiter.close()
         lines = [l for l in tg.log_text().splitlines() if "accept" in l]
-        assert 1 <= len(lines) <= 5, lines[:10]
+        # (Under valgrind, whose own descriptor limit sits below the one set
+        # here, accept() succeeds and valgrind closes the socket: no EMFILE
+        # reaches tollgate, so there is nothing to log.)
+        assert len(lines) <= 5 and (lines or WRAPPER), lines[:10]
