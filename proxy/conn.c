@@ -2393,10 +2393,11 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             tunnel_half_close(c);
             return;
         }
-        /* Backend closed the tunnel: flush what it sent, then end.  The
-         * client may still be talking: a lingering close (conn_end), as a
-         * plain one would make Linux reset the connection and throw away
-         * what it still held for the client, counted but undelivered. */
+        /* The backend reset the tunnel (or timed out): flush what it sent,
+         * then end.  The client may still be talking: a lingering close
+         * (conn_end), as a plain one would make Linux reset the connection
+         * and throw away what it still held for the client, counted but
+         * undelivered. */
         if (relay_tunnel(c, bev, c->bev, 0) < 0)
             return;
         up_detach(c, 0);

@@ -1375,33 +1375,32 @@ static void rec_merge(struct meter_rec *p, const struct meter_rec *r)
     p->rsv += r->rsv;
 }
 
-/* Adds r to m->pending, merged with the tenant's latest record when it is
- * of the same day.  0, or -1 when out of memory. */
-static int pending_add(struct meter *m, const struct meter_rec *r)
+/* Adds r to v, merged with the record *idx points at (the tenant's latest
+ * in v) when it is of the same day.  0, or -1 when out of memory. */
+static int vec_add_merged(struct meter_vec *v, ssize_t *idx, const struct meter_rec *r)
 {
-    struct meter_gt *g = r->g;
-    if (g->pend_idx >= 0 && m->pending.v[g->pend_idx].day == r->day) {
-        rec_merge(&m->pending.v[g->pend_idx], r);
+    if (*idx >= 0 && v->v[*idx].day == r->day) {
+        rec_merge(&v->v[*idx], r);
         return 0;
     }
-    if (vec_push(&m->pending, r) < 0)
+    if (vec_push(v, r) < 0)
         return -1;
-    g->pend_idx = (ssize_t)m->pending.n - 1;
+    *idx = (ssize_t)v->n - 1;
     return 0;
+}
+
+/* Adds r to m->pending, merged per (tenant, day). */
+static int pending_add(struct meter *m, const struct meter_rec *r)
+{
+    return vec_add_merged(&m->pending, &r->g->pend_idx, r);
 }
 
 /* Keeps a record Redis refused (a malformed key) in m->parked, merged like
  * m->pending.  0, or -1 when out of memory. */
 static int parked_add(struct meter *m, const struct meter_rec *r)
 {
-    struct meter_gt *g = r->g;
-    if (g->park_idx >= 0 && m->parked.v[g->park_idx].day == r->day) {
-        rec_merge(&m->parked.v[g->park_idx], r);
-        return 0;
-    }
-    if (vec_push(&m->parked, r) < 0)
+    if (vec_add_merged(&m->parked, &r->g->park_idx, r) < 0)
         return -1;
-    g->park_idx = (ssize_t)m->parked.n - 1;
     atomic_store_explicit(&m->st_parked_recs, m->parked.n, RELAXED);
     return 0;
 }
