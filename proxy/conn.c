@@ -579,7 +579,13 @@ static void reject(struct conn *c, int status)
             conn_close(c);
             return;
         }
-        evutil_gettimeofday(&c->req->start, NULL);
+        /* The duration runs from the head's first byte, as for any
+         * request (a slow head rejected with 408 shows how long it took). */
+        if (evutil_timerisset(&c->head_start))
+            c->req->start = c->head_start;
+        else
+            evutil_gettimeofday(&c->req->start, NULL);
+        evutil_timerclear(&c->head_start);
         /* What was read of the rejected head is the request's bytes in. */
         c->req->head_len = evbuffer_get_length(bufferevent_get_input(c->bev));
     }

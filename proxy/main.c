@@ -8,10 +8,12 @@
  * Binding the listeners is left to start-up, as nginx -t does.
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config/config.h"
 #include "proxy/log.h"
@@ -22,6 +24,16 @@ int main(int argc, char **argv)
 {
     struct tg_config cfg;
     char err[CFG_ERRLEN];
+
+    /* Descriptors 0-2 are taken (by /dev/null when the parent closed them):
+     * otherwise the first file opened — a log, a socket — would become
+     * "stderr", and error-log lines would land in it. */
+    for (int fd; (fd = open("/dev/null", O_RDWR)) >= 0;) {
+        if (fd > STDERR_FILENO) {
+            close(fd);
+            break;
+        }
+    }
 
     /* Body relays take and give back 64 KiB buffer chains many times a
      * second.  glibc would hand the freed top of each worker's heap back to

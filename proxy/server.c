@@ -641,6 +641,10 @@ static void reload(struct server *s)
     if (rc == 0 && !(g->addrs = route_addrs_resolve(&g->cfg, err, sizeof(err))))
         rc = -1;
     if (rc != 0) {
+        /* The running configuration's logs are reopened all the same: a
+         * rotation (rename, then SIGHUP) must not leave them writing to the
+         * renamed files because the new file has an error. */
+        log_reopen();
         log_err("%s: reload failed, keeping the running configuration: %s", __func__, err);
         cfg_free(&g->cfg);
         free(g);

@@ -425,3 +425,31 @@ def test_error_log_off_is_refused_not_a_file_named_off():
                    "destination" % tg.config_path in tg.log_text(), scale(5), "the reload error in the log")
     r = run_tollgate("-t", "--error-log", "/dev/null")
     assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+
+
+def test_closed_stderr_does_not_send_error_lines_into_the_access_log():
+    """Started with descriptor 2 closed (`2>&-`, some service managers), the
+    access log must not become "stderr": descriptors 0-2 are filled with
+    /dev/null first, so error-log lines never land among access lines."""
+    d = tmpdir()
+    alog = os.path.join(d, "access.log")
+    port, admin = free_port(), free_port()
+    with Backend("b1") as b:
+        argv = list(WRAPPER) + [TOLLGATE, "--listen", "127.0.0.1:%d" % port,
+                                "--admin-listen", "127.0.0.1:%d" % admin, "--workers", "1",
+                                "--access-log", alog, "--route", "app.test=" + b.addr]
+        p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             preexec_fn=lambda: os.close(2))
+        try:
+            wait_port(port, scale(10), p)
+            assert http(port, "GET", "/echo?one", "app.test")[0] == 200
+            assert http(port, "GET", "/echo?two", "unknown.test")[0] == 404
+            wait_until(lambda: sum(1 for l in open(alog) if "/echo?two" in l) == 1, scale(3),
+                       "the second access line")
+        finally:
+            p.terminate()
+            p.wait(scale(10))
+        with open(alog, errors="replace") as f:
+            lines = f.read().splitlines()
+        assert len(lines) == 2, lines
+        assert '"GET /echo?one" 200 ' in lines[0] and '"GET /echo?two" 404 ' in lines[1], lines

@@ -246,3 +246,29 @@ def test_an_idle_tunnel_ends_one_fractional_timeout_after_its_last_byte():
             c.read_to_eof()
             took = time.monotonic() - t0
             assert 2.3 <= took < 2.5 + scale(0.6), took
+
+
+def test_a_rejected_slow_head_is_logged_with_the_time_it_took():
+    """The access log's duration of a head rejected for taking too long
+    (408) or for a bad field that came late (400) runs from the head's first
+    byte, as for any request: a slow client shows as slow.  (Rejected heads
+    were logged with 0.000.)"""
+    with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1.5"]) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /slow408 HTTP/1.1\r\nHost: app.test\r\n")
+            took, status, _ = _wait_close_or_408(c, scale(5))
+            assert status in (None, 408)
+        with RawConn(tg.port) as c:
+            c.send(b"GET /bad400 HTTP/1.1\r\nHost: app.test\r\n")
+            time.sleep(0.8)
+            c.send(b"Bad Field: x\r\n\r\n")
+            took, status, _ = _wait_close_or_408(c, scale(5))
+            assert status == 400
+        wait_until(lambda: len(tg.access_log_lines()) >= 2, scale(3), "two access-log lines")
+        lines = tg.access_log_lines()
+        by_status = {l.split()[5]: l for l in lines}
+        assert set(by_status) == {"408", "400"}, lines
+        d408 = float(by_status["408"].split()[9])
+        d400 = float(by_status["400"].split()[9])
+        assert 1.4 <= d408 < scale(4), by_status["408"]
+        assert 0.75 <= d400 < scale(3), by_status["400"]
