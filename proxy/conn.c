@@ -40,6 +40,7 @@
 #include <string.h>
 #include <time.h>
 #include <arpa/inet.h>
+#include <sys/socket.h>
 #include <netinet/in.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -2724,22 +2725,49 @@ static void conn_close(struct conn *c)
     worker_conn_remove(w);
 }
 
+/* Does the kernel hold bytes from the client that the loop has not read? */
+static int client_bytes_waiting(int fd)
+{
+    char b;
+    return recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
+/*
+ * Idle keep-alive connections close at once; the others finish their
+ * exchange and close after it (CF_CLOSE_AFTER: `Connection: close`).  An
+ * idle connection whose next request already sits in the kernel (sent
+ * before the client could know of the stop) is not idle: closing it would
+ * drop that request unanswered, so it is read and answered like the rest —
+ * a parked one is woken as if its read event had fired.
+ */
 void conn_drain_all(void)
 {
     struct conn *c = conn_list, *next;
     for (; c; c = next) {
         next = c->next;
         c->flags |= CF_DRAINING | CF_CLOSE_AFTER;
-        if (!c->bev
-            || (c->state == CS_HEAD && !c->req && evbuffer_get_length(bufferevent_get_input(c->bev)) == 0))
-            conn_close(c);
+        if (c->bev && (c->state != CS_HEAD || c->req || evbuffer_get_length(bufferevent_get_input(c->bev)) > 0))
+            continue;
+        if (c->state == CS_HEAD && (c->bev || c->park_ev) && client_bytes_waiting(c->fd)) {
+            if (c->park_ev)
+                event_active(c->park_ev, EV_READ, 0);
+            continue;
+        }
+        conn_close(c);
     }
 }
 
 void conn_abort_all(void)
 {
-    while (conn_list)
-        conn_close(conn_list);
+    while (conn_list) {
+        struct conn *c = conn_list;
+        /* Closed by tollgate, not by the client: 444 in the access log
+         * (nginx's code for a connection closed without an answer) rather
+         * than the 499 of a client that left. */
+        if (c->req && c->req->status == 0)
+            c->req->status = 444;
+        conn_close(c);
+    }
 }
 
 void conn_thread_cleanup(void)

@@ -18,8 +18,10 @@ struct conn;
 void conn_accept(struct worker *w, int fd, const struct sockaddr *sa, socklen_t salen);
 
 /*
- * Graceful stop of the calling worker's connections: an idle one closes now,
- * a busy one after its current response (sent with Connection: close).
+ * Graceful stop of the calling worker's connections: an idle one closes now
+ * (unless its next request is already waiting in the kernel: that one is
+ * answered), a busy one after its current response (sent with
+ * Connection: close).
  */
 void conn_drain_all(void);
 /* Closes every connection of the calling worker at once (drain timeout over). */

@@ -532,10 +532,24 @@ static void worker_free(struct worker *w)
 /* ---------------------------------------------------------------------- */
 /* Signals (main thread)                                                  */
 
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg);
+
+/*
+ * SIGTERM/SIGINT: stop accepting and let in-flight exchanges finish for up
+ * to drain-timeout.  A second signal during the drain ends it at once, as
+ * the timeout would (Caddy's and systemd's "stop now"; Ctrl-C twice); the
+ * meter's final flush still runs.
+ */
 static void start_drain(struct server *s)
 {
-    if (s->draining)
+    if (s->draining) {
+        if (evtimer_pending(s->drain_timer, NULL)) {
+            log_notice("%s: second stop signal: closing the connections still open now", __func__);
+            evtimer_del(s->drain_timer);
+            drain_timeout_cb(-1, EV_TIMEOUT, s);
+        }
         return;
+    }
     s->draining = 1;
     log_notice("%s: stopping: finishing in-flight requests (up to %.0f s)", __func__, s->gen->cfg.drain_timeout);
     admin_set_draining(1);
