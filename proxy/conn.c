@@ -570,8 +570,11 @@ static void respond_body(struct conn *c, int status, const char *body, size_t bl
     bufferevent_enable(c->bev, EV_WRITE);
 }
 
-/* A parse error before any request state exists: answer and close. */
-static void reject(struct conn *c, int status)
+/* A parse error before any request state exists: answer and close.  rq:
+ * what h1_parse_request() made of the head, or NULL when it never ran; the
+ * access log then shows the method and target when the request line
+ * parsed (as nginx logs its request line), "- -" otherwise. */
+static void reject(struct conn *c, int status, const struct h1_request *rq)
 {
     worker_metrics(c->w)->bad_requests++;
     if (!c->req) {
@@ -589,6 +592,10 @@ static void reject(struct conn *c, int status)
         evutil_timerclear(&c->head_start);
         /* What was read of the rejected head is the request's bytes in. */
         c->req->head_len = evbuffer_get_length(bufferevent_get_input(c->bev));
+        if (rq && rq->method.p && rq->target.p) {
+            copy_str(c->req->method, sizeof(c->req->method), rq->method.p, rq->method.len);
+            copy_str(c->req->path, sizeof(c->req->path), rq->target.p, rq->target.len);
+        }
     }
     c->flags |= CF_UNREAD;   /* the rest of it may still be coming */
     respond_local(c, status, NULL, NULL, 1);
@@ -732,21 +739,21 @@ static void conn_process(struct conn *c)
         evutil_timersub(&now, &c->head_start, &d);
         double left = cfg->client_header_timeout - tv_s(d);
         if (left <= 0) {
-            reject(c, 408);
+            reject(c, 408, NULL);
             return;
         }
         set_client_timeouts(c, left, 0);
         return;
     }
     if (hl < 0) {
-        reject(c, (int)-hl);
+        reject(c, (int)-hl, NULL);
         return;
     }
     struct h1_request *rq = &parsed_rq;
     parsed_req = NULL;
     int rc = h1_parse_request((const char *)buf, (size_t)hl, rq);
     if (rc < 0) {
-        reject(c, -rc);
+        reject(c, -rc, rq);
         return;
     }
     struct req *r = req_new();
@@ -2217,7 +2224,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         if (c->state == CS_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) > 0 && !c->req) {
-            reject(c, 408);     /* slow head */
+            reject(c, 408, NULL);     /* slow head */
             return;
         }
         if (c->state == CS_HEAD && !c->req && (what & BEV_EVENT_READING) && evutil_timerisset(&c->last_activity)

@@ -252,7 +252,8 @@ def test_a_rejected_slow_head_is_logged_with_the_time_it_took():
     """The access log's duration of a head rejected for taking too long
     (408) or for a bad field that came late (400) runs from the head's first
     byte, as for any request: a slow client shows as slow.  (Rejected heads
-    were logged with 0.000.)"""
+    were logged with 0.000.)  A head whose request line parsed names its
+    method and target (it was "- -")."""
     with Backend("b1") as b, _tg(b, ["--client-header-timeout", "1.5"]) as tg:
         with RawConn(tg.port) as c:
             c.send(b"GET /slow408 HTTP/1.1\r\nHost: app.test\r\n")
@@ -272,3 +273,5 @@ def test_a_rejected_slow_head_is_logged_with_the_time_it_took():
         d400 = float(by_status["400"].split()[9])
         assert 1.4 <= d408 < scale(4), by_status["408"]
         assert 0.75 <= d400 < scale(3), by_status["400"]
+        # the 400's request line parsed: it is named, as nginx names it
+        assert '"GET /bad400" 400 ' in by_status["400"], by_status["400"]
