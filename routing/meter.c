@@ -1306,10 +1306,13 @@ static size_t throttle_take(struct meter_gt *g, size_t want, unsigned *retry_ms)
         }
     }
     int64_t tok = atomic_load_explicit(&g->tb_tokens, RELAXED);
+    /* A grant is at least a useful amount (1/4 of the bucket, or want when
+     * less): handing out the few tokens that build up during one system
+     * call would make a paced transfer spin, moving a hundred bytes per
+     * wake-up (with a splice pump, a core at 100% for a 1 MB/s throttle). */
+    int64_t need = (int64_t)want < burst / 4 ? (int64_t)want : burst / 4;
     for (;;) {
-        if (tok <= 0) {
-            /* wait until at least a useful amount (1/4 of the bucket or want) is there */
-            int64_t need = (int64_t)want < burst / 4 ? (int64_t)want : burst / 4;
+        if (tok < need) {
             if (retry_ms)
                 *retry_ms = meter_tb_retry_ms(need - tok, rate);
             return 0;
