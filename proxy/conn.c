@@ -109,6 +109,7 @@ enum {
     RF_ADMITTED      = 1 << 18, /* the meter admitted it (counted as a request): its bytes are billed */
     RF_AWAIT_100     = 1 << 19, /* Expect: 100-continue, no body byte yet: the backend owes an answer */
     RF_PICKED        = 1 << 20, /* r->target counts as active for least_conn (pick_end() ends it) */
+    RF_THR_DOWN_1ST  = 1 << 21, /* the throttle timer's next turn serves backend -> client first */
 };
 
 /* struct conn flags */
@@ -2018,9 +2019,15 @@ static void throttle_cb(evutil_socket_t fd, short what, void *arg)
     if (!r)
         return;
     r->flags &= ~RF_THROTTLED;
+    /* The two directions take turns at going first: the first may take
+     * every token, and a duplex stream (a WebSocket, an upload beside its
+     * download) must not see one way starved (it got 1-4% of the rate). */
+    int down_first = (r->flags & RF_THR_DOWN_1ST) != 0;
+    r->flags ^= RF_THR_DOWN_1ST;
     if (c->state == CS_TUNNEL) {
         c->flags &= ~(CF_CLIENT_PAUSED | CF_UP_PAUSED);
-        if (relay_tunnel(c, c->bev, r->up, 1) < 0 || relay_tunnel(c, r->up, c->bev, 0) < 0)
+        if (down_first ? relay_tunnel(c, r->up, c->bev, 0) < 0 || relay_tunnel(c, c->bev, r->up, 1) < 0
+                       : relay_tunnel(c, c->bev, r->up, 1) < 0 || relay_tunnel(c, r->up, c->bev, 0) < 0)
             return;
         if (!(c->flags & (CF_CLIENT_PAUSED | CF_CLIENT_EOF)))
             bufferevent_enable(c->bev, EV_READ);
@@ -2029,19 +2036,21 @@ static void throttle_cb(evutil_socket_t fd, short what, void *arg)
         tunnel_half_close(c);
         return;
     }
-    if (r->up && !(r->flags & RF_REQ_DONE) && (r->flags & RF_HEAD_SENT)) {
-        c->flags &= ~CF_CLIENT_PAUSED;
-        if (relay_request_body(c) < 0)
-            return;
-        if (!(c->flags & CF_CLIENT_PAUSED))
-            bufferevent_enable(c->bev, EV_READ);
-    }
-    if (r->up && (r->flags & RF_RESP_HEAD)) {
-        c->flags &= ~CF_UP_PAUSED;
-        if (relay_response_body(c) < 0)
-            return;
-        if (!(c->flags & CF_UP_PAUSED) && !(r->flags & RF_UP_EOF) && r->up)
-            bufferevent_enable(r->up, EV_READ);
+    for (int turn = 0; turn < 2; turn++) {
+        if ((turn == 0) != down_first && r->up && !(r->flags & RF_REQ_DONE) && (r->flags & RF_HEAD_SENT)) {
+            c->flags &= ~CF_CLIENT_PAUSED;
+            if (relay_request_body(c) < 0)
+                return;
+            if (!(c->flags & CF_CLIENT_PAUSED))
+                bufferevent_enable(c->bev, EV_READ);
+        }
+        if ((turn == 0) == down_first && r->up && (r->flags & RF_RESP_HEAD)) {
+            c->flags &= ~CF_UP_PAUSED;
+            if (relay_response_body(c) < 0)
+                return;
+            if (!(c->flags & CF_UP_PAUSED) && !(r->flags & RF_UP_EOF) && r->up)
+                bufferevent_enable(r->up, EV_READ);
+        }
     }
 }
 
@@ -2658,18 +2667,33 @@ static void conn_end(struct conn *c)
 
 /*
  * Ends a connection whose transfer the meter cut (the tenant's cap or a
- * suspension): what the kernel already took, and counted, still reaches the
- * client -- closing with client bytes unread would make Linux reset the
- * connection and throw it away -- and what tollgate had not handed over is
- * dropped, uncounted.  Then a lingering close, as conn_end().
+ * suspension).  The backend goes at once, with whatever tollgate still held
+ * of it.  What the client's output buffer holds was granted by the meter
+ * (or is a head, sent whatever happens): it still goes, and is counted as
+ * the kernel takes it, so that a download stops at its budget, not up to a
+ * buffer short of it (the next request then found budget left and got 200,
+ * not 509).  Then a lingering close, as conn_end(): closing with client bytes
+ * unread would make Linux reset the connection and throw away what the
+ * kernel already took, and counted.
  */
 static void conn_cut(struct conn *c)
 {
-    struct evbuffer *out = bufferevent_get_output(c->bev);
-    evbuffer_remove_cb(out, client_out_cb, c);   /* dropped is not sent */
-    evbuffer_drain(out, evbuffer_get_length(out));
+    struct req *r = c->req;
     if (!(c->flags & CF_CLIENT_EOF))
         c->flags |= CF_UNREAD;
+    if (r) {
+        if (r->timer)
+            event_del(r->timer);
+        r->flags &= ~RF_THROTTLED;
+        up_detach(c, 0);
+    }
+    if (evbuffer_get_length(bufferevent_get_output(c->bev)) > 0) {
+        set_state(c, CS_CLOSING);   /* client_write_cb() ends it once flushed */
+        c->flags |= CF_CLOSE_AFTER;
+        bufferevent_disable(c->bev, EV_READ);
+        bufferevent_enable(c->bev, EV_WRITE);
+        return;
+    }
     conn_end(c);
 }
 
