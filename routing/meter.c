@@ -386,17 +386,21 @@ static const char flush_lua[] =
  * usage and no longer held.  (KEYS[3], ARGV[9], ARGV[10] are optional.)
  * remaining = cap - usage - held(others, unexpired) - held(self);
  * slice = min(max(min_slice, remaining / (k * active)), want, remaining).
- * KEYS[4] (optional) = <prefix>tenant:<tenant>: the script reads cap_bytes
- * and suspended itself, so that a policy changed in Redis reaches an
- * in-flight transfer at its next lease (every interval while it is active)
- * rather than with the tenant's next request.  A cap_bytes that parses as
- * routing parses it (1..18 decimal digits) replaces ARGV[2]; otherwise the
- * cap passed in is used, as before.  Lengths are checked (HSTRLEN) before a
- * value is read: Redis allows 512 MB, and copying such a value into Lua
- * would stall Redis for every client.
- * Returns {slice, remaining - slice, active instances, usage, rcap, susp}:
- * rcap is the cap_bytes string the script used, or -1 when the hash has no
- * valid one; susp is 1 when suspended is "1", else 0 (routing's rules).
+ * KEYS[4] (optional) = <prefix>tenant:<tenant>: the script reads cap_bytes,
+ * suspended, cap_action and throttle_bps itself, so that a policy changed in
+ * Redis reaches an in-flight transfer at its next lease (every interval
+ * while it is active, over the cap and throttled included) rather than with
+ * the tenant's next request.  A cap_bytes that parses as routing parses it
+ * (1..18 decimal digits) replaces ARGV[2]; otherwise the cap passed in is
+ * used, as before.  Lengths are checked (HSTRLEN) before a value is read:
+ * Redis allows 512 MB, and copying such a value into Lua would stall Redis
+ * for every client.
+ * Returns {slice, remaining - slice, active instances, usage, rcap, susp,
+ * action, tbps}: rcap is the cap_bytes string the script used, or -1 when
+ * the hash has no valid one; susp is 1 when suspended is "1", else 0
+ * (routing's rules); action and tbps are the cap_action and throttle_bps
+ * strings as stored ("" when absent or longer than any valid value: not
+ * read), parsed by the flusher with routing's parser.
  */
 static const char lease_lua[] =
     "local cap = tonumber(ARGV[2])\n"
@@ -406,7 +410,7 @@ static const char lease_lua[] =
     "local want = tonumber(ARGV[6])\n"
     "local ttl = tonumber(ARGV[7])\n"
     "local rel = ARGV[8] == '1'\n"
-    "local rcap, susp = -1, 0\n"
+    "local rcap, susp, act, tbps = -1, 0, '', ''\n"
     "if KEYS[4] and redis.call('TYPE', KEYS[4]).ok == 'hash' then\n"
     "  local c = redis.call('HSTRLEN', KEYS[4], 'cap_bytes') <= 18 and redis.call('HGET', KEYS[4], 'cap_bytes')\n"
     "  if c and string.match(c, '^%d+$') then\n"
@@ -416,6 +420,10 @@ static const char lease_lua[] =
     "  if redis.call('HSTRLEN', KEYS[4], 'suspended') == 1 and redis.call('HGET', KEYS[4], 'suspended') == '1' then\n"
     "    susp = 1\n"
     "  end\n"
+    "  local la = redis.call('HSTRLEN', KEYS[4], 'cap_action')\n"
+    "  if la > 0 and la <= 8 then act = redis.call('HGET', KEYS[4], 'cap_action') end\n"
+    "  local lt = redis.call('HSTRLEN', KEYS[4], 'throttle_bps')\n"
+    "  if lt > 0 and lt <= 18 then tbps = redis.call('HGET', KEYS[4], 'throttle_bps') end\n"
     "end\n"
     "if KEYS[3] and ARGV[10] and tonumber(ARGV[10]) > 0 then\n"
     "  local last = tonumber(redis.call('HGET', KEYS[3], ARGV[1]) or '0') or 0\n"
@@ -455,7 +463,7 @@ static const char lease_lua[] =
     "  redis.call('HSET', KEYS[2], ARGV[1], string.format('%d:%d', held + slice, now + ttl))\n"
     "  redis.call('PEXPIRE', KEYS[2], ttl * 4)\n"
     "end\n"
-    "return {slice, remaining - slice, active, u, rcap, susp}\n";
+    "return {slice, remaining - slice, active, u, rcap, susp, act, tbps}\n";
 
 const char *meter_flush_lua(void) { return flush_lua; }
 const char *meter_lease_lua(void) { return lease_lua; }
@@ -514,6 +522,34 @@ int meter_lease_reply_policy(const struct redis_reply *r, int64_t *cap, int *sus
         return -1;
     }
     *suspended = (int)sv;
+    return 0;
+}
+
+/*
+ * Takes field f of the tenant hash, as the string reply e carries it, into p
+ * with routing's parser: absent (nil, "", not a string) or malformed leaves
+ * p's value (routing treats a malformed value as absent).
+ */
+static void policy_field(struct tenant_policy *p, const char *f, const struct redis_reply *e)
+{
+    size_t len = 0;
+    const char *s = e && redis_reply_type(e) == REDIS_T_STRING ? redis_reply_str(e, &len) : NULL;
+    char err[80];
+    if (s && len > 0)
+        (void)match_tenant_field(p, f, strlen(f), s, len, err, sizeof(err));
+}
+
+int meter_lease_reply_tenant_policy(const struct redis_reply *r, struct tenant_policy *p)
+{
+    struct tenant_policy q = { -1, CAP_BLOCK, 0, 0 };
+    if (!p || meter_lease_reply_policy(r, &q.cap_bytes, &q.suspended) < 0 || redis_reply_len(r) < 8)
+        return -1;
+    const struct redis_reply *a = redis_reply_elem(r, 6), *t = redis_reply_elem(r, 7);
+    if (!a || !t || redis_reply_type(a) != REDIS_T_STRING || redis_reply_type(t) != REDIS_T_STRING)
+        return -1;
+    policy_field(&q, "cap_action", a);
+    policy_field(&q, "throttle_bps", t);
+    *p = q;
     return 0;
 }
 
@@ -1085,8 +1121,8 @@ struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenan
     for (struct meter_tenant *t = mw->tab[h & (mw->tab_cap - 1)]; t; t = t->next) {
         if (t->hash == h && strcmp(t->g->name, tenant) == 0) {
             /* field by field: the struct has padding that routing may not zero */
-            /* Also against the shared state: the flusher applies the cap and
-             * suspension Redis holds during a transfer, and a worker that
+            /* Also against the shared state: the flusher applies the policy
+             * Redis holds during a transfer, and a worker that
              * saw no request meanwhile still holds the old policy in t->pol;
              * when routing's policy is back to it (the admin lifted the
              * suspension), only this comparison publishes it. */
@@ -1094,8 +1130,7 @@ struct meter_tenant *meter_tenant_get(struct meter_worker *mw, const char *tenan
                 t->pol.throttle_bps != pol->throttle_bps || t->pol.suspended != pol->suspended) {
                 t->pol = *pol;
                 gt_get(mw->m, tenant, h, pol);   /* publishes the change */
-            } else if (atomic_load_explicit(&t->g->cap, RELAXED) != pol->cap_bytes ||
-                       atomic_load_explicit(&t->g->suspended, RELAXED) != pol->suspended) {
+            } else if (gt_policy_differs(t->g, pol)) {
                 /* The shared state differs: a lift, or routing lagging behind
                  * what the flusher read from Redis.  At most once per interval
                  * per worker, so a lagging view cannot undo the flusher's
@@ -1898,46 +1933,64 @@ static void flusher_policies(struct meter *m);
 
 /*
  * Applies the policy the flusher read from Redis itself (lease reply, or the
- * poll of an uncapped tenant): a cap (cap >= 0; -1 = none valid in Redis,
- * which leaves the cap alone: routing lifts it within its refresh) and the
- * suspended flag.  Published like a worker's change (m->gmu, dirty list) and
- * handled at once, so workers' meter_allow() stops granting: a suspended
- * tenant's transfers are cut; a lowered cap drops the local lease and
- * leases again against it.  Flusher thread.
+ * poll of an uncapped tenant).  The suspended flag always; with a valid cap
+ * (p->cap_bytes >= 0) the cap, cap_action and throttle_bps too.  No valid
+ * cap in Redis (-1) leaves those three alone: routing lifts the cap within
+ * its refresh, and an action or rate means nothing without a cap.  Published
+ * like a worker's change (m->gmu, dirty list) and handled at once, and read
+ * by workers' meter_allow() at its next call: a suspended tenant's
+ * transfers are cut; a lowered cap drops the local lease and leases again
+ * against it; a tenant over its cap switched from throttle to block has its
+ * transfers cut (meter_allow() returns 0 without retry_ms), and a new
+ * throttle_bps paces them from then on (the shared bucket reads the rate
+ * at every call).  Flusher thread.
  */
-static void flusher_redis_policy(struct meter *m, struct meter_gt *g, int64_t cap, int susp)
+static void flusher_redis_policy(struct meter *m, struct meter_gt *g, const struct tenant_policy *p)
 {
     int changed = 0;
     pthread_mutex_lock(&m->gmu);
-    if (cap >= 0 && atomic_load_explicit(&g->cap, RELAXED) != cap) {
-        atomic_store_explicit(&g->cap, cap, RELAXED);
-        changed = 1;
+    if (p->cap_bytes >= 0) {
+        if (atomic_load_explicit(&g->cap, RELAXED) != p->cap_bytes) {
+            atomic_store_explicit(&g->cap, p->cap_bytes, RELAXED);
+            changed = 1;
+        }
+        if (atomic_load_explicit(&g->action, RELAXED) != p->cap_action) {
+            atomic_store_explicit(&g->action, p->cap_action, RELAXED);
+            changed = 1;
+        }
+        if (atomic_load_explicit(&g->tbps, RELAXED) != p->throttle_bps) {
+            atomic_store_explicit(&g->tbps, p->throttle_bps, RELAXED);
+            changed = 1;
+        }
     }
-    if (atomic_load_explicit(&g->suspended, RELAXED) != susp) {
-        atomic_store_explicit(&g->suspended, susp, RELAXED);
+    if (atomic_load_explicit(&g->suspended, RELAXED) != p->suspended) {
+        atomic_store_explicit(&g->suspended, p->suspended, RELAXED);
         changed = 1;
     }
     if (changed)
         gt_mark_dirty(m, g);
     pthread_mutex_unlock(&m->gmu);
     if (changed) {
-        log_info("%s: tenant %.64s: policy from redis: cap %" PRId64 ", suspended %d", __func__, g->name,
-                 atomic_load_explicit(&g->cap, RELAXED), susp);
+        log_info("%s: tenant %.64s: policy from redis: cap %" PRId64 ", cap_action %s, throttle_bps %" PRId64
+                 ", suspended %d", __func__, g->name, atomic_load_explicit(&g->cap, RELAXED),
+                 atomic_load_explicit(&g->action, RELAXED) == CAP_THROTTLE ? "throttle" : "block",
+                 atomic_load_explicit(&g->tbps, RELAXED), p->suspended);
         flusher_policies(m);
     }
 }
 
 /*
- * The policy poll: {cap_bytes, suspended} as HMGET returns them, except that
- * a value longer than routing accepts comes back as "" without being read
- * (HSTRLEN first: a 512 MB value copied into a reply would stall Redis).
+ * The policy poll: {cap_bytes, suspended, cap_action, throttle_bps} as HMGET
+ * returns them, except that a value longer than routing accepts comes back
+ * as "" without being read (HSTRLEN first: a 512 MB value copied into a
+ * reply would stall Redis).
  */
 static const char policy_lua[] =
     "local function f(n, max)\n"
     "  if redis.call('HSTRLEN', KEYS[1], n) > max then return '' end\n"
     "  return redis.call('HGET', KEYS[1], n)\n"
     "end\n"
-    "return {f('cap_bytes', 18), f('suspended', 1)}\n";
+    "return {f('cap_bytes', 18), f('suspended', 1), f('cap_action', 8), f('throttle_bps', 18)}\n";
 
 static void policy_reply(void *arg, const struct redis_reply *r, const char *err)
 {
@@ -1949,20 +2002,15 @@ static void policy_reply(void *arg, const struct redis_reply *r, const char *err
                             err ? err : "unexpected reply");
         return;
     }
-    int64_t cap = -1;
-    int susp = 0;
-    size_t len = 0;
-    const struct redis_reply *c = redis_reply_elem(r, 0), *su = redis_reply_elem(r, 1);
-    if (c && redis_reply_type(c) == REDIS_T_STRING) {
-        const char *s = redis_reply_str(c, &len);
-        if (meter_parse_cap(s, len, &cap) < 0)
-            cap = -1;   /* malformed: routing treats it as absent */
+    /* routing's parser, field by field: malformed counts as absent */
+    struct tenant_policy p = { -1, CAP_BLOCK, 0, 0 };
+    policy_field(&p, "cap_bytes", redis_reply_elem(r, 0));
+    policy_field(&p, "suspended", redis_reply_elem(r, 1));
+    if (redis_reply_len(r) >= 4) {
+        policy_field(&p, "cap_action", redis_reply_elem(r, 2));
+        policy_field(&p, "throttle_bps", redis_reply_elem(r, 3));
     }
-    if (su && redis_reply_type(su) == REDIS_T_STRING) {
-        const char *s = redis_reply_str(su, &len);
-        susp = len == 1 && s[0] == '1';
-    }
-    flusher_redis_policy(m, g, cap, susp);
+    flusher_redis_policy(m, g, &p);
 }
 
 /*
@@ -2027,10 +2075,9 @@ static void lease_reply(void *arg, const struct redis_reply *r, const char *err)
     int64_t slice = redis_reply_int(redis_reply_elem(r, 0));
     int64_t rest = redis_reply_int(redis_reply_elem(r, 1));
     int64_t usage = redis_reply_int(redis_reply_elem(r, 3));
-    int64_t rcap;
-    int rsusp;
-    if (meter_lease_reply_policy(r, &rcap, &rsusp) == 0)
-        flusher_redis_policy(m, g, rcap, rsusp);   /* a changed cap makes the check below drop this grant */
+    struct tenant_policy rp;
+    if (meter_lease_reply_tenant_policy(r, &rp) == 0)
+        flusher_redis_policy(m, g, &rp);   /* a changed cap makes the check below drop this grant */
     if (lr->month != g->lease_month || lr->cap != g->lease_cap) {
         /* The month or the cap changed while the request was on its way:
          * the grant was computed for the old state, so it is not used; Redis

@@ -121,13 +121,23 @@ int meter_parse_cap(const char *s, size_t len, int64_t *out);
 
 struct redis_reply;
 /*
- * The tenant policy a lease script reply carries (elements 5 and 6; the
+ * The cap and suspension a lease script reply carries (elements 5 and 6; the
  * script reads <prefix>tenant:<tenant> itself, docs/metering.md "Policy
  * changes during a transfer"): *cap is the cap_bytes Redis holds, or -1
  * when it has no valid one; *suspended is 0 or 1.  0, or -1 when the reply
  * does not carry them or they are malformed.
  */
 int meter_lease_reply_policy(const struct redis_reply *r, int64_t *cap, int *suspended);
+/*
+ * The whole tenant policy a lease script reply carries (elements 5 to 8):
+ * p->cap_bytes and p->suspended as meter_lease_reply_policy() gives them,
+ * p->cap_action and p->throttle_bps as routing parses them (absent or
+ * malformed: CAP_BLOCK, 0).  The flusher applies it to the tenant's shared
+ * state, so that a change reaches in-flight transfers (docs/metering.md,
+ * "Policy changes during a transfer").  0 with *p set, or -1 when the reply
+ * does not carry all four or the first two are malformed (*p untouched).
+ */
+int meter_lease_reply_tenant_policy(const struct redis_reply *r, struct tenant_policy *p);
 
 /* The Lua sources of the flush and lease scripts (documentation, tests). */
 const char *meter_flush_lua(void);

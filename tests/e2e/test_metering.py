@@ -914,6 +914,96 @@ def test_a_policy_lifted_after_an_inflight_cut_serves_again():
             assert got == [200] * 8, (field, got)
 
 
+def _throttled_stream(tg, r, b, bps, n):
+    """A tenant over its cap with cap_action throttle at bps, and a download
+    of n bytes of it in flight: -> (host, socket past the response head,
+    body bytes already read)."""
+    host = routed(r, b, cap_bytes=1000, cap_action="throttle", throttle_bps=bps)
+    set_usage(r, "capt", 2000)
+    st, _, _ = http(tg.port, "GET", "/bytes/10", host)
+    assert st == 200   # throttled tenants stay online
+    s = socket.create_connection(("127.0.0.1", tg.port), timeout=scale(5))
+    s.sendall(get(host, "/bytes/%d" % n, close=True))
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        d = s.recv(65536)
+        assert d, "closed before the response head"
+        buf += d
+    assert buf.startswith(b"HTTP/1.1 200"), buf[:100]
+    return host, s, len(buf) - buf.index(b"\r\n\r\n") - 4
+
+
+def _bytes_until(s, deadline):
+    """Reads s until the monotonic deadline or EOF -> (bytes, eof time or None)."""
+    got = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return got, None
+        s.settimeout(left)
+        try:
+            d = s.recv(262144)
+        except socket.timeout:
+            return got, None
+        except ConnectionResetError:
+            d = b""
+        if not d:
+            return got, time.monotonic()
+        got += len(d)
+
+
+def test_a_new_throttle_bps_paces_a_transfer_in_flight():
+    """throttle_bps raised in Redis (HSET, no events hint) while a throttled
+    download runs: the pace follows the new value within about one flush
+    interval, with no new request of the tenant (the flusher's lease reply
+    carries cap_action and throttle_bps).  It stayed at the old pace before."""
+    old, new = 100000, 400000
+    with Redis() as r, Backend("b") as b, Tollgate(redis=r.url) as tg:
+        host, s, _ = _throttled_stream(tg, r, b, old, 20000000)
+        _bytes_until(s, time.monotonic() + 0.5)          # the bucket's first burst
+        t0 = time.monotonic()
+        got, eof = _bytes_until(s, t0 + 1.5)
+        assert eof is None
+        rate0 = got / (time.monotonic() - t0)
+        assert 0.7 * old <= rate0 <= 1.3 * old, "paced at %.0f B/s before the change, want %d" % (rate0, old)
+        r.cmd("HSET", "tg:tenant:capt", "throttle_bps", str(new))
+        _bytes_until(s, time.monotonic() + 1.5)          # settle: one flush interval and a lease round trip
+        t0 = time.monotonic()
+        got, eof = _bytes_until(s, t0 + 2.0)
+        assert eof is None, "the download must go on"
+        rate1 = got / (time.monotonic() - t0)
+        s.close()
+        print("paced at %.0f B/s, then %.0f B/s after throttle_bps %d -> %d" % (rate0, rate1, old, new))
+        assert 0.7 * new <= rate1 <= 1.3 * new, "paced at %.0f B/s after the change, want %d" % (rate1, new)
+        assert status(tg, host) == 200   # still online
+
+
+def test_cap_action_block_cuts_a_throttled_transfer_in_flight():
+    """cap_action switched from throttle to block in Redis while a throttled
+    download of a tenant over its cap runs: the download is cut within about
+    one flush interval (it ran on until the tenant's next request before),
+    its access log line ends in " cut", and new requests get 509."""
+    with Redis() as r, Backend("b") as b, Tollgate(redis=r.url) as tg:
+        host, s, body = _throttled_stream(tg, r, b, 100000, 5000000)
+        got, eof = _bytes_until(s, time.monotonic() + 1.0)
+        assert eof is None
+        body += got
+        r.cmd("HSET", "tg:tenant:capt", "cap_action", "block")
+        t0 = time.monotonic()
+        got, eof = _bytes_until(s, t0 + scale(4))
+        s.close()
+        body += got
+        assert eof is not None, "the throttled download must be cut after cap_action block (%d bytes)" % body
+        lag = eof - t0
+        print("cut %.2f s after cap_action block, %d body bytes" % (lag, body))
+        assert lag <= scale(2.0), lag
+        assert body < 5000000
+        wait_until(lambda: any("/bytes/5000000" in l for l in tg.access_log_lines()), scale(3), "access log line")
+        line = [l for l in tg.access_log_lines() if "/bytes/5000000" in l][0]
+        assert line.endswith(" cut"), line
+        assert status(tg, host) == 509
+
+
 def test_a_tenant_key_of_the_wrong_type_does_not_break_leases():
     """Routing treats a tg:tenant:<T> that is not a hash as no policy; the
     lease script read it with HMGET and failed with WRONGTYPE, so leases

@@ -584,11 +584,18 @@ START_TEST(lease_script_reads_tenant_policy)
     redis_sync_reply_free(rcmd(s, 6, u));
     int64_t cap = 0;
     int susp = -1;
+    struct tenant_policy tp;
     /* no policy hash at all: the cap passed in, not suspended */
     struct redis_reply *r = lease_with_policy(s, 1, "1000000");
     ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
     ck_assert_int_eq(cap, -1);
     ck_assert_int_eq(susp, 0);
+    memset(&tp, 0x55, sizeof(tp));
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(r, &tp), 0);
+    ck_assert_int_eq(tp.cap_bytes, -1);
+    ck_assert_int_eq(tp.cap_action, CAP_BLOCK);
+    ck_assert_int_eq(tp.throttle_bps, 0);
+    ck_assert_int_eq(tp.suspended, 0);
     ck_assert_int_eq(redis_reply_int(redis_reply_elem(r, 0)), 65536);   /* min slice of 100 000 left */
     redis_sync_reply_free(r);
     /* cap lowered in Redis below the usage: nothing granted, the cap is reported */
@@ -602,7 +609,41 @@ START_TEST(lease_script_reads_tenant_policy)
     ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
     ck_assert_int_eq(cap, 500000);
     ck_assert_int_eq(susp, 1);
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(r, &tp), 0);
+    ck_assert_int_eq(tp.cap_bytes, 500000);
+    ck_assert_int_eq(tp.suspended, 1);
+    ck_assert_int_eq(tp.cap_action, CAP_BLOCK);   /* absent: block, as routing */
+    ck_assert_int_eq(tp.throttle_bps, 0);
     redis_sync_reply_free(r);
+    /* cap_action and throttle_bps come back too, parsed as routing parses them */
+    const char *th[] = { "HSET", "u10:tenant:x", "cap_action", "throttle", "throttle_bps", "123456" };
+    redis_sync_reply_free(rcmd(s, 6, th));
+    r = lease_with_policy(s, 1, "1000000000");
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(r, &tp), 0);
+    ck_assert_int_eq(tp.cap_bytes, 500000);
+    ck_assert_int_eq(tp.cap_action, CAP_THROTTLE);
+    ck_assert_int_eq(tp.throttle_bps, 123456);
+    redis_sync_reply_free(r);
+    /* malformed ones count as absent; values longer than any valid one are not read */
+    const char *thbad[] = { "HSET", "u10:tenant:x", "cap_action", "drop", "throttle_bps", "12k" };
+    redis_sync_reply_free(rcmd(s, 6, thbad));
+    r = lease_with_policy(s, 1, "1000000000");
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(r, &tp), 0);
+    ck_assert_int_eq(tp.cap_action, CAP_BLOCK);
+    ck_assert_int_eq(tp.throttle_bps, 0);
+    redis_sync_reply_free(r);
+    const char *thlong[] = { "HSET", "u10:tenant:x", "cap_action", "throttlethrottle", "throttle_bps",
+                             "1234567890123456789" };
+    redis_sync_reply_free(rcmd(s, 6, thlong));
+    r = lease_with_policy(s, 1, "1000000000");
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(r, &tp), 0);
+    ck_assert_int_eq(tp.cap_action, CAP_BLOCK);
+    ck_assert_int_eq(tp.throttle_bps, 0);
+    ck_assert_str_eq(redis_reply_str(redis_reply_elem(r, 6), NULL), "");   /* not read */
+    ck_assert_str_eq(redis_reply_str(redis_reply_elem(r, 7), NULL), "");
+    redis_sync_reply_free(r);
+    const char *thdel[] = { "HDEL", "u10:tenant:x", "cap_action", "throttle_bps" };
+    redis_sync_reply_free(rcmd(s, 4, thdel));
     /* malformed values: the cap passed in is used, suspended only for "1" (routing's rules) */
     const char *bad[] = { "HSET", "u10:tenant:x", "cap_bytes", "5e5", "suspended", "yes" };
     redis_sync_reply_free(rcmd(s, 6, bad));
@@ -636,6 +677,15 @@ START_TEST(lease_script_reads_tenant_policy)
     const char *odd[] = { "EVAL", "return {1, 2, 3, 4, 'x', 0}", "0" };
     r = rcmd(s, 3, odd);
     ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), -1);
+    redis_sync_reply_free(r);
+    /* cap and suspension without action and rate: the whole policy is not there */
+    const char *six[] = { "EVAL", "return {1, 2, 3, 4, -1, 0}", "0" };
+    r = rcmd(s, 3, six);
+    ck_assert_int_eq(meter_lease_reply_policy(r, &cap, &susp), 0);
+    tp.throttle_bps = 77;
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(r, &tp), -1);
+    ck_assert_int_eq(tp.throttle_bps, 77);   /* untouched */
+    ck_assert_int_eq(meter_lease_reply_tenant_policy(NULL, &tp), -1);
     redis_sync_reply_free(r);
     redis_sync_free(s);
 }
@@ -690,6 +740,93 @@ START_TEST(policy_change_reaches_inflight_transfer)
     char k[64];
     snprintf(k, sizeof(k), "u11:meter:capd:%d", meter_utc_day(time(NULL)) / 100);
     ck_assert_int_le(hget_int(s, k, "bytes_out"), 200000);
+    redis_sync_free(s);
+}
+END_TEST
+
+/* Pace of meter_allow() for t over seconds (a pump that sleeps retry_ms),
+ * handing off as the worker's timer would; -1 when a call cuts (0 without
+ * retry_ms). */
+static double throttled_rate(struct meter_worker *w, struct meter_tenant *t, double seconds)
+{
+    double t0 = now_s(), last_tick = t0;
+    int64_t got = 0;
+    while (now_s() - t0 < seconds) {
+        unsigned retry = 0;
+        size_t n = meter_allow(t, 16384, &retry);
+        if (n == 0 && retry == 0)
+            return -1;
+        meter_count_out(t, n);
+        got += (int64_t)n;
+        if (now_s() - last_tick >= 0.1) {
+            meter_worker_tick(w);
+            last_tick = now_s();
+        }
+        if (n == 0)
+            sleep_ms(retry);
+    }
+    return got / (now_s() - t0);
+}
+
+/* A tenant over its cap and throttled, with a transfer in flight and no
+ * new request: a throttle_bps raised in Redis paces it from then on, and
+ * cap_action switched to block cuts it (meter_allow() 0 without retry_ms)
+ * and refuses new requests, within about one flush interval (the lease
+ * reply carries cap_action and throttle_bps; the worker's policy is never
+ * republished here). */
+START_TEST(throttle_change_reaches_inflight_transfer)
+{
+    NEED_REDIS();
+    struct redis_sync *s = rconn();
+    const char *h[] = { "HSET", "u12:tenant:thr", "cap_bytes", "1000", "cap_action", "throttle",
+                        "throttle_bps", "100000" };
+    redis_sync_reply_free(rcmd(s, 8, h));
+    char k[64];
+    snprintf(k, sizeof(k), "u12:meter:thr:%d", meter_utc_day(time(NULL)) / 100);
+    const char *u[] = { "HSET", k, "bytes_out", "5000" };
+    redis_sync_reply_free(rcmd(s, 4, u));
+    struct one_meter o;
+    one_meter_start(&o, redis_srv.url, "u12:", 0);
+    struct tenant_policy p = { 1000, CAP_THROTTLE, 100000, 0 };
+    struct meter_tenant *t = meter_tenant_get(o.w, "thr", &p);
+    /* over the cap once the first lease reply is in: throttled (a grant no
+     * larger than the bucket, or a wait), not cut; served freely before
+     * (Redis connection not up yet) */
+    double end = now_s() + 3;
+    size_t n = 1 << 20;
+    unsigned retry = 0;
+    while (now_s() < end && n == 1 << 20) {
+        n = meter_allow(t, 1 << 20, &retry);
+        sleep_ms(5);
+    }
+    ck_assert_msg(n <= 5000 && (n > 0 || retry > 0), "granted %zu B, retry %u ms", n, retry);
+    ck_assert_int_eq(meter_state_known(t), 1);
+    ck_assert_int_eq(meter_admit(t), METER_ALLOW);
+    double r0 = throttled_rate(o.w, t, 1.0);
+    ck_assert_msg(r0 > 100000 * 0.8 && r0 < 100000 * 1.2, "paced at %.0f B/s, want 100000", r0);
+    const char *h2[] = { "HSET", "u12:tenant:thr", "throttle_bps", "400000" };
+    redis_sync_reply_free(rcmd(s, 4, h2));
+    ck_assert_msg(throttled_rate(o.w, t, 1.2) > 0, "cut by a rate change");   /* one interval and more */
+    double r1 = throttled_rate(o.w, t, 1.0);
+    ck_assert_msg(r1 > 400000 * 0.8 && r1 < 400000 * 1.2, "paced at %.0f B/s after the change, want 400000", r1);
+    const char *h3[] = { "HSET", "u12:tenant:thr", "cap_action", "block" };
+    redis_sync_reply_free(rcmd(s, 4, h3));
+    double t0 = now_s();
+    double r2 = throttled_rate(o.w, t, 2.0);
+    double lag = now_s() - t0;
+    ck_assert_msg(r2 < 0 && lag <= 1.0, "cap_action block: %s after %.2f s", r2 < 0 ? "cut" : "not cut", lag);
+    ck_assert_int_eq(meter_admit(t), METER_OVER_CAP);
+    /* and back to throttle: served (paced) again, with no new request either */
+    const char *h4[] = { "HSET", "u12:tenant:thr", "cap_action", "throttle" };
+    redis_sync_reply_free(rcmd(s, 4, h4));
+    end = now_s() + 2;
+    while (now_s() < end && meter_admit(t) != METER_ALLOW) {
+        meter_worker_tick(o.w);
+        sleep_ms(20);
+    }
+    ck_assert_int_eq(meter_admit(t), METER_ALLOW);
+    meter_tenant_put(t);
+    one_meter_stop(&o, 2);
     redis_sync_free(s);
 }
 END_TEST
@@ -1342,6 +1479,7 @@ Suite *meter_suite(void)
     tcase_add_test(tc, lease_script_counts_inflight_batch_once);
     tcase_add_test(tc, lease_script_reads_tenant_policy);
     tcase_add_test(tc, policy_change_reaches_inflight_transfer);
+    tcase_add_test(tc, throttle_change_reaches_inflight_transfer);
     tcase_add_test(tc, flush_end_to_end);
     tcase_add_test(tc, flush_lost_reply_counted_once);
     tcase_add_test(tc, lease_script_accounts_other_instances);
