@@ -286,7 +286,7 @@ def test_a_tunnel_to_a_slowly_reading_client_is_not_idle():
 
 def test_an_upload_to_a_slowly_reading_backend_is_not_cut():
     res = {"got": 0}
-    done = threading.Event()
+    done, checked = threading.Event(), threading.Event()
 
     def serve(s, n):
         read_request_head(s)
@@ -296,6 +296,7 @@ def test_an_upload_to_a_slowly_reading_backend_is_not_cut():
         except (AssertionError, OSError) as e:
             res["error"] = repr(e)
         done.set()
+        checked.wait(10)   # closing now would end the exchange (502) before the log is read
         return False
     with RawBackend(serve) as b, _tg(b, workers=1, args=["--upstream-read-timeout", "2"]) as tg:
         c = socket.create_connection(("127.0.0.1", tg.port), timeout=30)
@@ -310,7 +311,9 @@ def test_an_upload_to_a_slowly_reading_backend_is_not_cut():
         t.start()
         assert done.wait(scale(15)), "the backend's slow read did not end"
         assert "error" not in res, res
-        assert tg.access_log_lines() == [], tg.access_log_lines()   # no 504: the upload went on
+        lines = tg.access_log_lines()
+        checked.set()
+        assert lines == [], lines   # no 504: the upload went on
         assert res["got"] > 200000, res
         c.close()
 
