@@ -1341,11 +1341,16 @@ static size_t throttle_take(struct meter_gt *g, size_t want, unsigned *retry_ms)
         }
     }
     int64_t tok = atomic_load_explicit(&g->tb_tokens, RELAXED);
-    /* A grant is at least a useful amount (1/4 of the bucket, or want when
-     * less): handing out the few tokens that build up during one system
-     * call would make a paced transfer spin, moving a hundred bytes per
-     * wake-up (with a splice pump, a core at 100% for a 1 MB/s throttle). */
-    int64_t need = (int64_t)want < burst / 4 ? (int64_t)want : burst / 4;
+    /* Tokens go out only once the bucket holds a useful amount, a quarter
+     * of it, whatever is asked: handing out the few tokens that build up
+     * during one system call would make a paced transfer spin, moving a
+     * hundred bytes per wake-up (with a splice pump, a core at 100% for a
+     * 1 MB/s throttle); and a threshold that depended on the size asked
+     * would let small askers (a chatty WebSocket) empty the bucket piece by
+     * piece before it ever held what a large one (a download) waits for.
+     * The same bar for all: each waiter's retry falls due when it is
+     * reached, and whoever comes first takes what it asked, up to all. */
+    int64_t need = burst / 4;
     for (;;) {
         if (tok < need) {
             if (retry_ms)

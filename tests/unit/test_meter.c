@@ -419,6 +419,52 @@ START_TEST(throttle_pace)
 }
 END_TEST
 
+/*
+ * Two transfers of one throttled tenant, each acting as the proxy does: it
+ * asks again at once after a grant (more is buffered) and, on 0, when
+ * retry_ms says.  One asks for small pieces (a chatty WebSocket), the other
+ * for 64 KiB (a download).  Both get a fair part of the rate: the bucket
+ * must not be emptied piece by small piece before it ever holds what the
+ * large asker needs.
+ */
+START_TEST(throttle_small_askers_do_not_starve_a_large_one)
+{
+    struct one_meter o;
+    one_meter_start(&o, NULL, NULL, 0);
+    struct tenant_policy p = { 0, CAP_THROTTLE, 400000, 0 };
+    struct meter_tenant *t = meter_tenant_get(o.w, "shared", &p);
+    double end = now_s() + 2;
+    unsigned retry = 0;
+    while (now_s() < end && meter_allow(t, 1, &retry) == 0)
+        sleep_ms(1);
+    size_t want[2] = { 600, 65536 };
+    int64_t got[2] = { 0, 0 };
+    double next[2] = { 0, 0 };
+    double t0 = now_s();
+    while (now_s() - t0 < 1.5) {
+        double now = now_s();
+        int i = next[0] <= next[1] ? 0 : 1;
+        if (next[i] > now) {
+            sleep_ms((unsigned)((next[i] - now) * 1000) + 1);
+            continue;
+        }
+        size_t n = meter_allow(t, want[i], &retry);
+        got[i] += (int64_t)n;
+        next[i] = n ? now : now + (retry ? retry : 1) / 1000.0;
+    }
+    /* Turns, not bytes: each grant is what its asker asked for, up to
+     * the bucket; neither asker is starved, and together they keep the
+     * pace.  (The large one got nothing while the small one asked.) */
+    int64_t total = got[0] + got[1];
+    double rate = total / (now_s() - t0);
+    ck_assert_msg(got[1] > total / 20 && got[0] > total / 20, "small asker %lld B, large asker %lld B",
+                  (long long)got[0], (long long)got[1]);
+    ck_assert_msg(rate > 400000 * 0.85 && rate < 400000 * 1.15, "paced at %.0f B/s together", rate);
+    meter_tenant_put(t);
+    one_meter_stop(&o, 1);
+}
+END_TEST
+
 /* ---- against a real redis-server ---- */
 
 /* One server for the "redis" test case (an unchecked fixture: started once). */
@@ -1468,6 +1514,7 @@ Suite *meter_suite(void)
     tcase_add_test(tc, local_cap_without_redis);
     tcase_add_test(tc, unsent_reservation_given_back);
     tcase_add_test(tc, throttle_pace);
+    tcase_add_test(tc, throttle_small_askers_do_not_starve_a_large_one);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("redis");
