@@ -1802,7 +1802,7 @@ static int splice_pump(struct conn *c, int readable)
                 return -1;
             }
         }
-        if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF | RF_NO_SPLICE))) {
+        if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF | RF_NO_SPLICE | RF_CUT))) {
             ssize_t n = splice_fill(p, up_fd, (size_t)r->resp_left);
             int err = errno;
             if (n > 0) {
@@ -1834,13 +1834,15 @@ static int splice_pump(struct conn *c, int readable)
             bev_enable_read(r->up);
             return 0;
         }
-        if (p->len > r->pipe_ok && !(r->flags & RF_THROTTLED)) {
+        if (p->len > r->pipe_ok && !(r->flags & (RF_THROTTLED | RF_CUT))) {
             size_t ok = allowance(c, p->len - r->pipe_ok);
-            if (ok == 0 && (r->flags & RF_CUT)) {
-                conn_cut(c);
-                return -1;
-            }
             r->pipe_ok += ok;
+        }
+        if ((r->flags & RF_CUT) && r->pipe_ok == 0) {
+            /* Cut at the cap once the granted bytes have left the pipe (a
+             * blocked client still gets them, as on the copying path). */
+            conn_cut(c);
+            return -1;
         }
         if (r->resp_left == 0 && p->len == 0) {
             splice_end(c);
@@ -1857,7 +1859,7 @@ static int splice_pump(struct conn *c, int readable)
         if (!moved)
             break;
     }
-    if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF | RF_NO_SPLICE))) {
+    if (r->resp_left > 0 && !blocked && !(r->flags & (RF_THROTTLED | RF_UP_EOF | RF_NO_SPLICE | RF_CUT))) {
         c->flags &= ~CF_UP_PAUSED;
         bev_enable_read(r->up);
     } else if (!(c->flags & CF_UP_PAUSED)) {

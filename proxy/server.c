@@ -532,7 +532,7 @@ static void worker_free(struct worker *w)
 /* ---------------------------------------------------------------------- */
 /* Signals (main thread)                                                  */
 
-static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg);
+static void drain_end(struct server *s);
 
 /*
  * SIGTERM/SIGINT: stop accepting and let in-flight exchanges finish for up
@@ -546,7 +546,7 @@ static void start_drain(struct server *s)
         if (evtimer_pending(s->drain_timer, NULL)) {
             log_notice("%s: second stop signal: closing the connections still open now", __func__);
             evtimer_del(s->drain_timer);
-            drain_timeout_cb(-1, EV_TIMEOUT, s);
+            drain_end(s);
         }
         return;
     }
@@ -560,12 +560,17 @@ static void start_drain(struct server *s)
     evtimer_add(s->drain_timer, &tv);
 }
 
-static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+/* Ends the drain: every worker closes what is still open. */
+static void drain_end(struct server *s)
 {
-    struct server *s = arg;
-    log_warn("%s: drain timeout: closing the connections still open", __func__);
     for (int i = 0; i < s->n_workers; i++)
         worker_post(&s->workers[i], NULL, 0, 1);
+}
+
+static void drain_timeout_cb(evutil_socket_t fd, short what, void *arg)
+{
+    log_warn("%s: drain timeout: closing the connections still open", __func__);
+    drain_end(arg);
 }
 
 /*
