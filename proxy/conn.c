@@ -158,6 +158,7 @@ struct req {
     struct timeval up_start;        /* access log: the last backend attempt began */
     struct timeval up_head;         /* access log: its response head came (unset: none) */
     char method[16];
+    char upgrade[64];               /* the Upgrade the client offered (RF_UPGRADE), cut at 63 bytes */
     char host[HOST_MAX + 8];        /* the Host value as sent (":port" included) */
     char path[192];                 /* the target as sent, cut for the access log */
     char tenant[129];               /* up to 128 bytes (docs/redis-schema.md) */
@@ -780,8 +781,10 @@ static void conn_process(struct conn *c)
     if (method_is(rq, "GET") || method_is(rq, "HEAD") || method_is(rq, "OPTIONS")
         || method_is(rq, "PUT") || method_is(rq, "DELETE") || method_is(rq, "TRACE"))
         r->flags |= RF_IDEMPOTENT;
-    if (rq->flags & H1_F_UPGRADE)
+    if (rq->flags & H1_F_UPGRADE) {
         r->flags |= RF_UPGRADE;
+        copy_str(r->upgrade, sizeof(r->upgrade), rq->upgrade.p, rq->upgrade.len);
+    }
     if (rq->flags & H1_F_CHUNKED) {
         r->req_mode = BODY_CHUNKED;
         h1_chunked_init_strict(&r->req_chunk);
@@ -1615,6 +1618,15 @@ static int read_response_head(struct conn *c)
             if (!(r->flags & RF_UPGRADE) || !(rs.flags & H1_F_UPGRADE)) {
                 up_detach(c, 0);
                 respond_local(c, 502, "The backend switched protocols without being asked.", NULL, 1);
+                return -1;
+            }
+            /* ... and only to a protocol the client offered (RFC 9110
+             * §7.8), as Go's ReverseProxy checks: a client that asked for
+             * a WebSocket is not handed some other protocol's pipe. */
+            struct h1_str asked = { r->upgrade, strlen(r->upgrade) };
+            if (!h1_upgrade_matches(asked, rs.upgrade)) {
+                up_detach(c, 0);
+                respond_local(c, 502, "The backend switched to a protocol the client did not ask for.", NULL, 1);
                 return -1;
             }
             if (send_response_head(c, &rs) != 0) {

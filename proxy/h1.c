@@ -22,6 +22,7 @@
 
 #include <stddef.h>
 #include <string.h>
+#include <strings.h>
 
 /* At most this many empty lines before a request line (RFC 9112 §2.2 asks
  * servers to ignore "at least one"); keeps h1_find_head_end O(1) per call. */
@@ -214,6 +215,44 @@ static int list_next(const char **pos, const char *end, struct h1_str *out)
     return 1;
 }
 
+/* The protocol name of an Upgrade list element: "name[/version]". */
+static struct h1_str upgrade_name(struct h1_str e)
+{
+    const char *slash = memchr(e.p, '/', e.len);
+    if (slash)
+        e.len = (size_t)(slash - e.p);
+    return e;
+}
+
+static int upgrade_offered(struct h1_str asked, struct h1_str name)
+{
+    const char *pos = asked.p, *end = asked.p + asked.len;
+    struct h1_str e;
+    while (list_next(&pos, end, &e)) {
+        e = upgrade_name(e);
+        if (e.len == name.len && e.len > 0 && strncasecmp(e.p, name.p, e.len) == 0)
+            return 1;
+    }
+    return 0;
+}
+
+int h1_upgrade_matches(struct h1_str asked, struct h1_str answered)
+{
+    if (asked.len == 0 || answered.len == 0)
+        return 0;
+    const char *pos = answered.p, *end = answered.p + answered.len;
+    struct h1_str e;
+    int any = 0;
+    while (list_next(&pos, end, &e)) {
+        if (e.len == 0)
+            continue;   /* empty list elements are allowed and ignored (RFC 9110 §5.6.1) */
+        if (!upgrade_offered(asked, upgrade_name(e)))
+            return 0;
+        any = 1;
+    }
+    return any;
+}
+
 int64_t h1_parse_content_length(struct h1_str v)
 {
     /* RFC 9110 §8.6: Content-Length = 1*DIGIT.  The cap (2^62) leaves room
@@ -320,6 +359,7 @@ struct h1_fields {
     int te_other;           /* codings other than chunked: tollgate relays none */
     int conn_close, conn_keepalive, conn_upgrade;
     int has_upgrade;
+    struct h1_str upgrade;  /* the (first) Upgrade field's value */
     int expect_continue;
     size_t n_conn_tokens;   /* other names listed in Connection fields */
     int conn_tokens_over;
@@ -414,6 +454,8 @@ static unsigned fields_note(struct h1_fields *f, struct h1_str name, struct h1_s
         break;
     case 7:
         if (IEQ(name, "upgrade")) {
+            if (!f->has_upgrade)
+                f->upgrade = value;
             f->has_upgrade = 1;
             return H1_H_HOP | H1_H_UPGRADE;
         }
@@ -595,6 +637,8 @@ int h1_parse_request(const char *head, size_t len, struct h1_request *req)
 
     req->method.p = req->target.p = req->path.p = req->host.p = NULL;
     req->method.len = req->target.len = req->path.len = req->host.len = 0;
+    req->upgrade.p = NULL;
+    req->upgrade.len = 0;
     req->minor = 1;
     req->content_length = -1;
     req->flags = 0;
@@ -706,8 +750,17 @@ int h1_parse_request(const char *head, size_t len, struct h1_request *req)
         req->flags |= H1_F_CONN_KEEPALIVE;
     /* Upgrade and 100-continue are HTTP/1.1 features; HTTP/1.0 requests
      * carrying them are treated as if they did not (RFC 9110 §7.8, §10.1.1). */
+    if (f.has_upgrade)
+        req->upgrade = f.upgrade;
     if (req->minor == 1) {
-        if (f.conn_upgrade && f.has_upgrade)
+        /* h2c is not offered: the HTTP/1.1 upgrade to cleartext HTTP/2 is
+         * deprecated (RFC 9113 §3.1), and a backend that accepted it would
+         * take the client's connection past routing's path rules and the
+         * forwarding headers (h2c smuggling).  The request goes on as a
+         * plain one, Upgrade removed, as a server without h2c answers it. */
+        static const char h2c[] = "h2c";
+        struct h1_str h = { h2c, 3 };
+        if (f.conn_upgrade && f.has_upgrade && !h1_upgrade_matches(f.upgrade, h))
             req->flags |= H1_F_UPGRADE;
         if (f.expect_continue)
             req->flags |= H1_F_EXPECT_CONTINUE;
@@ -727,6 +780,8 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
     resp->reason.len = 0;
     resp->minor = 1;
     resp->content_length = -1;
+    resp->upgrade.p = NULL;
+    resp->upgrade.len = 0;
     resp->flags = 0;
     resp->n_headers = 0;
 
@@ -779,6 +834,8 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
         resp->flags |= H1_F_CONN_CLOSE;
     if (f.conn_keepalive)
         resp->flags |= H1_F_CONN_KEEPALIVE;
+    if (f.has_upgrade)
+        resp->upgrade = f.upgrade;
     if (resp->status == 101 && f.conn_upgrade && f.has_upgrade)
         resp->flags |= H1_F_UPGRADE;
     return 0;

@@ -64,6 +64,7 @@ struct h1_request {
     struct h1_str path;            /* target without query: "/a/b" (origin-form) or from absolute-form */
     int minor;                     /* 0 or 1 (HTTP/1.0 or HTTP/1.1) */
     struct h1_str host;            /* Host header value (or authority of absolute-form); len 0 if absent */
+    struct h1_str upgrade;         /* the Upgrade field's value; len 0 if absent */
     int64_t content_length;        /* -1 when absent */
     unsigned flags;                /* H1_F_* */
     size_t n_headers;
@@ -76,6 +77,7 @@ struct h1_response {
     int minor;
     int64_t content_length;        /* -1 when absent */
     unsigned flags;                /* H1_F_* (UPGRADE set on 101 with Upgrade) */
+    struct h1_str upgrade;         /* the Upgrade field's value; len 0 if absent */
     size_t n_headers;
     struct h1_header headers[H1_MAX_HEADERS];
 };
@@ -177,5 +179,14 @@ size_t h1_chunked_data_left(const struct h1_chunked *c);
 
 /* Parses a decimal Content-Length value; -1 if invalid or > 2^62. */
 int64_t h1_parse_content_length(struct h1_str v);
+
+/*
+ * Does a 101 response whose Upgrade field is `answered` switch to what the
+ * request's Upgrade field `asked` offered (RFC 9110 §7.8: the server names
+ * the protocol(s) it switches to, from the client's list)?  Protocols are
+ * compared by name, case-insensitively ("websocket" matches "WebSocket/13").
+ * 1 / 0; 0 when either list is empty.
+ */
+int h1_upgrade_matches(struct h1_str asked, struct h1_str answered);
 
 #endif

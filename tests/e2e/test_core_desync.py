@@ -136,6 +136,36 @@ def test_a_101_naming_the_upgrade_still_opens_the_tunnel():
         assert out.startswith(b"HTTP/1.1 101"), out[:200]
 
 
+def test_a_101_to_a_protocol_the_client_did_not_offer_opens_no_tunnel():
+    """RFC 9110 §7.8: the server switches to a protocol from the client's
+    Upgrade list.  A client that asked for a WebSocket and a backend that
+    answers `101 Upgrade: h2c` get a 502, not a pipe (as Go's ReverseProxy)."""
+    def answer(n, k, head):
+        return b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\n"
+                               b"Upgrade: websocket\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 502"), out[:200]
+
+
+def test_an_h2c_upgrade_is_not_offered_to_the_backend():
+    """h2c smuggling: a backend that accepted `Upgrade: h2c` would take the
+    client's connection past path rules and the forwarding fields.  The
+    upgrade to cleartext HTTP/2 is deprecated (RFC 9113 §3.1): the request
+    reaches the backend as a plain one, without Upgrade or HTTP2-Settings
+    (a 101 to a request that offered no upgrade is a 502: see above)."""
+    def answer(n, k, head):
+        if b"upgrade:" in head.lower():
+            return b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain"
+    with ScriptBackend(answer) as b, Tollgate(routes=[ROUTE + "=" + b.addr]) as tg:
+        out = _client(tg.port, b"GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n", wait=0.5)
+        assert out.startswith(b"HTTP/1.1 200") and out.endswith(b"plain"), out[:300]
+        head = b.received[0].lower()
+        assert b"upgrade" not in head and b"http2-settings" not in head, b.received[0]
+
+
 def test_request_transfer_codings_other_than_chunked_are_refused():
     """RFC 9112 §6.1: tollgate relays only chunked framing; a coding it would
     drop (gzip before chunked) is answered 501 instead of forwarded as if

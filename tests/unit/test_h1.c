@@ -617,6 +617,46 @@ START_TEST(test_response_upgrade_101)
 }
 END_TEST
 
+static struct h1_str hs(const char *s)
+{
+    struct h1_str v = { s, strlen(s) };
+    return v;
+}
+
+/* RFC 9110 §7.8: a 101 switches to a protocol the client offered; names
+ * compare case-insensitively, versions aside. */
+START_TEST(test_upgrade_matches_what_was_offered)
+{
+    ck_assert_int_eq(h1_upgrade_matches(hs("websocket"), hs("websocket")), 1);
+    ck_assert_int_eq(h1_upgrade_matches(hs("WebSocket"), hs("websocket")), 1);
+    ck_assert_int_eq(h1_upgrade_matches(hs("foo/2, websocket"), hs("websocket/13")), 1);
+    ck_assert_int_eq(h1_upgrade_matches(hs("websocket"), hs("h2c")), 0);
+    ck_assert_int_eq(h1_upgrade_matches(hs("websocket"), hs("websocket, h2c")), 0);
+    ck_assert_int_eq(h1_upgrade_matches(hs("websocket"), hs("")), 0);
+    ck_assert_int_eq(h1_upgrade_matches(hs(""), hs("websocket")), 0);
+    ck_assert_int_eq(h1_upgrade_matches(hs("websocket"), hs(" , ")), 0);
+    ck_assert_int_eq(h1_upgrade_matches(hs("websockets"), hs("websocket")), 0);
+}
+END_TEST
+
+/* RFC 9113 §3.1: the upgrade to cleartext HTTP/2 is deprecated; tollgate
+ * does not offer it to backends (h2c smuggling): such a request is a plain
+ * one, its Upgrade field hop-by-hop. */
+START_TEST(test_request_h2c_upgrade_is_not_an_upgrade)
+{
+    ck_assert_int_eq(preq("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                          "Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n"), 0);
+    ck_assert(!(req.flags & H1_F_UPGRADE));
+    ck_assert_int_eq(preq("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                          "Upgrade: websocket, H2C\r\n\r\n"), 0);
+    ck_assert(!(req.flags & H1_F_UPGRADE));
+    ck_assert_int_eq(preq("GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\n"
+                          "Upgrade: websocket\r\n\r\n"), 0);
+    ck_assert(req.flags & H1_F_UPGRADE);
+    ck_assert_int_eq((int)req.upgrade.len, 9);
+}
+END_TEST
+
 /* ---- chunked bodies ---- */
 
 static const char chunked_body[] =
@@ -1030,6 +1070,8 @@ Suite *h1_suite(void)
     tcase_add_test(tc, test_response_no_body_statuses_with_cl);
     tcase_add_test(tc, test_response_te);
     tcase_add_test(tc, test_response_upgrade_101);
+    tcase_add_test(tc, test_upgrade_matches_what_was_offered);
+    tcase_add_test(tc, test_request_h2c_upgrade_is_not_an_upgrade);
     tcase_add_test(tc, test_chunked_request_every_split);
     tcase_add_test(tc, test_chunked_bulk_data);
     tcase_add_test(tc, test_chunked_trailer_invalid_400);
