@@ -492,6 +492,80 @@ const char *match_paths_backends(const struct match_paths *ps, size_t i, size_t 
     return ps->rules[i].backends;
 }
 
+static int hex_val(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* RFC 3986 §2.3: ALPHA / DIGIT / "-" / "." / "_" / "~" */
+static int unreserved(int c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '.'
+           || c == '_' || c == '~';
+}
+
+/*
+ * The path as path rules see it (RFC 3986 §6.2.2, as nginx normalises a
+ * URI before matching its locations): percent-encoded unreserved
+ * characters decoded ("%61" is "a", "%2E" is "."), dot segments removed
+ * (§5.2.4: "/x/../api" is "/api") and runs of "/" merged (nginx's
+ * merge_slashes), so that a rule for /api/ is not stepped around by a
+ * spelling the backend reads as /api/.  Reserved escapes ("%2F") stay as
+ * written: what they mean is the backend's business.  A path not starting
+ * with "/" ("*") is only decoded.  Writes at most len bytes to out (the
+ * result is never longer); returns its length.
+ */
+static size_t path_normalise(const char *in, size_t len, char *out)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (in[i] == '%' && i + 2 < len && hex_val(in[i + 1]) >= 0 && hex_val(in[i + 2]) >= 0) {
+            int c = hex_val(in[i + 1]) * 16 + hex_val(in[i + 2]);
+            if (unreserved(c)) {
+                out[n++] = (char)c;
+                i += 2;
+                continue;
+            }
+        }
+        out[n++] = in[i];
+    }
+    if (n == 0 || out[0] != '/')
+        return n;
+    /* In place, segment by segment: the output (out[0..o)) never passes
+     * the segment being read (out[i + 1..j)). */
+    size_t o = 0, i = 0;
+    while (i < n) {
+        size_t j = i + 1;
+        while (j < n && out[j] != '/')
+            j++;
+        size_t sl = j - i - 1;
+        const char *seg = out + i + 1;
+        if (sl == 0 || (sl == 1 && seg[0] == '.')) {
+            if (j == n)
+                out[o++] = '/';          /* ".../" and ".../.": a directory */
+        } else if (sl == 2 && seg[0] == '.' && seg[1] == '.') {
+            while (o > 0 && out[o - 1] != '/')
+                o--;                     /* drop the last segment ... */
+            if (o > 0)
+                o--;                     /* ... and its "/" */
+            if (j == n)
+                out[o++] = '/';
+        } else {
+            out[o++] = '/';
+            memmove(out + o, seg, sl);
+            o += sl;
+        }
+        i = j;
+    }
+    return o;
+}
+
 int match_paths_find(struct match_paths *ps, const char *path, size_t len)
 {
     if (ps == NULL)
@@ -501,21 +575,29 @@ int match_paths_find(struct match_paths *ps, const char *path, size_t len)
         len = (size_t)(q - path);
     if (path == NULL)
         path = "";
-    for (size_t i = 0; i < ps->n; i++) {
+    char stack[2048], *norm = len <= sizeof(stack) ? stack : malloc(len);
+    if (norm) {
+        len = path_normalise(path, len, norm);
+        path = norm;
+    }   /* out of memory for a very long path: matched as written */
+    int found = -1;
+    for (size_t i = 0; i < ps->n && found == -1; i++) {
         struct match_path_rule *r = &ps->rules[i];
         if (!r->is_regex) {
             if (len >= r->prefix_len && memcmp(path, r->prefix, r->prefix_len) == 0)
-                return (int)i;
+                found = (int)i;
             continue;
         }
         char err[8];
         int m = match_re_exec(&r->re, path, len, err, sizeof(err));
         if (m > 0)
-            return (int)i;
-        if (m < 0)
-            return -2;
+            found = (int)i;
+        else if (m < 0)
+            found = -2;
     }
-    return -1;
+    if (norm && norm != stack)
+        free(norm);
+    return found;
 }
 
 /* ---- hash fields ---- */

@@ -105,7 +105,9 @@ size_t match_paths_count(const struct match_paths *ps);
 /* The backend list text of rule i (not NUL-terminated), with its length. */
 const char *match_paths_backends(const struct match_paths *ps, size_t i, size_t *len);
 /*
- * First rule matching path (len bytes; the query after '?' is ignored).
+ * First rule matching path (len bytes; the query after '?' is ignored),
+ * normalised as nginx matches locations: %XX of unreserved characters
+ * decoded, "." and ".." segments resolved, "//" merged (RFC 3986 §6.2.2).
  * Returns its index, -1 when none matches, -2 when a regex failed (limits).
  */
 int match_paths_find(struct match_paths *ps, const char *path, size_t len);

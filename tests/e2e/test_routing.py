@@ -143,6 +143,25 @@ def test_patterns_with_numbered_and_named_captures():
         wait_backend(tg, "web.local.test", "pr-2", 2)
 
 
+def test_path_rules_see_the_path_as_the_backend_will():
+    """A path rule is not stepped around by another spelling of its path:
+    `//api/`, `/x/../api/`, `/%61pi/` match `/api/` as nginx's locations
+    would (RFC 3986 §6.2.2 normalisation); the target still reaches the
+    backend as sent.  (They were compared byte for byte and went to the
+    domain's default backends.)"""
+    with Redis() as r, Backend("default") as bd, Backend("api") as ba, Tollgate(redis=r.url) as tg:
+        domain(r, "norm.test", "t1", bd.addr)
+        r.cmd("RPUSH", "tg:paths:norm.test", "/api/ " + ba.addr)
+        for path in ("/api/x", "//api/x", "/x/../api/x", "/%61pi/x", "/./api//x"):
+            assert who(tg, "norm.test", path)[1] == "api", (path, who(tg, "norm.test", path))
+        for path in ("/apix/", "/api%2Fx", "/Api/x"):
+            assert who(tg, "norm.test", path)[1] == "default", (path, who(tg, "norm.test", path))
+        # /echo/../api/x is /api/x to the rule; the backend echoes what it got
+        st, h, body = http(tg.port, "GET", "/echo/../api/x", "norm.test")
+        assert st == 200 and h.get("x-backend") == "api", (st, h)
+        assert b'"target": "/echo/../api/x"' in body, body[:300]
+
+
 def test_path_rules_prefix_regex_first_match():
     with Redis() as r, Backend("default") as bd, Backend("api") as ba, Backend("img") as bi, \
             Backend("wild") as bw, Tollgate(redis=r.url) as tg:

@@ -525,6 +525,38 @@ START_TEST(path_rules_first_match)
 }
 END_TEST
 
+/* Path rules see the path normalised (as nginx matches locations), so a
+ * spelling the backend reads as /api/ cannot step around a rule for /api/:
+ * escapes of unreserved characters decoded, dot segments resolved, "//"
+ * merged; reserved escapes (%2F) stay.  (They were compared as sent.) */
+START_TEST(path_rules_match_the_normalised_path)
+{
+    char err[160];
+    struct match_paths *ps = match_paths_new();
+    static const char *rules[] = {"/api/ 127.0.0.1:1", "~^/admin$ 127.0.0.1:2", "/a/b 127.0.0.1:3"};
+    for (size_t i = 0; i < 3; i++)
+        ck_assert_int_eq(match_paths_add(ps, rules[i], strlen(rules[i]), err, sizeof(err)), (int)i);
+    struct { const char *path; int want; } cases[] = {
+        {"/api/x", 0}, {"//api/x", 0}, {"/api//x", 0}, {"/%61pi/x", 0}, {"/%41pi/x", -1}, {"/x/../api/", 0},
+        {"/x/%2e%2E/api/y", 0}, {"/./api/", 0}, {"/api/.", 0}, {"/api/x/..", 0}, {"/api", -1}, {"/apix/", -1},
+        {"/api%2Fx", -1}, {"/../api/", 0}, {"/..", -1}, {"/admin", 1}, {"/x/../admin", 1}, {"//admin", 1},
+        {"/admin/", -1}, {"/a/c/../b", 2}, {"/a/b/c/../..", -1}, {"*", -1}, {"/%zz/api/", -1}, {"/%", -1},
+        {"/api/%", 0}, {"/api/x?y=/../", 0},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++)
+        ck_assert_msg(match_paths_find(ps, cases[i].path, strlen(cases[i].path)) == cases[i].want,
+                      "path %s: rule %d", cases[i].path, match_paths_find(ps, cases[i].path, strlen(cases[i].path)));
+    /* A path longer than the stack buffer is normalised too. */
+    size_t big = 5000;
+    char *p = malloc(big + 16);
+    memset(p, '/', big);
+    memcpy(p + big, "api/zz", 7);
+    ck_assert_int_eq(match_paths_find(ps, p, strlen(p)), 0);
+    free(p);
+    match_paths_free(ps);
+}
+END_TEST
+
 /* ---- match.h: hash fields ---- */
 
 START_TEST(domain_fields)
@@ -1183,6 +1215,7 @@ Suite *routing_suite(void)
     tcase_add_test(tc, pattern_substitution);
     tcase_add_test(tc, pattern_bad_data);
     tcase_add_test(tc, path_rules_first_match);
+    tcase_add_test(tc, path_rules_match_the_normalised_path);
     tcase_add_test(tc, domain_fields);
     tcase_add_test(tc, tenant_fields);
     suite_add_tcase(s, tc);
