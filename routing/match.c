@@ -575,9 +575,14 @@ int match_paths_find(struct match_paths *ps, const char *path, size_t len)
         len = (size_t)(q - path);
     if (path == NULL)
         path = "";
-    char stack[2048], *norm = len <= sizeof(stack) ? stack : malloc(len);
+    /* NORM_PAD zeroed bytes follow the path: PCRE2's JIT reads a little
+     * past the subject's end (harmless, but memcheck would flag a stack
+     * buffer's uninitialised tail). */
+    enum { NORM_PAD = 32 };
+    char stack[2048 + NORM_PAD], *norm = len <= sizeof(stack) - NORM_PAD ? stack : malloc(len + NORM_PAD);
     if (norm) {
         len = path_normalise(path, len, norm);
+        memset(norm + len, 0, NORM_PAD);
         path = norm;
     }   /* out of memory for a very long path: matched as written */
     int found = -1;
