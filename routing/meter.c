@@ -1954,21 +1954,10 @@ static void flusher_redis_policy(struct meter *m, struct meter_gt *g, const stru
 {
     int changed = 0;
     pthread_mutex_lock(&m->gmu);
-    if (p->cap_bytes >= 0) {
-        if (atomic_load_explicit(&g->cap, RELAXED) != p->cap_bytes) {
-            atomic_store_explicit(&g->cap, p->cap_bytes, RELAXED);
-            changed = 1;
-        }
-        if (atomic_load_explicit(&g->action, RELAXED) != p->cap_action) {
-            atomic_store_explicit(&g->action, p->cap_action, RELAXED);
-            changed = 1;
-        }
-        if (atomic_load_explicit(&g->tbps, RELAXED) != p->throttle_bps) {
-            atomic_store_explicit(&g->tbps, p->throttle_bps, RELAXED);
-            changed = 1;
-        }
-    }
-    if (atomic_load_explicit(&g->suspended, RELAXED) != p->suspended) {
+    if (p->cap_bytes >= 0 && gt_policy_differs(g, p)) {
+        gt_store_policy(g, p);
+        changed = 1;
+    } else if (p->cap_bytes < 0 && atomic_load_explicit(&g->suspended, RELAXED) != p->suspended) {
         atomic_store_explicit(&g->suspended, p->suspended, RELAXED);
         changed = 1;
     }

@@ -372,20 +372,24 @@ START_TEST(unsent_reservation_given_back)
 }
 END_TEST
 
+/* Waits (up to 2 s) until the flusher has found t over its (zero) cap and
+ * the throttle bucket gives its first token. */
+static void wait_throttled(struct meter_tenant *t)
+{
+    double end = now_s() + 2;
+    unsigned retry = 0;
+    while (now_s() < end && meter_allow(t, 1, &retry) == 0)
+        sleep_ms(1);
+}
+
 START_TEST(throttle_pace)
 {
     struct one_meter o;
     one_meter_start(&o, NULL, NULL, 0);
     struct tenant_policy p = { 0, CAP_THROTTLE, 400000, 0 };
     struct meter_tenant *t = meter_tenant_get(o.w, "slow", &p);
-    /* Wait until the flusher has found the tenant over its (zero) cap. */
-    double end = now_s() + 2;
+    wait_throttled(t);
     unsigned retry = 0;
-    while (now_s() < end) {
-        if (meter_allow(t, 1, &retry) > 0)   /* first token of the throttle bucket */
-            break;
-        sleep_ms(1);
-    }
     ck_assert_int_eq(meter_admit(t), METER_ALLOW);   /* throttled tenants stay online */
     double t0 = now_s();
     int64_t got = 0;
@@ -433,10 +437,8 @@ START_TEST(throttle_small_askers_do_not_starve_a_large_one)
     one_meter_start(&o, NULL, NULL, 0);
     struct tenant_policy p = { 0, CAP_THROTTLE, 400000, 0 };
     struct meter_tenant *t = meter_tenant_get(o.w, "shared", &p);
-    double end = now_s() + 2;
+    wait_throttled(t);
     unsigned retry = 0;
-    while (now_s() < end && meter_allow(t, 1, &retry) == 0)
-        sleep_ms(1);
     size_t want[2] = { 600, 65536 };
     int64_t got[2] = { 0, 0 };
     double next[2] = { 0, 0 };
