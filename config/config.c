@@ -58,7 +58,7 @@ enum key_type {
     K_CONFIG, K_CHECK, K_HELP, K_VERSION,    /* command line only */
     K_LISTEN, K_ADMIN, K_ROUTE,
     K_REDIS, K_PREFIX, K_LOGFILE, K_PATH, K_IDENT,
-    K_INT, K_SIZE, K_SECONDS, K_LOGLEVEL,
+    K_INT, K_COUNT, K_SIZE, K_SECONDS, K_LOGLEVEL,   /* K_COUNT: a whole number into a size_t */
 };
 
 #define F_POSITIVE 1u   /* numeric value must be > min (not >= min) */
@@ -120,7 +120,7 @@ static const struct key_def keys[] = {
       "BYTES", "262144", "per-direction buffer high watermark; k/m suffixes allowed" },
     { "splice-min-body", K_SIZE, OFF(splice_min_body), 0, 0, 1073741824, 0,
       "BYTES", "16384", "response bodies longer than this move in the kernel (splice); 0 = never" },
-    { "route-cache-size", K_SIZE, OFF(route_cache_size), 0, 1, 100000000, 0,
+    { "route-cache-size", K_COUNT, OFF(route_cache_size), 0, 1, 100000000, 0,
       "N", "150000", "routes cached per worker" },
     { "route-cache-ttl", K_SECONDS, OFF(route_cache_ttl), 0, 0, CFG_MAX_SECONDS, F_POSITIVE,
       "S", "60", "a cached route is re-read from Redis after this long" },
@@ -411,7 +411,7 @@ static const char *last_char(const char *s, size_t n, char c)
  * unix://[:password@]/path[?db=N] (CONTRACT.md), schemes in any case as
  * url_parse takes them.  0 / -1 with msg "'URL': reason".
  */
-static int check_redis_url(const char *u, char *msg, size_t msglen)
+int cfg_check_redis_url(const char *u, char *msg, size_t msglen)
 {
     char q[128];
     const char *p, *at, *hp, *hend, *end, *slash, *colon;
@@ -627,6 +627,14 @@ static int printable_token(const char *v)
 {
     for (; *v; v++)
         if ((unsigned char)*v <= 0x20 || *v == 0x7f)
+            return 0;
+    return 1;
+}
+
+static int ascii_only(const char *v)
+{
+    for (; *v; v++)
+        if ((unsigned char)*v > 0x7e)
             return 0;
     return 1;
 }
@@ -866,12 +874,13 @@ static int apply_key(struct tg_config *cfg, size_t ki, const char *v, uint64_t *
             cfg->redis_url = NULL;
             return 0;
         }
-        if (check_redis_url(v, msg, msglen) < 0)
+        if (cfg_check_redis_url(v, msg, msglen) < 0)
             return -1;
         return set_string(&cfg->redis_url, v, msg, msglen);
     case K_PREFIX:
-        if (!printable_token(v) || strlen(v) > 64)
-            return fail(msg, msglen, "%s: up to 64 characters without spaces", q);
+        /* As tollgate-ctl checks it (schema_prefix_valid): 1..64 bytes of printable ASCII. */
+        if (!printable_token(v) || !ascii_only(v) || strlen(v) > 64)
+            return fail(msg, msglen, "%s: 1 to 64 printable ASCII characters without spaces", q);
         return set_string(&cfg->key_prefix, v, msg, msglen);
     case K_IDENT:
         if (!printable_token(v) || strlen(v) > 128)
@@ -898,6 +907,13 @@ static int apply_key(struct tg_config *cfg, size_t ki, const char *v, uint64_t *
         if (parse_int_value(k, v, &x, msg, msglen) < 0)
             return -1;
         *(int *)member(cfg, k->off) = (int)x;
+        return 0;
+    }
+    case K_COUNT: {
+        long x = 0;
+        if (parse_int_value(k, v, &x, msg, msglen) < 0)
+            return -1;
+        *(size_t *)member(cfg, k->off) = (size_t)x;
         return 0;
     }
     case K_SIZE:
@@ -972,7 +988,7 @@ void cfg_defaults(struct tg_config *cfg)
         const struct key_def *k = &keys[i];
         uint64_t replaced = 0;
         char msg[256];
-        if ((k->type == K_INT || k->type == K_SIZE || k->type == K_SECONDS) && k->defval &&
+        if ((k->type == K_INT || k->type == K_COUNT || k->type == K_SIZE || k->type == K_SECONDS) && k->defval &&
             apply_key(cfg, i, k->defval, &replaced, msg, sizeof(msg)) < 0)
             abort();   /* a default outside its own key's range: a bug in the table */
     }
@@ -1452,7 +1468,7 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen)
         snprintf(err, errlen, "key-prefix: missing");
         return -1;
     }
-    if (cfg->redis_url && check_redis_url(cfg->redis_url, msg, sizeof(msg)) < 0)
+    if (cfg->redis_url && cfg_check_redis_url(cfg->redis_url, msg, sizeof(msg)) < 0)
         return fail_at(cfg, key_index("redis"), 1, err, errlen, "%s", msg);
     for (i = 0; i < cfg->n_routes; i++) {
         const struct cfg_route *r = &cfg->routes[i];

@@ -136,6 +136,13 @@ int cfg_route_origin(const struct tg_config *cfg, size_t i, char *buf, size_t le
  */
 int cfg_check_files(const struct tg_config *cfg, char *err, size_t errlen);
 
+/*
+ * Checks a Redis URL as the `redis` key takes it: redis://[:password@]host:port[/db]
+ * or unix://[:password@]/path[?db=N].  tollgate-ctl uses it too, so that both
+ * binaries take the same URLs.  0 / -1 with msg "'URL': reason".
+ */
+int cfg_check_redis_url(const char *url, char *msg, size_t msglen);
+
 /* Parses "ADDR:PORT" or "[v6]:PORT" into out. 0 / -1. */
 int cfg_parse_addr(const char *s, struct cfg_addr *out);
 

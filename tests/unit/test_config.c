@@ -354,6 +354,7 @@ START_TEST(cfg_errors_carry_file_and_line)
         { "defer-accept 61\n", "t.conf:1: defer-accept: '61' out of range" },
         { "defer-accept soon\n", "t.conf:1: defer-accept: expected seconds" },
         { "route-cache-size 0\n", "t.conf:1: route-cache-size: '0' out of range" },
+        { "route-cache-size 1k\n", "t.conf:1: route-cache-size: expected a whole number" },
         { "cap-status 200\n", "t.conf:1: cap-status: '200' out of range 400..599" },
         { "route example.com\n", "t.conf:1: route: expected HOST=BACKEND" },
         { "route =1.2.3.4:80\n", "t.conf:1: route: expected HOST=BACKEND" },
@@ -386,7 +387,9 @@ START_TEST(cfg_errors_carry_file_and_line)
         { "redis unix:///r.sock?d\n", "t.conf:1: redis: 'unix:///r.sock?d': only ?db=N" },
         { "redis unix:///r.sock?db=\n", "t.conf:1: redis: 'unix:///r.sock?db=': only ?db=N" },
         { "redis unix://:pw@/\n", "t.conf:1: redis: 'unix://:pw@/': expected unix://" },
-        { "key-prefix a b\n", "t.conf:1: key-prefix: 'a b': up to 64 characters" },
+        { "key-prefix a b\n", "t.conf:1: key-prefix: 'a b': 1 to 64 printable ASCII characters" },
+        /* tollgate-ctl refuses it too (schema_prefix_valid): both binaries take the same prefixes */
+        { "key-prefix a\xc3\xa9\n", "t.conf:1: key-prefix: " },
         { "config other.conf\n", "t.conf:1: config: only valid on the command line" },
         { "check-config 1\n", "t.conf:1: check-config: only valid on the command line" },
         { "--workers 2\n", "t.conf:1: unknown key '--workers'" },
