@@ -29,6 +29,7 @@
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
 
+#include "config/config.h"
 #include "routing/host.h"
 #include "routing/match.h"
 #include "routing/redis.h"
@@ -81,14 +82,32 @@ static int ctl_finish(int code)
     return code == CTL_EXIT_OK ? CTL_EXIT_REDIS : code;
 }
 
+/*
+ * Writes "tollgate-ctl: " tag, the message and a newline to stderr.  The
+ * message may quote what the user typed: control bytes, DEL and bytes above
+ * 0x7e are written as \xNN, as tollgate's own messages do, so that a bad
+ * argument cannot write escape sequences to the terminal.
+ */
+static void vmessage(const char *tag, const char *fmt, va_list ap)
+{
+    char buf[1024];
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    fputs(tag, stderr);
+    for (const unsigned char *p = (const unsigned char *)buf; *p; p++) {
+        if (*p < 0x20 || *p > 0x7e)
+            fprintf(stderr, "\\x%02x", *p);
+        else
+            fputc(*p, stderr);
+    }
+    fputc('\n', stderr);
+}
+
 static void die(int code, const char *fmt, ...) __attribute__((format(printf, 2, 3), noreturn));
 static void die(int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("tollgate-ctl: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vmessage("tollgate-ctl: ", fmt, ap);
     va_end(ap);
     redis_sync_free(G.rs);
     exit(ctl_finish(code));
@@ -99,9 +118,7 @@ static void ctl_warn(const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("tollgate-ctl: warning: ", stderr);
-    vfprintf(stderr, fmt, ap);
-    fputc('\n', stderr);
+    vmessage("tollgate-ctl: warning: ", fmt, ap);
     va_end(ap);
 }
 
@@ -1438,8 +1455,10 @@ static int cmd_tenant_show(int argc, char **argv)
 /*
  * Checks that every capture the template names exists in the regex ($1..$99,
  * ${1}, ${name}, $$ for a dollar): the proxy would answer 502 for matching
- * hosts otherwise.  Also checks that the template, with captures replaced by
- * "1", reads as a backends list (only a warning: captures may hold ports).
+ * hosts otherwise.  Also checks that the template reads as a backends list
+ * once its captures are filled in: with no capture, or when neither "1" nor
+ * "1:1" in every capture's place gives a valid list, it never can (an error);
+ * when only "1:1" does, the captures must hold ports (a warning).
  * 0 / -1 with err.
  */
 static int pattern_template_check(const char *regex, const char *tmpl, char *err, size_t errlen)
@@ -1455,21 +1474,20 @@ static int pattern_template_check(const char *regex, const char *tmpl, char *err
     }
     uint32_t ncap = 0;
     pcre2_pattern_info(re, PCRE2_INFO_CAPTURECOUNT, &ncap);
-    char sample[4096];
-    size_t o = 0;
+    char sample[4096], sample_port[4096];   /* captures as "1" / as "1:1" */
+    size_t o = 0, op = 0;
+    unsigned refs = 0;
     int rc = 0;
     for (const char *p = tmpl; *p && rc == 0; p++) {
-        if (*p != '$') {
+        if (*p != '$' || p[1] == '$') {
+            p += *p == '$';
             if (o + 1 < sizeof(sample))
                 sample[o++] = *p;
+            if (op + 1 < sizeof(sample_port))
+                sample_port[op++] = *p;
             continue;
         }
         p++;
-        if (*p == '$') {
-            if (o + 1 < sizeof(sample))
-                sample[o++] = '$';
-            continue;
-        }
         char name[64];
         size_t nl = 0;
         if (*p == '{') {
@@ -1504,15 +1522,25 @@ static int pattern_template_check(const char *regex, const char *tmpl, char *err
             snprintf(err, errlen, "template uses ${%s} but the regex has no such named group", name);
             rc = -1;
         }
+        refs++;
         if (o + 1 < sizeof(sample))
             sample[o++] = '1';
+        for (const char *f = "1:1"; *f && op + 1 < sizeof(sample_port); f++)
+            sample_port[op++] = *f;
     }
     pcre2_code_free(re);
     if (rc == 0) {
-        char e2[256];
+        char e2[256], e3[256];
         sample[o] = '\0';
-        if (schema_backends_check(sample, o, e2, sizeof(e2)) < 0)
-            ctl_warn("the template may not give a valid backends list: %s", e2);
+        sample_port[op] = '\0';
+        if (schema_backends_check(sample, o, e2, sizeof(e2)) >= 0)
+            return 0;
+        if (refs == 0 || schema_backends_check(sample_port, op, e3, sizeof(e3)) < 0) {
+            /* The proxy would answer 502 for every host the regex matches. */
+            snprintf(err, errlen, "the template never gives a valid backends list: %.150s", e2);
+            return -1;
+        }
+        ctl_warn("the template gives a valid backends list only if the captures hold ports: %s", e2);
     }
     return rc;
 }
@@ -1810,10 +1838,14 @@ static int ctl_main(int argc, char **argv)
 #undef GVAL
     }
     char err[256];
+    /* The proxy's own check first: a URL the proxy refuses is refused here. */
+    if (cfg_check_redis_url(G.url, err, sizeof(err)) < 0)
+        die(CTL_EXIT_USAGE, "bad Redis URL %s", err);
     if (redis_url_check(G.url, err, sizeof(err)) < 0)
         die(CTL_EXIT_USAGE, "%s", err);
-    if (!schema_prefix_valid(G.prefix))
-        die(CTL_EXIT_USAGE, "--key-prefix must be at most %d printable characters without spaces",
+    /* Empty is a valid key builder prefix, but tollgate refuses it: no proxy would read the keys. */
+    if (!*G.prefix || !schema_prefix_valid(G.prefix))
+        die(CTL_EXIT_USAGE, "--key-prefix must be 1 to %d printable ASCII characters without spaces",
             SCHEMA_PREFIX_MAX);
     if (i >= argc) {
         fputs(usage_main, stderr);

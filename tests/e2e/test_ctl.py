@@ -347,6 +347,51 @@ def test_ctl_key_prefix_and_events_hint():
         assert rc == 2
 
 
+def test_ctl_takes_the_prefixes_and_urls_the_proxy_takes():
+    """tollgate-ctl refuses a --key-prefix or --redis URL that tollgate refuses
+    (an empty or non-ASCII prefix; a URL without its port or with a user name),
+    so that it never writes keys no proxy reads; nothing is written."""
+    with Redis() as r:
+        add = ("domain", "add", "a.example", "--tenant", "t", "--backend", "10.0.0.1:80")
+        for prefix in ("", "a\u00e9:"):
+            rc, _, err = ctl(r.url, *add, prefix=prefix)
+            assert rc == 2 and "--key-prefix must be 1 to 64 printable ASCII" in err, (prefix, rc, err)
+        for url, needle in (("redis://127.0.0.1", "missing :port"),
+                            ("redis://user:pw@127.0.0.1:%d" % r.port, "user names are not supported")):
+            rc, _, err = ctl(url, *add)
+            assert rc == 2 and "bad Redis URL" in err and needle in err, (url, rc, err)
+        assert r.cmd("DBSIZE") == 0, r.cmd("SCAN", "0")
+        # the proxy refuses the same values
+        for flag, value in (("--key-prefix", ""), ("--key-prefix", "a\u00e9:"), ("--redis", "redis://127.0.0.1"),
+                            ("--redis", "redis://user:pw@127.0.0.1:6379")):
+            p = subprocess.run([TOLLGATE, "-t", flag, value], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            assert p.returncode == 1, (flag, value, p.stderr)
+
+
+def test_ctl_pattern_template_that_can_never_route_is_refused():
+    """A template that is not a backends list whatever its captures hold (no
+    capture at all, or an empty item) is refused with exit 2 and not written:
+    the proxy would answer 502 for every host the regex matches.  One that
+    needs its captures to hold a port is written, with a warning."""
+    with Redis() as r:
+        for tmpl in ("127.0.0.1:80,", "no-port", "$1,"):
+            rc, _, err = ctl(r.url, "pattern", "add", "^(a)\\.pt$", "t", tmpl)
+            assert rc == 2 and "never gives a valid backends list" in err, (tmpl, rc, err)
+        assert r.cmd("DBSIZE") == 0, r.cmd("SCAN", "0")
+        rc, _, err = ctl(r.url, "pattern", "add", "^(.+)\\.pt$", "t", "$1")
+        assert rc == 0 and "warning: the template gives a valid backends list only if the captures hold ports" \
+            in err, (rc, err)
+        assert r.cmd("LRANGE", "tg:patterns", 0, -1) == ["^(.+)\\.pt$ t $1"]
+
+
+def test_ctl_escapes_control_bytes_in_messages():
+    """An argument with terminal escape sequences is quoted as \\xNN in the
+    error message, as tollgate's own messages do."""
+    rc, _, err = ctl("redis://127.0.0.1:%d" % free_port(), "domain", "show", "a\x1b[2Jb.example")
+    assert rc == 2, (rc, err)
+    assert "\x1b" not in err and "\\x1b[2J" in err, repr(err)
+
+
 def test_ctl_help_for_every_command():
     cmds = [["domain", "add"], ["domain", "rm"], ["domain", "show"], ["domain", "list"], ["tenant", "set"],
             ["tenant", "suspend"], ["tenant", "resume"], ["tenant", "show"], ["usage"], ["pattern", "add"],
