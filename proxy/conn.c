@@ -470,6 +470,8 @@ static void consume_head(struct conn *c)
 /* ---------------------------------------------------------------------- */
 /* Local responses                                                        */
 
+/* Reason phrases of RFC 9110 §15 (and 429/431/451 of RFC 6585/7725, nginx's 509):
+ * --cap-status may be any of 400..599. */
 static const char *reason_of(int status)
 {
     switch (status) {
@@ -478,18 +480,39 @@ static const char *reason_of(int status)
     case 301: return "Moved Permanently";
     case 308: return "Permanent Redirect";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 402: return "Payment Required";
     case 403: return "Forbidden";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
+    case 406: return "Not Acceptable";
+    case 407: return "Proxy Authentication Required";
     case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
     case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 416: return "Range Not Satisfiable";
+    case 417: return "Expectation Failed";
+    case 421: return "Misdirected Request";
+    case 422: return "Unprocessable Content";
+    case 426: return "Upgrade Required";
+    case 428: return "Precondition Required";
+    case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
+    case 451: return "Unavailable For Legal Reasons";
+    case 500: return "Internal Server Error";
     case 501: return "Not Implemented";
     case 502: return "Bad Gateway";
     case 503: return "Service Unavailable";
     case 504: return "Gateway Timeout";
     case 505: return "HTTP Version Not Supported";
+    case 507: return "Insufficient Storage";
     case 509: return "Bandwidth Limit Exceeded";
+    case 511: return "Network Authentication Required";
     default: return status < 500 ? "Client Error" : "Server Error";
     }
 }

@@ -575,12 +575,12 @@ def routed(r, b, tenant="capt", host="cap.test", **fields):
     return host
 
 
-def first_sight(tg, host):
+def first_sight(tg, host, cap_status=509):
     """The first request of a tenant an instance has not seen is admitted before
     the lease reply tells its state (docs/metering.md, "First sight"); when the
     tenant is over its cap that response is cut at its first body byte (or
     before its head).
-    Returns the status (509, or 200 when it was cut) and checks the cut."""
+    Returns the status (cap_status, or 200 when it was cut) and checks the cut."""
     c = Counted(tg.port)
     c.send(get(host, "/bytes/100000", close=True))
     try:
@@ -589,7 +589,7 @@ def first_sight(tg, host):
         assert c.partial == 0, c.partial
         st = 200
     else:
-        assert st == 509 or len(body) == 100000, st
+        assert st == cap_status or len(body) == 100000, st
     c.close()
     return st
 
@@ -680,6 +680,25 @@ def test_over_cap_509_suspended_503_and_cap_change_within_1s():
         t0 = time.monotonic()
         wait_until(lambda: status(tg, host) == 509, 1.5, "cap lowered")
         assert time.monotonic() - t0 <= 1.2
+
+
+def test_cap_status_is_answered_with_its_own_reason_phrase():
+    """--cap-status may be any 4xx/5xx: 429 goes out as "429 Too Many Requests"
+    and 402 as "402 Payment Required" (not the generic "Client Error")."""
+    for code, reason in ((429, "Too Many Requests"), (402, "Payment Required")):
+        with Redis() as r, Backend("b") as b, Tollgate(redis=r.url, args=["--cap-status", str(code)]) as tg:
+            host = routed(r, b, cap_bytes=1000)
+            set_usage(r, "capt", 5000)
+            first_sight(tg, host, cap_status=code)
+            s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
+            s.sendall(get(host, "/bytes/10", close=True))
+            head = b""
+            while b"\r\n" not in head:
+                chunk = s.recv(4096)
+                assert chunk, head
+                head += chunk
+            s.close()
+            assert head.split(b"\r\n")[0] == ("HTTP/1.1 %d %s" % (code, reason)).encode(), head
 
 
 def test_throttle_pace_within_10_percent():
