@@ -110,6 +110,7 @@ enum {
     RF_AWAIT_100     = 1 << 19, /* Expect: 100-continue, no body byte yet: the backend owes an answer */
     RF_PICKED        = 1 << 20, /* r->target counts as active for least_conn (pick_end() ends it) */
     RF_THR_DOWN_1ST  = 1 << 21, /* the throttle timer's next turn serves backend -> client first */
+    RF_UP_WDEAD      = 1 << 22, /* writing to the backend failed: no more body goes to it (up_write_failed) */
 };
 
 /* struct conn flags */
@@ -1360,6 +1361,13 @@ static int relay_request_body(struct conn *c)
     struct evbuffer *out = bufferevent_get_output(r->up);
     size_t hwm = hwm_of(c);
 
+    if (r->flags & RF_UP_WDEAD) {
+        /* The backend takes no more: the rest of the body stays unread (the
+         * connection closes after the response, lingering: finish_request). */
+        bufferevent_disable(c->bev, EV_READ);
+        c->flags |= CF_CLIENT_PAUSED;
+        return 0;
+    }
     while (!(r->flags & (RF_REQ_DONE | RF_THROTTLED)) && evbuffer_get_length(in) > 0) {
         size_t have = out_room(r->up, hwm);
         if (have >= hwm)
@@ -2389,6 +2397,43 @@ static void up_write_cb(struct bufferevent *bev, void *arg)
         bufferevent_enable(c->bev, EV_READ);
 }
 
+/*
+ * Writing the request (body) to the backend failed -- typically it answered
+ * early (413, 401) and closed without reading the body, so its kernel reset
+ * the connection.  Its answer may still wait in the socket, unread: a write
+ * callback can run before the read callback of the same wake-up.  Reads what
+ * is there, stops sending the body, and lets the response go on as if the
+ * backend had only stopped reading.  Returns 1 when the exchange goes on
+ * (c may be gone), 0 when nothing of a response came: the caller reports
+ * the error (502, or a retry).
+ */
+static int up_write_failed(struct conn *c, struct bufferevent *bev)
+{
+    struct req *r = c->req;
+    if (r->flags & (RF_RESP_DONE | RF_SPLICE | RF_UP_EOF))
+        return 0;
+    struct evbuffer *in = bufferevent_get_input(bev);
+    short ev = 0;
+    size_t before = evbuffer_get_length(in), hwm = hwm_of(c);
+    while (!ev && evbuffer_get_length(in) < hwm && bev_read(bev, hwm - evbuffer_get_length(in), &ev) > 0)
+        ;
+    if (!(r->flags & RF_RESP_BYTE) && evbuffer_get_length(in) == 0)
+        return 0;
+    if (ev && evbuffer_get_length(in) == before)
+        return 0;               /* nothing new, and the read side failed too */
+    log_info("%s: conn %llu: backend %s stopped reading the request; relaying its answer", __func__,
+             (unsigned long long)c->id, r->target.name);
+    r->flags |= RF_UP_WDEAD;
+    r->flags &= ~RF_UP_KEEPALIVE;
+    evbuffer_drain(bufferevent_get_output(bev), evbuffer_get_length(bufferevent_get_output(bev)));
+    bufferevent_disable(bev, EV_WRITE);
+    bufferevent_disable(c->bev, EV_READ);
+    c->flags |= CF_CLIENT_PAUSED;
+    if (evbuffer_get_length(in) > before)
+        up_read_cb(bev, c);
+    return 1;
+}
+
 /* May a failed exchange be tried again on another connection? */
 static int can_retry(const struct req *r)
 {
@@ -2470,6 +2515,8 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         return;
     }
 
+    if ((what & BEV_EVENT_WRITING) && (what & BEV_EVENT_ERROR) && c->state == CS_PROXY && up_write_failed(c, bev))
+        return;
     if (r->flags & RF_RESP_DONE) {
         /* The backend closed after a complete response: nothing is lost,
          * the connection just cannot go back to the pool. */

@@ -285,6 +285,47 @@ def test_an_early_answer_reaches_a_client_still_sending_its_body():
             assert line.split()[7] == str(len(got)), (splice, line, len(got))
 
 
+def test_an_early_answer_then_a_reset_reaches_the_client():
+    """The backend answers an upload early and closes with the body unread,
+    so its kernel resets the connection right after the answer.  tollgate,
+    blocked writing the body, finds out by a failed write -- in the same
+    wake-up as the answer's arrival, and sometimes first.  The answer is in
+    its socket all the same: the client gets the 413, never a 502."""
+    def serve(s, n):
+        read_request_head(s)
+        time.sleep(0.15)          # tollgate fills the socket and waits to write
+        s.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 4\r\n\r\nbig!")
+        return False              # closed with the body unread: a reset
+    got = []
+    with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1) as tg:
+        for _ in range(12):
+            s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 20000000\r\n\r\n")
+
+            def push():
+                try:
+                    for _ in range(300):
+                        s.sendall(b"y" * 65536)
+                except OSError:
+                    pass
+            t = threading.Thread(target=push, daemon=True)
+            t.start()
+            data = b""
+            try:
+                while True:
+                    d = s.recv(65536)
+                    if not d:
+                        break
+                    data += d
+            except OSError:
+                pass
+            s.close()
+            t.join(5)
+            got.append(data.split(b"\r\n")[0])
+        assert got == [b"HTTP/1.1 413 Payload Too Large"] * 12, got
+        assert "closed the connection before the response head" not in tg.log_text(), tg.log_text()
+
+
 def test_an_answer_before_the_body_ends_says_the_connection_closes():
     """The backend answers a POST after its head, before the body has all
     come: tollgate will end the connection after that answer, and says so
