@@ -64,6 +64,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "config/config.h"
@@ -83,6 +84,31 @@
 #define ROUTE_NOTRACK_TTL 1.0            /* freshness while invalidations are not flowing */
 #define ROUTE_REFRESH_GRACE 60.0         /* a record past its TTL served while it is refetched, at most (s) */
 #define ROUTE_PENDING_BUCKETS 256
+#define ROUTE_HOSTS_FILE  "/etc/hosts"
+#define ROUTE_HOSTS_CHECK 1.0            /* the hosts file is stat()ed at most this often per worker (s) */
+
+/*
+ * Every address a backend name resolves to is a backend of its own (as
+ * nginx makes each address of a name a peer): a name that resolves to an
+ * IPv4 and an IPv6 address (localhost, a dual-stack host) gives two entries
+ * of the set, both named "host:port", so that route_pick() moves to the
+ * other address when one refuses and passive health cools the refusing one
+ * down.  At most ROUTE_ADDRS_PER_NAME per name, IPv4 first, and never more
+ * than BAL_MAX_BACKENDS in a set (each name keeps at least one address).
+ */
+#define ROUTE_ADDRS_PER_NAME 8
+
+union route_sa {
+    struct sockaddr sa;
+    struct sockaddr_in in;
+    struct sockaddr_in6 in6;
+};
+
+/* The addresses of one name, port 0. */
+struct route_ips {
+    unsigned n;
+    union route_sa a[ROUTE_ADDRS_PER_NAME];
+};
 
 /* Workers whose Redis is configured but down; route_degraded() reads it from any thread. */
 static atomic_int route_degraded_workers;
@@ -216,17 +242,18 @@ struct route_dns {
     struct route_fetch *f;
     struct route_ctx *rc;
     char name[HOST_MAX + 1];
-    int stage;                     /* 0 getaddrinfo (hosts file), 1 A, 2 AAAA */
-    int sync_done;
-    struct evdns_request *req;
+    int sync_done;                 /* the hosts-file step answered */
+    int pending;                   /* A and AAAA queries in flight (+1 while they are being sent) */
+    int ttl;                       /* shortest TTL of the answers so far (-1: none) */
+    struct route_ips v4, v6;       /* the A and AAAA answers */
 };
 
-/* A resolved name (port 0), cached in rc->dns for its DNS TTL. */
+/* A resolved name (addresses with port 0), cached in rc->dns for its DNS TTL. */
 struct route_dns_rec {
     int ok;
-    struct sockaddr_storage ss;
-    socklen_t len;
+    struct route_ips ips;
     double expires;
+    double stored;                 /* when (monotonic s): records older than rc->dns_flushed are expired */
 };
 
 /* One lookup waiting on a fetch (route.h's struct route_lookup). */
@@ -298,6 +325,10 @@ struct route_ctx {
     struct route_pool *pool;       /* shared backend sets */
     struct evdns_base *dnsb;
     struct route_dns *dns_reqs;
+    double dns_flushed;            /* DNS records stored before this are expired (reload) */
+    double hosts_next;             /* when the hosts file is stat()ed next */
+    struct stat hosts_st;          /* what it was when last loaded (zeroed: missing) */
+    char hosts_path[256];          /* ROUTE_HOSTS_FILE, or TOLLGATE_TEST_HOSTS_FILE */
     struct route_pats *pats;
     struct route_fetch *pending[ROUTE_PENDING_BUCKETS];
     uint32_t gen;
@@ -383,48 +414,148 @@ int route_degraded(void)
 
 /* ---- backends ---- */
 
-/*
- * Clears b's address and fills it when name is an IPv4 or IPv6 literal or a
- * localhost name (port in host order).  1 when filled, 0 when name must be
- * resolved.  RFC 6761 §6.3: localhost names are loopback without asking the
- * resolver (a minimal system may not even have /etc/hosts).
- */
-static int route_addr_literal(const char *name, int port, struct bal_backend *b)
+/* Adds an IPv4 or IPv6 address (its port cleared) to ips unless full or already there.  1 when added. */
+static int route_ips_add(struct route_ips *ips, const struct sockaddr *sa, socklen_t len)
 {
-    struct sockaddr_in *in = (struct sockaddr_in *)&b->addr;
-    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&b->addr;
-    size_t nl = strlen(name);
+    union route_sa a;
+    memset(&a, 0, sizeof(a));
+    if (sa->sa_family == AF_INET && len >= sizeof(a.in)) {
+        memcpy(&a.in, sa, sizeof(a.in));
+        a.in.sin_port = 0;
+    } else if (sa->sa_family == AF_INET6 && len >= sizeof(a.in6)) {
+        memcpy(&a.in6, sa, sizeof(a.in6));
+        a.in6.sin6_port = 0;
+        a.in6.sin6_flowinfo = 0;
+    } else {
+        return 0;
+    }
+    if (ips->n >= ROUTE_ADDRS_PER_NAME)
+        return 0;
+    for (unsigned i = 0; i < ips->n; i++)
+        if (memcmp(&ips->a[i], &a, sizeof(a)) == 0)
+            return 0;
+    ips->a[ips->n++] = a;
+    return 1;
+}
+
+/* Puts the IPv4 addresses first, keeping the order within each family. */
+static void route_ips_order(struct route_ips *ips)
+{
+    struct route_ips o;
+    o.n = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (unsigned i = 0; i < ips->n; i++)
+            if ((ips->a[i].sa.sa_family == AF_INET) == (pass == 0))
+                o.a[o.n++] = ips->a[i];
+    *ips = o;
+}
+
+/* Sets b's address to a with port (host order). */
+static void route_ip_to_backend(const union route_sa *a, int port, struct bal_backend *b)
+{
     memset(&b->addr, 0, sizeof(b->addr));
+    if (a->sa.sa_family == AF_INET) {
+        memcpy(&b->addr, &a->in, sizeof(a->in));
+        ((struct sockaddr_in *)&b->addr)->sin_port = htons((uint16_t)port);
+        b->addrlen = sizeof(a->in);
+    } else {
+        memcpy(&b->addr, &a->in6, sizeof(a->in6));
+        ((struct sockaddr_in6 *)&b->addr)->sin6_port = htons((uint16_t)port);
+        b->addrlen = sizeof(a->in6);
+    }
+}
+
+/*
+ * Fills ips (port 0) when name is an IPv4 or IPv6 literal or a localhost
+ * name.  1 when filled, 0 when name must be resolved.  RFC 6761 §6.3:
+ * localhost names are loopback without asking the resolver (a minimal
+ * system may not even have /etc/hosts): 127.0.0.1 and ::1, as curl and
+ * systemd-resolved answer, so that a server listening on either loopback
+ * (a Node >= 17 dev server listens on ::1 only) is reached.
+ */
+static int route_addr_literal(const char *name, struct route_ips *ips)
+{
+    union route_sa a;
+    size_t nl = strlen(name);
+    ips->n = 0;
+    memset(&a, 0, sizeof(a));
     if ((nl == 9 && strcasecmp(name, "localhost") == 0) ||
         (nl > 10 && strcasecmp(name + nl - 10, ".localhost") == 0)) {
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        in->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        b->addrlen = sizeof(*in);
+        a.in.sin_family = AF_INET;
+        a.in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        ips->a[ips->n++] = a;
+        memset(&a, 0, sizeof(a));
+        a.in6.sin6_family = AF_INET6;
+        a.in6.sin6_addr = in6addr_loopback;
+        ips->a[ips->n++] = a;
         return 1;
     }
-    if (inet_pton(AF_INET, name, &in->sin_addr) == 1) {
-        in->sin_family = AF_INET;
-        in->sin_port = htons((uint16_t)port);
-        b->addrlen = sizeof(*in);
+    if (inet_pton(AF_INET, name, &a.in.sin_addr) == 1) {
+        a.in.sin_family = AF_INET;
+        ips->a[ips->n++] = a;
         return 1;
     }
-    if (inet_pton(AF_INET6, name, &in6->sin6_addr) == 1) {
-        in6->sin6_family = AF_INET6;
-        in6->sin6_port = htons((uint16_t)port);
-        b->addrlen = sizeof(*in6);
+    if (inet_pton(AF_INET6, name, &a.in6.sin6_addr) == 1) {
+        a.in6.sin6_family = AF_INET6;
+        ips->a[ips->n++] = a;
         return 1;
     }
     return 0;
 }
 
-/* One backend name of the static routes and the address it resolved to. */
+/*
+ * How many addresses each of n names (naddr[i] resolved, at least 1 each)
+ * gets in one set of at most BAL_MAX_BACKENDS: every name one, then the
+ * others in list order while room is left.  take[i] filled; returns the
+ * total.
+ */
+static size_t route_ips_share(size_t n, const unsigned *naddr, unsigned *take)
+{
+    size_t room = n < BAL_MAX_BACKENDS ? BAL_MAX_BACKENDS - n : 0, total = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t extra = naddr[i] > 1 ? naddr[i] - 1 : 0;
+        if (extra > room)
+            extra = room;
+        room -= extra;
+        take[i] = (unsigned)(1 + extra);
+        total += take[i];
+    }
+    return total;
+}
+
+/*
+ * A set with every address of set's names: backend i of set (its name,
+ * with port ports[i]) becomes the addresses ips[i] (route_ips_share()'s
+ * share of them), in order.  The new set comes from newset(total, set->lb).
+ * NULL on OOM.
+ */
+static struct route_backends *route_set_expand(const struct route_backends *set, const struct route_ips *ips,
+                                               const int *ports,
+                                               struct route_backends *(*newset)(size_t, int))
+{
+    unsigned naddr[BAL_MAX_BACKENDS], take[BAL_MAX_BACKENDS];
+    for (size_t i = 0; i < set->n; i++)
+        naddr[i] = ips[i].n;
+    size_t total = route_ips_share(set->n, naddr, take);
+    struct route_backends *out = newset(total, set->lb);
+    if (out == NULL)
+        return NULL;
+    out->rr = set->rr;
+    size_t k = 0;
+    for (size_t i = 0; i < set->n; i++)
+        for (unsigned j = 0; j < take[i] && j < ips[i].n; j++, k++) {
+            snprintf(out->b[k].name, sizeof(out->b[k].name), "%s", set->b[i].name);
+            route_ip_to_backend(&ips[i].a[j], ports[i], &out->b[k]);
+        }
+    return out;
+}
+
+/* One backend name of the static routes and the addresses it resolved to. */
 struct route_addr {
     char name[HOST_MAX + 1];
     int port;
     size_t route;                  /* the first route naming it (for the error message) */
-    socklen_t len;
-    struct sockaddr_storage addr;
+    struct route_ips ips;          /* port 0 */
 };
 
 /* Sorted by (name, port), no duplicates: looked up with bsearch. */
@@ -469,7 +600,11 @@ static const struct route_addr *route_addrs_find(const struct route_addrs *t, co
     return bsearch(&key, t->a, t->n, sizeof(*t->a), route_addr_key_cmp);
 }
 
-/* Resolves name:port through getaddrinfo (blocking: main thread only), preferring IPv4, into out's address.  0 / -1. */
+/*
+ * Resolves name:port through getaddrinfo (blocking: main thread only) into
+ * out's addresses: every IPv4 and IPv6 address (at most
+ * ROUTE_ADDRS_PER_NAME), IPv4 first.  0 / -1.
+ */
 static int route_addr_resolve(const char *name, int port, struct route_addr *out, char *err, size_t errlen)
 {
     struct addrinfo hints, *res = NULL;
@@ -483,20 +618,16 @@ static int route_addr_resolve(const char *name, int port, struct route_addr *out
         snprintf(err, errlen, "cannot resolve backend %.100s: %s", name, gai_strerror(rc));
         return -1;
     }
-    const struct addrinfo *pick = res;
-    for (const struct addrinfo *a = res; a; a = a->ai_next)
-        if (a->ai_family == AF_INET) {
-            pick = a;
-            break;
-        }
-    if (pick->ai_addrlen > sizeof(out->addr)) {
-        freeaddrinfo(res);
-        snprintf(err, errlen, "cannot resolve backend %.100s: address too long", name);
+    out->ips.n = 0;
+    for (int pass = 0; pass < 2; pass++)          /* IPv4 first, so none is crowded out by IPv6 ones */
+        for (const struct addrinfo *a = res; a; a = a->ai_next)
+            if ((a->ai_family == AF_INET) == (pass == 0))
+                route_ips_add(&out->ips, a->ai_addr, (socklen_t)a->ai_addrlen);
+    freeaddrinfo(res);
+    if (out->ips.n == 0) {
+        snprintf(err, errlen, "cannot resolve backend %.100s: no IPv4 or IPv6 address", name);
         return -1;
     }
-    memcpy(&out->addr, pick->ai_addr, pick->ai_addrlen);
-    out->len = (socklen_t)pick->ai_addrlen;
-    freeaddrinfo(res);
     return 0;
 }
 
@@ -546,11 +677,11 @@ static int route_addrs_collect(void *arg, size_t i, const char *item, size_t len
 {
     struct route_collect *col = arg;
     struct route_addrs *t = col->t;
-    struct bal_backend probe;
+    struct route_ips probe;
     (void)i;
     (void)item;
     (void)len;
-    if (route_addr_literal(name, port, &probe))
+    if (route_addr_literal(name, &probe))
         return 0;
     if (t->n == t->cap) {
         size_t cap = t->cap ? t->cap * 2 : 8;
@@ -618,13 +749,15 @@ struct route_addrs *route_addrs_resolve(const struct tg_config *cfg, char *err, 
     return t;
 }
 
-/* The set route_static_fill() fills, and where it finds names. */
+/* The set route_static_fill() names, its backends' addresses and ports, and where it finds names. */
 struct route_fill {
     struct route_backends *set;
+    struct route_ips *ips;
+    int *ports;
     const struct route_addrs *addrs;
 };
 
-/* route_list_each() step of route_static_backends(): fills backend i. */
+/* route_list_each() step of route_static_backends(): names backend i and finds its addresses. */
 static int route_static_fill(void *arg, size_t i, const char *item, size_t len, const char *name, int port,
                              char *err, size_t errlen)
 {
@@ -632,21 +765,22 @@ static int route_static_fill(void *arg, size_t i, const char *item, size_t len, 
     struct bal_backend *b = &fill->set->b[i];
     memcpy(b->name, item, len);
     b->name[len] = '\0';
-    if (route_addr_literal(name, port, b))
+    fill->ports[i] = port;
+    if (route_addr_literal(name, &fill->ips[i]))
         return 0;
     const struct route_addr *ra = route_addrs_find(fill->addrs, name, port);
-    if (ra == NULL) {
+    if (ra == NULL || ra->ips.n == 0) {
         snprintf(err, errlen, "backend %.100s was not resolved", name);
         return -1;
     }
-    memcpy(&b->addr, &ra->addr, ra->len);
-    b->addrlen = ra->len;
+    fill->ips[i] = ra->ips;
     return 0;
 }
 
 /*
  * Builds a backend set from "host:port[,host:port...]", names taken from
- * addrs (never resolved here: this runs on workers).  NULL with err.
+ * addrs (never resolved here: this runs on workers), one backend per
+ * address of each name.  NULL with err.
  */
 static struct route_backends *route_static_backends(const char *list, const struct route_addrs *addrs,
                                                     char *err, size_t errlen)
@@ -658,16 +792,23 @@ static struct route_backends *route_static_backends(const char *list, const stru
         snprintf(err, errlen, "too many backends (at most %d)", BAL_MAX_BACKENDS);
         return NULL;
     }
-    struct route_backends *set = bal_set_new((size_t)count, BAL_ROUND_ROBIN);
-    if (set == NULL) {
+    struct route_backends *names = bal_set_new((size_t)count, BAL_ROUND_ROBIN);
+    struct route_ips *ips = calloc((size_t)count, sizeof(*ips));
+    int ports[BAL_MAX_BACKENDS];
+    struct route_backends *set = NULL;
+    if (names == NULL || ips == NULL) {
         snprintf(err, errlen, "out of memory");
-        return NULL;
+        goto out;
     }
-    struct route_fill fill = { set, addrs };
-    if (route_list_each(list, route_static_fill, &fill, err, errlen) < 0) {
-        bal_set_free(set);
-        return NULL;
-    }
+    struct route_fill fill = { names, ips, ports, addrs };
+    if (route_list_each(list, route_static_fill, &fill, err, errlen) < 0)
+        goto out;
+    set = route_set_expand(names, ips, ports, bal_set_new);
+    if (set == NULL)
+        snprintf(err, errlen, "out of memory");
+out:
+    bal_set_free(names);
+    free(ips);
     return set;
 }
 
@@ -1524,54 +1665,58 @@ fail:
     return NULL;
 }
 
+static void route_hosts_check(struct route_ctx *rc, double now, int force);
+
 /*
- * Fills the address of backend b from its "host:port" name: IP literals
- * and localhost directly, names from the DNS cache.  Returns 1 when filled,
- * 0 when the name must be resolved first (*name set), -1 when it cannot be
- * (a cached DNS failure).
+ * The addresses of backend b's "host:port" name (port set): IP literals and
+ * localhost directly, names from the DNS cache.  Returns 1 when known, 0
+ * when the name must be resolved first (*name set), -1 when it cannot be
+ * (a cached DNS failure).  *dns_expires is lowered to the answer's expiry.
  */
-static int route_fill_backend(struct route_ctx *rc, struct bal_backend *b, double now, char *name, size_t namecap,
-                              double *dns_expires)
+static int route_name_ips(struct route_ctx *rc, const struct bal_backend *b, double now, char *name,
+                          size_t namecap, int *port, struct route_ips *ips, double *dns_expires)
 {
-    int port;
-    if (host_parse_hostport(b->name, strlen(b->name), name, namecap, &port) < 0)
+    if (host_parse_hostport(b->name, strlen(b->name), name, namecap, port) < 0)
         return -1;
-    if (route_addr_literal(name, port, b))
+    if (route_addr_literal(name, ips))
         return 1;
+    if (rc->dnsb)
+        route_hosts_check(rc, now, 0);
     size_t nl = strlen(name);
     const struct route_dns_rec *d = cache_get(rc->dns, name, nl);
-    if (d == NULL || now >= d->expires)
+    if (d == NULL || now >= d->expires || d->stored < rc->dns_flushed)
         return 0;
-    if (!d->ok)
+    if (!d->ok || d->ips.n == 0)
         return -1;
     if (*dns_expires == 0 || d->expires < *dns_expires)
         *dns_expires = d->expires;
-    memcpy(&b->addr, &d->ss, d->len);
-    b->addrlen = d->len;
-    if (b->addr.ss_family == AF_INET)
-        ((struct sockaddr_in *)&b->addr)->sin_port = htons((uint16_t)port);
-    else
-        ((struct sockaddr_in6 *)&b->addr)->sin6_port = htons((uint16_t)port);
+    *ips = d->ips;
     return 1;
 }
 
 static void route_dns_start(struct route_fetch *f, const char *name);
 
 /*
- * Fills every backend of the fetch's entry.  With start = 1, names that
- * need DNS get a resolution started (counted in f->outstanding).  Returns
- * 0 when all are filled or pending, -1 with err when one cannot be resolved
- * (or, with start = 0, is still unresolved).
+ * Fills every backend set of the fetch's entry.  With start = 1, names
+ * that need DNS get a resolution started (counted in f->outstanding) and
+ * nothing is changed.  With start = 0 (every answer in), each set is
+ * replaced by one with a backend per address of each name
+ * (route_set_expand).  Returns 0 when all are filled or pending, -1 with
+ * err when one cannot be resolved (or, with start = 0, is still
+ * unresolved).
  */
 static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int start, char *err, size_t errlen)
 {
     struct route_ctx *rc = f->rc;
     double now = route_now();
+    struct route_ips ips[BAL_MAX_BACKENDS];
+    int ports[BAL_MAX_BACKENDS];
     for (size_t s = 0; s <= e->n_paths; s++) {
-        struct route_backends *set = s == 0 ? e->set : e->path_sets[s - 1];
-        for (size_t i = 0; i < set->n; i++) {
+        struct route_backends **setp = s == 0 ? &e->set : &e->path_sets[s - 1];
+        struct route_backends *set = *setp;
+        for (size_t i = 0; i < set->n && i < BAL_MAX_BACKENDS; i++) {
             char name[HOST_MAX + 1];
-            int r = route_fill_backend(rc, &set->b[i], now, name, sizeof(name), &f->dns_expires);
+            int r = route_name_ips(rc, &set->b[i], now, name, sizeof(name), &ports[i], &ips[i], &f->dns_expires);
             if (r == 1)
                 continue;
             if (r == 0 && start) {
@@ -1587,23 +1732,37 @@ static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int st
             snprintf(err, errlen, "cannot resolve backend '%s'", set->b[i].name);
             return -1;
         }
+        if (start)
+            continue;
+        /* The main set is a shared one (route_pset), not interned yet; path rules' sets are plain. */
+        struct route_backends *x = route_set_expand(set, ips, ports, s == 0 ? route_pset_new : bal_set_new);
+        if (x == NULL) {
+            snprintf(err, errlen, "out of memory");
+            return -1;
+        }
+        if (s == 0)
+            route_pset_unref(set);
+        else
+            bal_set_free(set);
+        *setp = x;
     }
     return 0;
 }
 
 /* ---- DNS ---- */
 
-static void route_dns_store(struct route_ctx *rc, const char *name, const struct sockaddr *sa, socklen_t len,
-                            int ttl)
+/* Caches name's addresses (ips NULL or empty: a failure, for route-negative-ttl) for ttl seconds. */
+static void route_dns_store(struct route_ctx *rc, const char *name, const struct route_ips *ips, int ttl)
 {
     struct route_dns_rec *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return;
     double now = route_now();
-    if (sa && len <= sizeof(r->ss)) {
+    r->stored = now;
+    if (ips && ips->n > 0) {
         r->ok = 1;
-        memcpy(&r->ss, sa, len);
-        r->len = len;
+        r->ips = *ips;
+        route_ips_order(&r->ips);
         if (ttl < 1)
             ttl = 1;
         if (ttl > 86400)
@@ -1635,8 +1794,6 @@ static void route_dns_done(struct route_dns *d)
         route_fetch_advance(f);
 }
 
-static void route_dns_next_stage(struct route_dns *d);
-
 /*
  * The getaddrinfo step has its own small context: a cancelled request still
  * calls back later (libevent defers it), when d may be gone.
@@ -1656,89 +1813,125 @@ static void route_dns_gai_cb(int result, struct evutil_addrinfo *res, void *arg)
         return;
     }
     d->sync_done = 1;
-    if (result == 0 && res) {
-        const struct evutil_addrinfo *pick = res;
-        for (const struct evutil_addrinfo *a = res; a; a = a->ai_next)
-            if (a->ai_family == AF_INET) {
-                pick = a;
-                break;
-            }
-        /* From the hosts file: no TTL there, keep it as long as a route. */
-        route_dns_store(d->rc, d->name, pick->ai_addr, (socklen_t)pick->ai_addrlen,
-                        (int)d->rc->cfg->route_cache_ttl);
-    } else {
-        route_dns_store(d->rc, d->name, NULL, 0, 0);
-    }
+    struct route_ips ips;
+    ips.n = 0;
+    if (result == 0)
+        for (int pass = 0; pass < 2; pass++)      /* IPv4 first, so none is crowded out by IPv6 ones */
+            for (const struct evutil_addrinfo *a = res; a; a = a->ai_next)
+                if ((a->ai_family == AF_INET) == (pass == 0))
+                    route_ips_add(&ips, a->ai_addr, (socklen_t)a->ai_addrlen);
+    /* From the hosts file: no TTL there, keep it as long as a route. */
+    route_dns_store(d->rc, d->name, &ips, (int)d->rc->cfg->route_cache_ttl);
     if (res)
         evutil_freeaddrinfo(res);
 }
 
-static void route_dns_cb(int result, char type, int count, int ttl, void *addresses, void *arg)
+/* One of the A and AAAA queries is over: when both are, the name's answer is every address of both. */
+static void route_dns_answer(struct route_dns *d, int result, int ttl, int count, const void *addresses, int family)
 {
-    struct route_dns *d = arg;
-    d->req = NULL;
-    if (result == DNS_ERR_NONE && count > 0 && type == DNS_IPv4_A) {
-        struct sockaddr_in in;
-        memset(&in, 0, sizeof(in));
-        in.sin_family = AF_INET;
-        memcpy(&in.sin_addr, addresses, 4);
-        route_dns_store(d->rc, d->name, (struct sockaddr *)&in, sizeof(in), ttl);
-        route_dns_done(d);
-        return;
+    if (result == DNS_ERR_NONE && count > 0 && addresses) {
+        struct route_ips *ips = family == AF_INET ? &d->v4 : &d->v6;
+        for (int i = 0; i < count; i++) {
+            union route_sa a;
+            memset(&a, 0, sizeof(a));
+            if (family == AF_INET) {
+                a.in.sin_family = AF_INET;
+                memcpy(&a.in.sin_addr, (const char *)addresses + 4 * i, 4);
+            } else {
+                a.in6.sin6_family = AF_INET6;
+                memcpy(&a.in6.sin6_addr, (const char *)addresses + 16 * i, 16);
+            }
+            route_ips_add(ips, &a.sa, family == AF_INET ? sizeof(a.in) : sizeof(a.in6));
+        }
+        if (d->ttl < 0 || ttl < d->ttl)
+            d->ttl = ttl;           /* the route lives no longer than the shortest answer */
     }
-    if (result == DNS_ERR_NONE && count > 0 && type == DNS_IPv6_AAAA) {
-        struct sockaddr_in6 in6;
-        memset(&in6, 0, sizeof(in6));
-        in6.sin6_family = AF_INET6;
-        memcpy(&in6.sin6_addr, addresses, 16);
-        route_dns_store(d->rc, d->name, (struct sockaddr *)&in6, sizeof(in6), ttl);
-        route_dns_done(d);
+    if (--d->pending > 0)
         return;
-    }
-    if (d->stage == 1 && result != DNS_ERR_SHUTDOWN && result != DNS_ERR_CANCEL) {
-        route_dns_next_stage(d);
-        return;
-    }
-    route_dns_store(d->rc, d->name, NULL, 0, 0);
+    struct route_ips all = d->v4;
+    for (unsigned i = 0; i < d->v6.n; i++)
+        route_ips_add(&all, &d->v6.a[i].sa, sizeof(d->v6.a[i].in6));
+    route_dns_store(d->rc, d->name, &all, d->ttl);
     route_dns_done(d);
 }
 
-/* Stage 1: A record (with its TTL); stage 2: AAAA. */
-static void route_dns_next_stage(struct route_dns *d)
+static void route_dns_cb4(int result, char type, int count, int ttl, void *addresses, void *arg)
 {
-    d->stage++;
-    if (d->stage == 1)
-        d->req = evdns_base_resolve_ipv4(d->rc->dnsb, d->name, 0, route_dns_cb, d);
-    else
-        d->req = evdns_base_resolve_ipv6(d->rc->dnsb, d->name, 0, route_dns_cb, d);
-    if (d->req == NULL) {
-        route_dns_store(d->rc, d->name, NULL, 0, 0);
-        route_dns_done(d);
-    }
+    (void)type;
+    route_dns_answer(arg, result, ttl, count, addresses, AF_INET);
+}
+
+static void route_dns_cb6(int result, char type, int count, int ttl, void *addresses, void *arg)
+{
+    (void)type;
+    route_dns_answer(arg, result, ttl, count, addresses, AF_INET6);
+}
+
+/* Asks A and AAAA at once (each with its TTL); the answer is merged in route_dns_answer(). */
+static void route_dns_query(struct route_dns *d)
+{
+    d->ttl = -1;
+    d->pending = 3;                  /* two queries, and this function until both are sent */
+    if (evdns_base_resolve_ipv4(d->rc->dnsb, d->name, 0, route_dns_cb4, d) == NULL)
+        d->pending--;
+    if (evdns_base_resolve_ipv6(d->rc->dnsb, d->name, 0, route_dns_cb6, d) == NULL)
+        d->pending--;
+    route_dns_answer(d, DNS_ERR_UNKNOWN, 0, 0, NULL, AF_INET);
+}
+
+/*
+ * Reloads the hosts file into the resolver when it changed (inode, size,
+ * mtime or ctime differ from the last load), looking at most once per
+ * ROUTE_HOSTS_CHECK: a hosts entry edited or added is seen by the next
+ * resolution, as the static routes see it at a reload.  force: load it
+ * whatever it looks like (a new resolver).
+ */
+static void route_hosts_check(struct route_ctx *rc, double now, int force)
+{
+    if (!force && now < rc->hosts_next)
+        return;
+    rc->hosts_next = now + ROUTE_HOSTS_CHECK;
+    struct stat st;
+    memset(&st, 0, sizeof(st));
+    if (stat(rc->hosts_path, &st) != 0)
+        memset(&st, 0, sizeof(st));
+    if (!force && st.st_dev == rc->hosts_st.st_dev && st.st_ino == rc->hosts_st.st_ino &&
+        st.st_size == rc->hosts_st.st_size && st.st_mtim.tv_sec == rc->hosts_st.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == rc->hosts_st.st_mtim.tv_nsec && st.st_ctim.tv_sec == rc->hosts_st.st_ctim.tv_sec &&
+        st.st_ctim.tv_nsec == rc->hosts_st.st_ctim.tv_nsec)
+        return;
+    rc->hosts_st = st;
+    if (!force)
+        rc->dns_flushed = now;       /* answers taken from the old file are not used again */
+    evdns_base_clear_host_addresses(rc->dnsb);
+    evdns_base_load_hosts(rc->dnsb, rc->hosts_path);   /* a missing file: localhost only */
 }
 
 /*
  * Resolves a backend name for f.  evdns_getaddrinfo() answers at once for
- * names in /etc/hosts (the only evdns call that reads it); otherwise it is
- * cancelled and the name asked with evdns_base_resolve_ipv4/6, which give
- * the record's TTL.
+ * names in the hosts file (the only evdns call that reads it); otherwise it
+ * is cancelled and the name asked with evdns_base_resolve_ipv4 and _ipv6,
+ * which give the records' TTLs.
  */
 static void route_dns_start(struct route_fetch *f, const char *name)
 {
     struct route_ctx *rc = f->rc;
+    int fresh = 0;
     if (rc->dnsb == NULL) {
         rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
         if (rc->dnsb) {
             evdns_base_set_option(rc->dnsb, "timeout:", "2");
             evdns_base_set_option(rc->dnsb, "attempts:", "2");
+            fresh = 1;
         }
     }
     struct route_dns *d = calloc(1, sizeof(*d));
     if (d == NULL || rc->dnsb == NULL) {
         free(d);
-        route_dns_store(rc, name, NULL, 0, 0);
+        route_dns_store(rc, name, NULL, 0);
         return;
     }
+    route_hosts_check(rc, route_now(), fresh);
     d->rc = rc;
     d->f = f;
     snprintf(d->name, sizeof(d->name), "%s", name);
@@ -1754,7 +1947,7 @@ static void route_dns_start(struct route_fetch *f, const char *name)
     hints.ai_socktype = SOCK_STREAM;
     struct route_gai *gc = malloc(sizeof(*gc));
     if (gc == NULL) {
-        route_dns_next_stage(d);
+        route_dns_query(d);
         return;
     }
     gc->d = d;
@@ -1767,7 +1960,7 @@ static void route_dns_start(struct route_fetch *f, const char *name)
         gc->d = NULL;                  /* its callback comes later and only frees gc */
         evdns_getaddrinfo_cancel(g);
     }
-    route_dns_next_stage(d);
+    route_dns_query(d);
 }
 
 /* ---- Redis replies ---- */
@@ -2721,6 +2914,9 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
     rc->cooldown = cfg->backend_cooldown;
     snprintf(rc->prefix, sizeof(rc->prefix), "%s", prefix);
     rc->prefix_len = strlen(rc->prefix);
+    /* Tests point the resolver at a hosts file they can edit; nothing else sets it. */
+    const char *hosts = getenv("TOLLGATE_TEST_HOSTS_FILE");
+    snprintf(rc->hosts_path, sizeof(rc->hosts_path), "%s", hosts && hosts[0] ? hosts : ROUTE_HOSTS_FILE);
     rc->health = bal_health_new();
     if (rc->health == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -2784,6 +2980,9 @@ int route_ctx_reload(struct route_ctx *rc, const struct tg_config *cfg, const st
     rc->cooldown = cfg->backend_cooldown;
     if (rc->routes)
         route_flush_freshness(rc);       /* TTLs may have changed */
+    /* A reload re-resolves names, as the static routes' are: DNS answers and the hosts file afresh. */
+    rc->dns_flushed = route_now();
+    rc->hosts_next = 0;
     return 0;
 }
 

@@ -215,10 +215,96 @@ START_TEST(static_lookup_sync)
     uint64_t tried = 0;
     ck_assert_int_eq(route_pick(rc, g.res.backends, &tried, &t), 0);
     ck_assert_str_eq(t.name, "localhost:9005");
+    ck_assert_int_eq(t.addr.ss_family, AF_INET);
     ck_assert_int_eq(ntohs(((struct sockaddr_in *)&t.addr)->sin_port), 9005);
     route_report(rc, g.res.backends, &t, ROUTE_OUTCOME_OK);
+    route_release(rc, g.res.backends, &t);
 
     ck_assert_int_eq(route_degraded(), 0);
+    route_ctx_free(rc);
+}
+END_TEST
+
+/*
+ * A name with an IPv4 and an IPv6 address is two backends of the set (as
+ * nginx makes each address a peer): localhost is 127.0.0.1 then ::1, both
+ * named "localhost:P"; when the IPv4 one refuses, the same request moves to
+ * the IPv6 one, and the refusing address cools down and is skipped.
+ */
+START_TEST(static_name_every_address)
+{
+    struct tg_config cfg;
+    struct route_ctx *rc = static_ctx(&cfg);
+    struct got g = {0};
+    route_lookup(rc, "named.example.com", 17, "/", 1, got_cb, &g);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    const struct route_backends *set = g.res.backends;
+    ck_assert_int_eq((int)route_backends_count(set), 2);
+    uint64_t tried = 0;
+    struct route_target t;
+    ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+    ck_assert_int_eq(t.addr.ss_family, AF_INET);
+    route_report(rc, set, &t, ROUTE_OUTCOME_CONNECT_FAIL);
+    route_release(rc, set, &t);
+    ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+    ck_assert_str_eq(t.name, "localhost:9005");
+    ck_assert_int_eq(t.addr.ss_family, AF_INET6);
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&t.addr;
+    ck_assert(IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr));
+    ck_assert_int_eq(ntohs(in6->sin6_port), 9005);
+    ck_assert_uint_eq(tried, 3);
+    route_report(rc, set, &t, ROUTE_OUTCOME_OK);
+    route_release(rc, set, &t);
+    ck_assert_int_eq(route_pick(rc, set, &tried, &t), -1);
+    /* The next requests skip the cooling IPv4 address. */
+    for (int i = 0; i < 4; i++) {
+        tried = 0;
+        ck_assert_int_eq(route_pick(rc, set, &tried, &t), 0);
+        ck_assert_int_eq(t.addr.ss_family, AF_INET6);
+        route_release(rc, set, &t);
+    }
+    route_ctx_free(rc);
+}
+END_TEST
+
+/*
+ * A set never grows past 64 backends (the tried-mask's bits): every name
+ * keeps one address, the names listed first get their others while room is
+ * left, and one request can still walk all 64.
+ */
+START_TEST(static_name_addresses_capped)
+{
+    static char list[64 * 20];
+    static struct cfg_route routes[2];
+    size_t off = 0;
+    for (int i = 1; i <= 40; i++)
+        off += (size_t)snprintf(list + off, sizeof(list) - off, "%slocalhost:%d", i > 1 ? "," : "", 1000 + i);
+    routes[0] = (struct cfg_route){(char *)"cap.example.com", list, 0};
+    struct tg_config cfg;
+    static_cfg(&cfg, routes, 1);
+    char err[256] = "";
+    struct route_ctx *rc = route_ctx_new(NULL, &cfg, NULL, 0, err, sizeof(err));
+    ck_assert_msg(rc != NULL, "%s", err);
+    struct got g = {0};
+    route_lookup(rc, "cap.example.com", 15, "/", 1, got_cb, &g);
+    ck_assert_int_eq(g.res.status, ROUTE_OK);
+    ck_assert_int_eq((int)route_backends_count(g.res.backends), 64);
+    uint64_t tried = 0;
+    struct route_target t;
+    int v6 = 0, ports[41] = {0};
+    for (int i = 0; i < 64; i++) {
+        ck_assert_int_eq(route_pick(rc, g.res.backends, &tried, &t), 0);
+        v6 += t.addr.ss_family == AF_INET6;
+        int port = ntohs(((struct sockaddr_in *)&t.addr)->sin_port);
+        ck_assert(port > 1000 && port <= 1040);
+        ports[port - 1000]++;
+        route_release(rc, g.res.backends, &t);
+    }
+    ck_assert_int_eq(route_pick(rc, g.res.backends, &tried, &t), -1);
+    ck_assert_uint_eq(tried, ~0ULL);
+    ck_assert_int_eq(v6, 24);
+    for (int i = 1; i <= 40; i++)
+        ck_assert_int_eq(ports[i], i <= 24 ? 2 : 1);
     route_ctx_free(rc);
 }
 END_TEST
@@ -973,7 +1059,7 @@ START_TEST(redis_lookup_coalesce_cancel_teardown)
     ck_assert_int_eq(g2.res.status, ROUTE_OK);
     ck_assert_str_eq(g2.tenant, "t1");
     ck_assert_int_eq((int)g2.res.policy.cap_bytes, 5000);
-    ck_assert_int_eq((int)route_backends_count(g2.res.backends), 2);
+    ck_assert_int_eq((int)route_backends_count(g2.res.backends), 3);   /* localhost: 127.0.0.1 and ::1 */
 
     /* Now cached: answered before route_lookup returns. */
     struct got g3 = {0};
@@ -986,6 +1072,10 @@ START_TEST(redis_lookup_coalesce_cancel_teardown)
     ck_assert_int_eq(route_pick(rc, g3.res.backends, &tried, &t), 0);
     ck_assert_str_eq(t.name, "localhost:10");    /* resolved without DNS */
     ck_assert_int_eq(ntohs(((struct sockaddr_in *)&t.addr)->sin_port), 10);
+    ck_assert_int_eq(route_pick(rc, g3.res.backends, &tried, &t), 0);
+    ck_assert_str_eq(t.name, "localhost:10");    /* and its IPv6 loopback */
+    ck_assert_int_eq(t.addr.ss_family, AF_INET6);
+    ck_assert_int_eq(ntohs(((struct sockaddr_in6 *)&t.addr)->sin6_port), 10);
     route_entry_ref(g3.res.entry);
 
     /* Unknown host: NOT_FOUND after a round trip. */
@@ -1021,7 +1111,7 @@ START_TEST(redis_lookup_coalesce_cancel_teardown)
     ck_assert_int_eq(g5.calls, 0);
     ck_assert_int_eq(route_degraded(), 0);
     /* A referenced entry outlives the ctx. */
-    ck_assert_int_eq((int)route_backends_count(g3.res.backends), 2);
+    ck_assert_int_eq((int)route_backends_count(g3.res.backends), 3);
     route_entry_unref(g3.res.entry);
     event_base_free(base);
     rfx_stop(&srv);
@@ -1190,6 +1280,125 @@ START_TEST(redis_ttl_renewed_in_background)
 }
 END_TEST
 
+/* Writes text to path (replacing it: a new inode, as editors and `sed -i` do). */
+static void rt_write_file(const char *path, const char *text)
+{
+    char tmp[300];
+    snprintf(tmp, sizeof(tmp), "%s.new", path);
+    FILE *fp = fopen(tmp, "w");
+    ck_assert_ptr_nonnull(fp);
+    fputs(text, fp);
+    ck_assert_int_eq(fclose(fp), 0);
+    ck_assert_int_eq(rename(tmp, path), 0);
+}
+
+/* Looks host up (waiting for Redis when needed) into *g; its status. */
+static int rt_lookup(struct route_ctx *rc, struct event_base *base, const char *host, struct got *g)
+{
+    memset(g, 0, sizeof(*g));
+    if (route_lookup(rc, host, strlen(host), "/", 1, got_cb, g))
+        rt_run(base, 3.0, &g->calls);
+    ck_assert_int_eq(g->calls, 1);
+    return g->res.status;
+}
+
+/* 1 when the set of g is exactly one backend at IPv4 address want. */
+static int rt_only(struct route_ctx *rc, const struct got *g, const char *want)
+{
+    if (g->res.status != ROUTE_OK || route_backends_count(g->res.backends) != 1)
+        return 0;
+    uint64_t tried = 0;
+    struct route_target t;
+    if (route_pick(rc, g->res.backends, &tried, &t) != 0)
+        return 0;
+    route_release(rc, g->res.backends, &t);
+    char buf[64] = "";
+    inet_ntop(AF_INET, &((struct sockaddr_in *)&t.addr)->sin_addr, buf, sizeof(buf));
+    return t.addr.ss_family == AF_INET && strcmp(buf, want) == 0;
+}
+
+/*
+ * A Redis route's backend name with several addresses in the hosts file is
+ * one backend per address (IPv4 first, all named "host:port"); an edited
+ * hosts file is read again: after the route's TTL, and at once after a
+ * reload (SIGHUP).  The hosts file is TOLLGATE_TEST_HOSTS_FILE's.
+ */
+START_TEST(redis_name_every_address_hosts_reread)
+{
+    struct rfx_srv srv = {0};
+    if (!rt_start(&srv, __func__))
+        return;
+    int port = srv.port;
+    char dir[] = "/tmp/tg-hosts-XXXXXX", hosts[300];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(hosts, sizeof(hosts), "%s/hosts", dir);
+    rt_write_file(hosts, "# test\n10.1.0.1 dual.test\nfd00::5 dual.test\n10.1.0.2 dual.test other.test\n");
+    setenv("TOLLGATE_TEST_HOSTS_FILE", hosts, 1);
+    const char *set[] = {"HSET", "tg:domain:h.test", "tenant", "t1", "backends", "dual.test:8080"};
+    rt_redis_cmd(port, 6, set);
+    char url[64];
+    struct tg_config cfg;
+    struct event_base *base = event_base_new();
+    struct route_ctx *rc = rt_ctx(&cfg, url, sizeof(url), port, 0, base);
+    unsetenv("TOLLGATE_TEST_HOSTS_FILE");
+    cfg.route_cache_ttl = 1;
+    rt_run(base, 0.3, NULL);
+
+    struct got g;
+    ck_assert_int_eq(rt_lookup(rc, base, "h.test", &g), ROUTE_OK);
+    ck_assert_int_eq((int)route_backends_count(g.res.backends), 3);
+    static const char *want[] = {"10.1.0.1", "10.1.0.2", "fd00::5"};
+    uint64_t tried = 0;
+    for (int i = 0; i < 3; i++) {
+        struct route_target t;
+        ck_assert_int_eq(route_pick(rc, g.res.backends, &tried, &t), 0);
+        ck_assert_str_eq(t.name, "dual.test:8080");
+        char buf[64] = "";
+        if (t.addr.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&t.addr)->sin_addr, buf, sizeof(buf));
+        else
+            inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&t.addr)->sin6_addr, buf, sizeof(buf));
+        ck_assert_str_eq(buf, want[i]);
+        ck_assert_int_eq(ntohs(((struct sockaddr_in *)&t.addr)->sin_port), 8080);
+        route_release(rc, g.res.backends, &t);
+    }
+
+    /* Edited: seen once the route's TTL (1 s) ran out. */
+    rt_write_file(hosts, "10.1.0.9 dual.test\n");
+    int seen = 0;
+    for (int i = 0; i < 60 && !seen; i++) {
+        rt_run(base, 0.1, NULL);
+        rt_lookup(rc, base, "h.test", &g);
+        seen = rt_only(rc, &g, "10.1.0.9");
+    }
+    ck_assert_msg(seen, "the edited hosts file was not read again");
+
+    /* With a long TTL, a reload (SIGHUP) re-reads it at once. */
+    cfg.route_cache_ttl = 3600;
+    char err[256] = "";
+    ck_assert_int_eq(route_ctx_reload(rc, &cfg, NULL, err, sizeof(err)), 0);
+    rt_lookup(rc, base, "h.test", &g);
+    rt_run(base, 0.3, NULL);
+    rt_lookup(rc, base, "h.test", &g);
+    ck_assert(rt_only(rc, &g, "10.1.0.9"));
+    rt_write_file(hosts, "10.1.0.7 dual.test\n");
+    ck_assert_int_eq(route_ctx_reload(rc, &cfg, NULL, err, sizeof(err)), 0);
+    seen = 0;
+    for (int i = 0; i < 10 && !seen; i++) {
+        rt_lookup(rc, base, "h.test", &g);
+        seen = rt_only(rc, &g, "10.1.0.7");
+        rt_run(base, 0.1, NULL);
+    }
+    ck_assert_msg(seen, "a reload did not read the hosts file again");
+
+    route_ctx_free(rc);
+    event_base_free(base);
+    unlink(hosts);
+    rmdir(dir);
+    rfx_stop(&srv);
+}
+END_TEST
+
 Suite *routing_suite(void)
 {
     Suite *s = suite_create("routing");
@@ -1204,6 +1413,8 @@ Suite *routing_suite(void)
     tc = tcase_create("static");
     tcase_add_test(tc, static_lookup_sync);
     tcase_add_test(tc, static_entry_outlives_ctx);
+    tcase_add_test(tc, static_name_every_address);
+    tcase_add_test(tc, static_name_addresses_capped);
     tcase_add_test(tc, static_bad_config);
     tcase_add_test(tc, pick_round_robin_and_tried_mask);
     tcase_add_test(tc, pick_passive_health_cooldown);
@@ -1234,6 +1445,7 @@ Suite *routing_suite(void)
     tcase_add_test(tc, redis_lookup_coalesce_cancel_teardown);
     tcase_add_test(tc, redis_caches_routes_tenants_apart);
     tcase_add_test(tc, redis_ttl_renewed_in_background);
+    tcase_add_test(tc, redis_name_every_address_hosts_reread);
     suite_add_tcase(s, tc);
     return s;
 }
