@@ -600,7 +600,7 @@ static void respond_body(struct conn *c, int status, const char *body, size_t bl
  * what h1_parse_request() made of the head, or NULL when it never ran; the
  * access log then shows the method and target when the request line
  * parsed (as nginx logs its request line), "- -" otherwise. */
-static void reject(struct conn *c, int status, const struct h1_request *rq)
+static void reject(struct conn *c, int status, const struct h1_request *rq, size_t head_len)
 {
     worker_metrics(c->w)->bad_requests++;
     if (!c->req) {
@@ -616,8 +616,12 @@ static void reject(struct conn *c, int status, const struct h1_request *rq)
         else
             evutil_gettimeofday(&c->req->start, NULL);
         evutil_timerclear(&c->head_start);
-        /* What was read of the rejected head is the request's bytes in. */
-        c->req->head_len = evbuffer_get_length(bufferevent_get_input(c->bev));
+        /* What was read of the rejected head is the request's bytes in:
+         * the head when its end was found (not the body or the pipelined
+         * requests read with it: they are never read as such), else all
+         * that came of it. */
+        size_t have = evbuffer_get_length(bufferevent_get_input(c->bev));
+        c->req->head_len = head_len && head_len < have ? head_len : have;
         if (rq && rq->method.p && rq->target.p) {
             copy_str(c->req->method, sizeof(c->req->method), rq->method.p, rq->method.len);
             copy_str(c->req->path, sizeof(c->req->path), rq->target.p, rq->target.len);
@@ -765,21 +769,21 @@ static void conn_process(struct conn *c)
         evutil_timersub(&now, &c->head_start, &d);
         double left = cfg->client_header_timeout - tv_s(d);
         if (left <= 0) {
-            reject(c, 408, NULL);
+            reject(c, 408, NULL, 0);
             return;
         }
         set_client_timeouts(c, left, 0);
         return;
     }
     if (hl < 0) {
-        reject(c, (int)-hl, NULL);
+        reject(c, (int)-hl, NULL, 0);
         return;
     }
     struct h1_request *rq = &parsed_rq;
     parsed_req = NULL;
     int rc = h1_parse_request((const char *)buf, (size_t)hl, rq);
     if (rc < 0) {
-        reject(c, -rc, rq);
+        reject(c, -rc, rq, (size_t)hl);
         return;
     }
     struct req *r = req_new();
@@ -1017,6 +1021,33 @@ static void up_setup(struct conn *c, struct bufferevent *up)
 static void send_request(struct conn *c);
 static int relay_request_body(struct conn *c);
 
+/*
+ * " (ADDR:PORT)" -- the address a backend named by DNS resolved to, for a log
+ * line that names the backend -- or "" when its name is that address.
+ */
+static const char *target_addr(const struct route_target *t, char *buf, size_t cap)
+{
+    char ip[INET6_ADDRSTRLEN];
+    unsigned port;
+    if (t->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *s4 = (const struct sockaddr_in *)&t->addr;
+        inet_ntop(AF_INET, &s4->sin_addr, ip, sizeof(ip));
+        port = ntohs(s4->sin_port);
+        snprintf(buf, cap, " (%s:%u)", ip, port);
+    } else if (t->addr.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *s6 = (const struct sockaddr_in6 *)&t->addr;
+        inet_ntop(AF_INET6, &s6->sin6_addr, ip, sizeof(ip));
+        port = ntohs(s6->sin6_port);
+        snprintf(buf, cap, " ([%s]:%u)", ip, port);
+    } else {
+        buf[0] = '\0';
+    }
+    size_t n = strlen(buf);    /* " (" ADDR ")" */
+    if (n > 3 && strlen(t->name) == n - 3 && memcmp(buf + 2, t->name, n - 3) == 0)
+        buf[0] = '\0';          /* a literal address: the name says it */
+    return buf;
+}
+
 /* Picks a backend and connects to it (or takes a pooled connection). */
 static void start_upstream(struct conn *c)
 {
@@ -1047,6 +1078,9 @@ static void start_upstream(struct conn *c)
         r->flags &= ~RF_UP_REUSED;
         up = upstream_connect(worker_base(c->w), &r->target);
         if (!up) {
+            char a[INET6_ADDRSTRLEN + 16];
+            log_info("%s: conn %llu: connect to %s%s failed: %s", __func__, (unsigned long long)c->id,
+                     r->target.name, target_addr(&r->target, a, sizeof(a)), strerror(errno));
             worker_metrics(c->w)->upstream_connect_errors++;
             route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_CONNECT_FAIL);
             continue;
@@ -1543,6 +1577,11 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
         const struct h1_header *hd = &rs->headers[i];
         if ((hd->kind & H1_H_HOP) && !(upgrade && (hd->kind & H1_H_UPGRADE)))
             continue;
+        /* A 204 has no content: a sender MUST NOT send Content-Length with
+         * it (RFC 9110 §8.6); nginx drops it too.  (A 304's may stay: it
+         * tells the selected representation's length.) */
+        if ((hd->kind & H1_H_LENGTH) && rs->status == 204)
+            continue;
         head_str(&h, hd->name);
         HEAD_LIT(&h, ": ");
         head_str(&h, hd->value);
@@ -1859,10 +1898,8 @@ static int splice_pump(struct conn *c, int readable)
             } else if (n == 0 || (err != EAGAIN && err != EINTR)) {
                 /* The body is cut short; what the backend did send is
                  * still delivered, then the client's connection closes. */
-                if (n < 0) {
-                    worker_metrics(c->w)->upstream_resets++;
+                if (n < 0)   /* counted as a reset when the pipe is out (below) */
                     route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
-                }
                 r->flags |= RF_UP_EOF;
                 r->flags &= ~RF_UP_KEEPALIVE;
                 moved = 1;
@@ -1896,6 +1933,7 @@ static int splice_pump(struct conn *c, int readable)
         if ((r->flags & RF_UP_EOF) && p->len == 0) {
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);
+            worker_metrics(c->w)->upstream_resets++;
             conn_close(c);
             return -1;
         }
@@ -2023,9 +2061,11 @@ static int relay_response_body(struct conn *c)
              * nginx; the log says what happened. */
             log_info("%s: conn %llu: backend %s cut a chunked body short (HTTP/1.0 client: closing)", __func__,
                      (unsigned long long)c->id, r->target.name);
+            worker_metrics(c->w)->upstream_resets++;
         } else if (r->resp_mode != BODY_CLOSE) {
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);
+            worker_metrics(c->w)->upstream_resets++;
             conn_close(c);
             return -1;
         }
@@ -2278,7 +2318,7 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
             return;
         }
         if (c->state == CS_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) > 0 && !c->req) {
-            reject(c, 408, NULL);     /* slow head */
+            reject(c, 408, NULL, 0);     /* slow head */
             return;
         }
         if (c->state == CS_HEAD && !c->req && (what & BEV_EVENT_READING) && evutil_timerisset(&c->last_activity)
@@ -2464,7 +2504,9 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             m->upstream_timeouts++;
         else
             m->upstream_connect_errors++;
-        log_info("%s: conn %llu: connect to %s failed: %s", __func__, (unsigned long long)c->id, r->target.name,
+        char a[INET6_ADDRSTRLEN + 16];
+        log_info("%s: conn %llu: connect to %s%s failed: %s", __func__, (unsigned long long)c->id, r->target.name,
+                 target_addr(&r->target, a, sizeof(a)),
                  timeout ? "timeout" : evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
         route_report(worker_routes(c->w), r->backends, &r->target,
                      timeout ? ROUTE_OUTCOME_CONNECT_TIMEOUT : ROUTE_OUTCOME_CONNECT_FAIL);
@@ -2535,13 +2577,20 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
         relay_response_body(c);
         return;
     }
-    if (what & BEV_EVENT_TIMEOUT)
+    /* A pooled connection found closed is retried, and is no failure of the
+     * backend's: neither counted nor reported. */
+    int stale = !(r->flags & RF_RESP_HEAD) && !(what & BEV_EVENT_TIMEOUT) && (r->flags & RF_UP_REUSED)
+                && can_retry(r);
+    if (stale)
+        ;
+    else if (what & BEV_EVENT_TIMEOUT)
         m->upstream_timeouts++;
     else
         m->upstream_resets++;
-    route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+    if (!stale)
+        route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
     if (!(r->flags & RF_RESP_HEAD)) {
-        if (!(what & BEV_EVENT_TIMEOUT) && (r->flags & RF_UP_REUSED) && can_retry(r)) {
+        if (stale) {
             /* A pooled connection the backend had closed: try a fresh one. */
             log_debug("%s: conn %llu: pooled connection to %s closed, retrying", __func__,
                       (unsigned long long)c->id, r->target.name);

@@ -327,9 +327,11 @@ struct bufferevent *upstream_connect(struct event_base *base, const struct route
     if (!bev)
         return NULL;
     if (bufferevent_socket_connect(bev, (const struct sockaddr *)&t->addr, (int)t->addrlen) < 0) {
-        /* An immediate failure (e.g. EADDRNOTAVAIL) is reported as a connect error
-         * by returning the bufferevent anyway would lose it; report NULL. */
+        /* An immediate failure (EADDRNOTAVAIL, ENETUNREACH): NULL, with
+         * errno still saying why (the free may change it). */
+        int err = errno;
         bufferevent_free(bev);
+        errno = err;
         return NULL;
     }
     bev_own_read(bev);   /* after connect: it set the fd, and libevent's read callback with it */

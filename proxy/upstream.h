@@ -40,7 +40,8 @@ void upstream_pool_put(struct upstream_pool *p, const struct route_target *t, st
 /*
  * Starts a non-blocking connect to t; the caller owns the returned
  * bufferevent and learns the result from its event callback
- * (BEV_EVENT_CONNECTED or BEV_EVENT_ERROR/TIMEOUT).  NULL on a local error.
+ * (BEV_EVENT_CONNECTED or BEV_EVENT_ERROR/TIMEOUT).  NULL, errno set, when
+ * the connect failed at once (a local error, or an unreachable network).
  */
 struct bufferevent *upstream_connect(struct event_base *base, const struct route_target *t);
 

@@ -387,3 +387,51 @@ def test_used_up_descriptors_pause_accepting_instead_of_spinning():
         # here, accept() succeeds and valgrind closes the socket: no EMFILE
         # reaches tollgate, so there is nothing to log.)
         assert len(lines) <= 5 and (lines or WRAPPER), lines[:10]
+
+
+def test_a_connect_that_fails_at_once_is_logged_with_its_reason():
+    """A connect(2) that fails before any packet leaves (an unreachable
+    network, no free local port) answers 502 and says why in the error log,
+    as a refused connect does -- it was silent, its errno lost."""
+    with Tollgate(routes=["app.test=255.255.255.255:80"], workers=1) as tg:
+        assert http(tg.port, "GET", "/", "app.test")[0] == 502
+        wait_until(lambda: "connect to 255.255.255.255:80 failed: " in tg.log_text(), 3,
+                   "the failed connect in the error log")
+        assert tg.metrics()['tollgate_upstream_errors_total{kind="connect"}'] == 1
+
+
+def test_upstream_errors_count_cut_bodies_but_not_stale_pooled_retries():
+    """tollgate_upstream_errors_total{kind="reset"} counts a backend that
+    closes mid-body (copied and spliced bodies alike), and does not count a
+    pooled connection found closed and retried on a fresh one: that request
+    is answered 200, nothing failed."""
+    def cut(s, n):
+        read_request_head(s)
+        size = 100 if n == 0 else 100000     # copied, then spliced (over 16 KiB)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size + b"x" * (size // 2))
+        time.sleep(0.1)
+        return False
+    with RawBackend(cut) as b, Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+        for _ in range(2):
+            with RawConn(tg.port) as c:
+                c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                assert c.read_head().status == 200
+                c.read_to_eof()
+        wait_until(lambda: tg.metrics()['tollgate_upstream_errors_total{kind="reset"}'] == 2, 3,
+                   "two resets counted")
+
+    def second_dropped(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        if n == 0:
+            read_request_head(s)      # the pooled connection's next request: dropped unanswered
+        return False
+    with RawBackend(second_dropped) as b, Tollgate(routes=["app.test=" + b.addr], workers=1) as tg:
+        with RawConn(tg.port) as c:
+            for _ in range(2):
+                c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+                r = c.read_response()
+                assert r.status == 200 and r.body == b"ok", r
+        m = tg.metrics()
+        assert m["tollgate_upstream_reused_total"] == 1, m
+        assert m['tollgate_upstream_errors_total{kind="reset"}'] == 0, m

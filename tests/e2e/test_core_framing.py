@@ -272,6 +272,41 @@ def test_rejection_counted_in_access_log():
         assert tg.metrics()['tollgate_bytes_total{direction="in"}'] - before == len(bad)
 
 
+def test_a_rejected_head_counts_its_own_bytes_not_what_came_after_it():
+    """A head refused after it was read whole (differing Content-Lengths:
+    400) is billed for its own bytes: not for the body or the pipelined
+    request that arrived in the same read -- they are never read as such
+    (docs/metering.md)."""
+    with Backend("b1") as b, _tg(b) as tg:
+        before = tg.metrics().get('tollgate_bytes_total{direction="in"}', 0)
+        head = b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+        rejected(tg.port, head + b"hello" + b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        line = wait_until(lambda: [l for l in tg.access_log_lines() if " 400 " in l], 3,
+                          "a 400 in the access log")[0]
+        assert line.split()[6] == str(len(head)), (line, len(head))
+        assert tg.metrics()['tollgate_bytes_total{direction="in"}'] - before == len(head)
+
+
+def test_a_204_reaches_the_client_without_content_length():
+    """A backend's 204 with Content-Length (which RFC 9110 §8.6 forbids) goes
+    to the client without it, as nginx sends it; the body bytes it sent
+    after it are not forwarded, and the next request is answered."""
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\nhello")
+        time.sleep(0.2)
+        return False
+    with RawBackend(serve) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 204 and r.header("x-kept") == "1", r
+            assert r.header("content-length") is None, r
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 204 and r.body == b"", r
+
+
 def test_bad_response_from_backend_gives_502():
     """A backend answering garbage is the backend's fault: 502, not a crash."""
     answers = (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello",
