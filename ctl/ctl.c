@@ -466,6 +466,7 @@ static const char usage_main[] =
     "  --key-prefix P     prefix of every key (default tg:)\n"
     "  --json             machine-readable output\n"
     "  --timeout S        connect/command timeout in seconds (default 5)\n"
+    "  --help, --version  this text; the version\n"
     "\n"
     "HOST may be a wildcard *.zone (matches exactly one extra label).  `COMMAND --help` shows details.\n"
     "exit status: 0 ok, 1 Redis error or unreachable, or stdout not written, 2 bad usage or input,\n"
