@@ -86,6 +86,21 @@
 #define ROUTE_PENDING_BUCKETS 256
 #define ROUTE_HOSTS_FILE  "/etc/hosts"
 #define ROUTE_HOSTS_CHECK 1.0            /* the hosts file is stat()ed at most this often per worker (s) */
+/*
+ * The resolution delay (RFC 8305 §3, there 50 ms for AAAA after A): once
+ * one of A and AAAA has answered with addresses, the other is waited for
+ * this long at most, then cancelled and the name answered with what came
+ * (the route's TTL is then the answered family's).  Both queries go to the
+ * same resolver at once, so an answer that comes later than this is one
+ * the resolver had to chase upstream or will never give (a server that
+ * drops AAAA queries: 2 s x 2 attempts of evdns); 200 ms covers a
+ * recursion to a distant authoritative server for the slower family while
+ * bounding the first request's wait.  Longer than RFC 8305's 50 ms because
+ * a family cut off is missing from the route for a whole TTL, not for one
+ * connection.  A family that failed (no A record: an IPv6-only host) does
+ * not start it: the other is waited for, as without the delay.
+ */
+#define ROUTE_RESOLUTION_DELAY 0.2
 
 /*
  * Every address a backend name resolves to is a backend of its own (as
@@ -236,15 +251,26 @@ struct route_cmd {
     int which;
 };
 
-/* A pending backend-name resolution (one per name per fetch). */
+/*
+ * A pending backend-name resolution (one per name per fetch).  Once the
+ * name is answered (done) it leaves its fetch and rc->dns_reqs for
+ * rc->dns_left, where it waits for the callbacks of the queries it
+ * cancelled (evdns calls them later, with DNS_ERR_CANCEL) before it is
+ * freed.
+ */
 struct route_dns {
-    struct route_dns *next, *prev; /* rc->dns_reqs */
-    struct route_fetch *f;
+    struct route_dns *next, *prev; /* rc->dns_reqs, or rc->dns_left once done */
+    struct route_fetch *f;         /* NULL once done */
     struct route_ctx *rc;
     char name[HOST_MAX + 1];
     int sync_done;                 /* the hosts-file step answered */
-    int pending;                   /* A and AAAA queries in flight (+1 while they are being sent) */
+    int done;                      /* the name is answered */
+    int pending;                   /* A and AAAA callbacks to come */
+    int sending;                   /* route_dns_query is sending them */
+    int called[2];                 /* the A, the AAAA callback came */
     int ttl;                       /* shortest TTL of the answers so far (-1: none) */
+    struct evdns_request *req[2];  /* the A and AAAA queries until they call back (or are cancelled) */
+    struct event *delay;           /* the resolution delay, once one family answered */
     struct route_ips v4, v6;       /* the A and AAAA answers */
 };
 
@@ -325,10 +351,12 @@ struct route_ctx {
     struct route_pool *pool;       /* shared backend sets */
     struct evdns_base *dnsb;
     struct route_dns *dns_reqs;
+    struct route_dns *dns_left;    /* answered, waiting for cancelled queries' callbacks */
     double dns_flushed;            /* DNS records stored before this are expired (reload) */
     double hosts_next;             /* when the hosts file is stat()ed next */
     struct stat hosts_st;          /* what it was when last loaded (zeroed: missing) */
     char hosts_path[256];          /* ROUTE_HOSTS_FILE, or TOLLGATE_TEST_HOSTS_FILE */
+    char resolv_path[256];         /* TOLLGATE_TEST_RESOLV_CONF, or empty: the system's resolv.conf */
     struct route_pats *pats;
     struct route_fetch *pending[ROUTE_PENDING_BUCKETS];
     uint32_t gen;
@@ -1672,24 +1700,34 @@ static void route_hosts_check(struct route_ctx *rc, double now, int force);
  * localhost directly, names from the DNS cache.  Returns 1 when known, 0
  * when the name must be resolved first (*name set), -1 when it cannot be
  * (a cached DNS failure).  *dns_expires is lowered to the answer's expiry.
+ * final: the fetch's last pass, every answer in: an answer this fetch
+ * found fresh or got is used even if it expired or was flushed (a reload,
+ * a hosts file change) while other names were being resolved, and the
+ * route then expires at once (it is refetched by its next request).
  */
-static int route_name_ips(struct route_ctx *rc, const struct bal_backend *b, double now, char *name,
+static int route_name_ips(struct route_ctx *rc, const struct bal_backend *b, double now, int final, char *name,
                           size_t namecap, int *port, struct route_ips *ips, double *dns_expires)
 {
     if (host_parse_hostport(b->name, strlen(b->name), name, namecap, port) < 0)
         return -1;
     if (route_addr_literal(name, ips))
         return 1;
-    if (rc->dnsb)
+    if (rc->dnsb && !final)
         route_hosts_check(rc, now, 0);
     size_t nl = strlen(name);
     const struct route_dns_rec *d = cache_get(rc->dns, name, nl);
-    if (d == NULL || now >= d->expires || d->stored < rc->dns_flushed)
+    if (d == NULL)
         return 0;
+    double expires = d->expires;
+    if (now >= d->expires || d->stored < rc->dns_flushed) {
+        if (!final)
+            return 0;
+        expires = now;
+    }
     if (!d->ok || d->ips.n == 0)
         return -1;
-    if (*dns_expires == 0 || d->expires < *dns_expires)
-        *dns_expires = d->expires;
+    if (*dns_expires == 0 || expires < *dns_expires)
+        *dns_expires = expires;
     *ips = d->ips;
     return 1;
 }
@@ -1716,7 +1754,8 @@ static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int st
         struct route_backends *set = *setp;
         for (size_t i = 0; i < set->n && i < BAL_MAX_BACKENDS; i++) {
             char name[HOST_MAX + 1];
-            int r = route_name_ips(rc, &set->b[i], now, name, sizeof(name), &ports[i], &ips[i], &f->dns_expires);
+            int r = route_name_ips(rc, &set->b[i], now, !start, name, sizeof(name), &ports[i], &ips[i],
+                                   &f->dns_expires);
             if (r == 1)
                 continue;
             if (r == 0 && start) {
@@ -1777,18 +1816,46 @@ static void route_dns_store(struct route_ctx *rc, const char *name, const struct
 
 static void route_fetch_advance(struct route_fetch *f);
 
-/* One DNS request is over: unlink it and let the fetch go on. */
+static void route_dns_unlink(struct route_dns **head, struct route_dns *d)
+{
+    if (d->prev)
+        d->prev->next = d->next;
+    else
+        *head = d->next;
+    if (d->next)
+        d->next->prev = d->prev;
+    d->next = d->prev = NULL;
+}
+
+static void route_dns_free(struct route_dns *d)
+{
+    if (d->delay)
+        event_free(d->delay);
+    free(d);
+}
+
+/*
+ * The name is answered: unlink it and let the fetch go on.  It is freed
+ * now, or (queries cancelled, their callbacks to come) when the last of
+ * them calls back.
+ */
 static void route_dns_done(struct route_dns *d)
 {
     struct route_ctx *rc = d->rc;
     struct route_fetch *f = d->f;
-    if (d->prev)
-        d->prev->next = d->next;
-    else
-        rc->dns_reqs = d->next;
-    if (d->next)
-        d->next->prev = d->prev;
-    free(d);
+    route_dns_unlink(&rc->dns_reqs, d);
+    d->done = 1;
+    d->f = NULL;
+    if (d->delay)
+        event_del(d->delay);
+    if (d->pending > 0) {
+        d->next = rc->dns_left;
+        if (rc->dns_left)
+            rc->dns_left->prev = d;
+        rc->dns_left = d;
+    } else {
+        route_dns_free(d);
+    }
     f->outstanding--;
     if (!f->in_advance)
         route_fetch_advance(f);
@@ -1826,11 +1893,68 @@ static void route_dns_gai_cb(int result, struct evutil_addrinfo *res, void *arg)
         evutil_freeaddrinfo(res);
 }
 
-/* One of the A and AAAA queries is over: when both are, the name's answer is every address of both. */
-static void route_dns_answer(struct route_dns *d, int result, int ttl, int count, const void *addresses, int family)
+/* The name's answer: every address of both families (what came of them), the shortest TTL. */
+static void route_dns_complete(struct route_dns *d)
 {
+    for (int i = 0; i < 2; i++)
+        if (d->req[i]) {
+            struct evdns_request *q = d->req[i];
+            d->req[i] = NULL;            /* its callback still comes, with DNS_ERR_CANCEL */
+            evdns_cancel_request(d->rc->dnsb, q);
+        }
+    struct route_ips all = d->v4;
+    for (unsigned i = 0; i < d->v6.n; i++)
+        route_ips_add(&all, &d->v6.a[i].sa, sizeof(d->v6.a[i].in6));
+    route_dns_store(d->rc, d->name, &all, d->ttl);
+    route_dns_done(d);
+}
+
+static void route_dns_delay_cb(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    struct route_dns *d = arg;
+    if (!d->done)
+        route_dns_complete(d);
+}
+
+/*
+ * Answers the name when both queries are over, or starts the resolution
+ * delay when one has addresses and the other is still pending.
+ */
+static void route_dns_settle(struct route_dns *d)
+{
+    if (d->req[0] == NULL && d->req[1] == NULL) {
+        route_dns_complete(d);
+        return;
+    }
+    if (d->v4.n + d->v6.n > 0 && d->delay == NULL) {
+        d->delay = evtimer_new(d->rc->base, route_dns_delay_cb, d);
+        if (d->delay == NULL) {
+            route_dns_complete(d);
+            return;
+        }
+        struct timeval tv = {0, (suseconds_t)(ROUTE_RESOLUTION_DELAY * 1e6)};
+        evtimer_add(d->delay, &tv);
+    }
+}
+
+/* The A (fi 0) or AAAA (fi 1) query called back: its answer, a failure, or DNS_ERR_CANCEL. */
+static void route_dns_answer(struct route_dns *d, int result, int ttl, int count, const void *addresses, int fi)
+{
+    d->req[fi] = NULL;
+    d->called[fi] = 1;
+    d->pending--;
+    if (d->done) {                   /* a query cancelled when the name was answered */
+        if (d->pending == 0) {
+            route_dns_unlink(&d->rc->dns_left, d);
+            route_dns_free(d);
+        }
+        return;
+    }
+    int family = fi == 0 ? AF_INET : AF_INET6;
+    struct route_ips *ips = fi == 0 ? &d->v4 : &d->v6;
     if (result == DNS_ERR_NONE && count > 0 && addresses) {
-        struct route_ips *ips = family == AF_INET ? &d->v4 : &d->v6;
         for (int i = 0; i < count; i++) {
             union route_sa a;
             memset(&a, 0, sizeof(a));
@@ -1843,40 +1967,41 @@ static void route_dns_answer(struct route_dns *d, int result, int ttl, int count
             }
             route_ips_add(ips, &a.sa, family == AF_INET ? sizeof(a.in) : sizeof(a.in6));
         }
-        if (d->ttl < 0 || ttl < d->ttl)
+        if (ips->n > 0 && (d->ttl < 0 || ttl < d->ttl))
             d->ttl = ttl;           /* the route lives no longer than the shortest answer */
     }
-    if (--d->pending > 0)
-        return;
-    struct route_ips all = d->v4;
-    for (unsigned i = 0; i < d->v6.n; i++)
-        route_ips_add(&all, &d->v6.a[i].sa, sizeof(d->v6.a[i].in6));
-    route_dns_store(d->rc, d->name, &all, d->ttl);
-    route_dns_done(d);
+    if (!d->sending)
+        route_dns_settle(d);
 }
 
 static void route_dns_cb4(int result, char type, int count, int ttl, void *addresses, void *arg)
 {
     (void)type;
-    route_dns_answer(arg, result, ttl, count, addresses, AF_INET);
+    route_dns_answer(arg, result, ttl, count, addresses, 0);
 }
 
 static void route_dns_cb6(int result, char type, int count, int ttl, void *addresses, void *arg)
 {
     (void)type;
-    route_dns_answer(arg, result, ttl, count, addresses, AF_INET6);
+    route_dns_answer(arg, result, ttl, count, addresses, 1);
 }
 
-/* Asks A and AAAA at once (each with its TTL); the answer is merged in route_dns_answer(). */
+/* Asks A and AAAA at once (each with its TTL); the answers are merged in route_dns_answer(). */
 static void route_dns_query(struct route_dns *d)
 {
     d->ttl = -1;
-    d->pending = 3;                  /* two queries, and this function until both are sent */
-    if (evdns_base_resolve_ipv4(d->rc->dnsb, d->name, 0, route_dns_cb4, d) == NULL)
-        d->pending--;
-    if (evdns_base_resolve_ipv6(d->rc->dnsb, d->name, 0, route_dns_cb6, d) == NULL)
-        d->pending--;
-    route_dns_answer(d, DNS_ERR_UNKNOWN, 0, 0, NULL, AF_INET);
+    d->sending = 1;
+    for (int fi = 0; fi < 2; fi++) {
+        d->pending++;
+        struct evdns_request *q = fi == 0 ? evdns_base_resolve_ipv4(d->rc->dnsb, d->name, 0, route_dns_cb4, d)
+                                          : evdns_base_resolve_ipv6(d->rc->dnsb, d->name, 0, route_dns_cb6, d);
+        if (q == NULL)
+            d->pending--;
+        else if (!d->called[fi])     /* not answered already (its handle is gone then) */
+            d->req[fi] = q;
+    }
+    d->sending = 0;
+    route_dns_settle(d);
 }
 
 /*
@@ -1918,7 +2043,13 @@ static void route_dns_start(struct route_fetch *f, const char *name)
     struct route_ctx *rc = f->rc;
     int fresh = 0;
     if (rc->dnsb == NULL) {
-        rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (rc->resolv_path[0]) {
+            rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+            if (rc->dnsb && evdns_base_resolv_conf_parse(rc->dnsb, DNS_OPTIONS_ALL, rc->resolv_path) != 0)
+                log_warn("worker %d: cannot read resolver configuration %s", rc->worker_id, rc->resolv_path);
+        } else {
+            rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        }
         if (rc->dnsb) {
             evdns_base_set_option(rc->dnsb, "timeout:", "2");
             evdns_base_set_option(rc->dnsb, "attempts:", "2");
@@ -2917,6 +3048,9 @@ struct route_ctx *route_ctx_new(struct event_base *base, const struct tg_config 
     /* Tests point the resolver at a hosts file they can edit; nothing else sets it. */
     const char *hosts = getenv("TOLLGATE_TEST_HOSTS_FILE");
     snprintf(rc->hosts_path, sizeof(rc->hosts_path), "%s", hosts && hosts[0] ? hosts : ROUTE_HOSTS_FILE);
+    /* And at a fake DNS server (a resolv.conf naming it); nothing else sets it either. */
+    const char *resolv = getenv("TOLLGATE_TEST_RESOLV_CONF");
+    snprintf(rc->resolv_path, sizeof(rc->resolv_path), "%s", resolv ? resolv : "");
     rc->health = bal_health_new();
     if (rc->health == NULL) {
         snprintf(err, errlen, "out of memory");
@@ -3006,11 +3140,12 @@ void route_ctx_free(struct route_ctx *rc)
     redis_conn_free(rc->sub);
     if (rc->dnsb)
         evdns_base_free(rc->dnsb, 0);     /* no callbacks */
-    while (rc->dns_reqs) {
-        struct route_dns *d = rc->dns_reqs;
-        rc->dns_reqs = d->next;
-        free(d);
-    }
+    for (struct route_dns **l = &rc->dns_reqs; l; l = l == &rc->dns_reqs ? &rc->dns_left : NULL)
+        while (*l) {
+            struct route_dns *d = *l;
+            *l = d->next;
+            route_dns_free(d);
+        }
     for (size_t b = 0; b < ROUTE_PENDING_BUCKETS; b++)
         while (rc->pending[b])
             route_fetch_free(rc->pending[b]);

@@ -7,11 +7,19 @@ server listens on ::1 only) answers every request, for static routes and Redis
 routes alike; the refusing address cools down and is skipped.  Redis routes
 read the hosts file again when it changes (TOLLGATE_TEST_HOSTS_FILE points
 tollgate's resolver at a file the test may edit; /etc/hosts is never touched).
+
+Names asked of DNS are asked of a fake DNS server (FakeDNS: a UDP socket that
+answers, delays or ignores each A and AAAA query as the test says), to which
+TOLLGATE_TEST_RESOLV_CONF points tollgate's resolver: an A answered at once
+and an AAAA never answered give the name's IPv4 addresses after the
+resolution delay (0.2 s), not after the resolver's timeouts (4 s).
 """
 
 import os
 import signal
 import socket
+import struct
+import threading
 import time
 
 from tglib import *
@@ -125,3 +133,173 @@ def test_redis_hosts_file_edit_is_seen():
             tg.signal(signal.SIGHUP)
             wait_until(lambda: _statuses(tg, "app.test", 4) == [200] * 4, timeout=scale(5),
                        what="the hosts entry in use after SIGHUP")
+
+
+# ---------------------------------------------------------------- a fake DNS server
+
+A, AAAA = 1, 28
+
+
+class FakeDNS:
+    """A DNS server on 127.0.0.1 (UDP).  rules[(name, qtype)] is one of
+    ("answer", [addresses], ttl, delay), ("nodata", delay), ("nxdomain", delay)
+    or ("ignore",); a query for anything else gets NXDOMAIN at once.
+    queries lists (monotonic time, name, qtype) as they come."""
+
+    def __init__(self, rules):
+        self.rules = rules
+        self.queries = []
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.resolv_conf = os.path.join(tmpdir(), "resolv.conf")
+        with open(self.resolv_conf, "w") as f:
+            f.write("nameserver 127.0.0.1:%d\n" % self.port)
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def env(self, **more):
+        e = {"TOLLGATE_TEST_RESOLV_CONF": self.resolv_conf}
+        e.update(more)
+        return e
+
+    def close(self):
+        self.stopping = True
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        self.close()
+
+    def _serve(self):
+        while not self.stopping:
+            try:
+                data, peer = self.sock.recvfrom(2048)
+            except OSError:
+                return
+            try:
+                self._query(data, peer)
+            except Exception:
+                pass
+
+    def _query(self, data, peer):
+        qid, flags, qd = struct.unpack("!HHH", data[:6])
+        i, labels = 12, []
+        while data[i]:
+            labels.append(data[i + 1:i + 1 + data[i]].decode().lower())
+            i += 1 + data[i]
+        qtype = struct.unpack("!H", data[i + 1:i + 3])[0]
+        question = data[12:i + 5]
+        name = ".".join(labels)
+        self.queries.append((time.monotonic(), name, qtype))
+        rule = self.rules.get((name, qtype), ("nxdomain", 0))
+        if rule[0] == "ignore":
+            return
+        rcode, answers = 0, b""
+        if rule[0] == "answer":
+            _, addrs, ttl, delay = rule
+            for a in addrs:
+                rdata = socket.inet_pton(socket.AF_INET if qtype == A else socket.AF_INET6, a)
+                answers += struct.pack("!HHHIH", 0xC00C, qtype, 1, ttl, len(rdata)) + rdata
+            n = len(addrs)
+        else:
+            delay, n = rule[1], 0
+            rcode = 3 if rule[0] == "nxdomain" else 0
+        reply = struct.pack("!HHHHHH", qid, 0x8180 | rcode, 1, n, 0, 0) + question + answers
+
+        def send():
+            try:
+                self.sock.sendto(reply, peer)
+            except OSError:
+                pass
+        if delay:
+            threading.Timer(delay, send).start()
+        else:
+            send()
+
+
+def _timed(port, host):
+    t = time.monotonic()
+    st = http(port, "GET", "/echo", host)[0]
+    return st, time.monotonic() - t
+
+
+def test_redis_name_whose_aaaa_is_never_answered_resolves_after_the_delay():
+    """A answered at once, AAAA never: the IPv4 addresses serve after the
+    resolution delay, not after the resolver's timeouts (2 s x 2 attempts)."""
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, \
+            FakeDNS({("slow6.internal", A): ("answer", ["127.0.0.1"], 30, 0),
+                     ("slow6.internal", AAAA): ("ignore",)}) as dns, \
+            Tollgate(redis=r.url, workers=1, env=dns.env()) as tg:
+        r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends", "slow6.internal:%d" % a.port)
+        st, took = _timed(tg.port, "app.test")
+        assert st == 200, st
+        assert took < scale(1.5), "first request took %.2f s" % took
+        assert _statuses(tg, "app.test", 4) == [200] * 4
+
+
+def test_redis_aaaa_answered_within_the_delay_is_used():
+    """AAAA answered 50 ms after A: both families are kept (the backend is on ::1 only)."""
+    _need_ipv6()
+    port = _port_free_on_both()
+    with Redis() as r, Backend("v6", port=port, host="::1"), \
+            FakeDNS({("dual.internal", A): ("answer", ["127.0.0.1"], 30, 0),
+                     ("dual.internal", AAAA): ("answer", ["::1"], 30, 0.05)}) as dns, \
+            Tollgate(redis=r.url, workers=1, env=dns.env()) as tg:
+        r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends", "dual.internal:%d" % port)
+        assert _statuses(tg, "app.test") == [200] * 8
+
+
+def test_redis_ipv6_only_name_waits_for_its_aaaa():
+    """No A record (an IPv6-only host): the AAAA answer is waited for past the delay."""
+    _need_ipv6()
+    port = _port_free_on_both()
+    with Redis() as r, Backend("v6", port=port, host="::1"), \
+            FakeDNS({("v6only.internal", A): ("nodata", 0),
+                     ("v6only.internal", AAAA): ("answer", ["::1"], 30, 0.6)}) as dns, \
+            Tollgate(redis=r.url, workers=1, env=dns.env()) as tg:
+        r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends", "v6only.internal:%d" % port)
+        st, took = _timed(tg.port, "app.test")
+        assert st == 200, st
+        assert took >= 0.55, "answered after %.2f s, before the AAAA" % took
+        assert _statuses(tg, "app.test", 4) == [200] * 4
+
+
+def test_redis_name_with_neither_family_fails():
+    """A and AAAA both NXDOMAIN: the route fails as a name that does not resolve."""
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, \
+            FakeDNS({}) as dns, Tollgate(redis=r.url, workers=1, env=dns.env()) as tg:
+        r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends", "nosuch.internal:%d" % a.port)
+        st = http(tg.port, "GET", "/echo", "app.test")[0]
+        assert st != 200, st
+
+
+def _resolved_names_survive(during):
+    """Backends fast.internal (hosts file) and slow.internal (A after 1.5 s):
+    during(tg, hosts) runs while slow.internal is being asked; the route
+    still gets both names' addresses (fast.internal's answer, taken before,
+    is not thrown away at the end of the fetch)."""
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, \
+            FakeDNS({("slow.internal", A): ("answer", ["127.0.0.1"], 30, 1.5),
+                     ("slow.internal", AAAA): ("nodata", 0)}) as dns:
+        hosts = _hosts_file("127.0.0.1 fast.internal\n")
+        with Tollgate(redis=r.url, workers=1, env=dns.env(TOLLGATE_TEST_HOSTS_FILE=hosts)) as tg:
+            r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends",
+                  "fast.internal:%d,slow.internal:%d" % (a.port, a.port))
+            t = threading.Timer(0.5, during, (tg, hosts))
+            t.start()
+            st = http(tg.port, "GET", "/echo", "app.test")[0]
+            t.join()
+            assert st == 200, (st, tg.log_text()[-1500:])
+            assert _statuses(tg, "app.test", 4) == [200] * 4
+
+
+def test_redis_reload_during_a_resolution_keeps_the_names_resolved_before():
+    _resolved_names_survive(lambda tg, hosts: tg.signal(signal.SIGHUP))
+
+
+def test_redis_hosts_file_edit_during_a_resolution_keeps_the_names_resolved_before():
+    _resolved_names_survive(lambda tg, hosts: _write(hosts, "# edited\n127.0.0.1 fast.internal\n"))
