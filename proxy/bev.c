@@ -104,6 +104,14 @@ int bev_write(struct bufferevent *bev)
     return 0;
 }
 
+void bev_drop_output(struct bufferevent *bev)
+{
+    struct evbuffer *out = bufferevent_get_output(bev);
+    evbuffer_unfreeze(out, 1);
+    evbuffer_drain(out, evbuffer_get_length(out));
+    evbuffer_freeze(out, 1);
+}
+
 short bev_gather(struct bufferevent *bev, size_t limit)
 {
     struct evbuffer *in = bufferevent_get_input(bev);

@@ -60,6 +60,12 @@ size_t bev_read(struct bufferevent *bev, size_t max, short *ev);
 int bev_write(struct bufferevent *bev);
 
 /*
+ * Throws away what bev's output holds (its peer will take no more).  A
+ * socket bufferevent's output is frozen at its start -- only its own write
+ * may drain it -- so a plain evbuffer_drain() would do nothing.
+ */
+void bev_drop_output(struct bufferevent *bev);
+/*
  * After the read callback's own read came back full (the socket probably
  * holds more), reads on until a short read, limit bytes buffered or
  * BEV_GATHER_ROUNDS reads (one busy connection cannot starve the others),

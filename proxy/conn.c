@@ -1934,7 +1934,7 @@ static int splice_pump(struct conn *c, int readable)
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);
             worker_metrics(c->w)->upstream_resets++;
-            conn_close(c);
+            conn_cut(c);
             return -1;
         }
         if (!moved)
@@ -2066,7 +2066,7 @@ static int relay_response_body(struct conn *c)
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);
             worker_metrics(c->w)->upstream_resets++;
-            conn_close(c);
+            conn_cut(c);
             return -1;
         }
         r->flags |= RF_RESP_DONE;
@@ -2465,7 +2465,7 @@ static int up_write_failed(struct conn *c, struct bufferevent *bev)
              (unsigned long long)c->id, r->target.name);
     r->flags |= RF_UP_WDEAD;
     r->flags &= ~RF_UP_KEEPALIVE;
-    evbuffer_drain(bufferevent_get_output(bev), evbuffer_get_length(bufferevent_get_output(bev)));
+    bev_drop_output(bev);
     bufferevent_disable(bev, EV_WRITE);
     bufferevent_disable(c->bev, EV_READ);
     c->flags |= CF_CLIENT_PAUSED;
@@ -2619,10 +2619,11 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             respond_local(c, 502, "The backend closed the connection without answering.", NULL, 0);
         return;
     }
-    /* Mid-response failure: the client cannot be told any other way. */
+    /* Mid-response failure: the client cannot be told any other way than
+     * by the close -- after what it was sent already has reached it. */
     log_info("%s: conn %llu: backend %s %s mid-response", __func__, (unsigned long long)c->id, r->target.name,
              (what & BEV_EVENT_TIMEOUT) ? "timed out" : "failed");
-    conn_close(c);
+    conn_cut(c);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2799,9 +2800,10 @@ static void conn_end(struct conn *c)
 }
 
 /*
- * Ends a connection whose transfer the meter cut (the tenant's cap or a
- * suspension).  The backend goes at once, with whatever tollgate still held
- * of it.  What the client's output buffer holds was granted by the meter
+ * Ends a connection whose response cannot be completed: the meter cut it
+ * (the tenant's cap or a suspension), or the backend failed mid-response
+ * (the close is how the client learns the body is short).  The backend goes
+ * at once, with whatever tollgate still held of it.  What the client's output buffer holds was granted by the meter
  * (or is a head, sent whatever happens): it still goes, and is counted as
  * the kernel takes it, so that a download stops at its budget, not up to a
  * buffer short of it (the next request then found budget left and got 200,

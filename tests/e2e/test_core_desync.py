@@ -326,6 +326,51 @@ def test_an_early_answer_then_a_reset_reaches_the_client():
         assert "closed the connection before the response head" not in tg.log_text(), tg.log_text()
 
 
+def test_an_early_answer_cut_by_the_backend_delivers_every_billed_byte():
+    """The backend answers an upload early with a long body, sends part of
+    it and resets (the upload unread; what its kernel had not sent yet is
+    lost with the reset).  The client, still uploading, reads
+    late.  tollgate closes the client connection to show the cut -- after
+    what it was sent has reached it: closing with the client's body unread
+    would make Linux reset the connection and throw away bytes already
+    counted as sent.  Received == the access log's bytes out, spliced or
+    copied."""
+    size, sent = 3000000, 2000000
+
+    def serve(s, n):
+        read_request_head(s)
+        time.sleep(0.1)
+        s.sendall(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: %d\r\n\r\n" % size + b"z" * sent)
+        return False                      # the upload unread: a reset
+    for splice in ("16384", "0"):
+        with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1,
+                                              args=["--splice-min-body", splice]) as tg:
+            s = socket.create_connection(("127.0.0.1", tg.port), timeout=10)
+            s.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000000\r\n\r\n")
+
+            def push():
+                try:
+                    for _ in range(1500):
+                        s.sendall(b"y" * 65536)
+                except OSError:
+                    pass
+            threading.Thread(target=push, daemon=True).start()
+            time.sleep(1.0)                   # read late: the answer waits in the kernel
+            got = 0
+            try:
+                while True:
+                    d = s.recv(262144)
+                    if not d:
+                        break
+                    got += len(d)
+            except ConnectionResetError:
+                raise AssertionError("reset after %d bytes (splice %s)" % (got, splice))
+            s.close()
+            line = wait_until(lambda: tg.access_log_lines(), 5, "an access log line")[-1]
+            assert line.split()[5] == "413" and int(line.split()[7]) == got, (splice, line, got)
+            assert got > 100000, (splice, got)  # the head and some of the body (the reset drops the rest)
+
+
 def test_an_answer_before_the_body_ends_says_the_connection_closes():
     """The backend answers a POST after its head, before the body has all
     come: tollgate will end the connection after that answer, and says so

@@ -333,6 +333,28 @@ START_TEST(diverted_write_runs_when_enabled_and_undiverted_write_sends_the_outpu
 }
 END_TEST
 
+/* A socket bufferevent's output is frozen at its start: evbuffer_drain()
+ * alone leaves it as it was; bev_drop_output() empties it, and a later
+ * write sends only what was added after. */
+START_TEST(drop_output_empties_a_socket_bufferevents_output)
+{
+    struct rig g;
+    rig_open(&g);
+    struct evbuffer *out = bufferevent_get_output(g.bev);
+    evbuffer_add(out, "stale", 5);
+    ck_assert_int_eq(evbuffer_drain(out, 5), -1);   /* what libevent does: the start is frozen */
+    ck_assert_uint_eq(evbuffer_get_length(out), 5);
+    bev_drop_output(g.bev);
+    ck_assert_uint_eq(evbuffer_get_length(out), 0);
+    evbuffer_add(out, "fresh", 5);
+    ck_assert_int_eq(bev_write(g.bev), 0);
+    char buf[16];
+    ck_assert_int_eq(read(g.peer, buf, sizeof(buf)), 5);
+    ck_assert_int_eq(memcmp(buf, "fresh", 5), 0);
+    rig_close(&g);
+}
+END_TEST
+
 Suite *bev_suite(void)
 {
     Suite *s = suite_create("bev");
@@ -350,6 +372,7 @@ Suite *bev_suite(void)
     tcase_add_test(tc, diverted_read_runs_the_callback_and_leaves_the_bytes_in_the_socket);
     tcase_add_test(tc, diverted_read_keeps_the_read_timeout);
     tcase_add_test(tc, diverted_write_runs_when_enabled_and_undiverted_write_sends_the_output);
+    tcase_add_test(tc, drop_output_empties_a_socket_bufferevents_output);
     suite_add_tcase(s, tc);
     return s;
 }
