@@ -26,6 +26,11 @@
  *   - input is read up to ADMIN_MAX_HEAD (a longer head gets 431), and no
  *     further request is parsed while ADMIN_OUT_HIGH bytes of responses wait
  *     to be read;
+ *   - /metrics bodies (megabytes with many tenants) queued and not yet sent
+ *     count against ADMIN_METRICS_BUDGET, across connections: a /metrics
+ *     request over it waits until bodies drain (metrics_resume_cb), or gets
+ *     503 when its deadline comes first -- so clients that ask and never
+ *     read hold about the budget plus one body, not one body each;
  *   - a request body is never read: the request is answered by method and
  *     path alone, with Connection: close, and what follows is discarded.
  *
@@ -71,6 +76,7 @@
 #define ADMIN_LINGER_MS 2000        /* input discarded after a closing response */
 #define ADMIN_OUT_HIGH 65536        /* unread response bytes that stop parsing */
 #define ADMIN_BACKLOG 64
+#define ADMIN_METRICS_BUDGET (4u << 20)   /* unsent /metrics bytes before the next one waits */
 
 /* What a connection is doing. */
 enum admin_conn_state {
@@ -85,6 +91,7 @@ struct admin_conn {
     struct event *deadline;         /* see the file comment */
     enum admin_conn_state state;
     int peer_eof;                   /* the client shut its write side */
+    int budget_wait;                /* a /metrics request waits for ADMIN_METRICS_BUDGET */
     size_t scanned;                 /* h1_find_head_end() resume point */
     struct admin_conn *prev, *next; /* a->conns */
 };
@@ -100,6 +107,8 @@ struct admin {
     int accept_paused;              /* resume_ev pending */
     int n_conns;
     struct admin_conn *conns;       /* every open connection, freed by admin_free() */
+    size_t metrics_queued;          /* /metrics body bytes queued and not yet sent */
+    struct event *metrics_resume_ev; /* wakes budget_wait connections */
     pthread_t thread;
 };
 
@@ -181,11 +190,17 @@ static const char *reason_phrase(int status)
  * §9.3).  A HEAD response carries the length the body would have, not the
  * body (RFC 9110 §9.3.2).  body is copied, or taken over when own is set
  * (freed here in every case).  Returns 0, or -1 when out of memory. */
+/* A /metrics body was sent (or its connection freed): its bytes leave the
+ * budget, and connections waiting on it are woken (from the loop, not
+ * from inside this evbuffer's drain). */
 static void free_ref(const void *data, size_t len, void *arg)
 {
-    (void)len;
-    (void)arg;
+    struct admin *a = arg;
     free((void *)data);
+    int was_over = a->metrics_queued >= ADMIN_METRICS_BUDGET;
+    a->metrics_queued -= len;
+    if (was_over && a->metrics_queued < ADMIN_METRICS_BUDGET && a->metrics_resume_ev)
+        event_active(a->metrics_resume_ev, EV_TIMEOUT, 0);
 }
 
 static int conn_respond(struct admin_conn *c, int status, const char *ctype, const char *extra,
@@ -215,10 +230,11 @@ static int conn_respond(struct admin_conn *c, int status, const char *ctype, con
     }
     if (own) {
         /* /metrics can be large: hand the buffer over rather than copy it. */
-        if (evbuffer_add_reference(out, body, len, free_ref, NULL) < 0) {
+        if (evbuffer_add_reference(out, body, len, free_ref, c->a) < 0) {
             free((void *)body);
             return -1;
         }
+        c->a->metrics_queued += len;
         return 0;
     }
     return evbuffer_add(out, body, len);
@@ -332,6 +348,15 @@ static int conn_process(struct admin_conn *c)
         int rc = h1_parse_request(buf, (size_t)hl, &rq);
         if (rc < 0)
             return conn_reject(c, -rc);
+        if (c->a->metrics_queued >= ADMIN_METRICS_BUDGET && rq.method.len == 3 && memcmp(rq.method.p, "GET", 3) == 0
+            && rq.path.len == 8 && memcmp(rq.path.p, "/metrics", 8) == 0) {
+            /* Over the budget: wait, head unparsed, until bodies drain --
+             * this connection's own (conn_write_cb) or others' (metrics_resume_cb). */
+            bufferevent_disable(c->bev, EV_READ);
+            c->budget_wait = evbuffer_get_length(out) == 0;
+            c->scanned = 0;
+            return 0;
+        }
         /* A body is never read: the answer does not depend on it, and a
          * connection whose next message starts after an unread body must
          * close (RFC 9112 §9.6). */
@@ -407,12 +432,46 @@ static void conn_deadline_cb(evutil_socket_t fd, short what, void *arg)
     struct admin_conn *c = arg;
     (void)fd;
     (void)what;
+    if (c->budget_wait) {
+        /* Other clients' /metrics bodies stayed unread all along. */
+        c->budget_wait = 0;
+        if (conn_respond(c, 503, TEXT_PLAIN, "Retry-After: 1\r\n", "busy: /metrics responses unread\n", 32, 0, 0,
+                         1) < 0) {
+            conn_free(c);
+            return;
+        }
+        conn_closing(c);
+        conn_arm(c, ADMIN_TIMEOUT_S * 1000L);
+        return;
+    }
     if (c->state == AC_HEAD && !c->peer_eof && evbuffer_get_length(bufferevent_get_output(c->bev)) == 0
         && evbuffer_get_length(bufferevent_get_input(c->bev)) > 0) {
         conn_reject(c, 408);   /* a head still partial: say why, then close */
         return;
     }
     conn_free(c);   /* idle, or a response left unread */
+}
+
+/* The /metrics budget has room again: the waiting connections try anew,
+ * oldest first (a->conns is newest first), until one fills it again. */
+static void metrics_resume_cb(evutil_socket_t fd, short what, void *arg)
+{
+    struct admin *a = arg;
+    (void)fd;
+    (void)what;
+    struct admin_conn *c = a->conns;
+    while (c && c->next)
+        c = c->next;
+    for (struct admin_conn *prev; c; c = prev) {
+        prev = c->prev;
+        if (!c->budget_wait)
+            continue;
+        if (a->metrics_queued >= ADMIN_METRICS_BUDGET)
+            return;
+        c->budget_wait = 0;
+        bufferevent_enable(c->bev, EV_READ);
+        conn_process(c);
+    }
 }
 
 /* ---------------------------------------------------------------------- */
@@ -557,6 +616,10 @@ static void admin_free(struct admin *a)
     a->listener = NULL;   /* conn_free() must not re-enable it */
     while (a->conns)
         conn_free(a->conns);
+    if (a->metrics_resume_ev) {   /* after the connections: their bodies' free_ref may activate it */
+        event_free(a->metrics_resume_ev);
+        a->metrics_resume_ev = NULL;   /* a body freed later (a deferred bufferevent finalizer) sees none */
+    }
     if (l)
         evconnlistener_free(l);   /* closes the listening socket */
     if (a->resume_ev)
@@ -593,7 +656,8 @@ struct admin *admin_start(const struct cfg_addr *addr, char *err, size_t errlen)
     a->base = event_base_new();
     a->wake_ev = a->base ? event_new(a->base, a->wake[0], EV_READ, admin_wake, a) : NULL;
     a->resume_ev = a->base ? evtimer_new(a->base, admin_resume_cb, a) : NULL;
-    if (!a->wake_ev || !a->resume_ev || event_add(a->wake_ev, NULL) < 0) {
+    a->metrics_resume_ev = a->base ? evtimer_new(a->base, metrics_resume_cb, a) : NULL;
+    if (!a->wake_ev || !a->resume_ev || !a->metrics_resume_ev || event_add(a->wake_ev, NULL) < 0) {
         snprintf(err, errlen, "admin: cannot create the event loop");
         goto fail;
     }
