@@ -114,7 +114,7 @@ tollgate listens on 127.0.0.1:$PORT and routes Host "localhost" to the demo back
 Try, in another terminal:
 
   curl -i http://localhost:$PORT/echo                 # request as the backend saw it (JSON)
-  curl -i http://localhost:$PORT/bytes/1000000 -o /dev/null
+  curl -s -o /dev/null -w '%{http_code} %{size_download} bytes\n' http://localhost:$PORT/bytes/1000000
   curl -N http://localhost:$PORT/sse?n=10\&interval=0.5   # server-sent events, streamed
   curl -i -H 'Host: unknown.test' http://127.0.0.1:$PORT/  # 404: no route
   curl http://127.0.0.1:$ADMIN/metrics                 # Prometheus metrics
