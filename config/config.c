@@ -31,6 +31,7 @@
  */
 #include "config/config.h"
 #include "proxy/log.h"
+#include "routing/schema.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -631,14 +632,6 @@ static int printable_token(const char *v)
     return 1;
 }
 
-static int ascii_only(const char *v)
-{
-    for (; *v; v++)
-        if ((unsigned char)*v > 0x7e)
-            return 0;
-    return 1;
-}
-
 static int no_controls(const char *v)
 {
     for (; *v; v++)
@@ -878,9 +871,9 @@ static int apply_key(struct tg_config *cfg, size_t ki, const char *v, uint64_t *
             return -1;
         return set_string(&cfg->redis_url, v, msg, msglen);
     case K_PREFIX:
-        /* As tollgate-ctl checks it (schema_prefix_valid): 1..64 bytes of printable ASCII. */
-        if (!printable_token(v) || !ascii_only(v) || strlen(v) > 64)
-            return fail(msg, msglen, "%s: 1 to 64 printable ASCII characters without spaces", q);
+        /* The check tollgate-ctl and the key builders make, and not empty. */
+        if (!*v || !schema_prefix_valid(v))
+            return fail(msg, msglen, "%s: 1 to %d printable ASCII characters without spaces", q, SCHEMA_PREFIX_MAX);
         return set_string(&cfg->key_prefix, v, msg, msglen);
     case K_IDENT:
         if (!printable_token(v) || strlen(v) > 128)

@@ -2581,14 +2581,13 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
      * backend's: neither counted nor reported. */
     int stale = !(r->flags & RF_RESP_HEAD) && !(what & BEV_EVENT_TIMEOUT) && (r->flags & RF_UP_REUSED)
                 && can_retry(r);
-    if (stale)
-        ;
-    else if (what & BEV_EVENT_TIMEOUT)
-        m->upstream_timeouts++;
-    else
-        m->upstream_resets++;
-    if (!stale)
+    if (!stale) {
+        if (what & BEV_EVENT_TIMEOUT)
+            m->upstream_timeouts++;
+        else
+            m->upstream_resets++;
         route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+    }
     if (!(r->flags & RF_RESP_HEAD)) {
         if (stale) {
             /* A pooled connection the backend had closed: try a fresh one. */
@@ -2803,7 +2802,8 @@ static void conn_end(struct conn *c)
  * Ends a connection whose response cannot be completed: the meter cut it
  * (the tenant's cap or a suspension), or the backend failed mid-response
  * (the close is how the client learns the body is short).  The backend goes
- * at once, with whatever tollgate still held of it.  What the client's output buffer holds was granted by the meter
+ * at once, with whatever tollgate still held of it.  What the client's
+ * output buffer holds was granted by the meter
  * (or is a head, sent whatever happens): it still goes, and is counted as
  * the kernel takes it, so that a download stops at its budget, not up to a
  * buffer short of it (the next request then found budget left and got 200,

@@ -285,6 +285,38 @@ def test_an_early_answer_reaches_a_client_still_sending_its_body():
             assert line.split()[7] == str(len(got)), (splice, line, len(got))
 
 
+def _upload_and_read(port, length, read_after=0.0):
+    """POSTs a Content-Length body of `length` bytes from a thread (until the
+    connection refuses more) while reading the answer to EOF, starting
+    read_after seconds late.  Returns (bytes read, whether a reset ended it)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=10)
+    s.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: %d\r\n\r\n" % length)
+
+    def push():
+        try:
+            for _ in range(length // 65536):
+                s.sendall(b"y" * 65536)
+        except OSError:
+            pass
+    t = threading.Thread(target=push, daemon=True)
+    t.start()
+    time.sleep(read_after)
+    data, reset = b"", False
+    try:
+        while True:
+            d = s.recv(262144)
+            if not d:
+                break
+            data += d
+    except ConnectionResetError:
+        reset = True
+    except OSError:
+        pass
+    s.close()
+    t.join(5)
+    return data, reset
+
+
 def test_an_early_answer_then_a_reset_reaches_the_client():
     """The backend answers an upload early and closes with the body unread,
     so its kernel resets the connection right after the answer.  tollgate,
@@ -299,28 +331,7 @@ def test_an_early_answer_then_a_reset_reaches_the_client():
     got = []
     with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1) as tg:
         for _ in range(12):
-            s = socket.create_connection(("127.0.0.1", tg.port), timeout=5)
-            s.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 20000000\r\n\r\n")
-
-            def push():
-                try:
-                    for _ in range(300):
-                        s.sendall(b"y" * 65536)
-                except OSError:
-                    pass
-            t = threading.Thread(target=push, daemon=True)
-            t.start()
-            data = b""
-            try:
-                while True:
-                    d = s.recv(65536)
-                    if not d:
-                        break
-                    data += d
-            except OSError:
-                pass
-            s.close()
-            t.join(5)
+            data, _ = _upload_and_read(tg.port, 20000000)
             got.append(data.split(b"\r\n")[0])
         assert got == [b"HTTP/1.1 413 Payload Too Large"] * 12, got
         assert "closed the connection before the response head" not in tg.log_text(), tg.log_text()
@@ -345,27 +356,9 @@ def test_an_early_answer_cut_by_the_backend_delivers_every_billed_byte():
     for splice in ("16384", "0"):
         with RawBackend(serve) as b, Tollgate(routes=[ROUTE + "=" + b.addr], workers=1,
                                               args=["--splice-min-body", splice]) as tg:
-            s = socket.create_connection(("127.0.0.1", tg.port), timeout=10)
-            s.sendall(b"POST /up HTTP/1.1\r\nHost: app.test\r\nContent-Length: 100000000\r\n\r\n")
-
-            def push():
-                try:
-                    for _ in range(1500):
-                        s.sendall(b"y" * 65536)
-                except OSError:
-                    pass
-            threading.Thread(target=push, daemon=True).start()
-            time.sleep(1.0)                   # read late: the answer waits in the kernel
-            got = 0
-            try:
-                while True:
-                    d = s.recv(262144)
-                    if not d:
-                        break
-                    got += len(d)
-            except ConnectionResetError:
-                raise AssertionError("reset after %d bytes (splice %s)" % (got, splice))
-            s.close()
+            data, reset = _upload_and_read(tg.port, 100000000, read_after=1.0)   # the answer waits in the kernel
+            got = len(data)
+            assert not reset, "reset after %d bytes (splice %s)" % (got, splice)
             line = wait_until(lambda: tg.access_log_lines(), 5, "an access log line")[-1]
             assert line.split()[5] == "413" and int(line.split()[7]) == got, (splice, line, got)
             assert got > 100000, (splice, got)  # the head and some of the body (the reset drops the rest)
