@@ -17,7 +17,9 @@
  *     pattern list is not fresh, LRANGE <p>patterns, each through
  *     route_read_lua (a key over 32 MiB is refused unread).  When the replies are
  *     in, the match is decided (exact, wildcard, patterns), then backend
- *     names are resolved (evdns) and the tenant policy fetched (HGETALL
+ *     names are resolved (the hosts file, hosts.c, then evdns; a name being
+ *     asked is asked once, whatever the number of fetches needing it) and
+ *     the tenant policy fetched (HGETALL
  *     <p>tenant:<t>) if not cached, in parallel.  Replies are parsed by
  *     match.c; nothing from Redis is trusted.
  *   - Results go into three bounded caches (cache.c, CLOCK eviction): routes
@@ -53,6 +55,7 @@
 #include "routing/route.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <event2/dns.h>
 #include <event2/event.h>
 #include <event2/util.h>
@@ -73,6 +76,7 @@
 #include "routing/balance.h"
 #include "routing/cache.h"
 #include "routing/host.h"
+#include "routing/hosts.h"
 #include "routing/match.h"
 #include "routing/redis.h"
 #include "routing/schema.h"
@@ -252,18 +256,18 @@ struct route_cmd {
 };
 
 /*
- * A pending backend-name resolution (one per name per fetch).  Once the
- * name is answered (done) it leaves its fetch and rc->dns_reqs for
- * rc->dns_left, where it waits for the callbacks of the queries it
- * cancelled (evdns calls them later, with DNS_ERR_CANCEL) before it is
- * freed.
+ * A pending backend-name resolution: one per name, shared by every fetch
+ * that needs the name while it is asked.  Once the name is answered (done)
+ * it leaves rc->dns_reqs for rc->dns_left, where it waits for the callbacks
+ * of the queries it cancelled (evdns calls them later, with
+ * DNS_ERR_CANCEL) before it is freed.
  */
 struct route_dns {
     struct route_dns *next, *prev; /* rc->dns_reqs, or rc->dns_left once done */
-    struct route_fetch *f;         /* NULL once done */
+    struct route_fetch **fs;       /* the fetches waiting for the name (none once done) */
+    size_t nf, capf;
     struct route_ctx *rc;
     char name[HOST_MAX + 1];
-    int sync_done;                 /* the hosts-file step answered */
     int done;                      /* the name is answered */
     int pending;                   /* A and AAAA callbacks to come */
     int sending;                   /* route_dns_query is sending them */
@@ -355,6 +359,7 @@ struct route_ctx {
     double dns_flushed;            /* DNS records stored before this are expired (reload) */
     double hosts_next;             /* when the hosts file is stat()ed next */
     struct stat hosts_st;          /* what it was when last loaded (zeroed: missing) */
+    struct hosts *hosts;           /* its table (NULL: none loaded, or it could not be read) */
     char hosts_path[256];          /* ROUTE_HOSTS_FILE, or TOLLGATE_TEST_HOSTS_FILE */
     char resolv_path[256];         /* TOLLGATE_TEST_RESOLV_CONF, or empty: the system's resolv.conf */
     struct route_pats *pats;
@@ -499,16 +504,19 @@ static void route_ip_to_backend(const union route_sa *a, int port, struct bal_ba
  * localhost names are loopback without asking the resolver (a minimal
  * system may not even have /etc/hosts): 127.0.0.1 and ::1, as curl and
  * systemd-resolved answer, so that a server listening on either loopback
- * (a Node >= 17 dev server listens on ::1 only) is reached.
+ * (a Node >= 17 dev server listens on ::1 only) is reached.  One trailing
+ * dot is allowed ("localhost.").
  */
 static int route_addr_literal(const char *name, struct route_ips *ips)
 {
     union route_sa a;
     size_t nl = strlen(name);
+    if (nl > 1 && name[nl - 1] == '.')   /* "localhost." is localhost (an absolute name) */
+        nl--;
     ips->n = 0;
     memset(&a, 0, sizeof(a));
-    if ((nl == 9 && strcasecmp(name, "localhost") == 0) ||
-        (nl > 10 && strcasecmp(name + nl - 10, ".localhost") == 0)) {
+    if ((nl == 9 && strncasecmp(name, "localhost", 9) == 0) ||
+        (nl > 10 && strncasecmp(name + nl - 10, ".localhost", 10) == 0)) {
         a.in.sin_family = AF_INET;
         a.in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         ips->a[ips->n++] = a;
@@ -1693,7 +1701,7 @@ fail:
     return NULL;
 }
 
-static void route_hosts_check(struct route_ctx *rc, double now, int force);
+static void route_hosts_check(struct route_ctx *rc, double now);
 
 /*
  * The addresses of backend b's "host:port" name (port set): IP literals and
@@ -1712,8 +1720,8 @@ static int route_name_ips(struct route_ctx *rc, const struct bal_backend *b, dou
         return -1;
     if (route_addr_literal(name, ips))
         return 1;
-    if (rc->dnsb && !final)
-        route_hosts_check(rc, now, 0);
+    if (!final)
+        route_hosts_check(rc, now);
     size_t nl = strlen(name);
     const struct route_dns_rec *d = cache_get(rc->dns, name, nl);
     if (d == NULL)
@@ -1759,13 +1767,7 @@ static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int st
             if (r == 1)
                 continue;
             if (r == 0 && start) {
-                /* One resolution per name per fetch. */
-                int dup = 0;
-                for (struct route_dns *d = rc->dns_reqs; d; d = d->next)
-                    if (d->f == f && strcmp(d->name, name) == 0)
-                        dup = 1;
-                if (!dup)
-                    route_dns_start(f, name);
+                route_dns_start(f, name);
                 continue;
             }
             snprintf(err, errlen, "cannot resolve backend '%s'", set->b[i].name);
@@ -1831,21 +1833,24 @@ static void route_dns_free(struct route_dns *d)
 {
     if (d->delay)
         event_free(d->delay);
+    free(d->fs);
     free(d);
 }
 
 /*
- * The name is answered: unlink it and let the fetch go on.  It is freed
+ * The name is answered: unlink it and let its fetches go on.  It is freed
  * now, or (queries cancelled, their callbacks to come) when the last of
  * them calls back.
  */
 static void route_dns_done(struct route_dns *d)
 {
     struct route_ctx *rc = d->rc;
-    struct route_fetch *f = d->f;
+    struct route_fetch **fs = d->fs;
+    size_t nf = d->nf;
     route_dns_unlink(&rc->dns_reqs, d);
     d->done = 1;
-    d->f = NULL;
+    d->fs = NULL;
+    d->nf = d->capf = 0;
     if (d->delay)
         event_del(d->delay);
     if (d->pending > 0) {
@@ -1856,41 +1861,14 @@ static void route_dns_done(struct route_dns *d)
     } else {
         route_dns_free(d);
     }
-    f->outstanding--;
-    if (!f->in_advance)
-        route_fetch_advance(f);
-}
-
-/*
- * The getaddrinfo step has its own small context: a cancelled request still
- * calls back later (libevent defers it), when d may be gone.
- */
-struct route_gai {
-    struct route_dns *d;           /* NULL once cancelled */
-};
-
-static void route_dns_gai_cb(int result, struct evutil_addrinfo *res, void *arg)
-{
-    struct route_gai *g = arg;
-    struct route_dns *d = g->d;
-    free(g);
-    if (d == NULL) {
-        if (res)
-            evutil_freeaddrinfo(res);
-        return;
+    /* Each fetch's answer is in rc->dns now; one finishing may start others (new route_dns). */
+    for (size_t i = 0; i < nf; i++) {
+        struct route_fetch *f = fs[i];
+        f->outstanding--;
+        if (!f->in_advance)
+            route_fetch_advance(f);
     }
-    d->sync_done = 1;
-    struct route_ips ips;
-    ips.n = 0;
-    if (result == 0)
-        for (int pass = 0; pass < 2; pass++)      /* IPv4 first, so none is crowded out by IPv6 ones */
-            for (const struct evutil_addrinfo *a = res; a; a = a->ai_next)
-                if ((a->ai_family == AF_INET) == (pass == 0))
-                    route_ips_add(&ips, a->ai_addr, (socklen_t)a->ai_addrlen);
-    /* From the hosts file: no TTL there, keep it as long as a route. */
-    route_dns_store(d->rc, d->name, &ips, (int)d->rc->cfg->route_cache_ttl);
-    if (res)
-        evutil_freeaddrinfo(res);
+    free(fs);
 }
 
 /* The name's answer: every address of both families (what came of them), the shortest TTL. */
@@ -2005,93 +1983,116 @@ static void route_dns_query(struct route_dns *d)
 }
 
 /*
- * Reloads the hosts file into the resolver when it changed (inode, size,
- * mtime or ctime differ from the last load), looking at most once per
- * ROUTE_HOSTS_CHECK: a hosts entry edited or added is seen by the next
- * resolution, as the static routes see it at a reload.  force: load it
- * whatever it looks like (a new resolver).
+ * Reads the hosts file again when it changed (inode, size, mtime or ctime
+ * differ from the last read), looking at most once per ROUTE_HOSTS_CHECK:
+ * a hosts entry edited or added is seen by the next resolution, as the
+ * static routes see it at a reload.  Answers taken from the old file are
+ * not used again.
  */
-static void route_hosts_check(struct route_ctx *rc, double now, int force)
+static void route_hosts_check(struct route_ctx *rc, double now)
 {
-    if (!force && now < rc->hosts_next)
+    if (now < rc->hosts_next)
         return;
     rc->hosts_next = now + ROUTE_HOSTS_CHECK;
     struct stat st;
     memset(&st, 0, sizeof(st));
     if (stat(rc->hosts_path, &st) != 0)
         memset(&st, 0, sizeof(st));
-    if (!force && st.st_dev == rc->hosts_st.st_dev && st.st_ino == rc->hosts_st.st_ino &&
+    if (st.st_dev == rc->hosts_st.st_dev && st.st_ino == rc->hosts_st.st_ino &&
         st.st_size == rc->hosts_st.st_size && st.st_mtim.tv_sec == rc->hosts_st.st_mtim.tv_sec &&
         st.st_mtim.tv_nsec == rc->hosts_st.st_mtim.tv_nsec && st.st_ctim.tv_sec == rc->hosts_st.st_ctim.tv_sec &&
         st.st_ctim.tv_nsec == rc->hosts_st.st_ctim.tv_nsec)
         return;
     rc->hosts_st = st;
-    if (!force)
-        rc->dns_flushed = now;       /* answers taken from the old file are not used again */
-    evdns_base_clear_host_addresses(rc->dnsb);
-    evdns_base_load_hosts(rc->dnsb, rc->hosts_path);   /* a missing file: localhost only */
+    rc->dns_flushed = now;
+    hosts_free(rc->hosts);
+    rc->hosts = hosts_load(rc->hosts_path);    /* a missing file: an empty table */
+    if (rc->hosts == NULL)
+        log_warn("worker %d: cannot read %s: %s; its names are asked of DNS", rc->worker_id, rc->hosts_path,
+                 strerror(errno));
+}
+
+static void route_hosts_ip(void *arg, const struct sockaddr *sa, socklen_t len)
+{
+    route_ips_add(arg, sa, len);
+}
+
+/* The resolver, made when the first name is asked of DNS; NULL when it cannot be. */
+static struct evdns_base *route_dnsb(struct route_ctx *rc)
+{
+    if (rc->dnsb)
+        return rc->dnsb;
+    if (rc->resolv_path[0]) {
+        rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+        if (rc->dnsb && evdns_base_resolv_conf_parse(rc->dnsb, DNS_OPTIONS_ALL, rc->resolv_path) != 0)
+            log_warn("worker %d: cannot read resolver configuration %s", rc->worker_id, rc->resolv_path);
+    } else {
+        rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    }
+    if (rc->dnsb) {
+        evdns_base_set_option(rc->dnsb, "timeout:", "2");
+        evdns_base_set_option(rc->dnsb, "attempts:", "2");
+    }
+    return rc->dnsb;
 }
 
 /*
- * Resolves a backend name for f.  evdns_getaddrinfo() answers at once for
- * names in the hosts file (the only evdns call that reads it); otherwise it
- * is cancelled and the name asked with evdns_base_resolve_ipv4 and _ipv6,
- * which give the records' TTLs.
+ * Resolves a backend name for f: from the hosts file at once (stored as a
+ * DNS answer, kept as long as a route since the file has no TTL), else by
+ * asking DNS for A and AAAA (evdns_base_resolve_ipv4 and _ipv6, which give
+ * the records' TTLs).  A name already being asked (for another fetch) is
+ * not asked again: f waits for that answer too.
  */
 static void route_dns_start(struct route_fetch *f, const char *name)
 {
     struct route_ctx *rc = f->rc;
-    int fresh = 0;
-    if (rc->dnsb == NULL) {
-        if (rc->resolv_path[0]) {
-            rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_DISABLE_WHEN_INACTIVE);
-            if (rc->dnsb && evdns_base_resolv_conf_parse(rc->dnsb, DNS_OPTIONS_ALL, rc->resolv_path) != 0)
-                log_warn("worker %d: cannot read resolver configuration %s", rc->worker_id, rc->resolv_path);
-        } else {
-            rc->dnsb = evdns_base_new(rc->base, EVDNS_BASE_INITIALIZE_NAMESERVERS | EVDNS_BASE_DISABLE_WHEN_INACTIVE);
+    struct route_dns *d;
+    for (d = rc->dns_reqs; d; d = d->next)
+        if (strcmp(d->name, name) == 0)
+            break;
+    if (d == NULL) {
+        struct route_ips ips;
+        ips.n = 0;
+        route_hosts_check(rc, route_now());
+        if (hosts_find(rc->hosts, name, strlen(name), route_hosts_ip, &ips) > 0) {
+            route_dns_store(rc, name, &ips, (int)rc->cfg->route_cache_ttl);
+            return;
         }
-        if (rc->dnsb) {
-            evdns_base_set_option(rc->dnsb, "timeout:", "2");
-            evdns_base_set_option(rc->dnsb, "attempts:", "2");
-            fresh = 1;
-        }
+    } else {
+        for (size_t i = 0; i < d->nf; i++)
+            if (d->fs[i] == f)
+                return;           /* one wait per name per fetch */
     }
-    struct route_dns *d = calloc(1, sizeof(*d));
-    if (d == NULL || rc->dnsb == NULL) {
-        free(d);
+    struct route_dns *nd = d ? NULL : calloc(1, sizeof(*nd));
+    struct route_dns *w = d ? d : nd;
+    if (w == NULL || (d == NULL && route_dnsb(rc) == NULL)) {
+        free(nd);
         route_dns_store(rc, name, NULL, 0);
         return;
     }
-    route_hosts_check(rc, route_now(), fresh);
-    d->rc = rc;
-    d->f = f;
-    snprintf(d->name, sizeof(d->name), "%s", name);
-    d->next = rc->dns_reqs;
-    if (rc->dns_reqs)
-        rc->dns_reqs->prev = d;
-    rc->dns_reqs = d;
+    if (w->nf == w->capf) {
+        size_t ncap = w->capf ? w->capf * 2 : 2;
+        struct route_fetch **nfs = realloc(w->fs, ncap * sizeof(*nfs));
+        if (nfs == NULL) {
+            free(nd);
+            if (d == NULL)
+                route_dns_store(rc, name, NULL, 0);
+            return;               /* f finds no answer: "cannot resolve" */
+        }
+        w->fs = nfs;
+        w->capf = ncap;
+    }
+    w->fs[w->nf++] = f;
     f->outstanding++;
-
-    struct evutil_addrinfo hints;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    struct route_gai *gc = malloc(sizeof(*gc));
-    if (gc == NULL) {
-        route_dns_query(d);
+    if (d)
         return;
-    }
-    gc->d = d;
-    struct evdns_getaddrinfo_request *g = evdns_getaddrinfo(rc->dnsb, d->name, NULL, &hints, route_dns_gai_cb, gc);
-    if (d->sync_done) {                /* answered at once (gc is freed) */
-        route_dns_done(d);
-        return;
-    }
-    if (g) {
-        gc->d = NULL;                  /* its callback comes later and only frees gc */
-        evdns_getaddrinfo_cancel(g);
-    }
-    route_dns_query(d);
+    nd->rc = rc;
+    snprintf(nd->name, sizeof(nd->name), "%s", name);
+    nd->next = rc->dns_reqs;
+    if (rc->dns_reqs)
+        rc->dns_reqs->prev = nd;
+    rc->dns_reqs = nd;
+    route_dns_query(nd);
 }
 
 /* ---- Redis replies ---- */
@@ -3019,6 +3020,7 @@ static void route_ctx_release(struct route_ctx *rc)
     cache_free(rc->tenants);
     cache_free(rc->neg);
     cache_free(rc->dns);
+    hosts_free(rc->hosts);
     route_pool_free(rc->pool);
     free(rc->depgen);
     route_statics_free(rc->statics, rc->n_slots);

@@ -303,3 +303,62 @@ def test_redis_reload_during_a_resolution_keeps_the_names_resolved_before():
 
 def test_redis_hosts_file_edit_during_a_resolution_keeps_the_names_resolved_before():
     _resolved_names_survive(lambda tg, hosts: _write(hosts, "# edited\n127.0.0.1 fast.internal\n"))
+
+
+def _asked(dns, name):
+    return sorted(q for _, n, q in dns.queries if n == name)
+
+
+def test_redis_name_is_asked_of_dns_once():
+    """A name not in the hosts file is asked once: one A and one AAAA query
+    (evdns_getaddrinfo's hosts-file step used to send both before it was
+    cancelled, then the name was asked again)."""
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, \
+            FakeDNS({("once.internal", A): ("answer", ["127.0.0.1"], 30, 0),
+                     ("once.internal", AAAA): ("nodata", 0)}) as dns, \
+            Tollgate(redis=r.url, workers=1, env=dns.env()) as tg:
+        r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends", "once.internal:%d" % a.port)
+        assert _statuses(tg, "app.test", 4) == [200] * 4
+        time.sleep(0.3)                      # a query sent late would be seen by now
+        assert _asked(dns, "once.internal") == [A, AAAA], "%d queries: %s" % (len(dns.queries), dns.queries[:6])
+
+
+def test_redis_routes_sharing_a_name_ask_it_once():
+    """40 domains naming one backend host, first requested all at once while
+    its A answer takes 0.5 s: one A and one AAAA query in all, and every
+    request answered from it."""
+    n = 40
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, \
+            FakeDNS({("shared.internal", A): ("answer", ["127.0.0.1"], 30, 0.5),
+                     ("shared.internal", AAAA): ("nodata", 0)}) as dns, \
+            Tollgate(redis=r.url, workers=1, env=dns.env()) as tg:
+        for i in range(n):
+            r.cmd("HSET", "tg:domain:app%d.test" % i, "tenant", "t1", "backends",
+                  "shared.internal:%d" % a.port)
+        results = [None] * n
+
+        def one(i):
+            results[i] = http(tg.port, "GET", "/echo", "app%d.test" % i)[0]
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert results == [200] * n, results
+        assert _asked(dns, "shared.internal") == [A, AAAA], "%d queries: %s" % (len(dns.queries), dns.queries[:6])
+
+
+def test_redis_names_with_a_trailing_dot():
+    """An absolute name ("localhost.", "name.") is the name: localhost. is the
+    loopbacks without asking DNS, and name. finds the hosts entry "name"
+    (and the entry "other." finds "other"); no DNS query for either."""
+    hosts = _hosts_file("127.0.0.1 app.internal\n127.0.0.1 other.internal.\n")
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, FakeDNS({}) as dns, \
+            Tollgate(redis=r.url, workers=1, env=dns.env(TOLLGATE_TEST_HOSTS_FILE=hosts)) as tg:
+        r.cmd("HSET", "tg:domain:lo.test", "tenant", "t1", "backends", "localhost.:%d" % a.port)
+        r.cmd("HSET", "tg:domain:abs.test", "tenant", "t1", "backends", "App.Internal.:%d" % a.port)
+        r.cmd("HSET", "tg:domain:other.test", "tenant", "t1", "backends", "other.internal:%d" % a.port)
+        assert _statuses(tg, "lo.test", 4) == [200] * 4
+        assert _statuses(tg, "abs.test", 4) == [200] * 4
+        assert _statuses(tg, "other.test", 4) == [200] * 4
+        assert dns.queries == [], dns.queries

@@ -18,6 +18,7 @@
 #include "routing/balance.h"
 #include "routing/cache.h"
 #include "routing/host.h"
+#include "routing/hosts.h"
 #include "routing/match.h"
 #include "routing/redis.h"
 #include "routing/route.h"
@@ -116,6 +117,110 @@ START_TEST(host_zone_one_label)
     ck_assert_ptr_null(host_zone("localhost", 9, &zl));
     ck_assert_ptr_null(host_zone("10.0.0.1", 8, &zl));
     ck_assert_ptr_null(host_zone("[::1]", 5, &zl));
+}
+END_TEST
+
+/* Collects hosts_find()'s addresses as text ("1.2.3.4 ::1 "). */
+static void hx_collect(void *arg, const struct sockaddr *sa, socklen_t len)
+{
+    char *out = arg, buf[INET6_ADDRSTRLEN];
+    const void *a = sa->sa_family == AF_INET ? (const void *)&((const struct sockaddr_in *)sa)->sin_addr
+                                             : (const void *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+    ck_assert(len == (sa->sa_family == AF_INET ? sizeof(struct sockaddr_in) : sizeof(struct sockaddr_in6)));
+    ck_assert_ptr_nonnull(inet_ntop(sa->sa_family, a, buf, sizeof(buf)));
+    strcat(out, buf);
+    strcat(out, " ");
+}
+
+static const char *hx_find(const struct hosts *h, const char *name)
+{
+    static char out[512];
+    out[0] = '\0';
+    size_t n = hosts_find(h, name, strlen(name), hx_collect, out);
+    size_t spaces = 0;
+    for (const char *p = out; *p; p++)
+        spaces += *p == ' ';
+    ck_assert_uint_eq(n, spaces);
+    return out;
+}
+
+/*
+ * The hosts file as glibc reads it: an address then names (canonical name
+ * and aliases), blanks (tabs, CR of a CRLF file) between, '#' comments, bad
+ * or scoped addresses skipped; names match whatever their case and one
+ * trailing dot (either side); a name on several lines has every address,
+ * in file order.
+ */
+START_TEST(hosts_file_rules)
+{
+    static const char text[] =
+        "# comment line\n"
+        "127.0.0.1\tlocalhost\n"
+        "10.0.0.1 db.internal DB2   # a comment after names\n"
+        "\n"
+        "   \t  \n"
+        "fd00::5 db.internal\r\n"
+        "10.0.0.9#db.internal\n"              /* the names are in the comment */
+        "300.1.1.1 bad.internal\n"           /* not an address */
+        "fe80::1%eth0 scoped.internal\n"     /* scoped: skipped */
+        "db.internal 10.0.0.3\n"             /* name first: the address does not parse */
+        "10.0.0.2 Db.Internal. abs.internal.\n"
+        "10.0.0.1 db.internal\n"             /* a repeat is reported again */
+        "10.0.0.7";                          /* no newline, no name */
+    struct hosts *h = hosts_parse(text, sizeof(text) - 1);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_str_eq(hx_find(h, "db.internal"), "10.0.0.1 fd00::5 10.0.0.2 10.0.0.1 ");
+    ck_assert_str_eq(hx_find(h, "DB.INTERNAL."), "10.0.0.1 fd00::5 10.0.0.2 10.0.0.1 ");
+    ck_assert_str_eq(hx_find(h, "db2"), "10.0.0.1 ");
+    ck_assert_str_eq(hx_find(h, "abs.internal"), "10.0.0.2 ");
+    ck_assert_str_eq(hx_find(h, "abs.internal."), "10.0.0.2 ");
+    ck_assert_str_eq(hx_find(h, "localhost"), "127.0.0.1 ");
+    ck_assert_str_eq(hx_find(h, "db"), "");
+    ck_assert_str_eq(hx_find(h, "db.internal.."), "");
+    ck_assert_str_eq(hx_find(h, "bad.internal"), "");
+    ck_assert_str_eq(hx_find(h, "scoped.internal"), "");
+    ck_assert_str_eq(hx_find(h, "10.0.0.3"), "");
+    ck_assert_str_eq(hx_find(h, "a comment"), "");
+    ck_assert_str_eq(hx_find(h, "comment"), "");
+    ck_assert_str_eq(hx_find(h, ""), "");
+    ck_assert_str_eq(hx_find(h, "."), "");
+    ck_assert_uint_eq(hosts_count(h), 7);
+    hosts_free(h);
+    ck_assert_str_eq(hx_find(NULL, "db.internal"), "");
+}
+END_TEST
+
+/* hosts_load(): a missing file or a directory is an empty table; a file is read whole. */
+START_TEST(hosts_file_load)
+{
+    char dir[] = "/tmp/tg-hostsf-XXXXXX", path[300];
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/missing", dir);
+    struct hosts *h = hosts_load(path);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_uint_eq(hosts_count(h), 0);
+    hosts_free(h);
+    h = hosts_load(dir);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_uint_eq(hosts_count(h), 0);
+    hosts_free(h);
+    /* 20,000 names: the table finds each of them (a sorted table, not the first few). */
+    snprintf(path, sizeof(path), "%s/hosts", dir);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    for (int i = 0; i < 20000; i++)
+        fprintf(f, "10.%d.%d.%d n%d.internal\n", i >> 16, (i >> 8) & 255, i & 255, 19999 - i);
+    fclose(f);
+    h = hosts_load(path);
+    ck_assert_ptr_nonnull(h);
+    ck_assert_uint_eq(hosts_count(h), 20000);
+    ck_assert_str_eq(hx_find(h, "n19999.internal"), "10.0.0.0 ");
+    ck_assert_str_eq(hx_find(h, "n0.internal"), "10.0.78.31 ");
+    ck_assert_str_eq(hx_find(h, "n12345.internal"), "10.0.29.230 ");
+    ck_assert_str_eq(hx_find(h, "n20000.internal"), "");
+    hosts_free(h);
+    unlink(path);
+    rmdir(dir);
 }
 END_TEST
 
@@ -1408,6 +1513,8 @@ Suite *routing_suite(void)
     tcase_add_test(tc, host_length_limits);
     tcase_add_test(tc, host_zone_one_label);
     tcase_add_test(tc, host_parse_backend_addresses);
+    tcase_add_test(tc, hosts_file_rules);
+    tcase_add_test(tc, hosts_file_load);
     suite_add_tcase(s, tc);
 
     tc = tcase_create("static");
