@@ -4,7 +4,9 @@
  * so that a name the file does not hold is asked of DNS once (evdns's only
  * hosts-aware call, evdns_getaddrinfo(), has already sent its queries when
  * it finds nothing), and so that a name differing only by a trailing dot
- * ("db." for "db") is found, as the C library finds it.
+ * ("db." for "db") is found -- more lenient than glibc, which finds
+ * neither "db." for an entry "db" nor "db" for an entry "db.", where an
+ * absolute name and its relative form name the same host.
  *
  * The format, as glibc reads it: a line holds an IPv4 or IPv6 address and
  * one or more names (the canonical name, then aliases), separated by spaces

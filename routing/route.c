@@ -273,6 +273,7 @@ struct route_dns {
     int sending;                   /* route_dns_query is sending them */
     int called[2];                 /* the A, the AAAA callback came */
     int ttl;                       /* shortest TTL of the answers so far (-1: none) */
+    double asked;                  /* when the queries went out (route_now) */
     struct evdns_request *req[2];  /* the A and AAAA queries until they call back (or are cancelled) */
     struct event *delay;           /* the resolution delay, once one family answered */
     struct route_ips v4, v6;       /* the A and AAAA answers */
@@ -1792,14 +1793,20 @@ static int route_entry_fill(struct route_fetch *f, struct route_entry *e, int st
 
 /* ---- DNS ---- */
 
-/* Caches name's addresses (ips NULL or empty: a failure, for route-negative-ttl) for ttl seconds. */
-static void route_dns_store(struct route_ctx *rc, const char *name, const struct route_ips *ips, int ttl)
+/*
+ * Caches name's addresses (ips NULL or empty: a failure, for
+ * route-negative-ttl) for ttl seconds.  asked: when the answer was asked
+ * for; one asked before a flush (reload, hosts file change) is stale at
+ * once, however late it came.
+ */
+static void route_dns_store(struct route_ctx *rc, const char *name, const struct route_ips *ips, int ttl,
+                            double asked)
 {
     struct route_dns_rec *r = calloc(1, sizeof(*r));
     if (r == NULL)
         return;
     double now = route_now();
-    r->stored = now;
+    r->stored = asked;
     if (ips && ips->n > 0) {
         r->ok = 1;
         r->ips = *ips;
@@ -1883,7 +1890,7 @@ static void route_dns_complete(struct route_dns *d)
     struct route_ips all = d->v4;
     for (unsigned i = 0; i < d->v6.n; i++)
         route_ips_add(&all, &d->v6.a[i].sa, sizeof(d->v6.a[i].in6));
-    route_dns_store(d->rc, d->name, &all, d->ttl);
+    route_dns_store(d->rc, d->name, &all, d->ttl, d->asked);
     route_dns_done(d);
 }
 
@@ -1968,6 +1975,7 @@ static void route_dns_cb6(int result, char type, int count, int ttl, void *addre
 static void route_dns_query(struct route_dns *d)
 {
     d->ttl = -1;
+    d->asked = route_now();
     d->sending = 1;
     for (int fi = 0; fi < 2; fi++) {
         d->pending++;
@@ -2041,21 +2049,24 @@ static struct evdns_base *route_dnsb(struct route_ctx *rc)
  * DNS answer, kept as long as a route since the file has no TTL), else by
  * asking DNS for A and AAAA (evdns_base_resolve_ipv4 and _ipv6, which give
  * the records' TTLs).  A name already being asked (for another fetch) is
- * not asked again: f waits for that answer too.
+ * not asked again: f waits for that answer too -- unless it was asked
+ * before a flush (a reload, a hosts file change), whose answer may be the
+ * old one.
  */
 static void route_dns_start(struct route_fetch *f, const char *name)
 {
     struct route_ctx *rc = f->rc;
+    double now = route_now();
+    route_hosts_check(rc, now);
     struct route_dns *d;
     for (d = rc->dns_reqs; d; d = d->next)
-        if (strcmp(d->name, name) == 0)
+        if (strcmp(d->name, name) == 0 && d->asked >= rc->dns_flushed)
             break;
     if (d == NULL) {
         struct route_ips ips;
         ips.n = 0;
-        route_hosts_check(rc, route_now());
         if (hosts_find(rc->hosts, name, strlen(name), route_hosts_ip, &ips) > 0) {
-            route_dns_store(rc, name, &ips, (int)rc->cfg->route_cache_ttl);
+            route_dns_store(rc, name, &ips, (int)rc->cfg->route_cache_ttl, now);
             return;
         }
     } else {
@@ -2067,7 +2078,7 @@ static void route_dns_start(struct route_fetch *f, const char *name)
     struct route_dns *w = d ? d : nd;
     if (w == NULL || (d == NULL && route_dnsb(rc) == NULL)) {
         free(nd);
-        route_dns_store(rc, name, NULL, 0);
+        route_dns_store(rc, name, NULL, 0, now);
         return;
     }
     if (w->nf == w->capf) {
@@ -2076,7 +2087,7 @@ static void route_dns_start(struct route_fetch *f, const char *name)
         if (nfs == NULL) {
             free(nd);
             if (d == NULL)
-                route_dns_store(rc, name, NULL, 0);
+                route_dns_store(rc, name, NULL, 0, now);
             return;               /* f finds no answer: "cannot resolve" */
         }
         w->fs = nfs;

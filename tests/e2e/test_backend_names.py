@@ -362,3 +362,32 @@ def test_redis_names_with_a_trailing_dot():
         assert _statuses(tg, "abs.test", 4) == [200] * 4
         assert _statuses(tg, "other.test", 4) == [200] * 4
         assert dns.queries == [], dns.queries
+
+
+def test_redis_hosts_edit_during_a_dns_query_is_not_hidden_by_its_late_answer():
+    """slow.internal is being asked of DNS (answer 127.0.0.3, TTL 300, after
+    1.5 s) when the hosts file gains "127.0.0.1 slow.internal": a route
+    first asked for after the edit is read uses the hosts entry (it does not
+    wait for the query sent before), and the late DNS answer counts as old:
+    the route that waited for it is asked again at its next request, not
+    kept for the answer's 300 s."""
+    with Redis() as r, Backend("a", host="127.0.0.1") as a, \
+            FakeDNS({("slow.internal", A): ("answer", ["127.0.0.3"], 300, 1.5),
+                     ("slow.internal", AAAA): ("nodata", 0)}) as dns:
+        hosts = _hosts_file("127.0.0.1 other.internal\n")
+        with Tollgate(redis=r.url, workers=1, args=["--route-cache-ttl", "1"],
+                      env=dns.env(TOLLGATE_TEST_HOSTS_FILE=hosts)) as tg:
+            r.cmd("HSET", "tg:domain:app.test", "tenant", "t1", "backends", "slow.internal:%d" % a.port)
+            r.cmd("HSET", "tg:domain:other.test", "tenant", "t1", "backends", "other.internal:%d" % a.port)
+            r.cmd("HSET", "tg:domain:app2.test", "tenant", "t1", "backends", "slow.internal:%d" % a.port)
+            t0 = time.monotonic()
+            first = threading.Thread(target=http, args=(tg.port, "GET", "/echo", "app.test"))
+            first.start()
+            time.sleep(0.3)
+            _write(hosts, "127.0.0.1 other.internal\n127.0.0.1 slow.internal\n")
+            time.sleep(max(0, 1.15 - (time.monotonic() - t0)))      # the file is looked at once a second
+            assert http(tg.port, "GET", "/echo", "other.test")[0] == 200
+            assert http(tg.port, "GET", "/echo", "app2.test")[0] == 200
+            first.join()
+            wait_until(lambda: _statuses(tg, "app.test", 3) == [200] * 3, timeout=scale(5),
+                       what="app.test on the hosts entry")
