@@ -88,6 +88,7 @@ static int ctl_finish(int code)
  * 0x7e are written as \xNN, as tollgate's own messages do, so that a bad
  * argument cannot write escape sequences to the terminal.
  */
+static void vmessage(const char *tag, const char *fmt, va_list ap) __attribute__((format(printf, 2, 0)));
 static void vmessage(const char *tag, const char *fmt, va_list ap)
 {
     char buf[1024];
