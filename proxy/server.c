@@ -474,7 +474,8 @@ static int worker_init(struct server *s, struct worker *w, int id, struct meter 
         int fd = listen_socket(&cfg->listen[i], cfg->defer_accept, err, errlen);
         if (fd < 0)
             return -1;
-        struct evconnlistener *l = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, -1, fd);
+        /* backlog 0: fd listens already (4096); -1 would make libevent call listen(fd, 128) again */
+        struct evconnlistener *l = evconnlistener_new(w->base, accept_cb, w, LEV_OPT_CLOSE_ON_FREE, 0, fd);
         if (!l) {
             close(fd);
             snprintf(err, errlen, "evconnlistener_new failed");
@@ -826,6 +827,12 @@ int server_run(struct tg_config *cfg, struct route_addrs *resolved, int argc, ch
         for (int i = 0; i < started; i++)
             worker_post(&s.workers[i], NULL, 0, 1);
     }
+    /* The loop is over: stop signals from here on (a second SIGTERM, a
+     * Ctrl-C, a logrotate SIGHUP during the last meter flush) stay pending
+     * and die with the process.  Freeing their events below restores their
+     * default action, which would kill it mid-flush.  Every other thread
+     * has them blocked since its start. */
+    pthread_sigmask(SIG_BLOCK, &stops, NULL);
     for (int i = 0; i < started; i++)
         pthread_join(s.workers[i].thread, NULL);
     for (int i = 0; i < 3; i++)

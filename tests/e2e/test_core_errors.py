@@ -389,6 +389,42 @@ def test_used_up_descriptors_pause_accepting_instead_of_spinning():
         assert len(lines) <= 5 and (lines or WRAPPER), lines[:10]
 
 
+def test_listen_backlog_holds_thousands_of_waiting_connections():
+    """While tollgate cannot accept (descriptors used up), connecting
+    clients wait in the listener's accept queue, which is the 4096 (or the
+    kernel's somaxconn, if lower) asked for: libevent's evconnlistener,
+    given -1, called listen() again with 128, so the 130th client's SYN was
+    dropped and it saw a connect timeout."""
+    import select
+    n = 400
+    with open("/proc/sys/net/core/somaxconn") as f:
+        room = min(n, int(f.read()))
+    with Backend("b1") as b, Tollgate(routes=["app.test=" + b.addr], workers=1,
+                                      args=["--defer-accept", "0"]) as tg:
+        assert http(tg.port, "GET", "/bytes/10", "app.test")[0] == 200
+        time.sleep(0.3)
+        fds = len(os.listdir("/proc/%d/fd" % tg.pid))
+        subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%d:" % fds], check=True)
+        socks = []
+        try:
+            for _ in range(n):
+                s = socket.socket()
+                s.setblocking(False)
+                s.connect_ex(("127.0.0.1", tg.port))
+                socks.append(s)
+            deadline = time.time() + scale(2)
+            pending = list(socks)
+            while pending and time.time() < deadline:
+                _, w, _ = select.select([], pending, [], 0.2)
+                pending = [s for s in pending if s not in w]
+            connected = sum(1 for s in socks if s not in pending
+                            and s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0)
+            assert connected >= room - 2, "%d of %d connections completed (room for %d)" % (connected, n, room)
+        finally:
+            for s in socks:
+                s.close()
+
+
 def test_a_connect_that_fails_at_once_is_logged_with_its_reason():
     """A connect(2) that fails before any packet leaves (an unreachable
     network, no free local port) answers 502 and says why in the error log,
