@@ -181,6 +181,7 @@ struct conn {
     float rto, wto;                   /* the bufferevent's timeouts (s, 0 = none): set_client_timeouts() */
     unsigned flags;
     unsigned char state;
+    unsigned char wstalls;            /* write timeouts in a row with nothing acked (WRITE_STALLS) */
     union {
         struct in_addr v4;
         struct in6_addr v6;
@@ -189,6 +190,16 @@ struct conn {
 
 /* An idle keep-alive connection parks (drops its bufferevent) after this. */
 #define PARK_GRACE 0.05
+
+/*
+ * A client with response bytes pending is cut at its WRITE_STALLS-th write
+ * timeout in a row with nothing acknowledged: 3 to 4 periods of silence
+ * (180-240 s by default).  A client that reads slowly but steadily can leave
+ * its receive window closed for two minutes: Linux probes a closed window
+ * at intervals that back off to 120 s (TCP_RTO_MAX), and sends nothing, so
+ * nothing is acknowledged, until a probe finds it open.
+ */
+#define WRITE_STALLS 3
 
 static __thread struct req *req_free_list;
 static __thread uint64_t conn_next_id;
@@ -792,6 +803,7 @@ static void conn_process(struct conn *c)
         return;
     }
     c->req = r;
+    c->wstalls = 0;
     parsed_req = r;
     parsed_at = buf;
     worker_metrics(c->w)->requests_total++;
@@ -2310,12 +2322,17 @@ static void client_event_cb(struct bufferevent *bev, short what, void *arg)
     struct conn *c = arg;
     if (what & BEV_EVENT_TIMEOUT) {
         /* A client that reads, however slowly, is not a client that
-         * stopped reading: wait one more timeout. */
+         * stopped reading: wait one more timeout (WRITE_STALLS). */
         if ((what & BEV_EVENT_WRITING) && c->state != CS_TUNNEL && c->req
-            && (evbuffer_get_length(bufferevent_get_output(bev)) > 0 || (c->req->flags & RF_SPLICE))
-            && bev_peer_acked_more(bev, &c->acked)) {
-            bufferevent_enable(bev, EV_WRITE);
-            return;
+            && (evbuffer_get_length(bufferevent_get_output(bev)) > 0 || (c->req->flags & RF_SPLICE))) {
+            if (bev_peer_acked_more(bev, &c->acked))
+                c->wstalls = 0;
+            else
+                c->wstalls++;
+            if (c->wstalls < WRITE_STALLS) {
+                bufferevent_enable(bev, EV_WRITE);
+                return;
+            }
         }
         if (c->state == CS_HEAD && evbuffer_get_length(bufferevent_get_input(bev)) > 0 && !c->req) {
             reject(c, 408, NULL, 0);     /* slow head */

@@ -266,6 +266,38 @@ def test_a_client_reading_slowly_is_not_cut_by_the_write_timeout():
             s.close()
 
 
+def test_a_client_whose_window_stays_closed_for_two_write_timeouts_is_not_cut():
+    """A steady slow reader's receive window can stay closed for two minutes
+    (Linux probes a closed window at intervals that back off to 120 s, and
+    nothing is acknowledged until a probe finds it open): at a 60 s timeout
+    a 1 KiB/s download was cut at 120 s.  Scaled down: a client that reads
+    nothing for 2.3 write timeouts, then reads on, gets every byte."""
+    n = 64 << 20
+    with Backend("b1") as b, _tg(b, workers=1, args=["--client-body-timeout", "1"]) as tg:
+        for path in ("/bytes/%d" % n, "/chunked/%d?chunks=1024" % n):     # spliced, copied
+            with RawConn(tg.port, timeout=30) as c:
+                c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+                c.send("GET %s HTTP/1.1\r\nHost: %s\r\n\r\n" % (path, ROUTE))
+                time.sleep(2.3)
+                r, count, sha = c.read_response_sha()
+                assert r.status == 200 and count == n, (path, r.status, count, tg.access_log_lines())
+                assert sha == pattern_sha256(n)
+
+
+def test_a_client_that_stops_reading_is_cut_after_three_write_timeouts():
+    """A client that reads nothing more is cut at the third write timeout in
+    a row with nothing acknowledged (3-4 periods), not at the first (1-2)."""
+    with Backend("b1") as b, _tg(b, workers=1, args=["--client-body-timeout", "1"]) as tg:
+        with RawConn(tg.port, timeout=30) as c:
+            c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+            c.send("GET /bytes/%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (64 << 20, ROUTE))
+            time.sleep(2.6)
+            assert tg.access_log_lines() == [], tg.access_log_lines()      # not cut yet
+            wait_until(lambda: tg.access_log_lines(), timeout=scale(8), what="the stalled download cut")
+            line = tg.access_log_lines()[0]
+            assert " 200 " in line, line
+
+
 def test_a_tunnel_to_a_slowly_reading_client_is_not_idle():
     def serve(s, n):
         read_request_head(s)
