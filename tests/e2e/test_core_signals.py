@@ -237,8 +237,8 @@ def test_sighup_closes_idle_backend_connections():
             time.sleep(0.3)                        # on b1, in flight
             tg.write_config("route app.test=%s\n" % b2.addr)
             tg.signal(signal.SIGHUP)
-            wait_until(lambda: "configuration reloaded" in tg.log_text(), scale(3), "the reload")
-            assert http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2"
+            wait_until(lambda: http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b2", scale(5),
+                       "the reload applied")
             wait_until(lambda: _sockets_to(tg.pid, b1.port) == 1, scale(3), "only the request in flight on b1")
             t.join(10)
             assert out["result"][0] == 200 and out["result"][1]["x-backend"] == "b1", out
@@ -428,7 +428,9 @@ def test_sighup_changing_admin_listen_to_its_wildcard_is_applied():
             wait_until(lambda: _restart_warning(_read(e1)), scale(5), "the restart warning")
             assert "reload failed" not in _read(e1), _read(e1)[-2000:]
             assert _restart_warning(_read(e1)) == {"admin-listen"}, _read(e1)[-2000:]
-            assert http(tg.port, "GET", "/echo", "new.test")[0] == 200
+            # logged before the workers take the new configuration (each at its next loop turn)
+            wait_until(lambda: http(tg.port, "GET", "/echo", "new.test")[0] == 200, scale(5),
+                       "the new route served")
             assert tg.admin("/healthz")[0] == 200          # still the socket bound at start
 
 

@@ -843,7 +843,9 @@ START_TEST(throttle_change_reaches_inflight_transfer)
     double end = now_s() + 3;
     size_t n = 1 << 20;
     unsigned retry = 0;
-    while (now_s() < end && n == 1 << 20) {
+    /* Until the lease reply is in: a full grant (Redis not up yet) or a
+     * short wait (up, state not known yet); then a throttled answer. */
+    while (now_s() < end && (n == 1 << 20 || !meter_state_known(t))) {
         n = meter_allow(t, 1 << 20, &retry);
         sleep_ms(5);
     }
