@@ -784,10 +784,12 @@ START_TEST(policy_change_reaches_inflight_transfer)
     meter_tenant_put(f);
     meter_tenant_put(c);
     one_meter_stop(&o, 2);
-    /* the lowered cap held: the month's usage is the cap at most */
+    /* the lowered cap held: the month's usage is the cap at most, and it
+     * is every byte the transfer was granted, no more, no less */
     char k[64];
     snprintf(k, sizeof(k), "u11:meter:capd:%d", meter_utc_day(time(NULL)) / 100);
     ck_assert_int_le(hget_int(s, k, "bytes_out"), 200000);
+    ck_assert_int_eq(hget_int(s, k, "bytes_out"), got_c);
     redis_sync_free(s);
 }
 END_TEST
