@@ -1825,6 +1825,16 @@ static void route_dns_store(struct route_ctx *rc, const char *name, const struct
 
 static void route_fetch_advance(struct route_fetch *f);
 
+/* Puts d first on a list (rc->dns_reqs, rc->dns_left). */
+static void route_dns_link(struct route_dns **head, struct route_dns *d)
+{
+    d->prev = NULL;
+    d->next = *head;
+    if (*head)
+        (*head)->prev = d;
+    *head = d;
+}
+
 static void route_dns_unlink(struct route_dns **head, struct route_dns *d)
 {
     if (d->prev)
@@ -1860,14 +1870,10 @@ static void route_dns_done(struct route_dns *d)
     d->nf = d->capf = 0;
     if (d->delay)
         event_del(d->delay);
-    if (d->pending > 0) {
-        d->next = rc->dns_left;
-        if (rc->dns_left)
-            rc->dns_left->prev = d;
-        rc->dns_left = d;
-    } else {
+    if (d->pending > 0)
+        route_dns_link(&rc->dns_left, d);
+    else
         route_dns_free(d);
-    }
     /* Each fetch's answer is in rc->dns now; one finishing may start others (new route_dns). */
     for (size_t i = 0; i < nf; i++) {
         struct route_fetch *f = fs[i];
@@ -2045,65 +2051,95 @@ static struct evdns_base *route_dnsb(struct route_ctx *rc)
 }
 
 /*
+ * The resolution of name that a fetch may join: one being asked since the
+ * last flush (a reload, a hosts file change); NULL when there is none.  One
+ * asked before it may bring the old answer, so it is left to the fetches
+ * that already wait for it and the name is asked again.
+ */
+static struct route_dns *route_dns_find(struct route_ctx *rc, const char *name)
+{
+    for (struct route_dns *d = rc->dns_reqs; d; d = d->next)
+        if (strcmp(d->name, name) == 0 && d->asked >= rc->dns_flushed)
+            return d;
+    return NULL;
+}
+
+/*
+ * A new resolution of name, not linked and not asked yet (the caller's to
+ * free with route_dns_free until it is linked); NULL out of memory or when
+ * there is no resolver.
+ */
+static struct route_dns *route_dns_new(struct route_ctx *rc, const char *name)
+{
+    struct route_dns *d = calloc(1, sizeof(*d));
+    if (d == NULL || route_dnsb(rc) == NULL) {
+        free(d);
+        return NULL;
+    }
+    d->rc = rc;
+    snprintf(d->name, sizeof(d->name), "%s", name);
+    return d;
+}
+
+/*
+ * f waits for d's answer (counted in f->outstanding), once however many of
+ * its backends have the name.  Returns 0, or -1 out of memory (f does not
+ * wait).
+ */
+static int route_dns_wait(struct route_dns *d, struct route_fetch *f)
+{
+    for (size_t i = 0; i < d->nf; i++)
+        if (d->fs[i] == f)
+            return 0;
+    if (d->nf == d->capf) {
+        size_t ncap = d->capf ? d->capf * 2 : 2;
+        struct route_fetch **nfs = realloc(d->fs, ncap * sizeof(*nfs));
+        if (nfs == NULL)
+            return -1;
+        d->fs = nfs;
+        d->capf = ncap;
+    }
+    d->fs[d->nf++] = f;
+    f->outstanding++;
+    return 0;
+}
+
+/*
  * Resolves a backend name for f: from the hosts file at once (stored as a
  * DNS answer, kept as long as a route since the file has no TTL), else by
  * asking DNS for A and AAAA (evdns_base_resolve_ipv4 and _ipv6, which give
  * the records' TTLs).  A name already being asked (for another fetch) is
  * not asked again: f waits for that answer too -- unless it was asked
- * before a flush (a reload, a hosts file change), whose answer may be the
- * old one.
+ * before a flush (route_dns_find).  A name that cannot be asked is stored
+ * as a failure (route-negative-ttl); f finds it on its last pass.
  */
 static void route_dns_start(struct route_fetch *f, const char *name)
 {
     struct route_ctx *rc = f->rc;
     double now = route_now();
-    route_hosts_check(rc, now);
-    struct route_dns *d;
-    for (d = rc->dns_reqs; d; d = d->next)
-        if (strcmp(d->name, name) == 0 && d->asked >= rc->dns_flushed)
-            break;
-    if (d == NULL) {
-        struct route_ips ips;
-        ips.n = 0;
-        if (hosts_find(rc->hosts, name, strlen(name), route_hosts_ip, &ips) > 0) {
-            route_dns_store(rc, name, &ips, (int)rc->cfg->route_cache_ttl, now);
-            return;
-        }
-    } else {
-        for (size_t i = 0; i < d->nf; i++)
-            if (d->fs[i] == f)
-                return;           /* one wait per name per fetch */
+    route_hosts_check(rc, now);     /* first: a changed file flushes what is being asked */
+    struct route_dns *d = route_dns_find(rc, name);
+    if (d) {
+        /* Out of memory f does not wait: unless the answer is in by its last pass, "cannot resolve". */
+        (void)route_dns_wait(d, f);
+        return;
     }
-    struct route_dns *nd = d ? NULL : calloc(1, sizeof(*nd));
-    struct route_dns *w = d ? d : nd;
-    if (w == NULL || (d == NULL && route_dnsb(rc) == NULL)) {
-        free(nd);
+    struct route_ips ips;
+    ips.n = 0;
+    if (hosts_find(rc->hosts, name, strlen(name), route_hosts_ip, &ips) > 0) {
+        route_dns_store(rc, name, &ips, (int)rc->cfg->route_cache_ttl, now);
+        return;
+    }
+    d = route_dns_new(rc, name);
+    if (d == NULL || route_dns_wait(d, f) < 0) {
+        if (d)
+            route_dns_free(d);
         route_dns_store(rc, name, NULL, 0, now);
         return;
     }
-    if (w->nf == w->capf) {
-        size_t ncap = w->capf ? w->capf * 2 : 2;
-        struct route_fetch **nfs = realloc(w->fs, ncap * sizeof(*nfs));
-        if (nfs == NULL) {
-            free(nd);
-            if (d == NULL)
-                route_dns_store(rc, name, NULL, 0, now);
-            return;               /* f finds no answer: "cannot resolve" */
-        }
-        w->fs = nfs;
-        w->capf = ncap;
-    }
-    w->fs[w->nf++] = f;
-    f->outstanding++;
-    if (d)
-        return;
-    nd->rc = rc;
-    snprintf(nd->name, sizeof(nd->name), "%s", name);
-    nd->next = rc->dns_reqs;
-    if (rc->dns_reqs)
-        rc->dns_reqs->prev = nd;
-    rc->dns_reqs = nd;
-    route_dns_query(nd);
+    /* Linked and waited for before the queries go: they may answer at once (route_dns_done). */
+    route_dns_link(&rc->dns_reqs, d);
+    route_dns_query(d);
 }
 
 /* ---- Redis replies ---- */
