@@ -84,6 +84,7 @@ enum body_mode {
     BODY_CHUNKED,
     BODY_CLOSE,
     BODY_DECHUNK,   /* chunked from the backend, close-delimited to an HTTP/1.0 client */
+    BODY_RECHUNK,   /* close-delimited from the backend, chunked to an HTTP/1.1 client */
 };
 
 /* struct req flags */
@@ -152,6 +153,7 @@ struct req {
     unsigned char stale_retries;    /* dead pooled connections passed over (not counted as attempts) */
     unsigned char redirect_https;
     unsigned char interims;         /* 1xx heads read for this request (MAX_INTERIM) */
+    unsigned char credit;           /* BODY_RECHUNK: allowance granted, too little for a chunk yet */
     unsigned short admit_waits;
     int status;
     uint64_t bytes_in, bytes_out;
@@ -1602,7 +1604,7 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
     if (upgrade) {
         HEAD_LIT(&h, "Connection: upgrade\r\n");
     } else {
-        if (r->resp_mode == BODY_CHUNKED)
+        if (r->resp_mode == BODY_CHUNKED || r->resp_mode == BODY_RECHUNK)
             HEAD_LIT(&h, "Transfer-Encoding: chunked\r\n");
         if (r->resp_mode == BODY_CLOSE || r->resp_mode == BODY_DECHUNK || worker_draining(c->w))
             c->flags |= CF_CLOSE_AFTER;
@@ -1739,10 +1741,16 @@ static int read_response_head(struct conn *c)
             r->resp_mode = rs.content_length > 0 ? BODY_LENGTH : BODY_NONE;
             r->resp_left = rs.content_length;
         } else {
-            r->resp_mode = BODY_CLOSE;
+            /* Close-delimited (an HTTP/1.0 backend, or one that closes to
+             * end a stream): an HTTP/1.1 client gets it chunked, as from
+             * nginx, so that its connection lives on and a body the
+             * backend breaks off (reset, timeout) shows as cut -- the
+             * last chunk never comes -- rather than as complete. */
+            r->resp_mode = (r->flags & RF_HTTP10) ? BODY_CLOSE : BODY_RECHUNK;
+            r->credit = 0;
         }
         if (!(rs.flags & H1_F_CONN_CLOSE) && (rs.minor == 1 || (rs.flags & H1_F_CONN_KEEPALIVE))
-            && !(r->flags & RF_HTTP10) && r->resp_mode != BODY_CLOSE)
+            && !(r->flags & RF_HTTP10) && r->resp_mode != BODY_CLOSE && r->resp_mode != BODY_RECHUNK)
             r->flags |= RF_UP_KEEPALIVE;
         if (send_response_head(c, &rs) != 0) {
             conn_close(c);
@@ -1992,6 +2000,57 @@ static void splice_event_cb(evutil_socket_t fd, short what, void *arg)
     }
 }
 
+/* Hex digits of n: at least one. */
+static unsigned hex_digits(size_t n)
+{
+    unsigned k = 1;
+    while (n >>= 4)
+        k++;
+    return k;
+}
+
+/* A chunk's framing when its size is written in w hex digits: "<size>\r\n" and "\r\n". */
+#define CHUNK_FRAMING(w) ((size_t)(w) + 4)
+
+/*
+ * BODY_RECHUNK: moves what in holds, up to room bytes (and the framing, a
+ * few bytes over it), to out as one chunk.  Its framing is billed with it (CONTRACT "Metered
+ * bytes"), so it is asked of the allowance too, and a partial grant becomes
+ * a chunk that uses it exactly: its size is written in as many digits as
+ * the grant's (leading zeros are a valid chunk-size, RFC 9112 §7.1), and a
+ * grant too small for any chunk (under 6 bytes) waits in r->credit for the
+ * next.  Returns the data bytes moved, 0 when none can move now (throttled:
+ * the timer resumes), -2 at the cap, -1 out of memory.
+ */
+static ssize_t rechunk_move(struct conn *c, struct evbuffer *in, struct evbuffer *out, size_t room)
+{
+    struct req *r = c->req;
+    size_t len = evbuffer_get_length(in);
+    if (len > room)
+        len = room;
+    size_t want = len + CHUNK_FRAMING(hex_digits(len));
+    size_t have = r->credit, ok;
+    do
+        have += ok = allowance(c, want - have);
+    while (ok > 0 && have < CHUNK_FRAMING(1) + 1);
+    if (have < CHUNK_FRAMING(1) + 1) {
+        r->credit = (unsigned char)have;
+        return (r->flags & RF_CUT) ? -2 : 0;
+    }
+    r->credit = 0;
+    unsigned w = hex_digits(have == want ? len : have);
+    size_t n = have - CHUNK_FRAMING(w);
+    char size[CHUNK_FRAMING(16)];
+    for (unsigned i = 0; i < w; i++)
+        size[i] = "0123456789abcdef"[(n >> (4 * (w - 1 - i))) & 15];
+    size[w] = '\r';
+    size[w + 1] = '\n';
+    if (evbuffer_add(out, size, w + 2) != 0 || evbuffer_remove_buffer(in, out, n) != (int)n
+        || evbuffer_add(out, "\r\n", 2) != 0)
+        return -1;
+    return (ssize_t)n;
+}
+
 /* Moves response body bytes backend -> client. */
 static int relay_response_body(struct conn *c)
 {
@@ -2037,6 +2096,10 @@ static int relay_response_body(struct conn *c)
                     continue;
                 }
             }
+        } else if (r->resp_mode == BODY_RECHUNK) {
+            n = rechunk_move(c, in, out, hwm - have);
+            if (n > 0)
+                continue;
         } else {
             n = plan_move(c, in, hwm - have, r->resp_mode, r->resp_left, &r->resp_chunk, &done);
         }
@@ -2045,8 +2108,11 @@ static int relay_response_body(struct conn *c)
             return -1;
         }
         if (n < 0) {
-            log_warn("%s: conn %llu: invalid chunked body from %s", __func__, (unsigned long long)c->id,
-                     r->target.name);
+            if (r->resp_mode == BODY_RECHUNK)
+                log_warn("%s: conn %llu: out of memory", __func__, (unsigned long long)c->id);
+            else
+                log_warn("%s: conn %llu: invalid chunked body from %s", __func__, (unsigned long long)c->id,
+                         r->target.name);
             conn_close(c);
             return -1;
         }
@@ -2074,6 +2140,15 @@ static int relay_response_body(struct conn *c)
             log_info("%s: conn %llu: backend %s cut a chunked body short (HTTP/1.0 client: closing)", __func__,
                      (unsigned long long)c->id, r->target.name);
             worker_metrics(c->w)->upstream_resets++;
+        } else if (r->resp_mode == BODY_RECHUNK) {
+            /* The close ends the body: the last chunk says so.  Its 5 bytes
+             * are billed as a head's are, past the allowance (r->credit, if
+             * any, covers some: it is reserved already). */
+            if (evbuffer_add(out, "0\r\n\r\n", 5) != 0) {
+                conn_close(c);
+                return -1;
+            }
+            flush_now(c->bev);
         } else if (r->resp_mode != BODY_CLOSE) {
             log_info("%s: conn %llu: backend %s closed mid-response", __func__, (unsigned long long)c->id,
                      r->target.name);

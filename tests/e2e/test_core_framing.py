@@ -6,6 +6,7 @@ import json
 import os
 import random
 import socket
+import struct
 import time
 
 from tglib import *
@@ -81,20 +82,102 @@ def test_response_framings_to_http11_client():
             c.send(b"GET /bytes/10000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
             r = c.read_response()
             assert r.framing == "length" and r.body == pattern(10000)
-            # close-delimited from the backend: either re-framed (chunked) on a kept
-            # connection, or delimited by closing the client connection
-            c.send(b"GET /close/20000 HTTP/1.1\r\nHost: app.test\r\n\r\n")
-            r = c.read_response()
-            assert r.body == pattern(20000), len(r.body)
-            if r.framing != "close":
-                c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
-                assert c.read_response().body == pattern(3)
+            # close-delimited from the backend: re-framed as chunked, as nginx
+            # does, and the client's connection lives on
+            for path, n in (("/close/20000", 20000), ("/close/300000?v=1.0", 300000), ("/close/0", 0)):
+                c.send(b"GET %s HTTP/1.1\r\nHost: app.test\r\n\r\n" % path.encode())
+                r = c.read_response()
+                assert r.framing == "chunked" and r.header("Connection") is None, (path, r.framing, r.headers)
+                assert r.body == pattern(n), (path, len(r.body))
+            c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().body == pattern(3)
 
 
 def test_backend_http10_close_delimited():
     with Backend("b1") as b, _tg(b) as tg:
         status, _, body = http(tg.port, "GET", "/close/30000?v=1.0", ROUTE)
         assert status == 200 and body == pattern(30000)
+
+
+def test_close_delimited_answer_to_an_http10_client_stays_close_delimited():
+    """An HTTP/1.0 client cannot read chunked (RFC 9112 §7): it gets the body
+    as the backend sent it, ended by the close."""
+    with Backend("b1") as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /close/50000 HTTP/1.0\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.version == "HTTP/1.0" and r.framing == "close", (r.version, r.framing)
+            assert r.body == pattern(50000) and c.is_closed(3)
+
+
+def _close_delimited_then(fail):
+    """A backend answering with a close-delimited body: 5000 bytes, then
+    fail(s) ends the exchange."""
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"x" * 5000)
+        time.sleep(0.2)
+        return fail(s)
+    return serve
+
+
+def test_close_delimited_body_the_backend_resets_shows_as_cut():
+    """The backend resets the connection mid-body: the client gets the bytes
+    sent, then the close without the last chunk -- a cut it can see.  Relayed
+    close-delimited, the reset body looked complete."""
+    def rst(s):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False
+    with RawBackend(_close_delimited_then(rst)) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /stream HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_head()
+            assert r.status == 200 and r.header("Transfer-Encoding") == "chunked", r.headers
+            rest = c.read_to_eof()
+            assert rest.startswith(b"1388\r\n" + b"x" * 5000 + b"\r\n"), rest[:40]
+            assert not rest.endswith(b"0\r\n\r\n"), "a reset body ended with the last chunk"
+
+
+def test_close_delimited_body_that_times_out_shows_as_cut():
+    """The backend falls silent mid-body past --upstream-read-timeout: the
+    client sees the connection close without the last chunk."""
+    def hang(s):
+        return True   # held open, silent
+    with RawBackend(_close_delimited_then(hang)) as b, \
+            _tg(b, args=["--upstream-read-timeout", "1"]) as tg:
+        with RawConn(tg.port, timeout=scale(10)) as c:
+            c.send(b"GET /stream HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_head()
+            assert r.header("Transfer-Encoding") == "chunked", r.headers
+            rest = c.read_to_eof()
+            assert rest == b"1388\r\n" + b"x" * 5000 + b"\r\n", rest[-40:]
+
+
+def test_close_delimited_stream_reaches_the_client_as_it_comes():
+    """Each piece a close-delimited backend sends goes out at once as its own
+    chunk (an LLM's tokens over an HTTP/1.0-style stream)."""
+    go = []
+
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/event-stream\r\n\r\n")
+        for i in range(3):
+            s.sendall(b"data: token %d\n\n" % i)
+            deadline = time.monotonic() + 5
+            while len(go) <= i and time.monotonic() < deadline:
+                time.sleep(0.01)
+        return False
+    with RawBackend(serve) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /events HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_head()
+            assert r.header("Transfer-Encoding") == "chunked"
+            for i in range(3):
+                piece = b"data: token %d\n\n" % i
+                got = c.read_exact(len(piece) + 5)
+                assert got == b"%x\r\n" % len(piece) + piece + b"\r\n", got
+                go.append(i)
+            assert c.read_exact(5) == b"0\r\n\r\n"
 
 
 def test_both_content_length_and_transfer_encoding():

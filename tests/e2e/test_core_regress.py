@@ -53,18 +53,47 @@ def test_throttled_close_delimited_response_is_not_truncated():
     # conn.c up_event_cb, BODY_CLOSE at EOF: one relay_response_body() pass
     # moves at most the tenant's current allowance, then RF_RESP_DONE is set
     # and up_detach() frees the upstream with the rest still in its input.
+    # Both ways of relaying it: close-delimited to an HTTP/1.0 client, and
+    # re-chunked to an HTTP/1.1 client, whose chunks the throttle's small
+    # grants shape (rechunk_move: a partial grant is a chunk of its own).
     n = 400000
     with Redis() as r, Backend("b") as b, Tollgate(redis=r.url) as tg:
         host = throttled_domain(r, b, bps=200000)
         st, _, _ = http(tg.port, "GET", "/bytes/10", host)
         assert st == 200
         with socket.create_connection(("127.0.0.1", tg.port), timeout=10) as s:
-            s.sendall(("GET /close/%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (n, host)).encode())
+            s.sendall(("GET /close/%d HTTP/1.0\r\nHost: %s\r\n\r\n" % (n, host)).encode())
             data = read_to_eof(s, scale(30))
         head, sep, body = data.partition(b"\r\n\r\n")
-        assert sep and head.startswith(b"HTTP/1.1 200"), data[:200]
+        assert sep and head.startswith(b"HTTP/1.0 200"), data[:200]
         assert len(body) == n, "close-delimited body cut: %d of %d bytes" % (len(body), n)
         assert body == pattern(n)
+        with RawConn(tg.port, timeout=scale(30)) as c:
+            c.send(("GET /close/%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (n, host)).encode())
+            resp = c.read_response()
+            assert resp.status == 200 and resp.framing == "chunked", (resp.status, resp.framing)
+            assert len(resp.body) == n, "re-chunked body cut: %d of %d bytes" % (len(resp.body), n)
+            assert resp.body == pattern(n)
+            assert strict_dechunk(resp.raw.partition(b"\r\n\r\n")[2]) == resp.body
+
+
+def strict_dechunk(data):
+    """The data of a chunked body whose every chunk-size line is hex digits
+    and CRLF, every chunk ends in CRLF and the last chunk ends it."""
+    out = bytearray()
+    pos = 0
+    while True:
+        eol = data.index(b"\r\n", pos)
+        size = data[pos:eol]
+        assert size and all(ch in b"0123456789abcdefABCDEF" for ch in size), size
+        k = int(size, 16)
+        pos = eol + 2
+        if k == 0:
+            assert data[pos:] == b"\r\n", data[pos:pos + 20]
+            return bytes(out)
+        out += data[pos:pos + k]
+        assert data[pos + k:pos + k + 2] == b"\r\n", data[pos + k:pos + k + 8]
+        pos += k + 2
 
 
 def test_throttled_download_holds_bounded_memory():

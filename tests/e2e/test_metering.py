@@ -237,6 +237,13 @@ def run_mixed_traffic(port, host):
     st, _, body = c.read_response()
     assert st == 200 and body == pattern(100000)
     requests += 1
+    # close-delimited from the backend, re-chunked for this client: the
+    # framing tollgate writes is billed with the body
+    for n in (0, 70000):
+        c.send(get(host, "/close/%d" % n))
+        st, h, body = c.read_response()
+        assert st == 200 and h.get("transfer-encoding") == "chunked" and body == pattern(n)
+        requests += 1
     c.send(chunked_upload(host, "/upload", [b"a" * 5, b"b" * 70000, b"c"], close=True))
     st, _, body = c.read_response()
     assert st == 200 and json.loads(body)["body_length"] == 70006
