@@ -1149,6 +1149,24 @@ static void head_str(struct head_out *h, struct h1_str s)
     head_put(h, s.p, s.len);
 }
 
+/*
+ * A Content-Length the message gave as a list of equal values ("5, 5") or in
+ * repeated fields (H1_F_CL_LIST), written once: a recipient that takes such
+ * a list as one length must forward it as one (RFC 9110 §8.6) -- a strict
+ * next hop rejects the list.  Never longer than what it replaces.
+ */
+static void head_content_length(struct head_out *h, int64_t n, int *done)
+{
+    char num[24];
+    if (*done)
+        return;
+    *done = 1;
+    int k = snprintf(num, sizeof(num), "%lld", (long long)n);
+    HEAD_LIT(h, "Content-Length: ");
+    head_put(h, num, (size_t)k);
+    HEAD_LIT(h, "\r\n");
+}
+
 /* Commits what was written; -1 (nothing committed) after an overflow. */
 static int head_end(struct head_out *h)
 {
@@ -1222,10 +1240,15 @@ static void send_request(struct conn *c)
         head_str(&h, rq->host);
         HEAD_LIT(&h, "\r\n");
     }
+    int cl_done = 0;
     for (size_t i = 0; i < rq->n_headers; i++) {
         const struct h1_header *hd = &rq->headers[i];
         if (absolute && (hd->kind & H1_H_HOST))
             continue;
+        if ((hd->kind & H1_H_LENGTH) && (rq->flags & H1_F_CL_LIST)) {
+            head_content_length(&h, rq->content_length, &cl_done);
+            continue;
+        }
         /* Hop-by-hop fields stop here, and the proxy sets the forwarding
          * ones itself (their underscore twins stop too); Upgrade crosses
          * when the client asked for one (WebSocket). */
@@ -1587,6 +1610,7 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
     if (head_begin(&h, bufferevent_get_output(c->bev), cap) != 0)
         return -1;
     head_status_line(&h, rs, (r->flags & RF_HTTP10) != 0);
+    int cl_done = 0;
     for (size_t i = 0; i < rs->n_headers; i++) {
         const struct h1_header *hd = &rs->headers[i];
         if ((hd->kind & H1_H_HOP) && !(upgrade && (hd->kind & H1_H_UPGRADE)))
@@ -1596,6 +1620,10 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
          * tells the selected representation's length.) */
         if ((hd->kind & H1_H_LENGTH) && rs->status == 204)
             continue;
+        if ((hd->kind & H1_H_LENGTH) && (rs->flags & H1_F_CL_LIST)) {
+            head_content_length(&h, rs->content_length, &cl_done);
+            continue;
+        }
         head_str(&h, hd->name);
         HEAD_LIT(&h, ": ");
         head_str(&h, hd->value);

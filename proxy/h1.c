@@ -350,6 +350,7 @@ struct h1_fields {
     struct h1_str host;
     int has_cl;
     int cl_bad;
+    int cl_list;            /* Content-Length given more than once ("5, 5", or repeated) */
     int64_t cl;
     int has_te;
     int te_codings;         /* non-empty elements seen */
@@ -379,6 +380,8 @@ static void fields_content_length(struct h1_fields *f, struct h1_str v)
             f->cl_bad = 1;
             return;
         }
+        if (f->has_cl)
+            f->cl_list = 1;
         f->has_cl = 1;
         f->cl = n;
     }
@@ -741,7 +744,7 @@ int h1_parse_request(const char *head, size_t len, struct h1_request *req)
         req->flags |= H1_F_CHUNKED;
     } else if (f.has_cl) {
         req->content_length = f.cl;
-        req->flags |= H1_F_HAS_CL;
+        req->flags |= H1_F_HAS_CL | (f.cl_list ? H1_F_CL_LIST : 0);
     }
 
     if (f.conn_close)
@@ -828,7 +831,7 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
     } else if (f.has_cl) {
         /* Also parsed for 1xx/204/304, where the caller ignores it. */
         resp->content_length = f.cl;
-        resp->flags |= H1_F_HAS_CL;
+        resp->flags |= H1_F_HAS_CL | (f.cl_list ? H1_F_CL_LIST : 0);
     }
     if (f.conn_close)
         resp->flags |= H1_F_CONN_CLOSE;

@@ -56,6 +56,7 @@ enum {
     H1_F_UPGRADE        = 1 << 3,  /* Connection: upgrade + Upgrade header present */
     H1_F_EXPECT_CONTINUE= 1 << 4,  /* Expect: 100-continue */
     H1_F_HAS_CL         = 1 << 5,  /* Content-Length present (content_length valid) */
+    H1_F_CL_LIST        = 1 << 6,  /* ... as a list of equal values or repeated fields: forward one */
 };
 
 struct h1_request {

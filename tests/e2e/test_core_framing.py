@@ -196,6 +196,32 @@ def test_differing_duplicate_content_length():
         assert backend_requests(b) == 0
 
 
+def test_a_content_length_list_of_equal_values_is_forwarded_as_one():
+    """RFC 9110 §8.6: a recipient that takes "5, 5" (or the field repeated)
+    as one length must forward one value; a strict backend (Node's llhttp)
+    rejected the list tollgate passed on, and the client got its 400."""
+    with Backend("b1") as b, _tg(b) as tg:
+        for cl in (b"Content-Length: 5, 5\r\n", b"Content-Length: 5\r\ncontent-length: 05\r\n"):
+            with RawConn(tg.port) as c:
+                c.send(b"POST /echo HTTP/1.1\r\nHost: app.test\r\n" + cl + b"\r\nhello")
+                r = c.read_response()
+                assert r.status == 200, r
+                e = json.loads(r.body)
+                lengths = [v for k, v in e["headers"] if k.lower() == "content-length"]
+                assert lengths == ["5"] and e["body_length"] == 5, (cl, lengths, e["body_length"])
+
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\nabc")
+        time.sleep(0.2)
+        return False
+    with RawBackend(serve) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.header_all("content-length") == ["3"] and r.body == b"abc", r.headers
+
+
 def test_malformed_content_length():
     with Backend("b1") as b, _tg(b) as tg:
         for v in (b"-1", b"+5", b"5x", b"0x10", b"", b"99999999999999999999999"):

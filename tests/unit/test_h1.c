@@ -258,6 +258,15 @@ START_TEST(test_cl_identical_duplicate_ok)
     ck_assert_int_eq(preq("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 5,5\r\n"
                           "content-length: 005\r\n\r\n"), 0);
     ck_assert_int_eq(req.content_length, 5);
+    /* A list taken as one length is marked, to be forwarded as one (RFC 9110 §8.6). */
+    ck_assert(req.flags & H1_F_CL_LIST);
+    ck_assert_int_eq(preq("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 005\r\n\r\n"), 0);
+    ck_assert(!(req.flags & H1_F_CL_LIST));
+    ck_assert_int_eq(presp("HTTP/1.1 200 OK\r\nContent-Length: 7\r\nContent-Length: 7\r\n\r\n"), 0);
+    ck_assert_int_eq(resp.content_length, 7);
+    ck_assert(resp.flags & H1_F_CL_LIST);
+    ck_assert_int_eq(presp("HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n"), 0);
+    ck_assert(!(resp.flags & H1_F_CL_LIST));
 }
 END_TEST
 
