@@ -667,9 +667,12 @@ int h1_parse_request(const char *head, size_t len, struct h1_request *req)
     p++;
     if (end - p < 10 || !version_syntax(p) || p[8] != '\r' || p[9] != '\n')
         return -400;
-    if (p[5] != '1' || (p[7] != '0' && p[7] != '1'))
+    /* A later 1.x is read as 1.1, the highest minor version tollgate
+     * speaks (RFC 9110 §2.5), as nginx and HAProxy do; 2.0 and 0.9 are
+     * other protocols. */
+    if (p[5] != '1')
         return -505;
-    req->minor = p[7] - '0';
+    req->minor = p[7] == '0' ? 0 : 1;
     p += 10;
 
     /* tollgate is a reverse proxy, not a forward proxy: no tunnels. */
@@ -790,10 +793,9 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
 
     /* status-line = HTTP-version SP status-code SP [reason-phrase] CRLF
      * (§4).  A missing SP before an empty reason is tolerated. */
-    if (end - p < 14 || !version_syntax(p) || p[5] != '1' ||
-        (p[7] != '0' && p[7] != '1') || p[8] != ' ')
+    if (end - p < 14 || !version_syntax(p) || p[5] != '1' || p[8] != ' ')
         return -502;
-    resp->minor = p[7] - '0';
+    resp->minor = p[7] == '0' ? 0 : 1;   /* a later 1.x as 1.1 (RFC 9110 §2.5) */
     p += 9;
     if (p[0] < '1' || p[0] > '9' || p[1] < '0' || p[1] > '9' ||
         p[2] < '0' || p[2] > '9')

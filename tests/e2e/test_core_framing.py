@@ -320,7 +320,14 @@ def test_bad_request_lines():
 def test_unsupported_http_version():
     with Backend("b1") as b, _tg(b) as tg:
         rejected(tg.port, b"GET / HTTP/2.0\r\nHost: app.test\r\n\r\n", expect=(505,))
-        rejected(tg.port, b"GET / HTTP/1.2\r\nHost: app.test\r\n\r\n", expect=(505, 400))
+        # a later 1.x is read as 1.1 (RFC 9110 §2.5), as nginx and HAProxy do
+        with RawConn(tg.port) as c:
+            c.send(b"GET /echo HTTP/1.2\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+            assert r.status == 200 and r.version == "HTTP/1.1", r
+            assert json.loads(r.body)["version"] == "HTTP/1.1"
+            c.send(b"GET /bytes/3 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            assert c.read_response().body == pattern(3)
 
 
 def test_host_header_rules():

@@ -443,7 +443,12 @@ END_TEST
 START_TEST(test_unsupported_version_505)
 {
     ck_assert_int_eq(preq("GET / HTTP/2.0\r\nHost: h\r\n\r\n"), -505);
-    ck_assert_int_eq(preq("GET / HTTP/1.2\r\nHost: h\r\n\r\n"), -505);
+    /* A later minor version is read as the highest one spoken (RFC 9110 §2.5). */
+    ck_assert_int_eq(preq("GET / HTTP/1.2\r\nHost: h\r\n\r\n"), 0);
+    ck_assert_int_eq(req.minor, 1);
+    ck_assert_int_eq(preq("GET / HTTP/1.9\r\n\r\n"), -400);   /* as 1.1: Host is required */
+    ck_assert_int_eq(presp("HTTP/1.2 200 OK\r\nContent-Length: 0\r\n\r\n"), 0);
+    ck_assert_int_eq(resp.minor, 1);
     ck_assert_int_eq(preq("GET / HTTP/0.9\r\nHost: h\r\n\r\n"), -505);
     ck_assert_int_eq(preq("GET / HTTP/1.10\r\nHost: h\r\n\r\n"), -400);
     ck_assert_int_eq(preq("GET / http/1.1\r\nHost: h\r\n\r\n"), -400);
