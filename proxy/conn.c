@@ -1573,7 +1573,9 @@ static void head_status_line(struct head_out *h, const struct h1_response *rs, i
 }
 
 /* Writes an interim (1xx) response head for the client: its fields but the
- * hop-by-hop ones (RFC 9110 §7.6.1, §15.2).  0, or -1 (out of memory). */
+ * hop-by-hop ones (RFC 9110 §7.6.1, §15.2) and Content-Length, which a 1xx
+ * must not carry (§8.6): a client that honoured it would take the next
+ * head's first bytes for a body (nginx 1.22 does).  0, or -1 (out of memory). */
 static int send_interim_head(struct conn *c, const struct h1_response *rs)
 {
     size_t cap = 32 + rs->reason.len;
@@ -1585,7 +1587,7 @@ static int send_interim_head(struct conn *c, const struct h1_response *rs)
     head_status_line(&h, rs, 0);
     for (size_t i = 0; i < rs->n_headers; i++) {
         const struct h1_header *hd = &rs->headers[i];
-        if (hd->kind & H1_H_HOP)
+        if (hd->kind & (H1_H_HOP | H1_H_LENGTH))
             continue;
         head_str(&h, hd->name);
         HEAD_LIT(&h, ": ");
@@ -1603,22 +1605,30 @@ static int send_response_head(struct conn *c, const struct h1_response *rs)
     struct req *r = c->req;
     int upgrade = rs->status == 101;
 
-    size_t cap = 128 + rs->reason.len;
+    size_t cap = 192 + rs->reason.len;
     for (size_t i = 0; i < rs->n_headers; i++)
         cap += rs->headers[i].name.len + rs->headers[i].value.len + 4;
     struct head_out h;
     if (head_begin(&h, bufferevent_get_output(c->bev), cap) != 0)
         return -1;
     head_status_line(&h, rs, (r->flags & RF_HTTP10) != 0);
+    /* RFC 9110 §6.6.1: a response forwarded without a Date gets one, the
+     * time it was received (nginx always sends its own). */
+    if (!(rs->flags & H1_F_HAS_DATE) && !upgrade) {
+        const char *date = http_date();
+        HEAD_LIT(&h, "Date: ");
+        head_put(&h, date, strlen(date));
+        HEAD_LIT(&h, "\r\n");
+    }
     int cl_done = 0;
     for (size_t i = 0; i < rs->n_headers; i++) {
         const struct h1_header *hd = &rs->headers[i];
         if ((hd->kind & H1_H_HOP) && !(upgrade && (hd->kind & H1_H_UPGRADE)))
             continue;
-        /* A 204 has no content: a sender MUST NOT send Content-Length with
-         * it (RFC 9110 §8.6); nginx drops it too.  (A 304's may stay: it
-         * tells the selected representation's length.) */
-        if ((hd->kind & H1_H_LENGTH) && rs->status == 204)
+        /* A 204 or 101 has no content: a sender MUST NOT send
+         * Content-Length with it (RFC 9110 §8.6); nginx drops it too.  (A
+         * 304's may stay: it tells the selected representation's length.) */
+        if ((hd->kind & H1_H_LENGTH) && (rs->status == 204 || upgrade))
             continue;
         if ((hd->kind & H1_H_LENGTH) && (rs->flags & H1_F_CL_LIST)) {
             head_content_length(&h, rs->content_length, &cl_done);

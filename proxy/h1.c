@@ -351,6 +351,7 @@ struct h1_fields {
     int has_cl;
     int cl_bad;
     int cl_list;            /* Content-Length given more than once ("5, 5", or repeated) */
+    int has_date;
     int64_t cl;
     int has_te;
     int te_codings;         /* non-empty elements seen */
@@ -450,6 +451,8 @@ static unsigned fields_note(struct h1_fields *f, struct h1_str name, struct h1_s
             f->host = value;
             return H1_H_HOST;
         }
+        if (IEQ(name, "date"))
+            f->has_date = 1;
         break;
     case 6:
         if (IEQ(name, "expect") && IEQ(value, "100-continue"))
@@ -835,6 +838,8 @@ int h1_parse_response(const char *head, size_t len, struct h1_response *resp)
         resp->content_length = f.cl;
         resp->flags |= H1_F_HAS_CL | (f.cl_list ? H1_F_CL_LIST : 0);
     }
+    if (f.has_date)
+        resp->flags |= H1_F_HAS_DATE;
     if (f.conn_close)
         resp->flags |= H1_F_CONN_CLOSE;
     if (f.conn_keepalive)

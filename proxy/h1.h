@@ -57,6 +57,7 @@ enum {
     H1_F_EXPECT_CONTINUE= 1 << 4,  /* Expect: 100-continue */
     H1_F_HAS_CL         = 1 << 5,  /* Content-Length present (content_length valid) */
     H1_F_CL_LIST        = 1 << 6,  /* ... as a list of equal values or repeated fields: forward one */
+    H1_F_HAS_DATE       = 1 << 7,  /* Date present (a response without one gets the proxy's) */
 };
 
 struct h1_request {

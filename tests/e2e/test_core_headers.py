@@ -4,6 +4,7 @@ set, Host is kept as the client sent it."""
 
 import json
 import socket
+import time
 
 from tglib import *
 
@@ -198,3 +199,56 @@ def test_a_field_named_close_is_removed_when_listed():
     assert r.status == 200, r
     head = seen.split(b"\r\n\r\n")[0].lower()
     assert b"\r\nclose:" not in head and b"\r\nx-kept: 1" in head, head
+
+
+def test_a_response_without_date_gets_one_and_a_backends_date_is_kept():
+    """RFC 9110 §6.6.1: a recipient with a clock that forwards a response
+    without Date appends one (nginx sends its own always); one the backend
+    sent goes through as it is, once."""
+    import email.utils
+    r, _ = _backend_sees(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+    dates = r.header_all("date")
+    assert len(dates) == 1, r.headers
+    when = email.utils.parsedate_to_datetime(dates[0]).timestamp()
+    assert abs(when - time.time()) < 60 and dates[0].endswith(" GMT"), dates
+    old = b"Date: Sun, 06 Nov 1994 08:49:37 GMT\r\n"
+    r, _ = _backend_sees(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n",
+                         reply=b"HTTP/1.1 200 OK\r\n" + old + b"Content-Length: 2\r\n\r\nok")
+    assert r.header_all("date") == ["Sun, 06 Nov 1994 08:49:37 GMT"], r.headers
+
+
+def test_an_interim_response_loses_its_content_length():
+    """RFC 9110 §8.6: a 1xx must not carry Content-Length; forwarded, one
+    made nginx 1.22 take the final head's first bytes for a body."""
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        time.sleep(0.2)
+        return False
+    with RawBackend(serve) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            interim = c.read_response(skip_1xx=False)
+            assert interim.status == 103 and interim.header("link") == "</a>", interim
+            assert interim.header("content-length") is None, interim.headers
+            final = c.read_response()
+            assert final.status == 200 and final.body == b"ok", final
+
+
+def test_a_switching_protocols_answer_loses_its_content_length():
+    """A 101 has no content (RFC 9110 §8.6): a Content-Length on it would
+    tell the client the tunnel's first bytes are a body."""
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                  b"Content-Length: 4\r\n\r\nping")
+        time.sleep(0.3)
+        return False
+    with RawBackend(serve) as b, _tg(b) as tg:
+        with RawConn(tg.port) as c:
+            c.send(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
+            r = c.read_head()
+            assert r.status == 101 and r.header("content-length") is None, r.headers
+            assert r.header("date") is None, r.headers
+            assert c.read_exact(4) == b"ping"
