@@ -561,6 +561,10 @@ static int parse_seconds_value(const struct key_def *k, const char *v, double *o
     if (x < k->min || x > k->max || ((k->flags & F_POSITIVE) && x <= k->min))
         return fail(msg, msglen, "%s out of range: must be %s %.15g and <= %.15g seconds", q,
                     (k->flags & F_POSITIVE) ? ">" : ">=", k->min, k->max);
+    /* Timers have millisecond resolution (as nginx's): a shorter one would
+     * round to a zero timeval, which libevent takes for "no timeout". */
+    if (x > 0 && x < 0.001)
+        return fail(msg, msglen, "%s is less than 1 ms, the smallest time tollgate keeps", q);
     *out = x;
     return 0;
 }
@@ -1127,6 +1131,8 @@ static int read_file(const char *path, char **out, size_t *outlen, char *err, si
         if (len == cap) {
             char *nb;
             if (cap >= CFG_MAX_FILE) {
+                if (fgetc(f) == EOF && !ferror(f))
+                    break;          /* exactly the limit */
                 snprintf(err, errlen, "%s: larger than %u bytes", path, CFG_MAX_FILE);
                 goto fail;
             }
@@ -1342,19 +1348,29 @@ int cfg_key_origin(const struct tg_config *cfg, const char *key, char *buf, size
     return origin_of(cfg, ki, 1, buf, len);
 }
 
-int cfg_route_origin(const struct tg_config *cfg, size_t i, char *buf, size_t len)
+/* origin_of() for an entry of a repeatable key set at line. */
+static int line_origin(const struct tg_config *cfg, unsigned line, const char *key, char *buf, size_t len)
 {
-    unsigned line = i < cfg->n_routes ? cfg->routes[i].line : 0;
     if (line == CFG_ORIGIN_CLI) {
-        snprintf(buf, len, "--route");
+        snprintf(buf, len, "--%s", key);
         return 2;
     }
     if (line > 0 && cfg->origin_file) {
-        snprintf(buf, len, "%s:%u: route", cfg->origin_file, line);
+        snprintf(buf, len, "%s:%u: %s", cfg->origin_file, line, key);
         return 1;
     }
-    snprintf(buf, len, "route");
+    snprintf(buf, len, "%s", key);
     return 0;
+}
+
+int cfg_route_origin(const struct tg_config *cfg, size_t i, char *buf, size_t len)
+{
+    return line_origin(cfg, i < cfg->n_routes ? cfg->routes[i].line : 0, "route", buf, len);
+}
+
+int cfg_addr_origin(const struct tg_config *cfg, const char *key, const struct cfg_addr *a, char *buf, size_t len)
+{
+    return line_origin(cfg, a->line, key, buf, len);
 }
 
 /* Of two keys, the one set last: a flag after any file line, a later line after an earlier one. */

@@ -125,6 +125,8 @@ int cfg_validate(const struct tg_config *cfg, char *err, size_t errlen);
 int cfg_key_origin(const struct tg_config *cfg, const char *key, char *buf, size_t len);
 /* The same for the static route cfg->routes[i]: "FILE:LINE: route" or "--route". */
 int cfg_route_origin(const struct tg_config *cfg, size_t i, char *buf, size_t len);
+/* The same for a listener address a of key ("listen", "admin-listen"). */
+int cfg_addr_origin(const struct tg_config *cfg, const char *key, const struct cfg_addr *a, char *buf, size_t len);
 
 /*
  * Checks the files the configuration names, as start-up will use them, as

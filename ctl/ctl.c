@@ -1831,8 +1831,10 @@ static int ctl_main(int argc, char **argv)
             char *end;
             errno = 0;
             G.timeout = strtod(v, &end);
-            if (errno || *end || !(G.timeout > 0 && G.timeout <= 3600))
-                die(CTL_EXIT_USAGE, "--timeout must be seconds (0 < S <= 3600)");
+            /* 1 ms at least: a shorter one is a zero timeval, hiredis's "no timeout". */
+            if (errno || *end || end == v || !(v[0] >= '0' && v[0] <= '9') || strpbrk(v, "xXeEpP")
+                || !(G.timeout >= 0.001 && G.timeout <= 3600))
+                die(CTL_EXIT_USAGE, "--timeout must be seconds (0.001 <= S <= 3600, e.g. 5 or 0.5)");
         } else {
             die(CTL_EXIT_USAGE, "unknown option %s (see --help)", a);
         }

@@ -169,8 +169,9 @@ static void addr_str(const struct cfg_addr *a, char *buf, size_t len)
 /*
  * Fails when a socket already listens on a (see the file header): binds a
  * probe with SO_REUSEADDR (TIME_WAIT leftovers do not count) and without
- * SO_REUSEPORT, then closes it.  what is the key for the message ("listen").
- * 0 / -1 with err "listen 127.0.0.1:8080: address already in use".
+ * SO_REUSEPORT, then closes it.  what names the key and where it was set,
+ * for the message (cfg_addr_origin(): "FILE:LINE: listen", "--listen").
+ * 0 / -1 with err "FILE:LINE: listen 127.0.0.1:8080: address already in use".
  */
 static int probe_address(const char *what, const struct cfg_addr *a, char *err, size_t errlen)
 {
@@ -256,7 +257,9 @@ static int probe_addresses(const struct tg_config *cfg, const struct tg_config *
         if (!same)
             diff |= ADDRS_LISTEN;
         if (!held || !held_covers(held, &cfg->listen[i])) {
-            if (probe_address("listen", &cfg->listen[i], err, errlen) != 0)
+            char what[CFG_ERRLEN];
+            cfg_addr_origin(cfg, "listen", &cfg->listen[i], what, sizeof(what));
+            if (probe_address(what, &cfg->listen[i], err, errlen) != 0)
                 return -1;
         }
     }
@@ -265,7 +268,9 @@ static int probe_addresses(const struct tg_config *cfg, const struct tg_config *
     if (held && !addr_same(&held->admin_listen, &cfg->admin_listen))
         diff |= ADDRS_ADMIN;
     if (cfg->admin_listen.port != 0 && (!held || !held_covers(held, &cfg->admin_listen))) {
-        if (probe_address("admin-listen", &cfg->admin_listen, err, errlen) != 0)
+        char what[CFG_ERRLEN];
+        cfg_addr_origin(cfg, "admin-listen", &cfg->admin_listen, what, sizeof(what));
+        if (probe_address(what, &cfg->admin_listen, err, errlen) != 0)
             return -1;
     }
     if (changed)

@@ -154,7 +154,7 @@ def test_second_instance_on_same_listen_is_refused():
         assert http(tg.port, "GET", "/echo", "app.test")[0] == 200
         r = run_tollgate("--listen", "127.0.0.1:%d" % tg.port, "--admin-listen", "127.0.0.1:%d" % free_port(),
                          "--workers", "2", "--route", "app.test=" + b.addr, timeout=scale(10))
-        assert_refused(r, "tollgate: listen 127.0.0.1:%d: address already in use" % tg.port)
+        assert_refused(r, "tollgate: --listen 127.0.0.1:%d: address already in use" % tg.port)
         # the first one still has every connection
         for _ in range(20):
             status, headers, _ = http(tg.port, "GET", "/echo", "app.test")
@@ -167,7 +167,7 @@ def test_second_instance_on_covering_wildcard_is_refused():
     with Tollgate() as tg:
         r = run_tollgate("--listen", "0.0.0.0:%d" % tg.port, "--admin-listen", "127.0.0.1:%d" % free_port(),
                          "--workers", "1", timeout=scale(10))
-        assert_refused(r, "tollgate: listen 0.0.0.0:%d: address already in use" % tg.port)
+        assert_refused(r, "tollgate: --listen 0.0.0.0:%d: address already in use" % tg.port)
         assert tg.running()
 
 
@@ -184,7 +184,7 @@ def test_second_instance_on_same_ipv6_listen_is_refused():
             wait_port(port, scale(5), host="::1")
             r = run_tollgate("--listen", "[::1]:%d" % port, "--admin-listen", "127.0.0.1:%d" % free_port(),
                              "--workers", "2", timeout=scale(10))
-            assert_refused(r, "tollgate: listen [::1]:%d: address already in use" % port)
+            assert_refused(r, "tollgate: --listen [::1]:%d: address already in use" % port)
             for _ in range(10):
                 with socket.create_connection(("::1", port), timeout=5) as c:
                     c.sendall(b"GET /echo HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
@@ -206,7 +206,7 @@ def test_second_instance_on_same_admin_listen_is_refused():
         port = free_port()
         r = run_tollgate("--listen", "127.0.0.1:%d" % port, "--admin-listen", "127.0.0.1:%d" % tg.admin_port,
                          "--workers", "1", timeout=scale(10))
-        assert_refused(r, "admin-listen 127.0.0.1:%d: address already in use" % tg.admin_port)
+        assert_refused(r, "tollgate: --admin-listen 127.0.0.1:%d: address already in use" % tg.admin_port)
         assert tg.admin("/healthz")[0] == 200
 
 
@@ -225,8 +225,9 @@ def test_reload_adding_a_used_address_keeps_the_running_config():
             tg.signal(signal.SIGHUP)
             wait_until(lambda: "address already in use" in tg.log_text(), scale(5), "the reload error in the log")
             log = tg.log_text()
-            assert "reload failed, keeping the running configuration: listen 127.0.0.1:%d: address already in use" \
-                % other.port in log, log[-2000:]
+            # the error names the file's line, as every configuration error does
+            assert "reload failed, keeping the running configuration: %s:3: listen 127.0.0.1:%d: address already " \
+                "in use" % (tg.config_path, other.port) in log, log[-2000:]
             assert http(tg.port, "GET", "/echo", "app.test")[1]["x-backend"] == "b1"
             # A reload that keeps this instance's own address is not probed against itself.
             tg.write_config("route app.test=%s\nlisten 127.0.0.1:%d\n" % (b2.addr, tg.port))

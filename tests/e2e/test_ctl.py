@@ -291,6 +291,11 @@ def test_ctl_redis_unreachable_or_stalled():
             r.resume()
         assert rc == 1 and "timeout" in err, (rc, err)
         assert took < 3, took
+    # under 1 ms is a zero timeval, hiredis's "no timeout": it hung on a
+    # Redis that never answers; refused like other bad numbers
+    for bad in ("0.0000001", "1e-7", "0x10", "inf", "nan", " 5", "0"):
+        rc, out, err = ctl("redis://127.0.0.1:1", "domain", "list", extra=["--timeout", bad])
+        assert rc == 2 and "--timeout" in err, (bad, rc, err)
 
 
 def test_ctl_auth_database_and_unix_socket():

@@ -416,6 +416,10 @@ START_TEST(cfg_errors_carry_file_and_line)
           "t.conf:1: route-cache-ttl: '31536001' out of range: must be > 0 and <= 31536000 seconds" },
         { "route-stale-max-age 99999999999999999999999999999999999999\n", "t.conf:1: route-stale-max-age: "
           "'99999999999999999999999999999999999999' out of range: must be >= 0 and <= 31536000 seconds" },
+        /* under 1 ms would be a zero timeval: libevent's and hiredis's "no timeout" */
+        { "client-header-timeout 0.0000001\n",
+          "t.conf:1: client-header-timeout: '0.0000001' is less than 1 ms, the smallest time tollgate keeps" },
+        { "drain-timeout 0.5ms\n", "t.conf:1: drain-timeout: '0.5ms' is less than 1 ms" },
         { "error-log off\n", "t.conf:1: error-log: off is not a destination: give - (stderr) or a FILE, "
           "/dev/null to discard" },
         /* listener addresses compared as numbers, within one list */
@@ -890,6 +894,43 @@ START_TEST(cfg_cli_errors)
 }
 END_TEST
 
+START_TEST(cfg_timeouts_of_a_millisecond_and_zero_where_allowed)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN] = "";
+    ck_assert_msg(parse(&c, "client-header-timeout 0.001\nupstream-read-timeout 1ms\ndrain-timeout 0\n", err) == 0,
+                  "%s", err);
+    ck_assert(c.client_header_timeout == 0.001 && c.upstream_read_timeout == 0.001 && c.drain_timeout == 0);
+    cfg_free(&c);
+}
+END_TEST
+
+/* A config file of exactly the 16 MiB limit is read; one byte more is refused. */
+START_TEST(cfg_file_size_limit_is_exact)
+{
+    struct tg_config c;
+    char err[CFG_ERRLEN];
+    size_t limit = 16u << 20;
+    char *text = malloc(limit + 2);
+    ck_assert_ptr_nonnull(text);
+    memcpy(text, "workers 3\n#", 11);
+    memset(text + 11, 'x', limit - 12);
+    text[limit - 1] = '\n';
+    text[limit] = '\0';
+    const char *path = write_tmp("big.conf", text);
+    ck_assert_msg(args(&c, err, "-c", path, NULL) == 0, "%s", err);
+    ck_assert_int_eq(c.workers, 3);
+    cfg_free(&c);
+    text[limit] = '\n';
+    text[limit + 1] = '\0';
+    path = write_tmp("big.conf", text);
+    ck_assert_int_eq(args(&c, err, "-c", path, NULL), -1);
+    ck_assert_msg(strstr(err, "big.conf: larger than 16777216 bytes") != NULL, "got %s", err);
+    cfg_free(&c);
+    free(text);
+}
+END_TEST
+
 START_TEST(cfg_file_error_through_cli_has_line)
 {
     struct tg_config c;
@@ -1335,6 +1376,8 @@ Suite *config_suite(void)
     tcase_add_test(tc, cfg_cli_overrides_file_whatever_the_order);
     tcase_add_test(tc, cfg_cli_errors);
     tcase_add_test(tc, cfg_file_error_through_cli_has_line);
+    tcase_add_test(tc, cfg_timeouts_of_a_millisecond_and_zero_where_allowed);
+    tcase_add_test(tc, cfg_file_size_limit_is_exact);
     tcase_add_test(tc, cfg_help_and_version);
     tcase_add_test(tc, cfg_reentrant_and_argv_untouched);
     suite_add_tcase(s, tc);
