@@ -2057,7 +2057,8 @@ static unsigned hex_digits(size_t n)
  * a chunk that uses it exactly: its size is written in as many digits as
  * the grant's (leading zeros are a valid chunk-size, RFC 9112 §7.1), and a
  * grant too small for any chunk (under 6 bytes) waits in r->credit for the
- * next.  Returns the data bytes moved, 0 when none can move now (throttled:
+ * next (at the cap, it goes unused: the cut comes up to 5 bytes short of the
+ * budget, docs/metering.md).  Returns the data bytes moved, 0 when none can move now (throttled:
  * the timer resumes), -2 at the cap, -1 out of memory.
  */
 static ssize_t rechunk_move(struct conn *c, struct evbuffer *in, struct evbuffer *out, size_t room)
@@ -2198,8 +2199,10 @@ static int relay_response_body(struct conn *c)
     }
     /* A full client buffer (EV_WRITE armed: the write callback resumes us)
      * or a throttled tenant (the timer does): stop reading the backend so
-     * that nothing piles up in our input buffer either. */
-    if (!(r->flags & RF_RESP_DONE) && !(r->flags & RF_UP_EOF)
+     * that nothing piles up in our input buffer either.  After the backend's
+     * EOF too, while bytes it sent wait: CF_UP_PAUSED is what has the write
+     * callback resume the relay. */
+    if (!(r->flags & RF_RESP_DONE) && (!(r->flags & RF_UP_EOF) || evbuffer_get_length(in) > 0)
         && (evbuffer_get_length(out) >= hwm || (r->flags & RF_THROTTLED))) {
         bufferevent_disable(r->up, EV_READ);
         c->flags |= CF_UP_PAUSED;
