@@ -132,7 +132,7 @@ static const struct key_def keys[] = {
     { "redis-timeout", K_SECONDS, OFF(redis_timeout), 0, 0, 60, F_POSITIVE,
       "S", "0.2", "time allowed for one Redis command" },
     { "backend-cooldown", K_SECONDS, OFF(backend_cooldown), 0, 0, 3600, 0,
-      "S", "10", "a backend that refused a connection is skipped this long" },
+      "S", "10", "a backend that failed before answering is skipped this long" },
     { "meter-flush-interval", K_SECONDS, OFF(meter_flush_interval), 0, 0, 3600, F_POSITIVE,
       "S", "1", "how often byte counters are flushed to Redis" },
     { "cap-status", K_INT, OFF(cap_status), 0, 400, 599, 0,

@@ -1069,7 +1069,9 @@ static void start_upstream(struct conn *c)
     const struct tg_config *cfg = cfg_of(c);
     for (;;) {
         pick_end(c, r);
-        if (r->attempts >= 8 || route_pick(worker_routes(c->w), r->backends, &r->tried, &r->target) != 0) {
+        /* Every backend of the route may be tried once (as nginx's
+         * proxy_next_upstream_tries 0): route_pick() fails when none is left. */
+        if (route_pick(worker_routes(c->w), r->backends, &r->tried, &r->target) != 0) {
             respond_local(c, 502, "No backend of this site is reachable.", NULL, 0);
             return;
         }
@@ -1091,6 +1093,20 @@ static void start_upstream(struct conn *c)
         }
         r->flags &= ~RF_UP_REUSED;
         up = upstream_connect(worker_base(c->w), &r->target);
+        if (!up && (errno == EMFILE || errno == ENFILE)) {
+            /* Out of descriptors here: no failure of the backend's.  Idle
+             * pooled connections give theirs back and the connect is tried
+             * once more; else 503, and the backend is not cooled down. */
+            log_warn("%s: conn %llu: out of file descriptors connecting to %s; closing idle backend connections",
+                     __func__, (unsigned long long)c->id, r->target.name);
+            upstream_pool_flush(worker_pool(c->w));
+            up = upstream_connect(worker_base(c->w), &r->target);
+            if (!up && (errno == EMFILE || errno == ENFILE)) {
+                respond_local(c, 503, "The proxy has too many connections open; try again shortly.",
+                              "Retry-After: 1\r\n", 0);
+                return;
+            }
+        }
         if (!up) {
             char a[INET6_ADDRSTRLEN + 16];
             log_info("%s: conn %llu: connect to %s%s failed: %s", __func__, (unsigned long long)c->id,
@@ -1702,7 +1718,7 @@ static int read_response_head(struct conn *c)
         if (hl < 0 || h1_parse_response((const char *)buf, (size_t)hl, &rs) != 0) {
             log_warn("%s: conn %llu: invalid response head from %s", __func__, (unsigned long long)c->id,
                      r->target.name);
-            route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+            route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_FAILED);
             up_detach(c, 0);
             respond_local(c, 502, "The backend sent an invalid response.", NULL, 1);
             return -1;
@@ -1714,7 +1730,7 @@ static int read_response_head(struct conn *c)
             if (++r->interims > MAX_INTERIM) {
                 log_warn("%s: conn %llu: %s sent more than %d interim responses", __func__,
                          (unsigned long long)c->id, r->target.name, MAX_INTERIM);
-                route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+                route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_FAILED);
                 up_detach(c, 0);
                 respond_local(c, 502, "The backend sent too many interim responses.", NULL, 1);
                 return -1;
@@ -2719,7 +2735,8 @@ static void up_event_cb(struct bufferevent *bev, short what, void *arg)
             m->upstream_timeouts++;
         else
             m->upstream_resets++;
-        route_report(worker_routes(c->w), r->backends, &r->target, ROUTE_OUTCOME_ERROR);
+        route_report(worker_routes(c->w), r->backends, &r->target,
+                     (r->flags & RF_RESP_HEAD) ? ROUTE_OUTCOME_ERROR : ROUTE_OUTCOME_FAILED);
     }
     if (!(r->flags & RF_RESP_HEAD)) {
         if (stale) {

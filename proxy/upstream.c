@@ -219,9 +219,19 @@ static void expiry_cb(evutil_socket_t fd, short what, void *arg)
 
 void upstream_pool_flush(struct upstream_pool *p)
 {
-    for (unsigned i = 0; i < POOL_MAX_KEYS; i++)
-        while (p->keys[i].head)
+    for (unsigned i = 0; i < POOL_MAX_KEYS; i++) {
+        while (p->keys[i].head) {
+            /* The socket closes now, not when libevent finalizes the
+             * bufferevent later in this loop iteration: a flush for want
+             * of descriptors (conn.c start_upstream) needs them at once. */
+            struct bufferevent *bev = p->keys[i].head->bev;
+            evutil_socket_t fd = bufferevent_getfd(bev);
+            bufferevent_setfd(bev, -1);
+            if (fd >= 0)
+                evutil_closesocket(fd);
             idle_close(p->keys[i].head);
+        }
+    }
     evtimer_del(p->expiry);
 }
 

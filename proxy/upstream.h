@@ -18,7 +18,8 @@ struct upstream_pool;
 struct upstream_pool *upstream_pool_new(struct event_base *base, double idle_s);
 /* Closes every idle connection and frees the pool. */
 void upstream_pool_free(struct upstream_pool *p);
-/* Closes idle connections (graceful stop). */
+/* Closes every idle connection, their sockets at once (graceful stop; out
+ * of descriptors). */
 void upstream_pool_flush(struct upstream_pool *p);
 
 /*

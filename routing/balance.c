@@ -214,7 +214,12 @@ void bal_report(struct bal_health *h, const struct route_backends *set, size_t i
     struct bal_node *node = bal_find(h, (const struct sockaddr *)&set->b[idx].addr);
     if (node == NULL)
         return;
-    if (outcome == ROUTE_OUTCOME_CONNECT_FAIL || outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT)
+    /* As nginx's max_fails=1: any failure before an answer took the
+     * backend out (a hung process that accepts connections would otherwise
+     * hold every other request until its read timeout).  One that breaks
+     * off an answer it began is still answering. */
+    if (outcome == ROUTE_OUTCOME_CONNECT_FAIL || outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT
+        || outcome == ROUTE_OUTCOME_FAILED)
         node->cool_until = now + cooldown;
     else if (outcome == ROUTE_OUTCOME_OK)
         node->cool_until = 0;

@@ -3334,9 +3334,13 @@ int route_pick(struct route_ctx *rc, const struct route_backends *set, uint64_t 
 void route_report(struct route_ctx *rc, const struct route_backends *set,
                   const struct route_target *t, enum route_outcome outcome)
 {
-    if (outcome == ROUTE_OUTCOME_CONNECT_FAIL || outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT)
-        log_debug("%s: backend %s: connect %s, cooling down %.1fs", __func__, t->name,
-                  outcome == ROUTE_OUTCOME_CONNECT_FAIL ? "failed" : "timed out", rc->cooldown);
+    if (outcome == ROUTE_OUTCOME_CONNECT_FAIL || outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT
+        || outcome == ROUTE_OUTCOME_FAILED)
+        log_debug("%s: backend %s: %s, cooling down %.1fs", __func__, t->name,
+                  outcome == ROUTE_OUTCOME_CONNECT_FAIL      ? "connect failed"
+                  : outcome == ROUTE_OUTCOME_CONNECT_TIMEOUT ? "connect timed out"
+                                                             : "failed before answering",
+                  rc->cooldown);
     bal_report(rc->health, set, t->index, outcome, route_now_coarse(), rc->cooldown);
 }
 

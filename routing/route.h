@@ -121,7 +121,8 @@ enum route_outcome {
     ROUTE_OUTCOME_OK = 0,          /* got a response */
     ROUTE_OUTCOME_CONNECT_FAIL,    /* refused / unreachable: cool down */
     ROUTE_OUTCOME_CONNECT_TIMEOUT, /* cool down */
-    ROUTE_OUTCOME_ERROR,           /* reset or timeout after connect: no cool-down */
+    ROUTE_OUTCOME_FAILED,          /* reset, timeout or a broken answer before a response head: cool down */
+    ROUTE_OUTCOME_ERROR,           /* reset or timeout once the response has begun: no cool-down */
 };
 /* Reports how a picked backend did (passive health: cool-down or not); any
  * number of times per pick. */

@@ -7,6 +7,7 @@ import os
 import subprocess
 import re
 import socket
+import struct
 import time
 
 from tglib import *
@@ -471,3 +472,81 @@ def test_upstream_errors_count_cut_bodies_but_not_stale_pooled_retries():
         m = tg.metrics()
         assert m["tollgate_upstream_reused_total"] == 1, m
         assert m['tollgate_upstream_errors_total{kind="reset"}'] == 0, m
+
+
+def _hung_backend():
+    """A backend that accepts and reads, and never answers (held open)."""
+    return RawBackend(lambda s, n: (read_request_head(s), True)[1], backlog=64)
+
+
+def test_a_backend_that_fails_before_answering_is_skipped_for_the_cooldown():
+    """A backend that accepts connections and then hangs (or resets) gets
+    the requests' 504 (502) once per worker, then the cooldown takes it
+    out, as nginx's max_fails=1: only refused connects cooled a backend,
+    and round robin kept sending it every other request, each waiting for
+    the read timeout."""
+    def reset(s, n):
+        read_request_head(s)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False
+    for bad_backend, status in ((_hung_backend, 504), (lambda: RawBackend(reset, backlog=64), 502)):
+        with Backend("good") as good, bad_backend() as bad, \
+                Tollgate(routes=["app.test=%s,%s" % (bad.addr, good.addr)], workers=1,
+                         args=["--upstream-read-timeout", "1", "--backend-cooldown", "60"]) as tg:
+            got = [http(tg.port, "GET", "/bytes/3", "app.test", timeout=scale(10))[0] for _ in range(8)]
+            assert got.count(status) <= 1 and got.count(200) >= 7, got
+            # POST too: not resent after it went out, but the next ones go elsewhere
+            got = [http(tg.port, "POST", "/upload", "app.test", body=b"x")[0] for _ in range(4)]
+            assert got == [200] * 4, got
+
+
+def test_every_backend_of_a_route_is_tried_before_a_502():
+    """Ten backends that refuse and one that answers, with no cooldown:
+    each request walks past all ten to the eleventh (nginx tries every
+    peer); at most 8 were tried and a 502 came while one was healthy."""
+    refused = []
+    for _ in range(10):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        refused.append(s)   # bound, not listening: connects are refused
+    try:
+        with Backend("good") as good:
+            backends = ",".join(["127.0.0.1:%d" % s.getsockname()[1] for s in refused] + [good.addr])
+            with Tollgate(routes=["app.test=" + backends], workers=1, args=["--backend-cooldown", "0"]) as tg:
+                got = [http(tg.port, "GET", "/bytes/3", "app.test")[0] for _ in range(12)]
+                assert got == [200] * 12, got
+    finally:
+        for s in refused:
+            s.close()
+
+
+def test_out_of_descriptors_for_a_backend_connection_frees_idle_ones_and_blames_no_backend():
+    """connect() failing with EMFILE is tollgate's shortage, not the
+    backend's: idle pooled connections (to another backend) are closed to
+    free descriptors and the request goes through; the backend is not
+    cooled down nor counted as an upstream error (it was a 502, a connect
+    error and a cooldown)."""
+    with Backend("b1") as b1, Backend("b2") as b2, \
+            Tollgate(routes=["app.test=" + b1.addr, "other.test=" + b2.addr], workers=1) as tg:
+        # idle pooled connections to b2: concurrent requests leave them behind
+        conns = [RawConn(tg.port) for _ in range(4)]
+        for c in conns:
+            c.send(b"GET /sleep/0.3 HTTP/1.1\r\nHost: other.test\r\n\r\n")
+        for c in conns:
+            assert c.read_response().status == 200
+        for c in conns:
+            c.close()
+        time.sleep(0.3)
+        # room for the client's socket, not for a new backend connection:
+        # the limit is the second free descriptor number (the first takes
+        # the client; the pooled ones, higher, stay open)
+        used = {int(x) for x in os.listdir("/proc/%d/fd" % tg.pid)}
+        free = [n for n in range(max(used) + 3) if n not in used][:2]
+        subprocess.run(["prlimit", "--pid", str(tg.pid), "--nofile=%d:" % free[1]], check=True)
+        with RawConn(tg.port) as c:
+            c.send(b"GET /bytes/5 HTTP/1.1\r\nHost: app.test\r\n\r\n")
+            r = c.read_response()
+        if not WRAPPER:   # valgrind keeps descriptors of its own below the limit set
+            assert r.status == 200 and r.body == pattern(5), r
+            assert "out of file descriptors connecting" in tg.log_text()
+            assert tg.metrics()['tollgate_upstream_errors_total{kind="connect"}'] == 0

@@ -526,6 +526,36 @@ static void set_addr(struct bal_backend *b, int port)
     snprintf(b->name, sizeof(b->name), "127.0.0.1:%d", port);
 }
 
+/* A backend that failed before answering (reset, read timeout, a broken
+ * head) cools down like one that refused; one that broke off an answer it
+ * had begun does not. */
+START_TEST(pick_failure_before_answer_cools_mid_answer_does_not)
+{
+    struct route_backends *s = bal_set_new(3, BAL_ROUND_ROBIN);
+    ck_assert_ptr_nonnull(s);
+    for (int i = 0; i < 3; i++)
+        set_addr(&s->b[i], 9001 + i);
+    struct bal_health *h = bal_health_new();
+    ck_assert_ptr_nonnull(h);
+    uint64_t tried = 0;
+    int x = bal_pick(h, s, &tried, 1.0);
+    bal_report(h, s, (size_t)x, ROUTE_OUTCOME_ERROR, 1.0, 10);
+    bal_release(h, s, (size_t)x);
+    ck_assert(!bal_cooling(h, (struct sockaddr *)&s->b[x].addr, s->b[x].addrlen, 2.0));
+    bal_report(h, s, (size_t)x, ROUTE_OUTCOME_FAILED, 1.0, 10);
+    ck_assert(bal_cooling(h, (struct sockaddr *)&s->b[x].addr, s->b[x].addrlen, 2.0));
+    ck_assert(!bal_cooling(h, (struct sockaddr *)&s->b[x].addr, s->b[x].addrlen, 11.5));
+    for (int i = 0; i < 6; i++) {
+        tried = 0;
+        int y = bal_pick(h, s, &tried, 2.0);
+        ck_assert_int_ne(y, x);
+        bal_release(h, s, (size_t)y);
+    }
+    bal_health_free(h);
+    bal_set_free(s);
+}
+END_TEST
+
 START_TEST(least_conn_prefers_idle)
 {
     struct bal_health *h = bal_health_new();
@@ -1525,6 +1555,7 @@ Suite *routing_suite(void)
     tcase_add_test(tc, static_bad_config);
     tcase_add_test(tc, pick_round_robin_and_tried_mask);
     tcase_add_test(tc, pick_passive_health_cooldown);
+    tcase_add_test(tc, pick_failure_before_answer_cools_mid_answer_does_not);
     tcase_add_test(tc, least_conn_prefers_idle);
     suite_add_tcase(s, tc);
 
