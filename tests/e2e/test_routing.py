@@ -543,6 +543,39 @@ def test_a_128_mib_routing_value_fails_only_its_host():
         assert "tg:tenant:t9" in log and "timed out" not in log, log[-2000:]
 
 
+def test_a_hash_of_very_many_small_fields_is_not_read_and_fails_only_its_host():
+    """A domain hash of 400,000 tiny fields (23 MB, under the 32 MiB limit)
+    kept Redis busy ~0.4 s per read, past redis-timeout: its host got 503
+    and so did lookups of other hosts pipelined behind it.  More than 4096
+    fields or elements is refused unread (HLEN/LLEN first, O(1)): bad data,
+    502 for that host alone, remembered as such."""
+    with Redis() as r, Backend("b1") as b1, Tollgate(redis=r.url, workers=1) as tg:
+        hosts = ["m%d.test" % i for i in range(8)]
+        for h in hosts + ["fat.test"]:
+            domain(r, h, "t1", b1.addr)
+        r.cmd("EVAL", "for i = 1, tonumber(ARGV[1]) do redis.call('HSET', KEYS[1], 'f' .. i, '1') end",
+              "1", "tg:domain:fat.test", "400000", timeout=120)
+        wait_until(lambda: b"degraded" not in tg.admin("/healthz")[2], scale(15), "/healthz ok again")
+        mark = len(tg.log_text())
+        status = {}
+
+        def get(h):
+            status[h] = who(tg, h, timeout=30)[0]
+        first = threading.Thread(target=get, args=("fat.test",))
+        first.start()
+        others = [threading.Thread(target=get, args=(h,)) for h in hosts]
+        for t in others:
+            t.start()
+        for t in others + [first]:
+            t.join()
+        assert status["fat.test"] == 502, status
+        assert all(status[h] == 200 for h in hosts), status
+        log = tg.log_text()[mark:]
+        assert "tg:domain:fat.test" in log and "more than 4096 fields or elements" in log, log[-2000:]
+        assert "timed out" not in log, log[-2000:]
+        assert who(tg, "fat.test")[0] == 502
+
+
 def test_a_long_valid_path_list_is_read():
     """The size limit on routing keys (32 MiB) is far above valid data: 1100
     rules of 8 KB (a 9 MB list) are read, the first 1024 used.  (At 8 MiB the
