@@ -46,10 +46,9 @@ static int host_check_port(const char *s, size_t len)
 }
 
 /* Validates a bracketed IPv6 literal body (between '[' and ']'); 0 / -1. */
-static int host_check_v6(const char *s, size_t len)
+static int host_check_v6(const char *s, size_t len, struct in6_addr *a)
 {
     char buf[64];
-    struct in6_addr a;
     if (len == 0 || len >= sizeof(buf))
         return -1;
     for (size_t i = 0; i < len; i++) {
@@ -60,7 +59,7 @@ static int host_check_v6(const char *s, size_t len)
     }
     memcpy(buf, s, len);
     buf[len] = '\0';
-    return inet_pton(AF_INET6, buf, &a) == 1 ? 0 : -1;
+    return inet_pton(AF_INET6, buf, a) == 1 ? 0 : -1;
 }
 
 /*
@@ -114,16 +113,23 @@ int host_normalise(const char *in, size_t len, char *out)
             return -1;
         size_t body = (size_t)(close - in) - 1;
         size_t rest = len - body - 2;
-        if (host_check_v6(in + 1, body) < 0 || host_check_port(close + 1, rest) < 0)
+        struct in6_addr a;
+        if (host_check_v6(in + 1, body, &a) < 0 || host_check_port(close + 1, rest) < 0)
             return -1;
-        if (body + 2 > HOST_MAX)
+        /* One spelling per address: RFC 5952's, which inet_ntop writes and
+         * browsers send ([2001:db8::1], never [2001:DB8:0:0::1]), so that
+         * a route written either way matches. */
+        char text[INET6_ADDRSTRLEN];
+        if (inet_ntop(AF_INET6, &a, text, sizeof(text)) == NULL)
+            return -1;
+        size_t tl = strlen(text);
+        if (tl + 2 > HOST_MAX)
             return -1;
         out[0] = '[';
-        for (size_t i = 0; i < body; i++)
-            out[1 + i] = (char)host_lower((unsigned char)in[1 + i]);
-        out[body + 1] = ']';
-        out[body + 2] = '\0';
-        return (int)(body + 2);
+        memcpy(out + 1, text, tl);
+        out[tl + 1] = ']';
+        out[tl + 2] = '\0';
+        return (int)(tl + 2);
     }
 
     const char *colon = memchr(in, ':', len);
@@ -171,7 +177,8 @@ int host_parse_hostport(const char *s, size_t len, char *name, size_t namecap, i
             return -1;
         h = s + 1;
         hn = (size_t)(close - h);
-        if (host_check_v6(h, hn) < 0)
+        struct in6_addr a;
+        if (host_check_v6(h, hn, &a) < 0)
             return -1;
         p = close + 1;
     } else {

@@ -23,7 +23,8 @@
  * Accepts "name", "name:port", "name.", "[v6]" and "[v6]:port"; surrounding
  * spaces or tabs are ignored.  Rejects empty hosts, empty labels, labels over
  * 63 bytes, bytes outside [A-Za-z0-9._-], a port that is not 1..5 digits of
- * value <= 65535, and malformed IPv6 literals.
+ * value <= 65535, and malformed IPv6 literals; an IPv6 literal is written
+ * in RFC 5952's form ([2001:db8::1]).
  * Returns the normalised length (>= 1), or -1 when the host is invalid.
  */
 int host_normalise(const char *in, size_t len, char *out);

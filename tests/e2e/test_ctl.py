@@ -104,6 +104,12 @@ def test_ctl_domain_add_writes_the_contract_fields():
         ok(r.url, "domain", "add", "*.Preview.example.com", "--tenant", "acme", "--backend", "10.0.0.9:80")
         assert hgetall(r, "tg:domain:*.preview.example.com")["tenant"] == "acme"
 
+        # An IPv6 literal is keyed in RFC 5952's form, the one browsers send
+        # in Host ([2001:DB8:0:0::1] was keyed as typed: never matched)
+        ok(r.url, "domain", "add", "[2001:DB8:0:0::1]", "--tenant", "acme", "--backend", "10.0.0.9:80")
+        assert hgetall(r, "tg:domain:[2001:db8::1]")["tenant"] == "acme"
+        assert ok_json(r.url, "domain", "show", "[2001:db8:0::1]")["tenant"] == "acme"
+
 
 def test_ctl_domain_rm_and_not_found():
     with Redis() as r:
