@@ -773,7 +773,13 @@ static size_t list_read_or_die(const char *key, char ***out, int code, const cha
     return n;
 }
 
-/* Pushes line at the head (first) or the tail of the list; returns the new length. */
+/*
+ * Pushes line at the head (first) or the tail of the list, unless the list
+ * changed since the caller's WATCH of key (and its checks): returns the new
+ * length, or -1 when another writer got in between (the caller checks and
+ * tries again).  Two agencies' scripts adding at once would otherwise both
+ * pass the checks: a duplicate rule, or a list past what tollgate reads.
+ */
 static long long list_push(const char *key, const char *line, int first)
 {
     /* tollgate reads the first MATCH_MAX_RULES elements only: one more
@@ -785,11 +791,25 @@ static long long list_push(const char *key, const char *line, int first)
     if (have >= MATCH_MAX_RULES)
         die(CTL_EXIT_USAGE, "%s already holds %lld entries, the most tollgate reads (%d): remove one first",
             key, have, MATCH_MAX_RULES);
-    struct redis_reply *r = CMD(first ? "LPUSH" : "RPUSH", key, line);
-    long long len = redis_reply_int(r);
+    CMDV("MULTI");
+    CMDV(first ? "LPUSH" : "RPUSH", key, line);
+    struct redis_reply *r = CMD("EXEC");
+    if (redis_reply_type(r) == REDIS_T_NIL) {
+        redis_sync_reply_free(r);
+        return -1;
+    }
+    const struct redis_reply *e = redis_reply_type(r) == REDIS_T_ARRAY && redis_reply_len(r) == 1
+                                      ? redis_reply_elem(r, 0) : NULL;
+    if (e == NULL || redis_reply_type(e) != REDIS_T_INTEGER)
+        die(CTL_EXIT_REDIS, "Redis error in transaction: %s",
+            e && redis_reply_type(e) == REDIS_T_ERROR ? redis_reply_str(e, NULL) : "aborted");
+    long long len = redis_reply_int(e);
     redis_sync_reply_free(r);
     return len;
 }
+
+/* How often an add is checked again after another writer got in between. */
+#define LIST_PUSH_TRIES 20
 
 /* Whether the token (tok, tl) is the whole of s. */
 static int token_is(const char *tok, size_t tl, const char *s)
@@ -1572,10 +1592,16 @@ static int cmd_pattern_add(int argc, char **argv)
         die(CTL_EXIT_USAGE, "bad pattern: %s", err);
     char k[SCHEMA_KEY_MAX];
     patterns_key(k);
-    long dup = list_find_token(k, line, token_line);
-    if (dup >= 0)
-        die(CTL_EXIT_USAGE, "this pattern already exists (#%ld)", dup);
-    long long len = list_push(k, line, o[0].val != NULL);
+    long long len = -1;
+    for (int tries = 0; len < 0; tries++) {
+        if (tries == LIST_PUSH_TRIES)
+            die(CTL_EXIT_REDIS, "%s kept changing while this pattern was added: try again", k);
+        CMDV("WATCH", k);
+        long dup = list_find_token(k, line, token_line);
+        if (dup >= 0)
+            die(CTL_EXIT_USAGE, "this pattern already exists (#%ld)", dup);
+        len = list_push(k, line, o[0].val != NULL);
+    }
     publish(SCHEMA_EV_PATTERNS, NULL);
     if (G.json) {
         json_kv("{", "pattern", line);
@@ -1682,10 +1708,16 @@ static int cmd_path_add(int argc, char **argv)
     if (redis_reply_int(r) == 0)
         ctl_warn("domain %s does not exist yet: the rule applies once it does", host);
     redis_sync_reply_free(r);
-    long dup = list_find_token(pk, pos[1], token_first_word);
-    if (dup >= 0)
-        die(CTL_EXIT_USAGE, "%s already has a rule for %s (#%ld): remove it first", host, pos[1], dup);
-    long long len = list_push(pk, line, o[0].val != NULL);
+    long long len = -1;
+    for (int tries = 0; len < 0; tries++) {
+        if (tries == LIST_PUSH_TRIES)
+            die(CTL_EXIT_REDIS, "%s kept changing while this rule was added: try again", pk);
+        CMDV("WATCH", pk);
+        long dup = list_find_token(pk, pos[1], token_first_word);
+        if (dup >= 0)
+            die(CTL_EXIT_USAGE, "%s already has a rule for %s (#%ld): remove it first", host, pos[1], dup);
+        len = list_push(pk, line, o[0].val != NULL);
+    }
     publish(SCHEMA_EV_DOMAIN, host);
     long long idx = o[0].val ? 0 : len - 1;
     if (G.json) {

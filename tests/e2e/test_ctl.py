@@ -559,3 +559,26 @@ def test_ctl_stdout_write_error_is_an_error():
         p = subprocess.run(ctl_argv(u, "domain", "rm", "nope.example"), stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=20, preexec_fn=lambda: os.close(1))
         assert p.returncode == 3 and b"cannot write" not in p.stderr, (p.returncode, p.stderr)
+
+
+def test_ctl_concurrent_adds_keep_the_limits_and_no_duplicates():
+    """The checks (a full list, a duplicate) and the push are one
+    transaction (WATCH ... EXEC, checked again when another writer got in
+    between): 30 pattern adds racing at 1020 patterns all passed the check
+    and left 1050 (tollgate reads 1024); 5 identical path adds left 5
+    copies.  Redis holds every write back (CLIENT PAUSE WRITE) while the
+    clients check, so that all of them check before any writes."""
+    with Redis() as r:
+        r.pipeline(*[("RPUSH", "tg:patterns", "^p%d\\.test$ t 127.0.0.1:80" % i) for i in range(1020)])
+
+        def burst(args_list):
+            r.cmd("CLIENT", "PAUSE", "1500", "WRITE")
+            procs = [subprocess.Popen(ctl_argv(r.url, *a, extra=["--timeout", "10"]), stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE) for a in args_list]
+            return [p.wait(timeout=60) for p in procs]
+        codes = burst([["pattern", "add", "^q%d\\.test$" % i, "t", "127.0.0.1:80"] for i in range(30)])
+        assert r.cmd("LLEN", "tg:patterns") == 1024, r.cmd("LLEN", "tg:patterns")
+        assert sorted(codes) == [0] * 4 + [2] * 26, codes
+        codes = burst([["path", "add", "h.test", "/same/", "127.0.0.1:81"]] * 5)
+        assert r.cmd("LRANGE", "tg:paths:h.test", "0", "-1") == ["/same/ 127.0.0.1:81"]
+        assert sorted(codes) == [0] + [2] * 4, codes
