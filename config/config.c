@@ -128,7 +128,7 @@ static const struct key_def keys[] = {
     { "route-negative-ttl", K_SECONDS, OFF(route_negative_ttl), 0, 0, 86400, 0,
       "S", "5", "an unknown host is remembered for this long" },
     { "route-stale-max-age", K_SECONDS, OFF(route_stale_max_age), 0, 0, CFG_MAX_SECONDS, 0,
-      "S", "3600", "an expired route is still served this long while Redis is unreachable" },
+      "S", "3600", "while Redis is unreachable, a cached route is served until this long after it was read" },
     { "redis-timeout", K_SECONDS, OFF(redis_timeout), 0, 0, 60, F_POSITIVE,
       "S", "0.2", "time allowed for one Redis command" },
     { "backend-cooldown", K_SECONDS, OFF(backend_cooldown), 0, 0, 3600, 0,
