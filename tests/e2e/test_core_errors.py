@@ -159,25 +159,15 @@ def test_errors_in_metrics_and_log():
         assert b"5xx" in body, body[:2000]
 
 
-def _one_shot_backend(answer, hold=0.3):
-    """A raw backend that reads one request head, writes `answer` and closes."""
-    def serve(s, n):
-        read_request_head(s)
-        s.sendall(answer)
-        time.sleep(hold)
-
-    return RawBackend(serve)
-
-
 def test_backend_response_head_too_large_502():
-    with _one_shot_backend(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 100000 + b"\r\nContent-Length: 2\r\n\r\nok") as b:
+    with one_shot_backend(b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 100000 + b"\r\nContent-Length: 2\r\n\r\nok") as b:
         with Tollgate(routes=["app.test=" + b.addr]) as tg:
             status, headers, body = http(tg.port, "GET", "/", "app.test")
             check_page(status, headers, body, 502)
 
 
 def test_backend_interim_103_then_final_response():
-    with _one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+    with one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as b:
         with Tollgate(routes=["app.test=" + b.addr]) as tg:
             with RawConn(tg.port) as c:

@@ -210,12 +210,8 @@ def test_a_content_length_list_of_equal_values_is_forwarded_as_one():
                 lengths = [v for k, v in e["headers"] if k.lower() == "content-length"]
                 assert lengths == ["5"] and e["body_length"] == 5, (cl, lengths, e["body_length"])
 
-    def serve(s, n):
-        read_request_head(s)
-        s.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\nabc")
-        time.sleep(0.2)
-        return False
-    with RawBackend(serve) as b, _tg(b) as tg:
+    with one_shot_backend(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\nabc",
+                          hold=0.2) as b, _tg(b) as tg:
         with RawConn(tg.port) as c:
             c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
             r = c.read_response()
@@ -407,12 +403,8 @@ def test_a_204_reaches_the_client_without_content_length():
     """A backend's 204 with Content-Length (which RFC 9110 §8.6 forbids) goes
     to the client without it, as nginx sends it; the body bytes it sent
     after it are not forwarded, and the next request is answered."""
-    def serve(s, n):
-        read_request_head(s)
-        s.sendall(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\nhello")
-        time.sleep(0.2)
-        return False
-    with RawBackend(serve) as b, _tg(b) as tg:
+    with one_shot_backend(b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\nX-Kept: 1\r\n\r\nhello",
+                          hold=0.2) as b, _tg(b) as tg:
         with RawConn(tg.port) as c:
             c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
             r = c.read_response()

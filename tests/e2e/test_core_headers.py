@@ -220,13 +220,8 @@ def test_a_response_without_date_gets_one_and_a_backends_date_is_kept():
 def test_an_interim_response_loses_its_content_length():
     """RFC 9110 §8.6: a 1xx must not carry Content-Length; forwarded, one
     made nginx 1.22 take the final head's first bytes for a body."""
-    def serve(s, n):
-        read_request_head(s)
-        s.sendall(b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n"
-                  b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        time.sleep(0.2)
-        return False
-    with RawBackend(serve) as b, _tg(b) as tg:
+    with one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nContent-Length: 5\r\nLink: </a>\r\n\r\n"
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", hold=0.2) as b, _tg(b) as tg:
         with RawConn(tg.port) as c:
             c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
             interim = c.read_response(skip_1xx=False)
@@ -239,13 +234,8 @@ def test_an_interim_response_loses_its_content_length():
 def test_a_switching_protocols_answer_loses_its_content_length():
     """A 101 has no content (RFC 9110 §8.6): a Content-Length on it would
     tell the client the tunnel's first bytes are a body."""
-    def serve(s, n):
-        read_request_head(s)
-        s.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                  b"Content-Length: 4\r\n\r\nping")
-        time.sleep(0.3)
-        return False
-    with RawBackend(serve) as b, _tg(b) as tg:
+    with one_shot_backend(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                          b"Content-Length: 4\r\n\r\nping", hold=0.3) as b, _tg(b) as tg:
         with RawConn(tg.port) as c:
             c.send(b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
             r = c.read_head()

@@ -88,7 +88,7 @@ import sys
 import tempfile
 import time
 
-__all__ = ["Redis", "RedisError", "Backend", "RawBackend", "read_request_head", "Tollgate", "http", "raw", "RawConn", "Response",
+__all__ = ["Redis", "RedisError", "Backend", "RawBackend", "one_shot_backend", "read_request_head", "Tollgate", "http", "raw", "RawConn", "Response",
            "parse_responses", "free_port", "wait_port", "wait_until", "pattern", "pattern_sha256",
            "scale", "SANITIZED", "RssSampler", "Skip", "BUILDDIR", "SRCDIR", "TOLLGATE", "TOLLGATE_CTL", "PYTHON", "E2E_DIR",
            "tmpdir", "WRAPPER"]
@@ -534,6 +534,19 @@ class RawBackend:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def one_shot_backend(answer, hold=0.3):
+    """A RawBackend that, on each connection, reads one request head, writes
+    `answer`, waits `hold` seconds (so that the close does not race the
+    answer) and closes."""
+    def serve(s, n):
+        read_request_head(s)
+        s.sendall(answer)
+        time.sleep(hold)
+        return False
+
+    return RawBackend(serve)
 
 
 class Tollgate:
