@@ -27,6 +27,7 @@
 #   TG_ARGS="..."    extra tollgate arguments   RESULTS=FILE  keep the raw lines
 #   TOLLGATE_B=BIN   also measure another tollgate binary (an A/B of two builds in one run)
 #   HAPROXY=1        also measure haproxy (nbthread 1, http-reuse always, option forwardfor)
+#   BACKEND_NOPUSH=on  the backend corks its responses (tcp_nopush; off by default: see lib.sh)
 #   PIN=1            pin each proxy to CPU 1 and wrk + backend to CPU 0 (taskset):
 #                    less scheduler noise in requests/s and latency; CPU/request unchanged
 # Quick smoke run (< 1 min): ROUNDS=2 DURATION=1 WARMUP=0 bench/http1-vs-nginx.sh

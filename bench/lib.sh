@@ -186,6 +186,14 @@ bench_machine() {
 # backend_start — the benchmark backend: nginx, one worker, serving from
 # $WORK/www a 64-byte /small.txt, /100k.bin (100 KiB) and /1m.bin (1 MiB), plus
 # any file the caller puts there.  Sets BACKEND_PORT and BACKEND_PID (worker).
+# tcp_nopush is off on the backend (BACKEND_NOPUSH=on restores it): with it,
+# nginx corks each sendfile response, and on loopback a client reading it in
+# 8 KiB pieces (wrk) waits on the 40 ms delayed-ACK timer for ~0.5% of the
+# responses -- wrk straight to this backend, no proxy, 100 KiB files: p99
+# 42 ms with it, 0.5-0.8 ms without (docs/benchmarks.md, 2026-11-27).  Those
+# stalls pass through a proxy that splices (tollgate) and sometimes through
+# one that copies (nginx), and made the 100 KiB p99 of the comparison measure
+# the backend's cork, not the proxies.
 backend_start() {
     mkdir -p "$WORK/www"
     head -c 64 /dev/zero | tr '\0' 'x' > "$WORK/www/small.txt"
@@ -198,6 +206,7 @@ backend_start() {
         listen 127.0.0.1:$BACKEND_PORT backlog=4096;
         keepalive_requests 10000000;
         keepalive_timeout 75s;
+        tcp_nopush ${BACKEND_NOPUSH:-off};
         root $WORK/www;
     }"
     BACKEND_PID=$NGINX_WORKER

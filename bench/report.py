@@ -9,7 +9,12 @@ ratios paired by round (each round runs the contenders back to back, so a
 paired ratio cancels the machine's slow drifts): their median, range, and in
 how many rounds the contender was at least as good as the base.
 
-Usage: report.py RESULTS --keys rps,p99_ms,cpu_us --base nginx [--title T]
+Several RESULTS files (runs of the same script, perhaps on different days) are
+pooled: every round of every run counts once, so the paired figures answer
+"across all these rounds, how does the contender compare?" with more rounds
+than one run holds, and a line per run gives each run's paired median.
+
+Usage: report.py RESULTS [RESULTS ...] --keys rps,p99_ms,cpu_us --base nginx [--title T]
 """
 import argparse
 import statistics
@@ -37,7 +42,7 @@ RATIO_KEYS = {"rps", "p50_ms", "p99_ms", "cpu_us", "user_us", "sys_us", "backend
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("results")
+    ap.add_argument("results", nargs="+")
     ap.add_argument("--keys", default="rps,p99_ms,cpu_us")
     ap.add_argument("--base", default="nginx", help="contender in the denominator")
     ap.add_argument("--title", default="")
@@ -47,21 +52,22 @@ def main():
     by_round = defaultdict(dict)                    # (scen, cont, key) -> round -> value
     scenarios = OrderedDict()
     contenders = OrderedDict()
-    with open(args.results) as f:
-        for line in f:
-            parts = line.split()
-            if len(parts) < 4 or line.startswith("#"):
-                continue
-            scen, cont = parts[0], parts[1]
-            scenarios[scen] = 1
-            contenders[cont] = 1
-            for kv in parts[3:]:
-                k, _, v = kv.partition("=")
-                try:
-                    data[(scen, cont)][k].append(float(v))
-                    by_round[(scen, cont, k)][parts[2]] = float(v)
-                except ValueError:
-                    pass
+    for run, path in enumerate(args.results):
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) < 4 or line.startswith("#"):
+                    continue
+                scen, cont = parts[0], parts[1]
+                scenarios[scen] = 1
+                contenders[cont] = 1
+                for kv in parts[3:]:
+                    k, _, v = kv.partition("=")
+                    try:
+                        data[(scen, cont)][k].append(float(v))
+                        by_round[(scen, cont, k)][(run, parts[2])] = float(v)
+                    except ValueError:
+                        pass
 
     conts = list(contenders)
     if args.base in conts:          # base last: ratio = other / base
@@ -97,11 +103,16 @@ def main():
             print(row)
     n = max((len(v) for d in data.values() for v in d.values()), default=0)
     note = "medians over %d rounds" % n
+    if len(args.results) > 1:
+        note += " of %d runs" % len(args.results)
     if others:
         note += "; ratios = contender / %s" % args.base
     print("(%s)" % note)
     if others and n > 1:
         paired(scenarios, others, args.base, [k for k in keys if k in RATIO_KEYS], by_round)
+        if len(args.results) > 1:
+            per_run(scenarios, others, args.base, [k for k in keys if k in RATIO_KEYS], by_round,
+                    len(args.results))
     return 0
 
 
@@ -114,8 +125,7 @@ def paired(scenarios, others, base, keys, by_round):
             row = "%-10s %-24s" % (scen, LABELS.get(k, (k,))[0])
             shown = False
             for c in others:
-                a, b = by_round.get((scen, c, k), {}), by_round.get((scen, base, k), {})
-                rs = [a[r] / b[r] for r in a if r in b and b[r]]
+                rs = ratios(by_round, scen, c, base, k)
                 if not rs:
                     row += "%30s" % "-"
                     continue
@@ -125,6 +135,27 @@ def paired(scenarios, others, base, keys, by_round):
                 row += "%30s" % ("%.3f [%.2f-%.2f] %d/%d" % (statistics.median(rs), min(rs), max(rs), good, len(rs)))
             if shown:
                 print(row)
+
+
+def ratios(by_round, scen, c, base, k, run=None):
+    a, b = by_round.get((scen, c, k), {}), by_round.get((scen, base, k), {})
+    return [a[r] / b[r] for r in a if r in b and b[r] and (run is None or r[0] == run)]
+
+
+def per_run(scenarios, others, base, keys, by_round, runs):
+    """Each run's paired median, run by run (in the order the files were given)."""
+    print()
+    print("paired median of each run (files in the order given), contender/%s" % base)
+    for scen in scenarios:
+        for k in keys:
+            for c in others:
+                meds = []
+                for run in range(runs):
+                    rs = ratios(by_round, scen, c, base, k, run)
+                    meds.append("%.2f" % statistics.median(rs) if rs else "-")
+                if any(m != "-" for m in meds):
+                    label = LABELS.get(k, (k,))[0] + ("" if len(others) == 1 else " " + c)
+                    print("%-10s %-24s %s" % (scen, label, " ".join("%5s" % m for m in meds)))
 
 
 def fmt(v):
