@@ -190,10 +190,10 @@ bench_machine() {
 # nginx corks each sendfile response, and on loopback a client reading it in
 # 8 KiB pieces (wrk) waits on the 40 ms delayed-ACK timer for ~0.5% of the
 # responses -- wrk straight to this backend, no proxy, 100 KiB files: p99
-# 42 ms with it, 0.5-0.8 ms without (docs/benchmarks.md, 2026-11-27).  Those
-# stalls pass through a proxy that splices (tollgate) and sometimes through
-# one that copies (nginx), and made the 100 KiB p99 of the comparison measure
-# the backend's cork, not the proxies.
+# 42 ms with it, 0.5-0.8 ms without (docs/benchmarks.md, 2026-11-27).  Behind
+# a proxy the backend holds its response's tail for the proxy's delayed ACK
+# instead: often through tollgate (splicing), sometimes through nginx, and the
+# 100 KiB p99 of the comparison measured the backend's cork, not the proxies.
 backend_start() {
     mkdir -p "$WORK/www"
     head -c 64 /dev/zero | tr '\0' 'x' > "$WORK/www/small.txt"

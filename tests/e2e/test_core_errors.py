@@ -168,7 +168,7 @@ def test_backend_response_head_too_large_502():
 
 def test_backend_interim_103_then_final_response():
     with one_shot_backend(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
-                           b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as b:
+                          b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok") as b:
         with Tollgate(routes=["app.test=" + b.addr]) as tg:
             with RawConn(tg.port) as c:
                 c.send(b"GET / HTTP/1.1\r\nHost: app.test\r\n\r\n")
